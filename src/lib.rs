@@ -1,0 +1,1 @@
+//! sluice: a rate-limiting reverse proxy for HTTP JSON APIs.

@@ -1,1 +1,101 @@
-fn main() {}
+//! The `sluice` binary: parse flags, set up logging, load the config, serve until a signal.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sluice::cli::{self, Args, Command};
+use sluice::config::{Config, Overrides};
+use sluice::{demo, server};
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    cli::init_tracing(&args.log, args.log_format);
+    match &args.command {
+        None => match args.load_config() {
+            Ok(config) => serve(config),
+            Err(e) => config_error(&e),
+        },
+        Some(Command::Check) => match args.load_config() {
+            Ok(config) => {
+                print!("{}", config.summary());
+                println!("config OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        Some(Command::HashKey) => match cli::hash_key(std::io::stdin()) {
+            Ok(hex) => {
+                println!("{hex}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Some(Command::Demo) => demo(&args),
+        Some(Command::Healthcheck { url }) => {
+            let url = match (url, args.load_config()) {
+                (Some(url), _) => url.clone(),
+                (None, Ok(Config { server: s, .. })) if s.admin_listen.is_some() => {
+                    cli::health_url(s.admin_listen.unwrap())
+                }
+                (None, Ok(_)) => return fail("the admin listener is off; pass --url"),
+                (None, Err(e)) => return config_error(&e),
+            };
+            cli::probe(&url).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn demo(args: &Args) -> ExitCode {
+    let api = match demo::spawn_api() {
+        Ok(addr) => addr,
+        Err(e) => return fail(&format!("cannot start the demo API: {e}")),
+    };
+    let overrides = Overrides {
+        listen: Some(
+            args.listen
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1:8080".into()),
+        ),
+        upstreams: vec![format!("http://{api}")],
+        ..args.overrides()
+    };
+    let config = match args.load_with(&overrides) {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
+    };
+    println!(
+        "sluice demo: proxy on http://{} in front of a demo API on http://{api}",
+        config.server.listen
+    );
+    println!("try:\n{}\n", demo::curl_lines(config.server.listen));
+    serve(config)
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains and exits 0.
+fn serve(config: Config) -> ExitCode {
+    let running = match server::start(config) {
+        Ok(r) => r,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match signals {
+        Ok(rt) => rt.block_on(cli::shutdown_signal()),
+        Err(e) => return fail(&format!("cannot wait for signals: {e}")),
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+    running.shutdown();
+    running.join();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+fn config_error(e: &sluice::config::ConfigError) -> ExitCode {
+    fail(&format!("invalid config:\n{e}"))
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("sluice: {msg}");
+    ExitCode::FAILURE
+}

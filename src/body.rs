@@ -1,0 +1,76 @@
+//! The one body type that flows through sluice, both ways: a client's streamed request body,
+//! an upstream's streamed response, or a small body sluice made itself. An enum rather than a
+//! boxed trait object, so forwarding allocates nothing for the body.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::upstream::ResponseBody;
+
+/// Errors from a body stream; boxed only when one happens.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request or response body.
+#[derive(Debug)]
+pub enum Body {
+    /// No body at all.
+    Empty,
+    /// A complete body held in memory (problem details, admin answers); taken on first poll.
+    Full(Option<Bytes>),
+    /// A client's request body, streamed to the upstream as it arrives.
+    Incoming(Incoming),
+    /// An upstream's response body, streamed to the client; hands its connection back to the pool.
+    Upstream(ResponseBody),
+}
+
+impl Body {
+    /// A body held in memory.
+    pub fn full(bytes: impl Into<Bytes>) -> Body {
+        Body::Full(Some(bytes.into()))
+    }
+}
+
+impl From<Incoming> for Body {
+    fn from(b: Incoming) -> Body {
+        Body::Incoming(b)
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full(data) => data.is_none(),
+            Body::Incoming(b) => b.is_end_stream(),
+            Body::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Body::Incoming(b) => b.size_hint(),
+            Body::Upstream(b) => b.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Configuration: the TOML file (`raw`) is read once and checked into the typed values below.
+//! Nothing past this module parses a string from the config again.
+
+mod error;
+mod raw;
+mod units;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+use ipnet::IpNet;
+
+pub use error::{ConfigError, Invalid};
+pub use raw::{AuthMode, Mode, RateLimitHeaders};
+pub use units::{Dur, Rate, Size};
+
+/// A complete, valid configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: Server,
+    pub upstreams: Vec<Upstream>,
+    pub policies: Vec<Policy>,
+    pub routes: Vec<Route>,
+    pub batch: Batch,
+    pub auth: Auth,
+    pub headers: Headers,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    /// `None` when `admin_listen = ""`.
+    pub admin_listen: Option<SocketAddr>,
+    /// Worker threads, each with its own runtime and listener; never 0 here.
+    pub workers: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub timeout_status: StatusCode,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub trusted_proxies: Vec<IpNet>,
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub name: String,
+    pub targets: Vec<Target>,
+    pub connect_timeout: Duration,
+}
+
+/// One upstream address, plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    /// Set when `host` is an IP literal, so connecting needs no name lookup.
+    pub addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "http://{}:{}", self.host, self.port)
+    }
+}
+
+/// A named set of limits. `rate` with `burst` is a token bucket; `window` a rolling window.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: String,
+    pub rate: Option<(Rate, u32)>,
+    pub window: Option<(Duration, u32)>,
+    pub key: KeySource,
+    pub mode: Mode,
+}
+
+/// What identifies a client for its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The presented credential, else the client IP.
+    ApiKey,
+    Ip,
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub path: String,
+    /// Empty: any method.
+    pub methods: Vec<Method>,
+    /// Index into `Config::upstreams`.
+    pub upstream: usize,
+    /// Index into `Config::policies`; `None` for `policy = "none"`.
+    pub policy: Option<usize>,
+    pub max_body: u64,
+    /// Accepted media types (lowercase); `None` accepts any.
+    pub content_types: Option<Vec<String>>,
+    pub validate_json: bool,
+    pub scopes: Vec<String>,
+    /// The route's own `request_timeout`, else the server's.
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub enabled: bool,
+    pub path: String,
+    pub max_requests: usize,
+    pub max_concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub mode: AuthMode,
+    pub keys: Vec<ApiKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub sha256: [u8; 32],
+    pub scopes: Vec<String>,
+    /// Index into `Config::policies`: this key's own policy instead of the route's.
+    pub policy: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Headers {
+    pub ratelimit: RateLimitHeaders,
+    pub request_id: HeaderName,
+}
+
+/// Values from flags or `SLUICE_*` variables; each replaces the file's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub admin_listen: Option<String>,
+    /// Targets for the only upstream (created as `api` when the file has none).
+    pub upstreams: Vec<String>,
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    /// Reads and checks a config file, then applies the overrides.
+    pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&source, overrides)
+    }
+
+    /// Checks a config given as TOML text.
+    pub fn parse(source: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut file = validate::deserialize(source)?;
+        validate::apply(&mut file, overrides)?;
+        validate::check(file, source)
+    }
+
+    /// The built-in defaults (the published rules) plus the overrides; no file.
+    pub fn defaults(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Config::parse("", overrides)
+    }
+
+    /// The policy a name refers to.
+    pub fn policy(&self, name: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
+    /// A few lines describing what this config does, for `sluice check`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let s = &self.server;
+        let admin = s.admin_listen.map_or("off".to_string(), |a| a.to_string());
+        let _ = writeln!(
+            out,
+            "listen {} (admin {admin}), {} worker(s)",
+            s.listen, s.workers
+        );
+        for u in &self.upstreams {
+            let targets: Vec<String> = u.targets.iter().map(|t| t.to_string()).collect();
+            let _ = writeln!(out, "upstream {}: {}", u.name, targets.join(", "));
+        }
+        for p in &self.policies {
+            let _ = writeln!(out, "policy {}: {}", p.name, p.describe());
+        }
+        for r in &self.routes {
+            let policy = r.policy.map_or("none", |i| self.policies[i].name.as_str());
+            let upstream = &self.upstreams[r.upstream].name;
+            let _ = writeln!(out, "route {} -> {upstream}, policy {policy}", r.path);
+        }
+        out
+    }
+}
+
+impl Policy {
+    /// The limits in words, e.g. `1/s burst 100, 100 per 60s`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some((rate, burst)) = self.rate {
+            parts.push(format!("{rate} burst {burst}"));
+        }
+        if let Some((window, n)) = self.window {
+            parts.push(format!("{n} per {}s", window.as_secs_f64()));
+        }
+        let shadow = if self.mode == Mode::Shadow {
+            " (shadow)"
+        } else {
+            ""
+        };
+        format!("{}{shadow}", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests;

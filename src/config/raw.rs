@@ -1,0 +1,210 @@
+//! The config file as written: serde structs that mirror the TOML, with unknown keys refused.
+//! Every default here is the published rule; `Config::from_raw` turns this into checked values.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::units::{Cidr, Dur, Rate, Size};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Upstream>,
+    #[serde(default)]
+    pub policies: BTreeMap<String, Spanned<Policy>>,
+    #[serde(default)]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub batch: Batch,
+    #[serde(default)]
+    pub auth: Auth,
+    #[serde(default)]
+    pub headers: Headers,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    pub listen: Spanned<String>,
+    pub admin_listen: Spanned<String>,
+    pub workers: usize,
+    pub max_connections: usize,
+    pub header_read_timeout: Dur,
+    pub request_timeout: Dur,
+    pub timeout_status: Spanned<u16>,
+    pub idle_timeout: Dur,
+    pub max_header_bytes: Size,
+    pub trusted_proxies: Vec<Cidr>,
+    pub drain_timeout: Dur,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        let secs = |s| Dur(std::time::Duration::from_secs(s));
+        Server {
+            listen: Spanned::new(0..0, "0.0.0.0:8080".into()),
+            admin_listen: Spanned::new(0..0, "127.0.0.1:9090".into()),
+            workers: 0,
+            max_connections: 10_000,
+            header_read_timeout: secs(10),
+            request_timeout: secs(60),
+            timeout_status: Spanned::new(0..0, 408),
+            idle_timeout: secs(75),
+            max_header_bytes: Size(16 * 1024),
+            trusted_proxies: Vec::new(),
+            drain_timeout: secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub targets: Vec<Spanned<String>>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+}
+
+fn default_connect_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    pub rate: Option<Rate>,
+    pub burst: Option<u32>,
+    pub window: Option<Dur>,
+    pub window_requests: Option<u32>,
+    #[serde(default = "default_key")]
+    pub key: Spanned<String>,
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+fn default_key() -> Spanned<String> {
+    Spanned::new(0..0, "api_key".into())
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub path: Spanned<String>,
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    pub upstream: Option<Spanned<String>>,
+    #[serde(default = "default_policy")]
+    pub policy: Spanned<String>,
+    #[serde(default = "default_max_body")]
+    pub max_body: Size,
+    #[serde(default = "default_content_types")]
+    pub content_types: Vec<Spanned<String>>,
+    #[serde(default = "yes")]
+    pub validate_json: bool,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub request_timeout: Option<Dur>,
+}
+
+fn default_policy() -> Spanned<String> {
+    Spanned::new(0..0, "default".into())
+}
+
+fn default_max_body() -> Size {
+    Size(1 << 20)
+}
+
+fn default_content_types() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "application/json".into())]
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batch {
+    pub enabled: bool,
+    pub path: Spanned<String>,
+    pub max_requests: usize,
+    pub max_concurrency: usize,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            enabled: true,
+            path: Spanned::new(0..0, "/batch".into()),
+            max_requests: 100,
+            max_concurrency: 8,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    #[serde(default)]
+    pub mode: AuthMode,
+    #[serde(default)]
+    pub keys: Vec<ApiKey>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    None,
+    ApiKeys,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub name: String,
+    pub sha256: Spanned<String>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    pub policy: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Headers {
+    pub ratelimit: RateLimitHeaders,
+    pub request_id: Spanned<String>,
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Headers {
+            ratelimit: RateLimitHeaders::Ietf,
+            request_id: Spanned::new(0..0, "x-request-id".into()),
+        }
+    }
+}
+
+/// Which rate-limit response headers to send.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RateLimitHeaders {
+    #[default]
+    Ietf,
+    XRatelimit,
+    Both,
+    None,
+}

@@ -1,0 +1,175 @@
+use std::time::Duration;
+
+use super::*;
+
+fn upstream() -> Overrides {
+    Overrides {
+        upstreams: vec!["http://127.0.0.1:3000".into()],
+        ..Overrides::default()
+    }
+}
+
+fn invalid(source: &str) -> Vec<Invalid> {
+    Config::parse(source, &upstream())
+        .expect_err("config should be refused")
+        .invalid()
+        .to_vec()
+}
+
+#[test]
+fn no_file_gives_the_published_rules() {
+    let c = Config::defaults(&upstream()).unwrap();
+    assert_eq!(c.server.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.server.request_timeout, Duration::from_secs(60));
+    assert_eq!(c.server.timeout_status, StatusCode::REQUEST_TIMEOUT);
+    let p = c.policy("default").unwrap();
+    let (rate, burst) = p.rate.unwrap();
+    assert_eq!(
+        (rate.count, rate.per, burst),
+        (1, Duration::from_secs(1), 100)
+    );
+    assert_eq!(p.window, Some((Duration::from_secs(60), 100)));
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.routes[0].path, "/");
+    assert_eq!(c.routes[0].policy, Some(0));
+    assert_eq!(c.routes[0].max_body, 1 << 20);
+    assert_eq!(c.upstreams[0].name, "api");
+    assert_eq!(
+        c.upstreams[0].targets[0].addr,
+        Some("127.0.0.1:3000".parse().unwrap())
+    );
+}
+
+#[test]
+fn no_upstream_at_all_is_an_error() {
+    let e = Config::defaults(&Overrides::default()).unwrap_err();
+    assert_eq!(e.invalid()[0].key, "upstreams");
+}
+
+#[test]
+fn unknown_key_is_named_with_its_line() {
+    let e = invalid("[server]\nlisten = \"0.0.0.0:8080\"\nlisten_port = 8080\n");
+    assert_eq!(e[0].line, Some(3));
+    assert!(e[0].message.contains("listen_port"), "{}", e[0]);
+}
+
+#[test]
+fn bad_value_names_the_key_and_line() {
+    let e = invalid(
+        "[policies.default]\nrate = \"1/s\"\nburst = 100\n\n[policies.slow]\nrate = \"fast\"\nburst = 1\n",
+    );
+    assert_eq!(e[0].key, "policies.slow.rate");
+    assert_eq!(e[0].line, Some(6));
+    assert!(e[0].message.contains("invalid rate"), "{}", e[0]);
+}
+
+#[test]
+fn a_route_naming_a_missing_upstream_or_policy_is_refused() {
+    let e = invalid("[[routes]]\npath = \"/v1\"\nupstream = \"nope\"\npolicy = \"gold\"\n");
+    let keys: Vec<&str> = e.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["routes[0].upstream", "routes[0].policy"]);
+    assert_eq!(e[0].line, Some(3));
+    assert_eq!(e[1].line, Some(4));
+}
+
+#[test]
+fn a_policy_needs_complete_pairs() {
+    let e = invalid("[policies.half]\nrate = \"1/s\"\n");
+    assert_eq!(e[0].key, "policies.half");
+    assert_eq!(e[0].line, Some(1));
+    let e = invalid("[policies.empty]\nmode = \"shadow\"\n");
+    assert!(e[0].message.contains("needs rate"), "{}", e[0]);
+}
+
+#[test]
+fn a_default_policy_table_replaces_the_builtin_whole() {
+    let c = Config::parse(
+        "[policies.default]\nwindow = \"10s\"\nwindow_requests = 5\n",
+        &upstream(),
+    )
+    .unwrap();
+    let p = c.policy("default").unwrap();
+    assert_eq!(p.rate, None);
+    assert_eq!(p.window, Some((Duration::from_secs(10), 5)));
+}
+
+#[test]
+fn routes_resolve_names_and_overrides() {
+    let src = r#"
+[server]
+request_timeout = "30s"
+trusted_proxies = ["10.0.0.0/8", "::1"]
+
+[upstreams.api]
+targets = ["http://127.0.0.1:3000", "http://localhost:3001"]
+
+[[routes]]
+path = "/v1/reports"
+methods = ["get", "POST"]
+policy = "none"
+max_body = "64KiB"
+content_types = ["*"]
+request_timeout = "5s"
+
+[[routes]]
+path = "/"
+"#;
+    let c = Config::parse(src, &Overrides::default()).unwrap();
+    assert_eq!(c.server.trusted_proxies.len(), 2);
+    let r = &c.routes[0];
+    assert_eq!(r.methods, [Method::GET, Method::POST]);
+    assert_eq!(
+        (r.policy, r.max_body, r.content_types.clone()),
+        (None, 65536, None)
+    );
+    assert_eq!(r.request_timeout, Duration::from_secs(5));
+    assert_eq!(c.routes[1].request_timeout, Duration::from_secs(30));
+    assert_eq!(c.upstreams[0].targets[1].addr, None);
+    assert_eq!(c.upstreams[0].targets[1].host, "localhost");
+}
+
+#[test]
+fn overrides_replace_file_values() {
+    let src = "[server]\nlisten = \"127.0.0.1:1\"\n[upstreams.backend]\ntargets = [\"http://127.0.0.1:1\"]\n";
+    let o = Overrides {
+        listen: Some("127.0.0.1:2".into()),
+        admin_listen: Some(String::new()),
+        upstreams: vec!["http://127.0.0.1:4000".into()],
+        workers: Some(3),
+    };
+    let c = Config::parse(src, &o).unwrap();
+    assert_eq!(c.server.listen.port(), 2);
+    assert_eq!(c.server.admin_listen, None);
+    assert_eq!(c.server.workers, 3);
+    assert_eq!(c.upstreams[0].name, "backend");
+    assert_eq!(c.upstreams[0].targets[0].port, 4000);
+}
+
+#[test]
+fn bad_targets_auth_keys_and_statuses_are_refused() {
+    let src = r#"
+[server]
+timeout_status = 500
+[upstreams.api]
+targets = ["https://example.com"]
+[auth]
+mode = "api_keys"
+[[auth.keys]]
+name = "acme"
+sha256 = "abc"
+"#;
+    let e = Config::parse(src, &Overrides::default()).unwrap_err();
+    let keys: Vec<(&str, Option<usize>)> = e
+        .invalid()
+        .iter()
+        .map(|i| (i.key.as_str(), i.line))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("server.timeout_status", Some(3)),
+            ("upstreams.api.targets", Some(5)),
+            ("auth.keys[0].sha256", Some(10)),
+        ]
+    );
+}

@@ -1,0 +1,529 @@
+//! From the raw file to a checked `Config`: every cross-key rule lives here, and every error
+//! names its key.
+
+use std::net::{IpAddr, SocketAddr};
+
+use http::{HeaderName, Method, StatusCode};
+use toml::Spanned;
+
+use super::error::{Errors, Invalid, line_of};
+use super::{ApiKey, Auth, Batch, Config, ConfigError, Headers, KeySource, Overrides, raw};
+use super::{Policy, Route, Server, Target, Upstream};
+
+/// Parses TOML into the raw structs; type errors and unknown keys name their key and line.
+pub(super) fn deserialize(source: &str) -> Result<raw::File, ConfigError> {
+    let de = toml::Deserializer::new(source);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        // Spanned values add a private segment to the path; the user never wrote it.
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
+        let inner = e.into_inner();
+        let line = inner.span().and_then(|s| line_of(source, s));
+        ConfigError::Invalid(Invalid {
+            key: if key == "." { String::new() } else { key },
+            line,
+            message: inner.message().trim().to_string(),
+        })
+    })
+}
+
+/// Applies flag and environment overrides to the raw file.
+pub(super) fn apply(file: &mut raw::File, o: &Overrides) -> Result<(), ConfigError> {
+    if let Some(listen) = &o.listen {
+        file.server.listen = Spanned::new(0..0, listen.clone());
+    }
+    if let Some(admin) = &o.admin_listen {
+        file.server.admin_listen = Spanned::new(0..0, admin.clone());
+    }
+    if let Some(workers) = o.workers {
+        file.server.workers = workers;
+    }
+    if o.upstreams.is_empty() {
+        return Ok(());
+    }
+    let mut targets: Vec<_> = o
+        .upstreams
+        .iter()
+        .map(|t| Spanned::new(0..0, t.clone()))
+        .collect();
+    match file.upstreams.len() {
+        0 => {
+            let upstream = raw::Upstream {
+                targets,
+                connect_timeout: super::Dur(std::time::Duration::from_secs(5)),
+            };
+            file.upstreams.insert("api".into(), upstream);
+        }
+        1 => file
+            .upstreams
+            .values_mut()
+            .for_each(|u| u.targets = std::mem::take(&mut targets)),
+        _ => {
+            return Err(ConfigError::Invalid(Invalid {
+                key: "--upstream".into(),
+                line: None,
+                message: "the file names several upstreams; set their targets there".into(),
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the raw file as a whole and builds the typed config, reporting every error found.
+pub(super) fn check(file: raw::File, source: &str) -> Result<Config, ConfigError> {
+    let mut errs = Errors::new(source);
+    let server = server(&file.server, &mut errs);
+    let upstreams = upstreams(&file.upstreams, &mut errs);
+    let policies = policies(&file.policies, &mut errs);
+    let routes = routes(&file, &server, &upstreams, &policies, &mut errs);
+    let batch = batch(&file.batch, &mut errs);
+    let auth = auth(&file.auth, &policies, &mut errs);
+    let request_id = header_name("headers.request_id", &file.headers.request_id, &mut errs);
+    errs.finish()?;
+    Ok(Config {
+        server,
+        upstreams,
+        policies,
+        routes,
+        batch,
+        auth,
+        headers: Headers {
+            ratelimit: file.headers.ratelimit,
+            request_id: request_id.expect("checked above"),
+        },
+    })
+}
+
+fn server(s: &raw::Server, errs: &mut Errors) -> Server {
+    let listen = s.listen.get_ref().parse().unwrap_or_else(|_| {
+        let msg = format!(
+            "{:?} is not an address like 0.0.0.0:8080",
+            s.listen.get_ref()
+        );
+        errs.push("server.listen", s.listen.span(), msg);
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    });
+    let admin_listen = match s.admin_listen.get_ref().as_str() {
+        "" => None,
+        a => a.parse().map(Some).unwrap_or_else(|_| {
+            let msg = format!("{a:?} is not an address (\"\" turns it off)");
+            errs.push("server.admin_listen", s.admin_listen.span(), msg);
+            None
+        }),
+    };
+    let status = *s.timeout_status.get_ref();
+    if status != 408 && status != 504 {
+        errs.push(
+            "server.timeout_status",
+            s.timeout_status.span(),
+            "must be 408 or 504",
+        );
+    }
+    if s.max_connections == 0 {
+        errs.push("server.max_connections", 0..0, "must be at least 1");
+    }
+    let workers = match s.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    Server {
+        listen,
+        admin_listen,
+        workers,
+        max_connections: s.max_connections,
+        header_read_timeout: s.header_read_timeout.0,
+        request_timeout: s.request_timeout.0,
+        timeout_status: StatusCode::from_u16(status).unwrap_or(StatusCode::REQUEST_TIMEOUT),
+        idle_timeout: s.idle_timeout.0,
+        max_header_bytes: usize::try_from(s.max_header_bytes.0).unwrap_or(usize::MAX),
+        trusted_proxies: s.trusted_proxies.iter().map(|c| c.0).collect(),
+        drain_timeout: s.drain_timeout.0,
+    }
+}
+
+fn upstreams(
+    raw: &std::collections::BTreeMap<String, raw::Upstream>,
+    errs: &mut Errors,
+) -> Vec<Upstream> {
+    let mut out = Vec::new();
+    for (name, u) in raw {
+        let key = format!("upstreams.{name}.targets");
+        if u.targets.is_empty() {
+            errs.push(&key, 0..0, "needs at least one target");
+        }
+        let targets = u
+            .targets
+            .iter()
+            .filter_map(|t| {
+                target(t.get_ref())
+                    .map_err(|m| errs.push(&key, t.span(), m))
+                    .ok()
+            })
+            .collect();
+        out.push(Upstream {
+            name: name.clone(),
+            targets,
+            connect_timeout: u.connect_timeout.0,
+        });
+    }
+    out
+}
+
+/// Parses `http://host:port`; sluice speaks plain HTTP/1.1 to its upstreams.
+fn target(s: &str) -> Result<Target, String> {
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a URL like http://127.0.0.1:3000"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{s:?}: only http:// targets are supported"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
+        return Err(format!(
+            "{s:?}: a target is scheme, host and port, without a path"
+        ));
+    }
+    let host = uri.host().ok_or_else(|| format!("{s:?} has no host"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let addr = host
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port));
+    Ok(Target { host, port, addr })
+}
+
+/// The published rule: 1/s sustained, bursts of 100, at most 100 in any 60 s.
+fn default_policy() -> Policy {
+    Policy {
+        name: "default".into(),
+        rate: Some(("1/s".parse().expect("valid rate"), 100)),
+        window: Some((std::time::Duration::from_secs(60), 100)),
+        key: KeySource::ApiKey,
+        mode: raw::Mode::Enforce,
+    }
+}
+
+fn policies(
+    raw: &std::collections::BTreeMap<String, Spanned<raw::Policy>>,
+    errs: &mut Errors,
+) -> Vec<Policy> {
+    let mut out = Vec::new();
+    if !raw.contains_key("default") {
+        out.push(default_policy());
+    }
+    for (name, spanned) in raw {
+        let (p, span) = (spanned.get_ref(), spanned.span());
+        let key = format!("policies.{name}");
+        if name == "none" {
+            errs.push(
+                &key,
+                span.clone(),
+                "\"none\" is reserved for routes without a policy",
+            );
+        }
+        let rate = match (p.rate, p.burst) {
+            (Some(r), Some(b)) if b > 0 => Some((r, b)),
+            (Some(_), Some(_)) => pair_error(errs, &key, span.clone(), "burst must be at least 1"),
+            (None, None) => None,
+            _ => pair_error(
+                errs,
+                &key,
+                span.clone(),
+                "rate and burst go together: set both or neither",
+            ),
+        };
+        let window = match (p.window, p.window_requests) {
+            (Some(w), Some(n)) if n > 0 && !w.0.is_zero() => Some((w.0, n)),
+            (Some(_), Some(_)) => pair_error(
+                errs,
+                &key,
+                span.clone(),
+                "window and window_requests must be above 0",
+            ),
+            (None, None) => None,
+            _ => pair_error(
+                errs,
+                &key,
+                span.clone(),
+                "window and window_requests go together: set both or neither",
+            ),
+        };
+        if rate.is_none() && window.is_none() && p.rate.is_none() && p.window.is_none() {
+            errs.push(
+                &key,
+                span.clone(),
+                "a policy needs rate + burst, window + window_requests, or both",
+            );
+        }
+        out.push(Policy {
+            name: name.clone(),
+            rate,
+            window,
+            key: key_source(&format!("{key}.key"), &p.key, errs),
+            mode: p.mode,
+        });
+    }
+    out
+}
+
+fn pair_error<T>(
+    errs: &mut Errors,
+    key: &str,
+    span: std::ops::Range<usize>,
+    msg: &str,
+) -> Option<T> {
+    errs.push(key, span, msg);
+    None
+}
+
+fn key_source(key: &str, v: &Spanned<String>, errs: &mut Errors) -> KeySource {
+    match v.get_ref().as_str() {
+        "api_key" => KeySource::ApiKey,
+        "ip" => KeySource::Ip,
+        other => match other.strip_prefix("header:").map(HeaderName::try_from) {
+            Some(Ok(name)) => KeySource::Header(name),
+            _ => {
+                errs.push(
+                    key,
+                    v.span(),
+                    format!("{other:?}: expected api_key, ip or header:NAME"),
+                );
+                KeySource::ApiKey
+            }
+        },
+    }
+}
+
+fn routes(
+    file: &raw::File,
+    server: &Server,
+    ups: &[Upstream],
+    pols: &[Policy],
+    errs: &mut Errors,
+) -> Vec<Route> {
+    if file.routes.is_empty() {
+        if ups.len() > 1 {
+            errs.push(
+                "routes",
+                0..0,
+                "with several upstreams, [[routes]] must say where each path goes",
+            );
+        } else if ups.is_empty() {
+            errs.push(
+                "upstreams",
+                0..0,
+                "no upstream: pass --upstream URL or add [upstreams.NAME]",
+            );
+        }
+        let default = pols.iter().position(|p| p.name == "default");
+        return vec![Route {
+            path: "/".into(),
+            methods: Vec::new(),
+            upstream: 0,
+            policy: default,
+            max_body: 1 << 20,
+            content_types: Some(vec!["application/json".into()]),
+            validate_json: true,
+            scopes: Vec::new(),
+            request_timeout: server.request_timeout,
+        }];
+    }
+    let mut out: Vec<Route> = Vec::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        out.push(route(i, r, server, ups, pols, errs));
+        if out[..i].iter().any(|o| o.path == out[i].path) {
+            errs.push(
+                format!("routes[{i}].path"),
+                r.path.span(),
+                "another route has the same path",
+            );
+        }
+    }
+    out
+}
+
+fn route(
+    i: usize,
+    r: &raw::Route,
+    server: &Server,
+    ups: &[Upstream],
+    pols: &[Policy],
+    errs: &mut Errors,
+) -> Route {
+    let key = |k: &str| format!("routes[{i}].{k}");
+    if !r.path.get_ref().starts_with('/') {
+        errs.push(key("path"), r.path.span(), "must start with /");
+    }
+    let upstream = match &r.upstream {
+        Some(name) => ups
+            .iter()
+            .position(|u| &u.name == name.get_ref())
+            .unwrap_or_else(|| {
+                errs.push(
+                    key("upstream"),
+                    name.span(),
+                    format!("no [upstreams.{}]", name.get_ref()),
+                );
+                0
+            }),
+        None if ups.len() == 1 => 0,
+        None => {
+            errs.push(
+                key("upstream"),
+                r.path.span(),
+                "missing: name one of the upstreams",
+            );
+            0
+        }
+    };
+    let methods = r
+        .methods
+        .iter()
+        .filter_map(
+            |m| match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
+                Ok(method) => Some(method),
+                Err(_) => pair_error(errs, &key("methods"), m.span(), "not an HTTP method"),
+            },
+        )
+        .collect();
+    let content_types = if r.content_types.iter().any(|c| c.get_ref() == "*") {
+        None
+    } else {
+        for c in &r.content_types {
+            if c.get_ref()
+                .split_once('/')
+                .is_none_or(|(t, s)| t.is_empty() || s.is_empty())
+            {
+                errs.push(
+                    key("content_types"),
+                    c.span(),
+                    format!(
+                        "{:?} is not a media type like application/json",
+                        c.get_ref()
+                    ),
+                );
+            }
+        }
+        Some(
+            r.content_types
+                .iter()
+                .map(|c| c.get_ref().trim().to_ascii_lowercase())
+                .collect(),
+        )
+    };
+    Route {
+        path: r.path.get_ref().clone(),
+        methods,
+        upstream,
+        policy: policy_ref(&key("policy"), &r.policy, pols, errs),
+        max_body: r.max_body.0,
+        content_types,
+        validate_json: r.validate_json,
+        scopes: r.scopes.clone(),
+        request_timeout: r.request_timeout.map_or(server.request_timeout, |d| d.0),
+    }
+}
+
+/// Resolves a policy name to its index; `"none"` is no policy.
+fn policy_ref(
+    key: &str,
+    name: &Spanned<String>,
+    pols: &[Policy],
+    errs: &mut Errors,
+) -> Option<usize> {
+    if name.get_ref() == "none" {
+        return None;
+    }
+    let found = pols.iter().position(|p| &p.name == name.get_ref());
+    if found.is_none() {
+        errs.push(
+            key,
+            name.span(),
+            format!("no [policies.{}] (or \"none\")", name.get_ref()),
+        );
+    }
+    found
+}
+
+fn batch(b: &raw::Batch, errs: &mut Errors) -> Batch {
+    if !b.path.get_ref().starts_with('/') {
+        errs.push("batch.path", b.path.span(), "must start with /");
+    }
+    if b.max_requests == 0 {
+        errs.push("batch.max_requests", 0..0, "must be at least 1");
+    }
+    if b.max_concurrency == 0 {
+        errs.push("batch.max_concurrency", 0..0, "must be at least 1");
+    }
+    Batch {
+        enabled: b.enabled,
+        path: b.path.get_ref().clone(),
+        max_requests: b.max_requests,
+        max_concurrency: b.max_concurrency,
+    }
+}
+
+fn auth(a: &raw::Auth, pols: &[Policy], errs: &mut Errors) -> Auth {
+    if a.mode == raw::AuthMode::ApiKeys && a.keys.is_empty() {
+        errs.push(
+            "auth.keys",
+            0..0,
+            "auth.mode = \"api_keys\" needs at least one [[auth.keys]]",
+        );
+    }
+    let keys = a.keys.iter().enumerate().map(|(i, k)| {
+        let key = format!("auth.keys[{i}].sha256");
+        let sha256 = hex32(k.sha256.get_ref()).unwrap_or_else(|| {
+            errs.push(
+                &key,
+                k.sha256.span(),
+                "expected 64 hex digits, as printed by `sluice hash-key`",
+            );
+            [0; 32]
+        });
+        let policy = k
+            .policy
+            .as_ref()
+            .and_then(|p| policy_ref(&format!("auth.keys[{i}].policy"), p, pols, errs));
+        ApiKey {
+            name: k.name.clone(),
+            sha256,
+            scopes: k.scopes.clone(),
+            policy,
+        }
+    });
+    Auth {
+        mode: a.mode,
+        keys: keys.collect(),
+    }
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn header_name(key: &str, v: &Spanned<String>, errs: &mut Errors) -> Option<HeaderName> {
+    HeaderName::try_from(v.get_ref().as_str())
+        .map_err(|_| {
+            errs.push(
+                key,
+                v.span(),
+                format!("{:?} is not a header name", v.get_ref()),
+            )
+        })
+        .ok()
+        .or_else(|| Some(HeaderName::from_static("x-request-id")))
+}

@@ -1,0 +1,140 @@
+//! Header rules for one proxied hop: hop-by-hop headers stay behind, X-Forwarded-* are set.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `Proxy-*`.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Vec::new does not allocate; only a Connection header naming a custom header does.
+    let mut named = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.to_str().unwrap_or_default().split(',') {
+            let token = token.trim();
+            if token.is_empty()
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(token))
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Sets X-Forwarded-For (appending the peer), -Proto and -Host. A trusted peer's own -Proto and
+/// -Host are kept, since it saw the original request.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) {
+    let mut ip = [0u8; 64];
+    let ip = format_ip(peer, &mut ip);
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => HeaderValue::try_from(format!("{prior}, {ip}")),
+        _ => HeaderValue::try_from(ip),
+    };
+    if let Ok(xff) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    }
+}
+
+/// Writes an IP address into a stack buffer, avoiding a heap String per request.
+fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic x"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_peer() {
+        let mut h = map(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("host", "api.example"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        set_forwarded(&mut h, "10.1.2.3".parse().unwrap(), false);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
+        assert_eq!(
+            h["x-forwarded-proto"], "http",
+            "an untrusted peer's proto is replaced"
+        );
+        assert_eq!(h["x-forwarded-host"], "api.example");
+    }
+
+    #[test]
+    fn a_trusted_peer_keeps_its_proto_and_host() {
+        let mut h = map(&[
+            ("host", "inner"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "outer"),
+        ]);
+        set_forwarded(&mut h, "::1".parse().unwrap(), true);
+        assert_eq!(h["x-forwarded-for"], "::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "outer");
+    }
+}

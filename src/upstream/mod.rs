@@ -1,0 +1,120 @@
+//! The upstream side: target health shared by all workers (`Upstreams`), each worker's own
+//! keep-alive connection pool (`Pool`), and the header rules for a proxied hop (`headers`).
+
+mod headers;
+mod pool;
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use headers::{set_forwarded, strip_hop_by_hop};
+pub use pool::{Pool, ResponseBody};
+
+use crate::config::{self, Target};
+
+/// How long a target that refused a connection is skipped. Short, because a sidecar's only
+/// target is usually just restarting, and every request in this time gets a 503.
+const FAIL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why forwarding to the upstream failed; the pipeline turns it into a problem response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("every target refused the connection")]
+    Refused,
+    #[error("the upstream closed or reset the connection")]
+    Reset,
+    #[error("the upstream sent an invalid response")]
+    BadResponse,
+    #[error("every target failed within the last second")]
+    NoHealthyTarget,
+}
+
+/// All upstreams of the config, with the health of each target; shared by every worker.
+#[derive(Debug)]
+pub struct Upstreams {
+    list: Vec<Upstream>,
+    epoch: Instant,
+}
+
+#[derive(Debug)]
+struct Upstream {
+    targets: Vec<TargetState>,
+    next: AtomicUsize,
+    connect_timeout: Duration,
+}
+
+#[derive(Debug)]
+struct TargetState {
+    target: Target,
+    /// Milliseconds since `Upstreams::epoch` until which the target is skipped.
+    down_until: AtomicU64,
+}
+
+impl Upstreams {
+    pub fn new(config: &[config::Upstream]) -> Upstreams {
+        let list = config
+            .iter()
+            .map(|u| Upstream {
+                targets: u
+                    .targets
+                    .iter()
+                    .map(|t| TargetState {
+                        target: t.clone(),
+                        down_until: AtomicU64::new(0),
+                    })
+                    .collect(),
+                next: AtomicUsize::new(0),
+                connect_timeout: u.connect_timeout,
+            })
+            .collect();
+        Upstreams {
+            list,
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The order in which to try the targets of upstream `u` for one request: round robin,
+    /// skipping targets that failed within `FAIL_TIMEOUT`. Empty when all of them did.
+    fn plan(&self, u: usize) -> impl Iterator<Item = usize> + '_ {
+        let up = &self.list[u];
+        let n = up.targets.len();
+        let start = if n == 1 {
+            0
+        } else {
+            up.next.fetch_add(1, Ordering::Relaxed)
+        };
+        let now = self.now_ms();
+        (0..n)
+            .map(move |k| (start + k) % n)
+            .filter(move |&t| up.targets[t].down_until.load(Ordering::Relaxed) <= now)
+    }
+
+    fn target(&self, u: usize, t: usize) -> &Target {
+        &self.list[u].targets[t].target
+    }
+
+    fn connect_timeout(&self, u: usize) -> Duration {
+        self.list[u].connect_timeout
+    }
+
+    fn mark_down(&self, u: usize, t: usize) {
+        let until = self.now_ms() + FAIL_TIMEOUT.as_millis() as u64;
+        self.list[u].targets[t]
+            .down_until
+            .store(until, Ordering::Relaxed);
+    }
+
+    /// Whether upstream `u` has a target that is not skipped right now.
+    pub fn healthy(&self, u: usize) -> bool {
+        self.plan(u).next().is_some()
+    }
+
+    /// The number of targets of each upstream, to size a worker's pool.
+    fn shape(&self) -> Vec<usize> {
+        self.list.iter().map(|u| u.targets.len()).collect()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}

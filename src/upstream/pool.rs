@@ -1,0 +1,209 @@
+//! A worker's keep-alive connections to upstream targets. Each worker has its own pool, so a
+//! request never waits on another core; a connection goes back to its slot when the response
+//! body has been read to the end, and is dropped (closed) otherwise.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::{UpstreamError, Upstreams};
+use crate::body::Body;
+use crate::config::Target;
+
+/// Idle connections kept per target and worker; beyond this a finished connection is closed.
+const MAX_IDLE: usize = 256;
+
+/// One worker's pool: an idle stack per (upstream, target).
+#[derive(Debug)]
+pub struct Pool {
+    slots: Vec<Vec<Arc<Slot>>>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    idle: Mutex<Vec<SendRequest<Body>>>,
+}
+
+impl Slot {
+    fn take(&self) -> Option<SendRequest<Body>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn put(&self, sender: SendRequest<Body>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(sender);
+        }
+    }
+}
+
+/// The outcome of trying one target. The request moves back by value: it lives on the stack
+/// either way, and boxing it would allocate.
+#[allow(clippy::large_enum_variant)]
+enum Attempt {
+    /// No connection could be made; the request was not sent and comes back.
+    Unreachable(Request<Body>),
+    Failed(UpstreamError),
+}
+
+impl Pool {
+    pub fn new(upstreams: &Upstreams) -> Pool {
+        let slots = upstreams
+            .shape()
+            .into_iter()
+            .map(|n| (0..n).map(|_| Arc::default()).collect())
+            .collect();
+        Pool { slots }
+    }
+
+    /// Sends `req` to upstream `u`: round robin over its targets, moving on to the next target
+    /// while connections are refused. The request must already be in origin form.
+    pub async fn send(
+        &self,
+        ups: &Upstreams,
+        u: usize,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let mut tried = false;
+        for t in ups.plan(u) {
+            tried = true;
+            match self.send_to(ups, u, t, req).await {
+                Ok(res) => return Ok(res),
+                Err(Attempt::Failed(e)) => return Err(e),
+                Err(Attempt::Unreachable(back)) => {
+                    ups.mark_down(u, t);
+                    req = back;
+                }
+            }
+        }
+        Err(if tried {
+            UpstreamError::Refused
+        } else {
+            UpstreamError::NoHealthyTarget
+        })
+    }
+
+    async fn send_to(
+        &self,
+        ups: &Upstreams,
+        u: usize,
+        t: usize,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, Attempt> {
+        let slot = &self.slots[u][t];
+        while let Some(mut sender) = slot.take() {
+            if sender.ready().await.is_err() {
+                continue; // closed by the upstream while idle
+            }
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok(wrap(res, sender, slot)),
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back, // never written: safe to try another connection
+                    None => return Err(Attempt::Failed(classify(&e.into_error()))),
+                },
+            }
+        }
+        let Ok(mut sender) = connect(ups.target(u, t), ups.connect_timeout(u)).await else {
+            return Err(Attempt::Unreachable(req));
+        };
+        match sender.try_send_request(req).await {
+            Ok(res) => Ok(wrap(res, sender, slot)),
+            Err(e) => Err(Attempt::Failed(classify(e.error()))),
+        }
+    }
+}
+
+async fn connect(target: &Target, timeout: Duration) -> std::io::Result<SendRequest<Body>> {
+    let connecting = async {
+        match target.addr {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect((target.host.as_str(), target.port)).await,
+        }
+    };
+    let stream = tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)??;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+fn classify(e: &hyper::Error) -> UpstreamError {
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        UpstreamError::BadResponse
+    } else {
+        UpstreamError::Reset
+    }
+}
+
+fn wrap(res: Response<Incoming>, sender: SendRequest<Body>, slot: &Arc<Slot>) -> Response<Body> {
+    res.map(|inner| {
+        let mut body = ResponseBody {
+            inner,
+            release: Some((sender, slot.clone())),
+        };
+        if body.inner.is_end_stream() {
+            body.release();
+        }
+        Body::Upstream(body)
+    })
+}
+
+/// An upstream response body that returns its connection to the pool once read to the end.
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: Incoming,
+    release: Option<(SendRequest<Body>, Arc<Slot>)>,
+}
+
+impl ResponseBody {
+    fn release(&mut self) {
+        if let Some((sender, slot)) = self.release.take() {
+            slot.put(sender);
+        }
+    }
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Err(_))) => self.release = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,6 +1,6 @@
 //! Rewriting a request for the upstream and its response for the client, in place.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::header::{EXPECT, HOST};
 use http::uri::Uri;
@@ -17,6 +17,7 @@ use crate::upstream::{UpstreamError, set_forwarded, strip_hop_by_hop};
 pub fn upstream_request(
     app: &App,
     peer: SocketAddr,
+    client: IpAddr,
     id: &HeaderValue,
     req: Request<Incoming>,
 ) -> Request<Body> {
@@ -36,7 +37,7 @@ pub fn upstream_request(
     // sluice already answered any `Expect: 100-continue` when it read the body.
     parts.headers.remove(EXPECT);
     let trusted = is_trusted(peer.ip(), &app.config.server.trusted_proxies);
-    set_forwarded(&mut parts.headers, peer.ip(), trusted);
+    set_forwarded(&mut parts.headers, peer.ip(), trusted, client);
     parts
         .headers
         .insert(app.config.headers.request_id.clone(), id.clone());

@@ -77,13 +77,7 @@ impl Proxy {
         let id = self
             .ids
             .pick(req.headers().get(&self.app.config.headers.request_id));
-        let handled = AssertUnwindSafe(self.handle(peer, &id, req))
-            .catch_unwind()
-            .await;
-        let mut res = handled.unwrap_or_else(|_| {
-            tracing::error!(request_id = ?id, "request handler panicked");
-            problem(Problem::Internal, &id)
-        });
+        let mut res = contain_panic(self.handle(peer, &id, req), &id).await;
         res.headers_mut()
             .insert(self.app.config.headers.request_id.clone(), id);
         res
@@ -114,7 +108,8 @@ impl Proxy {
                 );
             }
         };
-        let req = forward::upstream_request(app, peer, id, req);
+        let client = client_ip(peer.ip(), req.headers(), &app.config.server.trusted_proxies);
+        let req = forward::upstream_request(app, peer, client, id, req);
         match self.pool.send(&app.upstreams, route.upstream, req).await {
             Ok(res) => forward::client_response(res),
             Err(e) => {
@@ -136,6 +131,36 @@ impl Proxy {
     }
 }
 
+/// Runs a request's future; a panic in it becomes a 500 for this request alone.
+async fn contain_panic(
+    handling: impl Future<Output = Response<Body>>,
+    id: &HeaderValue,
+) -> Response<Body> {
+    AssertUnwindSafe(handling)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!(request_id = ?id, "request handler panicked");
+            problem(Problem::Internal, id)
+        })
+}
+
 fn problem(p: Problem, id: &HeaderValue) -> Response<Body> {
     p.into_response(id.to_str().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_while_handling_becomes_a_500_problem() {
+        let id = HeaderValue::from_static("req-1");
+        let res = contain_panic(async { panic!("bug") }, &id).await;
+        assert_eq!(res.status(), 500);
+        assert_eq!(
+            res.headers()[http::header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
 }

@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `Proxy-*`.
 static HOP_BY_HOP: [HeaderName; 9] = [
@@ -48,11 +49,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Sets X-Forwarded-For (appending the peer), -Proto and -Host. A trusted peer's own -Proto and
-/// -Host are kept, since it saw the original request.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool) {
-    let mut ip = [0u8; 64];
-    let ip = format_ip(peer, &mut ip);
+/// Sets X-Forwarded-For (appending the peer), -Proto and -Host, and X-Real-IP (the client as
+/// sluice determined it). A trusted peer's own -Proto and -Host are kept: it saw the original.
+pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, client: IpAddr) {
+    let mut buf = [0u8; 64];
+    if let Ok(real) = HeaderValue::try_from(format_ip(client, &mut buf)) {
+        headers.insert(X_REAL_IP.clone(), real);
+    }
+    let ip = format_ip(peer, &mut buf);
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.trim().is_empty() => HeaderValue::try_from(format!("{prior}, {ip}")),
         _ => HeaderValue::try_from(ip),
@@ -116,7 +120,8 @@ mod tests {
             ("host", "api.example"),
             ("x-forwarded-proto", "https"),
         ]);
-        set_forwarded(&mut h, "10.1.2.3".parse().unwrap(), false);
+        let peer = "10.1.2.3".parse().unwrap();
+        set_forwarded(&mut h, peer, false, peer);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(
             h["x-forwarded-proto"], "http",
@@ -132,7 +137,13 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "outer"),
         ]);
-        set_forwarded(&mut h, "::1".parse().unwrap(), true);
+        set_forwarded(
+            &mut h,
+            "::1".parse().unwrap(),
+            true,
+            "192.0.2.1".parse().unwrap(),
+        );
+        assert_eq!(h["x-real-ip"], "192.0.2.1");
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "outer");

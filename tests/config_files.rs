@@ -1,0 +1,157 @@
+//! The shipped configs stay valid, and the command line reports bad ones clearly.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use sluice::config::{Config, Overrides};
+
+fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+#[test]
+fn every_file_in_config_parses() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path, &Overrides::default())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2);
+}
+
+#[test]
+fn the_full_example_states_the_published_rules() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/sluice.toml");
+    let example = Config::load(path.as_ref(), &Overrides::default()).unwrap();
+    let p = example.policy("default").unwrap();
+    assert_eq!(p.describe(), "1/s burst 100, 100 per 60s");
+    assert_eq!(example.server.request_timeout.as_secs(), 60);
+}
+
+#[test]
+fn check_prints_a_summary_for_a_good_config() {
+    let out = sluice()
+        .args(["check", "--config", "config/sluice.toml"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.contains("upstream api: http://127.0.0.1:3000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("policy default: 1/s burst 100, 100 per 60s"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("config OK"), "{stdout}");
+}
+
+#[test]
+fn check_names_the_key_and_line_of_an_error_and_exits_1() {
+    let dir = std::env::temp_dir().join(format!("sluice-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "[upstreams.api]\ntargets = [\"http://127.0.0.1:3000\"]\n\n[policies.default]\nrate = \"lots\"\nburst = 5\n").unwrap();
+    let out = sluice()
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("line 5"), "{stderr}");
+    assert!(stderr.contains("policies.default.rate"), "{stderr}");
+
+    std::fs::write(&file, "[server]\nlisten_on = \"0.0.0.0:80\"\n").unwrap();
+    let out = sluice()
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        stderr.contains("line 2") && stderr.contains("listen_on"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn flags_and_environment_override_the_file() {
+    let out = sluice()
+        .args([
+            "check",
+            "--config",
+            "config/sidecar.toml",
+            "--listen",
+            "127.0.0.1:7000",
+        ])
+        .env("SLUICE_UPSTREAM", "http://10.0.0.5:4000")
+        .env("SLUICE_WORKERS", "3")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(stdout.contains("listen 127.0.0.1:7000"), "{stdout}");
+    assert!(stdout.contains("3 worker(s)"), "{stdout}");
+    assert!(
+        stdout.contains("upstream app: http://10.0.0.5:4000"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn hash_key_prints_the_sha256_hex_of_stdin() {
+    let mut child = sluice()
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"secret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+    );
+}
+
+#[test]
+fn without_an_upstream_sluice_explains_and_exits_1() {
+    let out = sluice()
+        .env_remove("SLUICE_UPSTREAM")
+        .env_remove("SLUICE_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("--upstream"), "{stderr}");
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_answers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let out = sluice()
+        .args(["healthcheck", "--url", &url])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

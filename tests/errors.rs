@@ -1,0 +1,196 @@
+//! What sluice answers by itself: problem+json for 404, 405, 502 and 503.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::Full;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const ROUTES: &str = r#"
+[upstreams.api]
+targets = ["{upstream}"]
+[[routes]]
+path = "/v1/reports"
+methods = ["GET", "POST"]
+[[routes]]
+path = "/v1/"
+"#;
+
+fn assert_problem(res: &Answer, status: u16) -> serde_json::Value {
+    assert_eq!(res.status, status, "body: {:?}", res.body);
+    assert_eq!(res.header("content-type"), "application/problem+json");
+    let body = res.json();
+    assert_eq!(body["status"], status);
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
+    assert_eq!(body["request_id"], res.header("x-request-id"));
+    body
+}
+
+/// An address where nothing listens.
+async fn closed_port() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    url
+}
+
+/// A TCP server that answers every connection with `reply` and closes it.
+async fn raw_upstream(reply: &'static [u8]) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(reply).await;
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn no_matching_route_is_404_and_never_reaches_the_upstream() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(ROUTES, &up.url());
+    assert_problem(&get(sluice.addr, "/other").await, 404);
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_method_the_route_does_not_take_is_405_with_allow() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(ROUTES, &up.url());
+    let req = request(Method::DELETE, "/v1/reports/1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = send(sluice.addr, req).await;
+    assert_problem(&res, 405);
+    assert_eq!(res.header("allow"), "GET, POST, HEAD");
+    assert!(up.seen().is_empty());
+    // The longer prefix takes no DELETE, the shorter one takes anything.
+    let req = request(Method::DELETE, "/v1/candidates/1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(sluice.addr, req).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_502_then_503_while_the_target_is_down() {
+    let sluice = spawn_default(&closed_port().await);
+    let body = assert_problem(&get(sluice.addr, "/").await, 502);
+    assert!(body["detail"].as_str().unwrap().contains("refused"));
+    let body = assert_problem(&get(sluice.addr, "/").await, 503);
+    assert!(body["detail"].as_str().unwrap().contains("healthy"));
+    let admin = sluice.admin.unwrap();
+    assert_eq!(
+        get(admin, "/readyz").await.status,
+        503,
+        "not ready while every target fails"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        get(sluice.addr, "/").await.status,
+        502,
+        "tried again after the fail timeout"
+    );
+}
+
+#[tokio::test]
+async fn a_garbage_answer_is_502() {
+    let sluice = spawn_default(&raw_upstream(b"this is not http\r\n\r\n").await);
+    let body = assert_problem(&get(sluice.addr, "/").await, 502);
+    assert!(body["detail"].as_str().unwrap().contains("invalid"));
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_answering_is_502() {
+    let sluice = spawn_default(&raw_upstream(b"").await);
+    let body = assert_problem(&get(sluice.addr, "/").await, 502);
+    assert!(body["detail"].as_str().unwrap().contains("closed"));
+}
+
+#[tokio::test]
+async fn a_truncated_answer_is_cut_off_not_completed() {
+    let url = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial").await;
+    let sluice = spawn_default(&url);
+    let stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = request(Method::GET, "/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = http_body_util::BodyExt::collect(res.into_body()).await;
+    assert!(
+        body.is_err(),
+        "the client must see the body end early, not a complete one"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_skips_a_target_that_refuses() {
+    let good = spawn_upstream().await;
+    let bad = closed_port().await;
+    let toml = format!("[upstreams.api]\ntargets = [\"{bad}\", \"{{upstream}}\"]\n");
+    let sluice = spawn_sluice(&toml, &good.url());
+    for _ in 0..6 {
+        assert_eq!(get(sluice.addr, "/").await.status, 200);
+    }
+    assert_eq!(good.seen().len(), 6);
+}
+
+#[tokio::test]
+async fn round_robin_spreads_over_live_targets() {
+    let a = spawn_upstream().await;
+    let b = spawn_upstream().await;
+    let toml = format!(
+        "[upstreams.api]\ntargets = [\"{}\", \"{{upstream}}\"]\n",
+        a.url()
+    );
+    let sluice = spawn_sluice(&toml, &b.url());
+    for _ in 0..6 {
+        assert_eq!(get(sluice.addr, "/").await.status, 200);
+    }
+    assert_eq!((a.seen().len(), b.seen().len()), (3, 3));
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_get_503() {
+    let up = spawn_upstream().await;
+    let toml = "[server]\nmax_connections = 1\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
+    let sluice = spawn_sluice(toml, &up.url());
+    // Hold one keep-alive connection open.
+    let stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    let (mut held, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let first = held
+        .send_request(
+            request(Method::GET, "/")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(first.unwrap().status(), 200);
+
+    let res = get(sluice.addr, "/").await;
+    assert_problem(&res, 503);
+    assert_eq!(res.header("connection"), "close");
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "the refused request never reached the upstream"
+    );
+}

@@ -1,0 +1,228 @@
+//! Requests and responses pass through intact, both ways, with the proxy headers set.
+
+mod support;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::{Full, StreamBody};
+use support::*;
+
+const BIG_BODY: &str = r#"
+[upstreams.api]
+targets = ["{upstream}"]
+[[routes]]
+path = "/"
+max_body = "16MiB"
+"#;
+
+#[tokio::test]
+async fn method_path_query_headers_and_body_reach_the_upstream_intact() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    let req = request(Method::PUT, "/v1/items/7?x=1&y=two%20words")
+        .header("content-type", "application/json")
+        .header("x-custom", "kept")
+        .header("accept", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"name":"Ada"}"#)))
+        .unwrap();
+    let res = send(sluice.addr, req).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["ok"], true);
+    let seen = up.last();
+    assert_eq!(seen.method, Method::PUT);
+    assert_eq!(seen.uri, "/v1/items/7?x=1&y=two%20words");
+    assert_eq!(seen.headers["x-custom"], "kept");
+    assert_eq!(
+        seen.headers["host"], "sluice.test",
+        "Host is kept as the client sent it"
+    );
+    assert_eq!(seen.headers["content-type"], "application/json");
+    assert_eq!(&seen.body[..], br#"{"name":"Ada"}"#);
+}
+
+#[tokio::test]
+async fn a_chunked_request_body_is_forwarded_whole() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    let chunks = ["[1,", "2,", "3]"]
+        .map(|c| Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(c))));
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    let req = request(Method::POST, "/echo")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let res = send(sluice.addr, req).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(&res.body[..], b"[1,2,3]");
+    let seen = up.last();
+    assert_eq!(&seen.body[..], b"[1,2,3]");
+    assert!(
+        seen.headers.get("content-length").is_none(),
+        "streamed, not buffered into a length"
+    );
+}
+
+#[tokio::test]
+async fn several_mib_stream_through_both_ways() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(BIG_BODY, &up.url());
+    let payload = format!("\"{}\"", "x".repeat(6 << 20));
+    let res = send(sluice.addr, post_json("/echo", &payload)).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body.len(), payload.len());
+    assert!(res.body == payload.as_bytes());
+    assert_eq!(up.last().body.len(), payload.len());
+
+    let res = get(sluice.addr, &format!("/big/{}", 5 << 20)).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body.len(), 5 << 20);
+}
+
+#[tokio::test]
+async fn upstream_statuses_and_bodies_pass_through_untouched() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    for code in [200u16, 201, 202, 204, 400, 404, 409, 422, 500, 503] {
+        let res = get(sluice.addr, &format!("/status/{code}")).await;
+        assert_eq!(res.status, code);
+        if code != 204 {
+            assert_eq!(&res.body[..], br#"{"ok":true}"#, "status {code}");
+            assert_eq!(
+                res.header("content-type"),
+                "application/json",
+                "not a problem body: {code}"
+            );
+        }
+    }
+    assert_eq!(up.seen().len(), 10);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_dropped_both_ways() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    let req = request(Method::GET, "/headers")
+        .header("connection", "keep-alive, x-client-private")
+        .header("x-client-private", "1")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOg==")
+        .header("x-client-public", "2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = send(sluice.addr, req).await;
+    let seen = up.last();
+    for name in [
+        "x-client-private",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+    ] {
+        assert!(
+            seen.headers.get(name).is_none(),
+            "{name} reached the upstream"
+        );
+    }
+    assert_eq!(seen.headers["x-client-public"], "2");
+    assert!(res.headers.get("x-upstream-private").is_none());
+    assert!(res.headers.get("keep-alive").is_none());
+    assert_eq!(res.header("x-upstream-public"), "visible");
+}
+
+#[tokio::test]
+async fn forwarded_headers_name_the_peer_when_no_proxy_is_trusted() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    let req = request(Method::GET, "/")
+        .header("x-forwarded-for", "203.0.113.5")
+        .header("x-forwarded-proto", "https")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(sluice.addr, req).await;
+    let seen = up.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.5, 127.0.0.1");
+    assert_eq!(
+        seen.headers["x-forwarded-proto"], "http",
+        "an untrusted client cannot claim https"
+    );
+    assert_eq!(seen.headers["x-forwarded-host"], "sluice.test");
+    assert_eq!(
+        seen.headers["x-real-ip"], "127.0.0.1",
+        "the client is the socket peer"
+    );
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_client_is_the_rightmost_untrusted_address() {
+    let up = spawn_upstream().await;
+    let toml = "[server]\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
+    let sluice = spawn_sluice(toml, &up.url());
+    let req = request(Method::GET, "/")
+        .header("x-forwarded-for", "6.6.6.6, 203.0.113.5, 10.0.0.7")
+        .header("x-forwarded-proto", "https")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(sluice.addr, req).await;
+    let seen = up.last();
+    assert_eq!(seen.headers["x-real-ip"], "203.0.113.5");
+    assert_eq!(
+        seen.headers["x-forwarded-for"],
+        "6.6.6.6, 203.0.113.5, 10.0.0.7, 127.0.0.1"
+    );
+    assert_eq!(
+        seen.headers["x-forwarded-proto"], "https",
+        "a trusted proxy's proto is kept"
+    );
+}
+
+#[tokio::test]
+async fn the_request_id_is_kept_or_generated_and_sent_both_ways() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    let req = request(Method::GET, "/")
+        .header("x-request-id", "client-123")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = send(sluice.addr, req).await;
+    assert_eq!(res.header("x-request-id"), "client-123");
+    assert_eq!(up.last().headers["x-request-id"], "client-123");
+
+    let res = get(sluice.addr, "/").await;
+    let made = res.header("x-request-id").to_string();
+    assert_eq!(made.len(), 16);
+    assert_eq!(up.last().headers["x-request-id"], made.as_str());
+    assert_ne!(get(sluice.addr, "/").await.header("x-request-id"), made);
+}
+
+#[tokio::test]
+async fn an_h2c_request_reaches_an_http1_upstream() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    let uri = "http://api.example:8080/v1/things?page=2";
+    let req = http::Request::get(uri)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = send_h2(sluice.addr, req).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["ok"], true);
+    assert!(!res.header("x-request-id").is_empty());
+    let seen = up.last();
+    assert_eq!(seen.uri, "/v1/things?page=2");
+    assert_eq!(seen.headers["host"], "api.example:8080");
+}
+
+#[tokio::test]
+async fn connections_to_the_upstream_are_reused() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    for _ in 0..5 {
+        assert_eq!(get(sluice.addr, "/").await.status, 200);
+    }
+    // Five client connections, one after the other: the upstream sees one pooled connection.
+    let peers: std::collections::HashSet<String> = up
+        .seen()
+        .iter()
+        .map(|s| s.headers["x-upstream-peer"].to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+}

@@ -1,0 +1,119 @@
+//! Graceful shutdown: stop accepting, let in-flight requests finish, then stop.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+#[tokio::test]
+async fn an_in_flight_request_finishes_after_shutdown_begins() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    let addr = sluice.addr;
+    let admin = sluice.admin.unwrap();
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+    let slow = tokio::spawn(async move { get(addr, "/slow/600").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let started = Instant::now();
+    let stopped = sluice.shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
+
+    let res = slow.await.unwrap();
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["ok"], true);
+    stopped.await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "shutdown waited for the request"
+    );
+}
+
+#[tokio::test]
+async fn drain_timeout_bounds_the_wait() {
+    let up = spawn_upstream().await;
+    let toml = "[server]\ndrain_timeout = \"300ms\"\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
+    let sluice = spawn_sluice(toml, &up.url());
+    let addr = sluice.addr;
+    let slow = tokio::spawn(async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let req = request(http::Method::GET, "/slow/5000")
+            .body(http_body_util::Empty::<bytes::Bytes>::new());
+        sender.send_request(req.unwrap()).await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    sluice.shutdown().await.unwrap();
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert!(
+        slow.await.unwrap().is_err(),
+        "the cut-off request fails rather than hanging"
+    );
+}
+
+/// A free loopback port (bound and released; the binary binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_binary_drains_on_sigterm_and_exits_0() {
+    let up = spawn_upstream().await;
+    let (port, admin) = (free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "--upstream",
+            &up.url(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args([
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--workers",
+            "1",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let mut up_yet = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(admin_addr).await.is_ok() {
+            up_yet = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(up_yet, "sluice did not start");
+    let slow = tokio::spawn(async move { get(addr, "/slow/500").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(slow.await.unwrap().status, 200);
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,262 @@
+//! Test parts: a real upstream that records what it saw, a real sluice on loopback port 0,
+//! and a small client. Nothing is mocked; everything talks over real sockets.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+
+use sluice::config::{Config, Overrides};
+use sluice::server::{self, Running};
+
+/// What the upstream received for one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real HTTP/1.1 upstream on loopback. Paths it understands:
+/// `/status/N` answers N; `/slow/MS` answers after MS milliseconds; `/echo` answers with the
+/// request body and content type; `/headers` answers with hop-by-hop response headers;
+/// `/big/N` streams N bytes; anything else answers 200 `{"ok":true}`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().pop().expect("the upstream saw no request")
+    }
+}
+
+pub async fn spawn_upstream() -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            let log = log.clone();
+            let service = service_fn(move |req| upstream_answer(log.clone(), peer, req));
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    Upstream { addr, seen }
+}
+
+async fn upstream_answer(
+    log: Arc<Mutex<Vec<Seen>>>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (mut parts, body) = req.into_parts();
+    // Recorded beside the headers so tests can tell connections apart.
+    parts
+        .headers
+        .insert("x-upstream-peer", peer.to_string().parse().unwrap());
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    log.lock().unwrap().push(Seen {
+        method: parts.method.clone(),
+        uri: parts.uri.to_string(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+    });
+    let mut res = Response::new(Full::new(Bytes::from_static(br#"{"ok":true}"#)));
+    res.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    if let Some(code) = path.strip_prefix("/status/") {
+        *res.status_mut() = code.parse().unwrap();
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+    } else if path == "/echo" {
+        if let Some(ct) = parts.headers.get("content-type") {
+            res.headers_mut().insert("content-type", ct.clone());
+        }
+        *res.body_mut() = Full::new(body);
+    } else if path == "/headers" {
+        let h = res.headers_mut();
+        h.insert("connection", "x-upstream-private".parse().unwrap());
+        h.insert("x-upstream-private", "secret".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-upstream-public", "visible".parse().unwrap());
+    } else if let Some(n) = path.strip_prefix("/big/") {
+        *res.body_mut() = Full::new(Bytes::from(vec![b'x'; n.parse().unwrap()]));
+    }
+    Ok(res)
+}
+
+/// A running sluice; shuts down (without waiting) when dropped.
+pub struct Sluice {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    running: Option<Running>,
+}
+
+impl Sluice {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
+    /// Begins shutdown and returns a handle that resolves when it is complete.
+    pub fn shutdown(mut self) -> tokio::task::JoinHandle<()> {
+        let running = self.running.take().unwrap();
+        running.shutdown();
+        tokio::task::spawn_blocking(move || running.join())
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.shutdown();
+        }
+    }
+}
+
+/// Starts sluice from TOML. `{upstream}` in the text is replaced by `upstream`; the proxy and
+/// admin listeners go on loopback port 0 and one worker, unless the TOML says otherwise.
+pub fn spawn_sluice(toml: &str, upstream: &str) -> Sluice {
+    let toml = toml.replace("{upstream}", upstream);
+    let mut config =
+        Config::parse(&toml, &Overrides::default()).unwrap_or_else(|e| panic!("test config: {e}"));
+    if !toml.contains("listen =") {
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    }
+    if !toml.contains("workers =") {
+        config.server.workers = 1;
+    }
+    start(config)
+}
+
+/// Starts sluice with the built-in defaults in front of `upstream`.
+pub fn spawn_default(upstream: &str) -> Sluice {
+    spawn_sluice(
+        &format!("[upstreams.api]\ntargets = [\"{upstream}\"]\n"),
+        upstream,
+    )
+}
+
+pub fn start(config: Config) -> Sluice {
+    let running = server::start(config).expect("sluice starts");
+    Sluice {
+        addr: running.local_addr(),
+        admin: running.admin_addr(),
+        running: Some(running),
+    }
+}
+
+/// A complete response, read to the end.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+}
+
+/// Sends one request over a new HTTP/1.1 connection to `addr`.
+pub async fn send<B>(addr: SocketAddr, req: Request<B>) -> Answer
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    read(sender.send_request(req).await.unwrap()).await
+}
+
+/// Sends one request over a new HTTP/2 (prior knowledge, h2c) connection.
+pub async fn send_h2(addr: SocketAddr, req: Request<Full<Bytes>>) -> Answer {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    read(sender.send_request(req).await.unwrap()).await
+}
+
+async fn read(res: Response<Incoming>) -> Answer {
+    let (parts, body) = res.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// A GET of `path` on `addr` with a Host header.
+pub async fn get(addr: SocketAddr, path: &str) -> Answer {
+    send(
+        addr,
+        request(Method::GET, path)
+            .body(Full::new(Bytes::new()))
+            .unwrap(),
+    )
+    .await
+}
+
+/// A request builder with Host set, as every HTTP/1.1 client does.
+pub fn request(method: Method, path: &str) -> http::request::Builder {
+    Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "sluice.test")
+}
+
+/// A JSON POST of `body` to `path`.
+pub fn post_json(path: &str, body: &str) -> Request<Full<Bytes>> {
+    request(Method::POST, path)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::pipeline::Counted;
 use crate::upstream::ResponseBody;
 
 /// Errors from a body stream; boxed only when one happens.
@@ -23,6 +24,8 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A client's request body, streamed to the upstream as it arrives.
     Incoming(Incoming),
+    /// A client's request body, streamed and cut off past the route's `max_body`.
+    Counted(Counted),
     /// An upstream's response body, streamed to the client; hands its connection back to the pool.
     Upstream(ResponseBody),
 }
@@ -52,6 +55,7 @@ impl http_body::Body for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Counted(b) => Pin::new(b).poll_frame(cx),
             Body::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
         }
     }
@@ -61,6 +65,7 @@ impl http_body::Body for Body {
             Body::Empty => true,
             Body::Full(data) => data.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
+            Body::Counted(b) => b.is_end_stream(),
             Body::Upstream(b) => b.is_end_stream(),
         }
     }
@@ -70,6 +75,7 @@ impl http_body::Body for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
+            Body::Counted(b) => b.size_hint(),
             Body::Upstream(b) => b.size_hint(),
         }
     }

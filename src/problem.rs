@@ -1,19 +1,47 @@
 //! The one place where sluice's own refusals and faults become HTTP: RFC 9457 problem details
 //! (`application/problem+json`). Responses from the upstream never pass through here.
 
-use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue};
+use std::borrow::Cow;
+
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
-use serde_json::json;
+use serde_json::{Map, Value, json};
 
 use crate::body::Body;
 
 /// Everything sluice answers by itself, named by what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
+    /// The request head did not arrive within `header_read_timeout`.
+    HeadTimeout,
+    /// The request head is larger than `max_header_bytes`.
+    HeadTooLarge,
     /// No route matches the path.
     NoRoute,
     /// The route exists but not for this method; `allow` lists the methods it takes.
     MethodNotAllowed { allow: HeaderValue },
+    /// `auth.mode = "api_keys"` and the request presents no key.
+    MissingCredentials,
+    /// The presented key is not one of `[[auth.keys]]`.
+    UnknownCredentials,
+    /// The key is valid but lacks a scope the route requires.
+    MissingScope { scope: String },
+    /// The body is (declared or found to be) larger than the route's `max_body`.
+    BodyTooLarge { limit: u64 },
+    /// The body's media type is not one the route accepts.
+    UnsupportedMediaType { accepted: Vec<String> },
+    /// The body is not valid JSON where the route validates it.
+    InvalidJson {
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    /// The request body did not arrive within `request_timeout`.
+    BodyTimeout,
+    /// The client broke off while sending the body.
+    UnreadableBody,
+    /// The upstream did not answer within `request_timeout`; `status` is `timeout_status`.
+    UpstreamTimeout { status: StatusCode },
     /// Every target of the upstream refused the connection or could not be reached in time.
     UpstreamRefused,
     /// The upstream closed or reset the connection before a complete answer.
@@ -33,8 +61,16 @@ pub enum Problem {
 impl Problem {
     pub fn status(&self) -> StatusCode {
         match self {
+            Problem::HeadTimeout | Problem::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Problem::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Problem::NoRoute => StatusCode::NOT_FOUND,
             Problem::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Problem::MissingCredentials | Problem::UnknownCredentials => StatusCode::UNAUTHORIZED,
+            Problem::MissingScope { .. } => StatusCode::FORBIDDEN,
+            Problem::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Problem::InvalidJson { .. } | Problem::UnreadableBody => StatusCode::BAD_REQUEST,
+            Problem::UpstreamTimeout { status } => *status,
             Problem::UpstreamRefused | Problem::UpstreamReset | Problem::UpstreamBadResponse => {
                 StatusCode::BAD_GATEWAY
             }
@@ -46,12 +82,40 @@ impl Problem {
     }
 
     /// One sentence for the `detail` member.
-    pub fn detail(&self) -> &'static str {
-        match self {
+    pub fn detail(&self) -> Cow<'static, str> {
+        let text = match self {
+            Problem::HeadTimeout => "The request head did not arrive in time.",
+            Problem::HeadTooLarge => "The request head is too large.",
             Problem::NoRoute => "No route matches this path.",
             Problem::MethodNotAllowed { .. } => {
                 "This route does not accept this method; see the Allow header."
             }
+            Problem::MissingCredentials => {
+                "An API key is required: Authorization: Bearer KEY, or X-Api-Key: KEY."
+            }
+            Problem::UnknownCredentials => "The API key is not valid.",
+            Problem::MissingScope { scope } => {
+                return format!("The API key lacks the scope {scope:?} this route requires.")
+                    .into();
+            }
+            Problem::BodyTooLarge { limit } => {
+                return format!("The request body is larger than {limit} bytes.").into();
+            }
+            Problem::UnsupportedMediaType { accepted } => {
+                let list = accepted.join(", ");
+                return format!("A request body must have a Content-Type of: {list}.").into();
+            }
+            Problem::InvalidJson {
+                line,
+                column,
+                reason,
+            } => {
+                let at = format!("line {line}, column {column}");
+                return format!("The body is not valid JSON at {at}: {reason}.").into();
+            }
+            Problem::BodyTimeout => "The request body did not arrive in time.",
+            Problem::UnreadableBody => "The request body could not be read to its end.",
+            Problem::UpstreamTimeout { .. } => "The upstream did not answer in time.",
             Problem::UpstreamRefused => "The upstream refused the connection.",
             Problem::UpstreamReset => {
                 "The upstream closed the connection before answering in full."
@@ -61,36 +125,89 @@ impl Problem {
             Problem::Overloaded => "Too many open connections; try again shortly.",
             Problem::Draining => "The proxy is shutting down; try again shortly.",
             Problem::Internal => "An internal error occurred in the proxy.",
+        };
+        Cow::Borrowed(text)
+    }
+
+    /// Whether the connection is closed after this answer: after a timeout the client's
+    /// stream is in an unknown state, and overload and shutdown want the connection gone.
+    pub fn closes_connection(&self) -> bool {
+        match self {
+            Problem::HeadTimeout | Problem::HeadTooLarge | Problem::BodyTimeout => true,
+            Problem::Overloaded | Problem::Draining => true,
+            Problem::UpstreamTimeout { status } => *status == StatusCode::REQUEST_TIMEOUT,
+            _ => false,
         }
     }
 
-    /// The problem as a complete response; `request_id` ties it to the logs.
-    pub fn into_response(self, request_id: &str) -> Response<Body> {
+    /// The problem document.
+    pub fn body(&self, request_id: &str) -> Value {
         let status = self.status();
-        let body = json!({
+        let mut doc = json!({
             "type": "about:blank",
             "title": status.canonical_reason().unwrap_or(""),
             "status": status.as_u16(),
             "detail": self.detail(),
             "request_id": request_id,
         });
-        let mut res = Response::new(Body::full(body.to_string()));
-        *res.status_mut() = status;
+        if let (Some(obj), Some((name, value))) = (doc.as_object_mut(), self.extension()) {
+            obj.insert(name.into(), value);
+        }
+        doc
+    }
+
+    /// A member beyond the standard ones, for clients that act on it.
+    fn extension(&self) -> Option<(&'static str, Value)> {
+        match self {
+            Problem::UnsupportedMediaType { accepted } => Some(("accepted", json!(accepted))),
+            Problem::BodyTooLarge { limit } => Some(("max_body", json!(limit))),
+            Problem::InvalidJson { line, column, .. } => {
+                let mut at = Map::new();
+                at.insert("line".into(), json!(line));
+                at.insert("column".into(), json!(column));
+                Some(("position", Value::Object(at)))
+            }
+            _ => None,
+        }
+    }
+
+    /// The problem as a complete response; `request_id` ties it to the logs.
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let mut res = Response::new(Body::full(self.body(request_id).to_string()));
+        *res.status_mut() = self.status();
         let headers = res.headers_mut();
         headers.insert(
             CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.closes_connection() {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         match self {
             Problem::MethodNotAllowed { allow } => {
                 headers.insert(ALLOW, allow);
             }
-            Problem::Overloaded | Problem::Draining => {
-                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            Problem::MissingCredentials | Problem::UnknownCredentials => {
+                let challenge = HeaderValue::from_static("Bearer realm=\"sluice\"");
+                headers.insert(WWW_AUTHENTICATE, challenge);
             }
             _ => {}
         }
         res
+    }
+
+    /// The problem as raw HTTP/1.1 bytes, for answers written before any request was parsed
+    /// (the connection closes right after).
+    pub fn to_http1(&self, request_id: &str) -> Vec<u8> {
+        let body = self.body(request_id).to_string();
+        let status = self.status();
+        let head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        [head.into_bytes(), body.into_bytes()].concat()
     }
 }
 
@@ -118,5 +235,30 @@ mod tests {
         let res = Problem::MethodNotAllowed { allow }.into_response("x");
         assert_eq!(res.status(), 405);
         assert_eq!(res.headers()[ALLOW], "GET, POST");
+    }
+
+    #[test]
+    fn timeouts_close_the_connection_and_401_challenges() {
+        assert_eq!(
+            Problem::BodyTimeout.into_response("x").headers()[CONNECTION],
+            "close"
+        );
+        let to = Problem::UpstreamTimeout {
+            status: StatusCode::GATEWAY_TIMEOUT,
+        };
+        assert!(to.into_response("x").headers().get(CONNECTION).is_none());
+        let res = Problem::MissingCredentials.into_response("x");
+        assert!(res.headers().contains_key(WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn raw_http1_answers_are_complete_messages() {
+        let raw = String::from_utf8(Problem::HeadTimeout.to_http1("id-1")).unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 408 Request Timeout\r\n"));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(head.contains("connection: close"));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["request_id"], "id-1");
     }
 }

@@ -117,6 +117,8 @@ pub struct Batch {
 pub struct Auth {
     pub mode: AuthMode,
     pub keys: Vec<ApiKey>,
+    /// Whether the credential headers (Authorization, X-Api-Key) go on to the upstream.
+    pub forward_credentials: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -155,13 +155,25 @@ impl Default for Batch {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     #[serde(default)]
     pub mode: AuthMode,
     #[serde(default)]
     pub keys: Vec<ApiKey>,
+    #[serde(default = "yes")]
+    pub forward_credentials: bool,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            mode: AuthMode::None,
+            keys: Vec::new(),
+            forward_credentials: true,
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

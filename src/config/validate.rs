@@ -500,6 +500,7 @@ fn auth(a: &raw::Auth, pols: &[Policy], errs: &mut Errors) -> Auth {
     Auth {
         mode: a.mode,
         keys: keys.collect(),
+        forward_credentials: a.forward_credentials,
     }
 }
 

@@ -1,27 +1,26 @@
-//! Rewriting a request for the upstream and its response for the client, in place.
+//! Forwarding: the request rewritten in place for the upstream, its body read or streamed
+//! within the route's deadline, and the upstream's answer made ready for the client.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use http::header::{EXPECT, HOST};
+use http::request::Parts;
 use http::uri::Uri;
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::Incoming;
+use tokio::time::{Instant, timeout_at};
 
-use super::{App, is_trusted};
+use super::payload::{self, Counted, Progress};
+use super::{App, Proxy, is_trusted};
 use crate::body::Body;
+use crate::config::Route;
 use crate::problem::Problem;
 use crate::upstream::{UpstreamError, set_forwarded, strip_hop_by_hop};
 
-/// The client's request, made ready for an HTTP/1.1 upstream: origin-form URI, `Host` kept as
-/// the client sent it, hop-by-hop headers dropped, X-Forwarded-* and the request id set.
-pub fn upstream_request(
-    app: &App,
-    peer: SocketAddr,
-    client: IpAddr,
-    id: &HeaderValue,
-    req: Request<Incoming>,
-) -> Request<Body> {
-    let (mut parts, body) = req.into_parts();
+/// Makes the request head ready for an HTTP/1.1 upstream: origin-form URI, `Host` kept as the
+/// client sent it, hop-by-hop headers dropped, X-Forwarded-* and the request id set.
+pub fn prepare(app: &App, peer: SocketAddr, client: IpAddr, id: &HeaderValue, parts: &mut Parts) {
     if let Some(authority) = parts.uri.authority() {
         // HTTP/2 and absolute-form requests carry the host in the URI rather than in Host.
         if !parts.headers.contains_key(HOST) {
@@ -41,7 +40,53 @@ pub fn upstream_request(
     parts
         .headers
         .insert(app.config.headers.request_id.clone(), id.clone());
-    Request::from_parts(parts, Body::Incoming(body))
+}
+
+/// Sends the request upstream and waits for the answer's head, all within the route's
+/// `request_timeout`. A JSON body the route validates is read whole first; others stream.
+pub async fn send(
+    proxy: &Proxy,
+    route: &Route,
+    parts: Parts,
+    body: Incoming,
+) -> Result<Response<Body>, Problem> {
+    let deadline = Instant::now() + route.request_timeout;
+    let validate = route.validate_json && payload::is_json(&parts.headers);
+    let (body, progress) = if validate {
+        let bytes = timeout_at(deadline, payload::read_whole(body, route.max_body))
+            .await
+            .map_err(|_| Problem::BodyTimeout)??;
+        payload::validate_json(&bytes)?;
+        (Body::full(bytes), None)
+    } else {
+        let progress = Arc::new(Progress::default());
+        let counted = Counted::new(body, route.max_body, progress.clone());
+        (Body::Counted(counted), Some(progress))
+    };
+    let app = &*proxy.app;
+    let sent = proxy.pool.send(
+        &app.upstreams,
+        route.upstream,
+        Request::from_parts(parts, body),
+    );
+    let unfinished = || progress.as_ref().is_some_and(|p| !p.complete());
+    match timeout_at(deadline, sent).await {
+        Ok(Ok(res)) => Ok(res),
+        Ok(Err(_)) if progress.as_ref().is_some_and(|p| p.too_large()) => {
+            Err(Problem::BodyTooLarge {
+                limit: route.max_body,
+            })
+        }
+        Ok(Err(e)) => {
+            let upstream = &app.config.upstreams[route.upstream].name;
+            tracing::warn!(error = %e, %upstream, "upstream failed");
+            Err(e.into())
+        }
+        Err(_) if unfinished() => Err(Problem::BodyTimeout),
+        Err(_) => Err(Problem::UpstreamTimeout {
+            status: app.config.server.timeout_status,
+        }),
+    }
 }
 
 /// The upstream's response for the client: untouched but for hop-by-hop headers.

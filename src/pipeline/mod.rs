@@ -1,9 +1,12 @@
-//! One request's way through sluice: route → (limits and guards) → forward → response headers.
+//! One request's way through sluice, in phases: route (404/405) → credentials (401/403) →
+//! body checks (413/415) → forward within the deadline (408, 400, 502/503/504) → response.
 //! `App` is the state shared by every worker; `Proxy` is one worker's view of it, with the
 //! worker's own upstream pool and request-id counter.
 
+mod auth;
 mod client;
 mod forward;
+mod payload;
 mod request_id;
 mod route;
 
@@ -14,14 +17,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
+pub use auth::{Keys, presented_key};
 pub use client::{client_ip, is_trusted};
+pub use payload::Counted;
 pub use request_id::RequestIds;
 pub use route::{Routed, Router};
 
 use crate::body::Body;
-use crate::config::Config;
+use crate::config::{Config, Route};
 use crate::problem::Problem;
 use crate::upstream::{Pool, Upstreams};
 
@@ -31,6 +37,7 @@ pub struct App {
     pub config: Config,
     pub router: Router,
     pub upstreams: Upstreams,
+    pub keys: Keys,
     /// Set when shutdown begins: readiness fails and new requests get 503.
     pub draining: AtomicBool,
     /// Client connections open now, across all workers.
@@ -42,6 +49,7 @@ impl App {
         App {
             router: Router::new(&config.routes),
             upstreams: Upstreams::new(&config.upstreams),
+            keys: Keys::new(&config.auth),
             config,
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
@@ -63,6 +71,12 @@ pub struct Proxy {
     ids: RequestIds,
 }
 
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+}
+
 impl Proxy {
     pub fn new(app: Arc<App>, worker: usize) -> Proxy {
         Proxy {
@@ -74,56 +88,66 @@ impl Proxy {
 
     /// Answers one request. Never fails: a panic inside becomes a 500 for this request only.
     pub async fn serve(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-        let id = self
-            .ids
-            .pick(req.headers().get(&self.app.config.headers.request_id));
-        let mut res = contain_panic(self.handle(peer, &id, req), &id).await;
+        let id = self.request_id(&req);
+        let handling = async {
+            match self.handle(Peer { addr: peer }, &id, req).await {
+                Ok(res) => res,
+                Err(p) => problem(p, &id),
+            }
+        };
+        let mut res = contain_panic(handling, &id).await;
         res.headers_mut()
             .insert(self.app.config.headers.request_id.clone(), id);
         res
     }
 
+    fn request_id<B>(&self, req: &Request<B>) -> HeaderValue {
+        self.ids
+            .pick(req.headers().get(&self.app.config.headers.request_id))
+    }
+
     async fn handle(
         &self,
-        peer: SocketAddr,
+        peer: Peer,
         id: &HeaderValue,
         req: Request<Incoming>,
-    ) -> Response<Body> {
+    ) -> Result<Response<Body>, Problem> {
         let app = &*self.app;
         if app.draining.load(Ordering::Relaxed) {
-            return problem(Problem::Draining, id);
+            return Err(Problem::Draining);
         }
-        let route = match app
+        let route = self.route(&req)?;
+        let who = auth::authenticate(&app.config.auth, &app.keys, route, req.headers())?;
+        payload::check_head(route, req.headers(), !req.body().is_end_stream())?;
+        let (mut parts, body) = req.into_parts();
+        let client = client_ip(
+            peer.addr.ip(),
+            &parts.headers,
+            &app.config.server.trusted_proxies,
+        );
+        forward::prepare(app, peer.addr, client, id, &mut parts);
+        auth::identify_upstream(&app.config.auth, &app.keys, who, &mut parts.headers);
+        let res = forward::send(self, route, parts, body).await?;
+        Ok(forward::client_response(res))
+    }
+
+    fn route<B>(&self, req: &Request<B>) -> Result<&Route, Problem> {
+        let app = &*self.app;
+        match app
             .router
             .route(&app.config.routes, req.method(), req.uri().path())
         {
-            Routed::Route(i) => &app.config.routes[i],
-            Routed::NotFound => return problem(Problem::NoRoute, id),
-            Routed::MethodNotAllowed(_, allow) => {
-                return problem(
-                    Problem::MethodNotAllowed {
-                        allow: allow.clone(),
-                    },
-                    id,
-                );
-            }
-        };
-        let client = client_ip(peer.ip(), req.headers(), &app.config.server.trusted_proxies);
-        let req = forward::upstream_request(app, peer, client, id, req);
-        match self.pool.send(&app.upstreams, route.upstream, req).await {
-            Ok(res) => forward::client_response(res),
-            Err(e) => {
-                tracing::warn!(request_id = ?id, error = %e, upstream = %app.config.upstreams[route.upstream].name, "upstream failed");
-                problem(e.into(), id)
-            }
+            Routed::Route(i) => Ok(&app.config.routes[i]),
+            Routed::NotFound => Err(Problem::NoRoute),
+            Routed::MethodNotAllowed(_, allow) => Err(Problem::MethodNotAllowed {
+                allow: allow.clone(),
+            }),
         }
     }
 
     /// The answer to every request on a connection over `max_connections`.
-    pub fn overloaded(&self, req: &Request<Incoming>) -> Response<Body> {
-        let id = self
-            .ids
-            .pick(req.headers().get(&self.app.config.headers.request_id));
+    pub fn overloaded<B>(&self, req: &Request<B>) -> Response<Body> {
+        let id = self.request_id(req);
         let mut res = problem(Problem::Overloaded, &id);
         res.headers_mut()
             .insert(self.app.config.headers.request_id.clone(), id);

@@ -3,6 +3,7 @@
 //! plus a small control thread for the admin listener. Shutdown drains in-flight requests.
 
 mod admin;
+mod client_io;
 mod listener;
 mod worker;
 

@@ -1,6 +1,11 @@
 //! One worker: a single-threaded runtime running an accept loop and its connections.
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,11 +20,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::client_io::{Active, ClientIo, ConnState, HeadLimits};
+use crate::body::{Body, BoxError};
 use crate::config;
 use crate::pipeline::{App, Proxy};
 
-/// Hyper refuses a read buffer below this size.
-const MIN_BUF: usize = 8192;
+/// hyper's own read buffer limit, kept well above `max_header_bytes` so that the head limit is
+/// enforced (with a problem body) by `ClientIo` rather than by hyper's bare 431.
+const READ_BUF: usize = 400 * 1024;
 
 pub fn spawn(
     i: usize,
@@ -72,10 +80,11 @@ async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Receiv
 
 fn builder(server: &config::Server) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // Head deadlines and sizes are ClientIo's job; hyper's own would close without an answer.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(server.header_read_timeout)
-        .max_buf_size(server.max_header_bytes.max(MIN_BUF));
+        .header_read_timeout(None)
+        .max_buf_size(READ_BUF.max(server.max_header_bytes + 64 * 1024));
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(server.max_header_bytes).unwrap_or(u32::MAX));
@@ -92,20 +101,25 @@ fn connection(
     let _ = stream.set_nodelay(true);
     let guard = ConnectionGuard::new(&proxy.app);
     let over_limit = guard.open > proxy.app.config.server.max_connections;
+    let state = Arc::new(ConnState::default());
+    let io = ClientIo::new(stream, state.clone(), head_limits(&proxy.app.config.server));
     let proxy = proxy.clone();
     let service = service_fn(move |req| {
-        let proxy = proxy.clone();
+        let (proxy, active) = (proxy.clone(), Active::new(&state));
         async move {
             let res = if over_limit {
                 proxy.overloaded(&req)
             } else {
                 proxy.serve(peer, req).await
             };
-            Ok::<_, Infallible>(res)
+            Ok::<_, Infallible>(res.map(|body| Answer {
+                body,
+                _active: active,
+            }))
         }
     });
     let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .into_owned();
     let conn = graceful.watch(conn);
     tokio::spawn(async move {
@@ -114,6 +128,41 @@ fn connection(
         }
         drop(guard);
     });
+}
+
+fn head_limits(server: &config::Server) -> HeadLimits {
+    HeadLimits {
+        header_read_timeout: server.header_read_timeout,
+        idle_timeout: server.idle_timeout,
+        max_header_bytes: server.max_header_bytes,
+    }
+}
+
+/// A response body that keeps its request marked in progress on the connection until hyper
+/// has written it and dropped it; the idle timeout starts after that.
+struct Answer {
+    body: Body,
+    _active: Active,
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Counts an open client connection for `max_connections`, until dropped.

@@ -260,3 +260,16 @@ pub fn post_json(path: &str, body: &str) -> Request<Full<Bytes>> {
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap()
 }
+
+/// A POST whose JSON body is sent chunked, one chunk per item, with no Content-Length.
+pub fn chunked_json<const N: usize>(
+    path: &str,
+    chunks: [&'static str; N],
+) -> Request<impl http_body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static> {
+    let frames = chunks.map(|c| Ok(hyper::body::Frame::data(Bytes::from_static(c.as_bytes()))));
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    request(Method::POST, path)
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap()
+}

@@ -1,0 +1,164 @@
+//! Credentials: the key a request presents (Bearer, Basic user name, or X-Api-Key), and, with
+//! `auth.mode = "api_keys"`, whether it is a known key with the route's scopes (401/403).
+//! Keys are stored and looked up by SHA-256 digest only.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use base64::Engine;
+use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use sha2::{Digest, Sha256};
+
+use crate::config::{ApiKey, Auth, AuthMode, Route};
+use crate::problem::Problem;
+
+pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+pub static X_SLUICE_CLIENT: HeaderName = HeaderName::from_static("x-sluice-client");
+
+/// The configured keys, by digest, with each key's name ready as a header value.
+#[derive(Debug)]
+pub struct Keys {
+    by_digest: HashMap<[u8; 32], usize>,
+    names: Vec<HeaderValue>,
+}
+
+impl Keys {
+    pub fn new(auth: &Auth) -> Keys {
+        let by_digest = auth
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.sha256, i))
+            .collect();
+        let names = auth
+            .keys
+            .iter()
+            .map(|k| {
+                HeaderValue::from_str(&k.name).unwrap_or(HeaderValue::from_static("invalid-name"))
+            })
+            .collect();
+        Keys { by_digest, names }
+    }
+
+    /// The `X-Sluice-Client` value for key `i`.
+    pub fn name(&self, i: usize) -> &HeaderValue {
+        &self.names[i]
+    }
+}
+
+/// The key the request presents, if any: `Authorization: Bearer KEY`, `Authorization: Basic`
+/// with the key as user name, or `X-Api-Key: KEY`.
+pub fn presented_key(headers: &HeaderMap) -> Option<Cow<'_, [u8]>> {
+    if let Some(auth) = headers.get(AUTHORIZATION) {
+        let value = auth.as_bytes();
+        if let Some(token) = strip_scheme(value, b"bearer ") {
+            return non_empty(Cow::Borrowed(token));
+        }
+        if let Some(encoded) = strip_scheme(value, b"basic ") {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()?;
+            let user = match decoded.iter().position(|&b| b == b':') {
+                Some(colon) => decoded[..colon].to_vec(),
+                None => decoded,
+            };
+            return non_empty(Cow::Owned(user));
+        }
+    }
+    headers
+        .get(&X_API_KEY)
+        .and_then(|v| non_empty(Cow::Borrowed(v.as_bytes())))
+}
+
+fn strip_scheme<'a>(value: &'a [u8], scheme: &[u8]) -> Option<&'a [u8]> {
+    let head = value.get(..scheme.len())?;
+    head.eq_ignore_ascii_case(scheme)
+        .then(|| value[scheme.len()..].trim_ascii())
+}
+
+fn non_empty(key: Cow<'_, [u8]>) -> Option<Cow<'_, [u8]>> {
+    (!key.is_empty()).then_some(key)
+}
+
+/// Who the request is, when keys are required: the index of its `[[auth.keys]]` entry.
+/// `Ok(None)` when `auth.mode = "none"`.
+pub fn authenticate(
+    auth: &Auth,
+    keys: &Keys,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Option<usize>, Problem> {
+    if auth.mode == AuthMode::None {
+        return Ok(None);
+    }
+    let presented = presented_key(headers).ok_or(Problem::MissingCredentials)?;
+    let digest: [u8; 32] = Sha256::digest(&presented).into();
+    let &i = keys
+        .by_digest
+        .get(&digest)
+        .ok_or(Problem::UnknownCredentials)?;
+    check_scopes(&auth.keys[i], route)?;
+    Ok(Some(i))
+}
+
+fn check_scopes(key: &ApiKey, route: &Route) -> Result<(), Problem> {
+    match route.scopes.iter().find(|s| !key.scopes.contains(s)) {
+        Some(missing) => Err(Problem::MissingScope {
+            scope: missing.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Sets what the upstream learns of the client: its key's name (never a client-sent one), and
+/// the credential headers only when `forward_credentials`.
+pub fn identify_upstream(auth: &Auth, keys: &Keys, who: Option<usize>, headers: &mut HeaderMap) {
+    headers.remove(&X_SLUICE_CLIENT);
+    if let Some(i) = who {
+        headers.insert(X_SLUICE_CLIENT.clone(), keys.name(i).clone());
+    }
+    if !auth.forward_credentials {
+        headers.remove(AUTHORIZATION);
+        headers.remove(&X_API_KEY);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(name: &'static str, value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(name, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn a_key_is_found_in_each_of_its_three_places() {
+        assert_eq!(
+            presented_key(&with("authorization", "Bearer abc")).as_deref(),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            presented_key(&with("authorization", "bearer  abc ")).as_deref(),
+            Some(&b"abc"[..])
+        );
+        // "abc:" in base64
+        assert_eq!(
+            presented_key(&with("authorization", "Basic YWJjOg==")).as_deref(),
+            Some(&b"abc"[..])
+        );
+        assert_eq!(
+            presented_key(&with("x-api-key", "abc")).as_deref(),
+            Some(&b"abc"[..])
+        );
+    }
+
+    #[test]
+    fn empty_or_malformed_credentials_are_no_key() {
+        assert_eq!(presented_key(&with("authorization", "Bearer ")), None);
+        assert_eq!(presented_key(&with("authorization", "Basic !!!")), None);
+        assert_eq!(presented_key(&with("authorization", "Digest x")), None);
+        assert_eq!(presented_key(&HeaderMap::new()), None);
+    }
+}

@@ -1,0 +1,224 @@
+//! A client connection's socket, watched between requests: the idle timeout, and the deadline
+//! and size limit of a request head (the slowloris guard). hyper has not seen a request yet at
+//! that point, so the 408 or 431 answer is written here, and the connection closed.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+use crate::problem::Problem;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// Requests being answered on one connection; the connection is idle when none are.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    active: AtomicUsize,
+}
+
+/// Marks a request in progress on its connection until dropped (with the response body).
+#[derive(Debug)]
+pub struct Active(Arc<ConnState>);
+
+impl Active {
+    pub fn new(state: &Arc<ConnState>) -> Active {
+        state.active.fetch_add(1, Ordering::Relaxed);
+        Active(state.clone())
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The limits on the time between requests and on a request head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// No request in progress and no byte of the next one yet.
+    Idle,
+    /// Bytes of a request head have arrived; the head is not complete.
+    Head,
+    /// A request is being answered; its body may be read.
+    Busy,
+}
+
+/// The socket, with the timers and counters of the phase between requests.
+pub struct ClientIo {
+    stream: TcpStream,
+    state: Arc<ConnState>,
+    limits: HeadLimits,
+    phase: Phase,
+    timer: Pin<Box<Sleep>>,
+    /// Bytes of the current head so far; `None` once its end has been seen.
+    head_bytes: Option<usize>,
+    /// The last bytes read in the head phase, to find a `\r\n\r\n` split across reads.
+    tail: [u8; 3],
+    /// Set once the first bytes show an HTTP/2 connection: no head phase there.
+    h2: Option<bool>,
+}
+
+impl ClientIo {
+    pub fn new(stream: TcpStream, state: Arc<ConnState>, limits: HeadLimits) -> ClientIo {
+        // A new connection must send its first head within header_read_timeout.
+        let timer = Box::pin(tokio::time::sleep(limits.header_read_timeout));
+        ClientIo {
+            stream,
+            state,
+            limits,
+            phase: Phase::Idle,
+            timer,
+            head_bytes: None,
+            tail: [0; 3],
+            h2: None,
+        }
+    }
+
+    fn update_phase(&mut self) {
+        let busy = self.state.active.load(Ordering::Relaxed) > 0;
+        match (self.phase, busy) {
+            (Phase::Busy, false) => {
+                self.phase = Phase::Idle;
+                self.timer
+                    .as_mut()
+                    .reset(Instant::now() + self.limits.idle_timeout);
+            }
+            (Phase::Idle | Phase::Head, true) => self.phase = Phase::Busy,
+            _ => {}
+        }
+    }
+
+    /// The timer ran out: an idle connection ends quietly; a half-sent head gets a 408.
+    fn expire(&mut self) -> io::Result<()> {
+        if self.phase == Phase::Head {
+            self.answer(&Problem::HeadTimeout);
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        Ok(()) // end of stream: hyper closes the connection cleanly
+    }
+
+    /// Writes a problem straight to the socket; best effort, as the connection ends anyway.
+    fn answer(&self, problem: &Problem) {
+        let _ = self.stream.try_write(&problem.to_http1(""));
+    }
+
+    /// Accounts for bytes read while no request is being answered.
+    fn saw_head_bytes(&mut self, new: &[u8]) -> io::Result<()> {
+        if *self.h2.get_or_insert_with(|| new.starts_with(H2_PREFACE)) {
+            return Ok(());
+        }
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Head;
+            self.head_bytes = Some(0);
+            self.tail = [0; 3];
+            let deadline = Instant::now() + self.limits.header_read_timeout;
+            self.timer.as_mut().reset(deadline);
+        }
+        let Some(so_far) = self.head_bytes else {
+            return Ok(());
+        };
+        let (len, complete) = head_end(&self.tail, new);
+        if so_far + len > self.limits.max_header_bytes {
+            self.answer(&Problem::HeadTooLarge);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
+        }
+        self.head_bytes = if complete { None } else { Some(so_far + len) };
+        for &b in new {
+            self.tail = [self.tail[1], self.tail[2], b];
+        }
+        Ok(())
+    }
+}
+
+/// How many bytes of `new` belong to the head, and whether the head ends in them.
+fn head_end(tail: &[u8; 3], new: &[u8]) -> (usize, bool) {
+    let mut window = *tail;
+    for (i, &b) in new.iter().enumerate() {
+        if window == *b"\r\n\r" && b == b'\n' {
+            return (i + 1, true);
+        }
+        window = [window[1], window[2], b];
+    }
+    (new.len(), false)
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.update_phase();
+        if this.phase != Phase::Busy && this.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(this.expire());
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+        if this.phase != Phase::Busy && buf.filled().len() > before {
+            this.saw_head_bytes(&buf.filled()[before..])?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_of_a_head_is_found_across_reads() {
+        assert_eq!(head_end(&[0; 3], b"GET / HTTP/1.1\r\n\r\nbody"), (18, true));
+        assert_eq!(head_end(&[0; 3], b"GET / HTTP/1.1\r\nHost: x"), (23, false));
+        assert_eq!(head_end(b"x\r\n", b"\r\nbody"), (2, true));
+        assert_eq!(head_end(b"\r\n\r", b"\nrest"), (1, true));
+    }
+}

@@ -1,0 +1,993 @@
+//! What sluice refuses before a request reaches the upstream: slow and oversized heads (408,
+//! 431), idle connections, bodies over `max_body` (413), media types (415), invalid JSON (400),
+//! the request deadline (408/504), the connect timeout (502), and which status wins when several
+//! apply. Clients that misbehave are played on raw sockets.
+
+mod support;
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http_body_util::{Full, StreamBody};
+use sha2::{Digest, Sha256};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The routes every guard test uses; `[server]` lines come first. `/raw/` streams without
+/// JSON validation, `/any/` takes any media type, everything else is a JSON route of 1 KiB.
+fn config(server: &str) -> String {
+    format!(
+        r#"
+[server]
+{server}
+[upstreams.api]
+targets = ["{{upstream}}"]
+[[routes]]
+path = "/raw/"
+policy = "none"
+max_body = "1KiB"
+validate_json = false
+[[routes]]
+path = "/any/"
+policy = "none"
+max_body = "1KiB"
+content_types = ["*"]
+[[routes]]
+path = "/"
+policy = "none"
+max_body = "1KiB"
+"#
+    )
+}
+
+const MAX_BODY: usize = 1024;
+
+fn assert_problem(res: &Answer, status: u16) -> serde_json::Value {
+    assert_eq!(res.status, status, "body: {:?}", res.body);
+    assert_eq!(res.header("content-type"), "application/problem+json");
+    let body = res.json();
+    assert_eq!(body["status"], status);
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
+    assert_eq!(body["request_id"], res.header("x-request-id"));
+    body
+}
+
+/// Runs `fut`, failing the test if it takes longer than `limit`.
+async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {limit:?}"))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body from a raw socket, and no more.
+async fn read_answer(s: &mut TcpStream) -> Answer {
+    let mut buf = Vec::new();
+    let head_len = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.expect("reading the response");
+        assert!(
+            n > 0,
+            "closed before a complete response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_len]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut headers = HeaderMap::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':').unwrap();
+        headers.append(
+            HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+            HeaderValue::from_str(value.trim()).unwrap(),
+        );
+    }
+    let len: usize = headers
+        .get("content-length")
+        .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
+    let mut body = buf.split_off(head_len);
+    while body.len() < len {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.expect("reading the body");
+        assert!(n > 0, "closed inside the response body");
+        body.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(body.len(), len, "bytes after the response");
+    Answer {
+        status: StatusCode::from_u16(status).unwrap(),
+        headers,
+        body: Bytes::from(body),
+    }
+}
+
+/// Reads until the peer closes; returns what came before the end.
+async fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .await
+        .expect("a clean close, not a reset");
+    rest
+}
+
+/// A request whose body is sent chunked, one chunk per item, with no Content-Length.
+fn chunked(
+    path: &str,
+    content_type: &str,
+    chunks: Vec<Vec<u8>>,
+) -> http::Request<impl http_body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static> {
+    let frames: Vec<Result<_, std::io::Error>> = chunks
+        .into_iter()
+        .map(|c| Ok(hyper::body::Frame::data(Bytes::from(c))))
+        .collect();
+    request(Method::POST, path)
+        .header("content-type", content_type)
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap()
+}
+
+/// A request with a complete body.
+type Req = http::Request<Full<Bytes>>;
+
+/// A request with `body` and, if given, that Content-Type.
+fn with_body(method: Method, path: &str, content_type: Option<&str>, body: &str) -> Req {
+    let mut b = request(method, path);
+    if let Some(ct) = content_type {
+        b = b.header("content-type", ct);
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+/// A valid JSON document of exactly `n` bytes (n >= 4).
+fn json_of_len(n: usize) -> String {
+    format!("\"{}\"", "a".repeat(n - 2))
+}
+
+// ---- 1. slowloris --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn half_a_head_gets_408_with_connection_close_then_the_connection_ends() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(r#"header_read_timeout = "300ms""#), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let res = within(Duration::from_secs(2), "408", read_answer(&mut s)).await;
+    let waited = started.elapsed();
+    assert_problem(&res, 408);
+    assert_eq!(res.header("connection"), "close");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "answered before the deadline: {waited:?}"
+    );
+    let rest = within(Duration::from_secs(1), "close", read_to_eof(&mut s)).await;
+    assert!(rest.is_empty(), "bytes after the 408: {rest:?}");
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_head_trickled_byte_by_byte_gets_408_at_the_deadline_not_per_read() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(r#"header_read_timeout = "300ms""#), &up.url());
+    let (mut rd, mut wr) = TcpStream::connect(sluice.addr).await.unwrap().into_split();
+    let started = Instant::now();
+    // One byte every 50 ms: each read is quick, the head as a whole is not.
+    let trickle = tokio::spawn(async move {
+        for &b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+            if wr.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        wr
+    });
+    let mut raw = Vec::new();
+    within(Duration::from_secs(2), "408", rd.read_to_end(&mut raw))
+        .await
+        .expect("a clean close");
+    let waited = started.elapsed();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(waited < Duration::from_millis(1000), "took {waited:?}");
+    trickle.abort();
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_silently_after_header_read_timeout() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(r#"header_read_timeout = "300ms""#), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let started = Instant::now();
+    let rest = within(Duration::from_secs(2), "close", read_to_eof(&mut s)).await;
+    let waited = started.elapsed();
+    assert!(rest.is_empty(), "an unused connection got bytes: {rest:?}");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}"
+    );
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+#[ignore = "bug: problems written before a request is parsed (408 head timeout, 431) have an empty request_id and no x-request-id header"]
+async fn head_timeout_and_431_problems_carry_a_request_id() {
+    let up = spawn_upstream().await;
+    let toml = config("header_read_timeout = \"300ms\"\nmax_header_bytes = 2048");
+    let sluice = spawn_sluice(&toml, &up.url());
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(4096)
+    );
+    for head in ["GET / HTTP/1.1\r\nHost: x\r\n".to_string(), big] {
+        let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let res = within(Duration::from_secs(2), "answer", read_answer(&mut s)).await;
+        let body = res.json();
+        let id = body["request_id"].as_str().unwrap_or_default();
+        assert!(
+            !id.is_empty(),
+            "{} without a request id: {body}",
+            res.status
+        );
+        assert_eq!(res.header("x-request-id"), id);
+    }
+}
+
+// ---- 2. idle keep-alive ----------------------------------------------------------------------
+
+/// Sends `GET path` on a kept-alive raw connection and reads the answer.
+async fn get_on(s: &mut TcpStream, path: &str) -> Answer {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    within(Duration::from_secs(3), "answer", read_answer(s)).await
+}
+
+/// How long after now the peer closes, failing after `limit`; the bytes must be none.
+async fn quiet_close_after(s: &mut TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let rest = within(limit, "idle close", read_to_eof(s)).await;
+    assert!(rest.is_empty(), "an idle close sends nothing: {rest:?}");
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_serves_requests_that_come_within_idle_timeout() {
+    let up = spawn_upstream().await;
+    let toml = config("idle_timeout = \"300ms\"\nheader_read_timeout = \"2s\"");
+    let sluice = spawn_sluice(&toml, &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    // 200 ms apart: each within the idle timeout of the answer before it, the last well
+    // past an idle timeout counted from the start.
+    for i in 0..3 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let res = get_on(&mut s, &format!("/n/{i}")).await;
+        assert_eq!(res.status, 200, "request {i} on the kept-alive connection");
+    }
+    let seen: Vec<String> = up.seen().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(seen, ["/n/0", "/n/1", "/n/2"]);
+    let peers: Vec<_> = up
+        .seen()
+        .iter()
+        .map(|s| s.headers["x-upstream-peer"].clone())
+        .collect();
+    assert!(peers.iter().all(|p| *p == peers[0]), "{peers:?}");
+}
+
+#[tokio::test]
+#[ignore = "bug: the idle timer only starts when a stale header_read_timeout timer wakes the connection, so it closes after header_read_timeout + idle_timeout"]
+async fn an_idle_keep_alive_connection_is_closed_quietly_after_idle_timeout() {
+    let up = spawn_upstream().await;
+    let toml = config("idle_timeout = \"300ms\"\nheader_read_timeout = \"2s\"");
+    let sluice = spawn_sluice(&toml, &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    assert_eq!(get_on(&mut s, "/").await.status, 200);
+    let waited = quiet_close_after(&mut s, Duration::from_millis(1500)).await;
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}"
+    );
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[tokio::test]
+#[ignore = "bug: after a request that outlasts header_read_timeout, the idle timer never starts and the connection is never closed"]
+async fn a_connection_idle_after_a_slow_request_is_still_closed_after_idle_timeout() {
+    let up = spawn_upstream().await;
+    let toml = config(
+        "idle_timeout = \"300ms\"\nheader_read_timeout = \"200ms\"\nrequest_timeout = \"2s\"",
+    );
+    let sluice = spawn_sluice(&toml, &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    assert_eq!(get_on(&mut s, "/slow/500").await.status, 200);
+    let waited = quiet_close_after(&mut s, Duration::from_millis(1500)).await;
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?}"
+    );
+}
+
+// ---- 3. 431 ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_head_over_max_header_bytes_gets_431_and_the_connection_closes() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config("max_header_bytes = 2048"), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let head = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(4096)
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let res = within(Duration::from_secs(2), "431", read_answer(&mut s)).await;
+    assert_problem(&res, 431);
+    assert_eq!(res.header("connection"), "close");
+    let rest = within(Duration::from_secs(1), "close", read_to_eof(&mut s)).await;
+    assert!(rest.is_empty());
+    assert!(up.seen().is_empty());
+
+    // A head just under the limit goes through.
+    let req = request(Method::GET, "/fits")
+        .header("x-big", "a".repeat(1500))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(sluice.addr, req).await.status, 200);
+    assert_eq!(up.last().uri, "/fits");
+}
+
+// ---- 4. 413 declared -------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_declared_length_over_max_body_gets_413_before_the_body_is_sent() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    for path in ["/json", "/raw/x", "/any/x"] {
+        let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        // No body byte is ever sent: the answer can only come from the head.
+        let res = within(Duration::from_millis(1000), "413", read_answer(&mut s)).await;
+        let body = assert_problem(&res, 413);
+        assert_eq!(body["max_body"], MAX_BODY, "{path}");
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_declared_length_over_max_body_with_expect_100_continue_gets_413_not_100() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let res = within(Duration::from_millis(1000), "413", read_answer(&mut s)).await;
+    assert_problem(&res, 413);
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_declared_length_of_exactly_max_body_passes() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let body = json_of_len(MAX_BODY);
+    let res = send(sluice.addr, post_json("/exact", &body)).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(up.last().body, body.as_bytes());
+    let res = send(sluice.addr, post_json("/over", &json_of_len(MAX_BODY + 1))).await;
+    assert_eq!(assert_problem(&res, 413)["max_body"], MAX_BODY);
+    assert_eq!(up.seen().len(), 1);
+}
+
+// ---- 5. 413 chunked --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn oversized_chunked_json_body_gets_413_and_never_reaches_upstream() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let chunks = vec![
+        b"[".to_vec(),
+        json_of_len(600).into_bytes(),
+        b",".to_vec(),
+        json_of_len(600).into_bytes(),
+        b"]".to_vec(),
+    ];
+    let res = send(sluice.addr, chunked("/json", "application/json", chunks)).await;
+    assert_eq!(assert_problem(&res, 413)["max_body"], MAX_BODY);
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn chunked_bodies_of_exactly_max_body_pass_on_both_kinds_of_route() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let body = json_of_len(MAX_BODY).into_bytes();
+    let halves = vec![body[..500].to_vec(), body[500..].to_vec()];
+    let res = send(
+        sluice.addr,
+        chunked("/json", "application/json", halves.clone()),
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(up.last().body, body);
+    let res = send(sluice.addr, chunked("/raw/x", "application/json", halves)).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(up.last().body, body);
+    assert_eq!(up.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn oversized_streamed_body_gets_413_and_the_upstream_never_gets_it_complete() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let chunks = vec![vec![b'x'; 400], vec![b'y'; 400], vec![b'z'; 400]];
+    let res = send(
+        sluice.addr,
+        chunked("/raw/x", "application/json", chunks.clone()),
+    )
+    .await;
+    assert_eq!(assert_problem(&res, 413)["max_body"], MAX_BODY);
+    // One chunk over the limit by itself.
+    let res = send(
+        sluice.addr,
+        chunked("/raw/y", "application/json", vec![vec![b'w'; 1500]]),
+    )
+    .await;
+    assert_eq!(assert_problem(&res, 413)["max_body"], MAX_BODY);
+    // The support upstream records a request whose body broke off with an empty body, so
+    // what it may have seen is at most a request it could not read to the end.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for seen in up.seen() {
+        assert!(
+            seen.body.len() <= MAX_BODY,
+            "the upstream got {} bytes",
+            seen.body.len()
+        );
+    }
+}
+
+/// What a raw upstream read on each connection, until the connection ended.
+type Received = Arc<Mutex<Vec<Vec<u8>>>>;
+
+/// An upstream that reads everything sent to it and never answers.
+async fn byte_sink() -> (String, Received) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let received: Received = Arc::default();
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut all = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut all)).await;
+                log.lock().unwrap().push(all);
+            });
+        }
+    });
+    (url, received)
+}
+
+/// The data of a chunked body, and whether its last (zero) chunk arrived.
+fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
+    let mut data = Vec::new();
+    while let Some(eol) = find(raw, b"\r\n") {
+        let size_text = std::str::from_utf8(&raw[..eol]).unwrap();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            return (data, true);
+        }
+        let chunk = &raw[eol + 2..];
+        if chunk.len() < size {
+            data.extend_from_slice(chunk);
+            break;
+        }
+        data.extend_from_slice(&chunk[..size]);
+        raw = chunk.get(size + 2..).unwrap_or_default();
+    }
+    (data, false)
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_cut_off_at_max_body_on_the_upstream_wire() {
+    let (url, received) = byte_sink().await;
+    let sluice = spawn_sluice(&config(r#"request_timeout = "2s""#), &url);
+    let chunks = vec![vec![b'x'; 400], vec![b'y'; 400], vec![b'z'; 400]];
+    let res = send(sluice.addr, chunked("/raw/x", "application/json", chunks)).await;
+    assert_eq!(assert_problem(&res, 413)["max_body"], MAX_BODY);
+    let wire = within(Duration::from_secs(2), "upstream connection end", async {
+        loop {
+            if let Some(all) = received.lock().unwrap().first().cloned() {
+                break all;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let head_len = find(&wire, b"\r\n\r\n").expect("a request head upstream") + 4;
+    let head = String::from_utf8_lossy(&wire[..head_len]).to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let (data, complete) = dechunk(&wire[head_len..]);
+    assert!(
+        data.len() <= MAX_BODY,
+        "the upstream received {} body bytes",
+        data.len()
+    );
+    assert!(
+        !complete,
+        "the cut body must not look complete to the upstream"
+    );
+}
+
+// ---- 6. 415 ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_body_that_is_not_json_gets_415_naming_the_accepted_types() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let refused = [
+        Some("text/plain"),
+        None,
+        Some("application/json; charset=latin1"),
+        Some("application/jsonx"),
+    ];
+    for ct in refused {
+        let res = send(sluice.addr, with_body(Method::POST, "/x", ct, "{}")).await;
+        let body = assert_problem(&res, 415);
+        assert_eq!(
+            body["accepted"],
+            serde_json::json!(["application/json"]),
+            "{ct:?}"
+        );
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn json_media_types_and_bodiless_requests_pass_the_media_type_check() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    for ct in [
+        "application/json",
+        "application/problem+json",
+        "application/json; charset=utf-8",
+        "Application/JSON;charset=\"UTF-8\"",
+    ] {
+        let res = send(sluice.addr, with_body(Method::POST, "/x", Some(ct), "{}")).await;
+        assert_eq!(res.status, 200, "{ct}: {:?}", res.body);
+        assert_eq!(up.last().headers["content-type"], ct);
+    }
+    assert_eq!(get(sluice.addr, "/get").await.status, 200);
+    let empty = request(Method::POST, "/empty")
+        .header("content-length", "0")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(sluice.addr, empty).await.status, 200);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 6);
+    assert_eq!(seen[5].uri, "/empty");
+    assert!(seen[5].body.is_empty());
+}
+
+#[tokio::test]
+async fn a_route_with_any_content_type_takes_anything() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    for ct in [Some("text/plain"), None, Some("image/png")] {
+        let res = send(sluice.addr, with_body(Method::POST, "/any/x", ct, "hello")).await;
+        assert_eq!(res.status, 200, "{ct:?}");
+        assert_eq!(up.last().body, "hello");
+    }
+    assert_eq!(up.seen().len(), 3);
+}
+
+// ---- 7. 400 ----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn invalid_json_gets_400_naming_line_and_column_and_never_reaches_upstream() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let res = send(sluice.addr, post_json("/x", "{\n  \"a\": 1,\n  \"b\" 2\n}")).await;
+    let body = assert_problem(&res, 400);
+    assert_eq!(
+        body["position"],
+        serde_json::json!({"line": 3, "column": 7})
+    );
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("line 3, column 7"), "{detail}");
+    // Sent chunked, the same.
+    let chunks = vec![b"{\"a\":".to_vec(), b" tru}".to_vec()];
+    let res = send(sluice.addr, chunked("/x", "application/json", chunks)).await;
+    assert_eq!(assert_problem(&res, 400)["position"]["line"], 1);
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn without_validate_json_invalid_json_goes_through() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let res = send(sluice.addr, post_json("/raw/x", "{not json")).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(up.last().body, "{not json");
+}
+
+// ---- 8. body deadline ------------------------------------------------------------------------
+
+/// Sends a head declaring 10 body bytes and only 3 of them, then waits for the answer.
+async fn short_body(sluice: &Sluice, path: &str) -> (Answer, Duration, TcpStream) {
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n[1,"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let res = within(Duration::from_secs(2), "408", read_answer(&mut s)).await;
+    (res, started.elapsed(), s)
+}
+
+#[tokio::test]
+async fn a_body_that_stops_short_gets_408_with_connection_close_at_request_timeout() {
+    let up = spawn_upstream().await;
+    let toml = config("request_timeout = \"300ms\"\nheader_read_timeout = \"2s\"");
+    let sluice = spawn_sluice(&toml, &up.url());
+    let (res, waited, mut s) = short_body(&sluice, "/json").await;
+    assert_problem(&res, 408);
+    assert_eq!(res.header("connection"), "close");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+        "answered after {waited:?}"
+    );
+    let rest = within(Duration::from_secs(1), "close", read_to_eof(&mut s)).await;
+    assert!(rest.is_empty());
+    assert!(
+        up.seen().is_empty(),
+        "a validated body is read before any upstream contact"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_body_that_stops_short_gets_408_and_never_completes_upstream() {
+    let up = spawn_upstream().await;
+    let toml = config("request_timeout = \"300ms\"\nheader_read_timeout = \"2s\"");
+    let sluice = spawn_sluice(&toml, &up.url());
+    let (res, waited, _s) = short_body(&sluice, "/raw/x").await;
+    assert_problem(&res, 408);
+    assert_eq!(res.header("connection"), "close");
+    assert!(
+        waited < Duration::from_millis(1500),
+        "answered after {waited:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for seen in up.seen() {
+        assert!(seen.body.len() < 10, "the upstream got {:?}", seen.body);
+    }
+}
+
+// ---- 9. upstream deadline --------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_upstream_slower_than_request_timeout_gets_408_with_connection_close() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(r#"request_timeout = "300ms""#), &up.url());
+    let started = Instant::now();
+    let res = get(sluice.addr, "/slow/1000").await;
+    let waited = started.elapsed();
+    assert_problem(&res, 408);
+    assert_eq!(res.header("connection"), "close");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(900),
+        "answered after {waited:?}"
+    );
+    assert_eq!(up.seen().len(), 1, "the request did reach the upstream");
+}
+
+/// Routes under `/slow/`: `/slow/1…` validates JSON, `/slow/2…` streams.
+fn slow_routes(server: &str) -> String {
+    format!(
+        r#"
+[server]
+{server}
+[upstreams.api]
+targets = ["{{upstream}}"]
+[[routes]]
+path = "/slow/1"
+policy = "none"
+[[routes]]
+path = "/slow/2"
+policy = "none"
+validate_json = false
+"#
+    )
+}
+
+#[tokio::test]
+async fn timeout_status_504_answers_a_slow_upstream_with_504() {
+    let up = spawn_upstream().await;
+    let toml = slow_routes("request_timeout = \"300ms\"\ntimeout_status = 504");
+    let sluice = spawn_sluice(&toml, &up.url());
+    for path in ["/slow/1000", "/slow/2000"] {
+        let started = Instant::now();
+        let res = send(sluice.addr, post_json(path, r#"{"a":1}"#)).await;
+        let body = assert_problem(&res, 504);
+        assert!(
+            body["detail"].as_str().unwrap().contains("upstream"),
+            "{path}: {body}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(900), "{path}");
+        assert_eq!(up.last().body, r#"{"a":1}"#, "{path}");
+    }
+}
+
+#[tokio::test]
+#[ignore = "bug: a bodiless request whose upstream is slow is taken for a body timeout (408 'request body did not arrive'), ignoring timeout_status"]
+async fn a_slow_upstream_for_a_bodiless_request_is_an_upstream_timeout() {
+    let up = spawn_upstream().await;
+    let toml = slow_routes("request_timeout = \"300ms\"\ntimeout_status = 504");
+    let sluice = spawn_sluice(&toml, &up.url());
+    let res = get(sluice.addr, "/slow/2000").await;
+    let body = assert_problem(&res, 504);
+    assert!(
+        body["detail"].as_str().unwrap().contains("upstream"),
+        "{body}"
+    );
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_routes_own_request_timeout_overrides_the_servers_both_ways() {
+    let up = spawn_upstream().await;
+    let route = |server: &str, route: &str| {
+        format!(
+            "[server]\nrequest_timeout = \"{server}\"\n[upstreams.api]\ntargets = [\"{{upstream}}\"]\n\
+             [[routes]]\npath = \"/\"\npolicy = \"none\"\nrequest_timeout = \"{route}\"\n"
+        )
+    };
+    // Server 300 ms, route 3 s: a 600 ms upstream answers.
+    let longer = spawn_sluice(&route("300ms", "3s"), &up.url());
+    let res = send(longer.addr, post_json("/slow/600", "{}")).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(up.last().uri, "/slow/600");
+    // Server 5 s, route 300 ms: a 1 s upstream times out.
+    let shorter = spawn_sluice(&route("5s", "300ms"), &up.url());
+    let started = Instant::now();
+    assert_problem(
+        &send(shorter.addr, post_json("/slow/1000", "{}")).await,
+        408,
+    );
+    assert!(started.elapsed() < Duration::from_millis(900));
+    assert_eq!(up.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn after_an_upstream_timeout_the_upstream_connection_is_not_reused() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(r#"request_timeout = "300ms""#), &up.url());
+    let peer = |i: usize| up.seen()[i].headers["x-upstream-peer"].clone();
+    assert_eq!(get(sluice.addr, "/a").await.status, 200);
+    assert_eq!(get(sluice.addr, "/b").await.status, 200);
+    assert_eq!(
+        peer(0),
+        peer(1),
+        "a finished connection is pooled and reused"
+    );
+    assert_problem(&get(sluice.addr, "/slow/1000").await, 408);
+    assert_eq!(
+        peer(2),
+        peer(0),
+        "the slow request took the pooled connection"
+    );
+    assert_eq!(get(sluice.addr, "/c").await.status, 200);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[3].uri, "/c");
+    assert_ne!(
+        peer(3),
+        peer(2),
+        "the timed-out connection was used again; its answer could be taken for this one"
+    );
+}
+
+// ---- 10. connect_timeout ---------------------------------------------------------------------
+
+/// A listener that never accepts, its accept queue filled so that a new connect hangs.
+/// `None` when this system completes or refuses such connects instead.
+fn unreachable_target() -> Option<(socket2::Socket, Vec<std::net::TcpStream>, String)> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.1:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+            Ok(s) => held.push(s),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                return Some((sock, held, format!("http://{addr}")));
+            }
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_target_that_does_not_accept_within_connect_timeout_gets_502_quickly() {
+    let Some((_listener, _held, url)) = unreachable_target() else {
+        panic!("connects to a full accept queue do not hang on this system");
+    };
+    let toml = format!(
+        r#"
+[server]
+request_timeout = "5s"
+[upstreams.api]
+targets = ["{url}"]
+connect_timeout = "200ms"
+[[routes]]
+path = "/"
+policy = "none"
+"#
+    );
+    let sluice = spawn_sluice(&toml, &url);
+    let started = Instant::now();
+    let res = get(sluice.addr, "/").await;
+    let waited = started.elapsed();
+    assert_problem(&res, 502);
+    assert!(
+        waited >= Duration::from_millis(150) && waited < Duration::from_millis(800),
+        "answered after {waited:?}"
+    );
+}
+
+// ---- 11. which status wins -------------------------------------------------------------------
+
+const GOOD_KEY: &str = "k-good-123";
+const READ_KEY: &str = "k-read-456";
+
+fn sha256_hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn auth_config() -> String {
+    format!(
+        r#"
+[upstreams.api]
+targets = ["{{upstream}}"]
+[[routes]]
+path = "/w/"
+methods = ["POST"]
+policy = "none"
+max_body = "1KiB"
+scopes = ["write"]
+[auth]
+mode = "api_keys"
+[[auth.keys]]
+name = "good"
+sha256 = "{}"
+scopes = ["write"]
+[[auth.keys]]
+name = "reader"
+sha256 = "{}"
+scopes = ["read"]
+"#,
+        sha256_hex(GOOD_KEY),
+        sha256_hex(READ_KEY)
+    )
+}
+
+fn keyed(key: Option<&str>, method: Method, path: &str, ct: &str, body: String) -> Req {
+    let mut b = request(method, path).header("content-type", ct);
+    if let Some(key) = key {
+        b = b.header("authorization", format!("Bearer {key}"));
+    }
+    b.body(Full::new(Bytes::from(body))).unwrap()
+}
+
+#[tokio::test]
+async fn status_order_404_and_405_beat_401() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&auth_config(), &up.url());
+    assert_problem(&get(sluice.addr, "/elsewhere").await, 404);
+    let req = keyed(
+        None,
+        Method::DELETE,
+        "/w/x",
+        "application/json",
+        "{}".into(),
+    );
+    let res = send(sluice.addr, req).await;
+    assert_problem(&res, 405);
+    assert_eq!(res.header("allow"), "POST");
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn status_order_401_beats_413_and_415() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&auth_config(), &up.url());
+    let big = json_of_len(5000);
+    for (ct, body) in [
+        ("application/json", big.clone()),
+        ("text/plain", "{}".to_string()),
+        ("text/plain", big),
+    ] {
+        let res = send(sluice.addr, keyed(None, Method::POST, "/w/x", ct, body)).await;
+        assert_problem(&res, 401);
+        assert!(!res.header("www-authenticate").is_empty());
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn status_order_403_beats_413_and_415() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&auth_config(), &up.url());
+    let big = json_of_len(5000);
+    for (ct, body) in [("application/json", big), ("text/plain", "{}".into())] {
+        let req = keyed(Some(READ_KEY), Method::POST, "/w/x", ct, body);
+        assert_problem(&send(sluice.addr, req).await, 403);
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn status_order_declared_413_beats_415_and_415_beats_400() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&auth_config(), &up.url());
+    let req = keyed(
+        Some(GOOD_KEY),
+        Method::POST,
+        "/w/x",
+        "text/plain",
+        "x".repeat(5000),
+    );
+    assert_problem(&send(sluice.addr, req).await, 413);
+    // JSON by name but not in UTF-8, and not valid either: the media type is refused first.
+    let ct = "application/json; charset=latin1";
+    let req = keyed(Some(GOOD_KEY), Method::POST, "/w/x", ct, "{nope".into());
+    assert_problem(&send(sluice.addr, req).await, 415);
+    // With everything right, it passes.
+    let req = keyed(
+        Some(GOOD_KEY),
+        Method::POST,
+        "/w/x",
+        "application/json",
+        "{}".into(),
+    );
+    assert_eq!(send(sluice.addr, req).await.status, 200);
+    assert_eq!(up.seen().len(), 1);
+}

@@ -1,0 +1,254 @@
+//! API keys: with `auth.mode = "api_keys"` a request must present a listed key (401) with the
+//! route's scopes (403); the upstream learns the key's name and, by default, the credential.
+
+mod support;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::Method;
+use http_body_util::Full;
+use sha2::{Digest, Sha256};
+use support::*;
+
+const WRITER_KEY: &str = "sk-writer-7f3a9c";
+const READER_KEY: &str = "sk-reader-2b81de";
+
+fn sha256_hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Two keys (`writer` with read and write, `reader` with read only), a route that needs the
+/// write scope and one that needs none. `extra` goes under `[auth]`.
+fn keys_config(extra: &str) -> String {
+    format!(
+        r#"
+[upstreams.api]
+targets = ["{{upstream}}"]
+[[routes]]
+path = "/v1/write/"
+policy = "none"
+scopes = ["write"]
+[[routes]]
+path = "/"
+policy = "none"
+[auth]
+mode = "api_keys"
+{extra}
+[[auth.keys]]
+name = "writer"
+sha256 = "{}"
+scopes = ["read", "write"]
+[[auth.keys]]
+name = "reader"
+sha256 = "{}"
+scopes = ["read"]
+"#,
+        sha256_hex(WRITER_KEY),
+        sha256_hex(READER_KEY)
+    )
+}
+
+fn assert_problem(res: &Answer, status: u16) -> serde_json::Value {
+    assert_eq!(res.status, status, "body: {:?}", res.body);
+    assert_eq!(res.header("content-type"), "application/problem+json");
+    let body = res.json();
+    assert_eq!(body["status"], status);
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
+    assert_eq!(body["request_id"], res.header("x-request-id"));
+    body
+}
+
+/// A GET of `path` with the given headers.
+async fn get_with(sluice: &Sluice, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut b = request(Method::GET, path);
+    for (name, value) in headers {
+        b = b.header(*name, *value);
+    }
+    send(sluice.addr, b.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+fn basic(user: &str, password: &str) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+#[tokio::test]
+async fn no_key_gets_401_with_www_authenticate_and_never_reaches_upstream() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&keys_config(""), &up.url());
+    for path in ["/v1/things", "/v1/write/things"] {
+        let res = get_with(&sluice, path, &[]).await;
+        assert_problem(&res, 401);
+        assert!(
+            res.header("www-authenticate").starts_with("Bearer"),
+            "{:?}",
+            res.headers
+        );
+    }
+    // Empty or unusable credentials are no key at all.
+    let bearer_empty = get_with(&sluice, "/", &[("authorization", "Bearer ")]).await;
+    assert_problem(&bearer_empty, 401);
+    let digest = get_with(&sluice, "/", &[("authorization", "Digest abc")]).await;
+    assert_problem(&digest, 401);
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_key_gets_401_wherever_it_is_presented() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&keys_config(""), &up.url());
+    let wrong = "sk-not-a-key";
+    let basic_wrong = basic(wrong, "");
+    let bearer_wrong = bearer(wrong);
+    // The hash itself is not a key.
+    let bearer_hash = bearer(&sha256_hex(WRITER_KEY));
+    let attempts = [
+        ("authorization", bearer_wrong.as_str()),
+        ("authorization", basic_wrong.as_str()),
+        ("x-api-key", wrong),
+        ("authorization", bearer_hash.as_str()),
+    ];
+    for (name, value) in attempts {
+        let res = get_with(&sluice, "/v1/things", &[(name, value)]).await;
+        assert_problem(&res, 401);
+        assert!(
+            !res.header("www-authenticate").is_empty(),
+            "{name}: {value}"
+        );
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_key_by_bearer_basic_or_x_api_key_passes_and_the_upstream_learns_its_name() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&keys_config(""), &up.url());
+    let by_bearer = bearer(WRITER_KEY);
+    let by_basic = basic(WRITER_KEY, "");
+    let lower_bearer = format!("bearer {READER_KEY}");
+    let cases = [
+        ("authorization", by_bearer.as_str(), "writer"),
+        ("authorization", by_basic.as_str(), "writer"),
+        ("x-api-key", WRITER_KEY, "writer"),
+        ("authorization", lower_bearer.as_str(), "reader"),
+    ];
+    for (name, value, key_name) in cases {
+        let res = get_with(&sluice, "/v1/things", &[(name, value)]).await;
+        assert_eq!(res.status, 200, "{name}: {value}: {:?}", res.body);
+        let seen = up.last();
+        assert_eq!(seen.headers["x-sluice-client"], key_name, "{value}");
+        // Credentials are forwarded by default.
+        assert_eq!(seen.headers[name], value);
+    }
+    assert_eq!(up.seen().len(), 4);
+}
+
+#[tokio::test]
+async fn a_client_sent_x_sluice_client_never_reaches_the_upstream_as_sent() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&keys_config(""), &up.url());
+    let by_bearer = bearer(READER_KEY);
+    let headers = [
+        ("authorization", by_bearer.as_str()),
+        ("x-sluice-client", "writer"),
+    ];
+    let res = get_with(&sluice, "/v1/things", &headers).await;
+    assert_eq!(res.status, 200);
+    let seen = up.last();
+    let values: Vec<_> = seen.headers.get_all("x-sluice-client").iter().collect();
+    assert_eq!(values, ["reader"], "only the key's own name");
+
+    // Without keys, a client-sent name is dropped, not passed on.
+    let open = spawn_sluice(
+        "[upstreams.api]\ntargets = [\"{upstream}\"]\n[[routes]]\npath = \"/\"\npolicy = \"none\"\n",
+        &up.url(),
+    );
+    let res = get_with(&open, "/open", &[("x-sluice-client", "writer")]).await;
+    assert_eq!(res.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.uri, "/open");
+    assert!(
+        !seen.headers.contains_key("x-sluice-client"),
+        "{:?}",
+        seen.headers
+    );
+}
+
+#[tokio::test]
+async fn with_forward_credentials_false_the_upstream_sees_no_credential_headers() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&keys_config("forward_credentials = false"), &up.url());
+    let by_bearer = bearer(WRITER_KEY);
+    let by_basic = basic(WRITER_KEY, "");
+    let cases = [
+        ("authorization", by_bearer.as_str()),
+        ("authorization", by_basic.as_str()),
+        ("x-api-key", WRITER_KEY),
+    ];
+    for (name, value) in cases {
+        let res = get_with(&sluice, "/v1/things", &[(name, value)]).await;
+        assert_eq!(res.status, 200, "{name}");
+        let seen = up.last();
+        assert!(!seen.headers.contains_key("authorization"), "{name}");
+        assert!(!seen.headers.contains_key("x-api-key"), "{name}");
+        assert_eq!(seen.headers["x-sluice-client"], "writer");
+    }
+    assert_eq!(up.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn a_key_without_the_routes_scope_gets_403_naming_it_and_never_reaches_upstream() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&keys_config(""), &up.url());
+    let req = request(Method::POST, "/v1/write/things")
+        .header("content-type", "application/json")
+        .header("x-api-key", READER_KEY)
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let res = send(sluice.addr, req).await;
+    let body = assert_problem(&res, 403);
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("\"write\""), "{detail}");
+    assert!(res.headers.get("www-authenticate").is_none());
+    assert!(up.seen().is_empty());
+
+    // The same key on a route without scopes, and a key with the scope on this one, pass.
+    let res = get_with(&sluice, "/v1/things", &[("x-api-key", READER_KEY)]).await;
+    assert_eq!(res.status, 200);
+    let res = get_with(&sluice, "/v1/write/things", &[("x-api-key", WRITER_KEY)]).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(up.last().uri, "/v1/write/things");
+    assert_eq!(up.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn with_auth_mode_none_keys_are_not_checked() {
+    let up = spawn_upstream().await;
+    // The same keys and scopes, but mode left at its default.
+    let toml = keys_config("").replace("mode = \"api_keys\"", "");
+    let sluice = spawn_sluice(&toml, &up.url());
+    let unknown = bearer("sk-whatever");
+    let cases: [&[(&str, &str)]; 3] = [
+        &[],
+        &[("authorization", unknown.as_str())],
+        &[("x-api-key", READER_KEY)],
+    ];
+    for headers in cases {
+        let res = get_with(&sluice, "/v1/write/things", headers).await;
+        assert_eq!(res.status, 200, "{headers:?}");
+        let seen = up.last();
+        assert!(!seen.headers.contains_key("x-sluice-client"));
+        for (name, value) in headers {
+            assert_eq!(seen.headers[*name], *value, "a presented key is passed on");
+        }
+    }
+    assert_eq!(up.seen().len(), 3);
+}

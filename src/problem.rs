@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderName, HeaderValue, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 
@@ -198,11 +198,11 @@ impl Problem {
 
     /// The problem as raw HTTP/1.1 bytes, for answers written before any request was parsed
     /// (the connection closes right after).
-    pub fn to_http1(&self, request_id: &str) -> Vec<u8> {
+    pub fn to_http1(&self, id_header: &HeaderName, request_id: &str) -> Vec<u8> {
         let body = self.body(request_id).to_string();
         let status = self.status();
         let head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            "HTTP/1.1 {} {}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n{id_header}: {request_id}\r\nconnection: close\r\n\r\n",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
             body.len()
@@ -253,11 +253,13 @@ mod tests {
 
     #[test]
     fn raw_http1_answers_are_complete_messages() {
-        let raw = String::from_utf8(Problem::HeadTimeout.to_http1("id-1")).unwrap();
+        let header = HeaderName::from_static("x-request-id");
+        let raw = String::from_utf8(Problem::HeadTimeout.to_http1(&header, "id-1")).unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 408 Request Timeout\r\n"));
         assert!(head.contains(&format!("content-length: {}", body.len())));
         assert!(head.contains("connection: close"));
+        assert!(head.contains("x-request-id: id-1\r\n"));
         let v: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(v["request_id"], "id-1");
     }

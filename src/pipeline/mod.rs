@@ -101,6 +101,11 @@ impl Proxy {
         res
     }
 
+    /// A fresh request id, for answers given before any request was parsed.
+    pub fn new_request_id(&self) -> HeaderValue {
+        self.ids.pick(None)
+    }
+
     fn request_id<B>(&self, req: &Request<B>) -> HeaderValue {
         self.ids
             .pick(req.headers().get(&self.app.config.headers.request_id))

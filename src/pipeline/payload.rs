@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -183,6 +183,10 @@ pub struct Counted {
 
 impl Counted {
     pub fn new(inner: Incoming, limit: u64, progress: Arc<Progress>) -> Counted {
+        if inner.is_end_stream() {
+            // No body at all: nothing will poll it, and nothing is awaited from the client.
+            progress.0.store(COMPLETE, Ordering::Relaxed);
+        }
         Counted {
             inner,
             left: limit,

@@ -9,10 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::pipeline::Proxy;
 use crate::problem::Problem;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
@@ -21,6 +23,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 #[derive(Debug, Default)]
 pub struct ConnState {
     active: AtomicUsize,
+    /// The connection's reader, woken when the last request ends so the idle timer starts.
+    reader: AtomicWaker,
 }
 
 /// Marks a request in progress on its connection until dropped (with the response body).
@@ -36,7 +40,9 @@ impl Active {
 
 impl Drop for Active {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.reader.wake();
+        }
     }
 }
 
@@ -61,6 +67,8 @@ enum Phase {
 /// The socket, with the timers and counters of the phase between requests.
 pub struct ClientIo {
     stream: TcpStream,
+    /// For the request id of an answer written here.
+    proxy: Arc<Proxy>,
     state: Arc<ConnState>,
     limits: HeadLimits,
     phase: Phase,
@@ -74,11 +82,17 @@ pub struct ClientIo {
 }
 
 impl ClientIo {
-    pub fn new(stream: TcpStream, state: Arc<ConnState>, limits: HeadLimits) -> ClientIo {
+    pub fn new(
+        stream: TcpStream,
+        proxy: Arc<Proxy>,
+        state: Arc<ConnState>,
+        limits: HeadLimits,
+    ) -> ClientIo {
         // A new connection must send its first head within header_read_timeout.
         let timer = Box::pin(tokio::time::sleep(limits.header_read_timeout));
         ClientIo {
             stream,
+            proxy,
             state,
             limits,
             phase: Phase::Idle,
@@ -114,7 +128,11 @@ impl ClientIo {
 
     /// Writes a problem straight to the socket; best effort, as the connection ends anyway.
     fn answer(&self, problem: &Problem) {
-        let _ = self.stream.try_write(&problem.to_http1(""));
+        let id = self.proxy.new_request_id();
+        let header = &self.proxy.app.config.headers.request_id;
+        let _ = self
+            .stream
+            .try_write(&problem.to_http1(header, id.to_str().unwrap_or_default()));
     }
 
     /// Accounts for bytes read while no request is being answered.
@@ -168,7 +186,9 @@ impl AsyncRead for ClientIo {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.update_phase();
-        if this.phase != Phase::Busy && this.timer.as_mut().poll(cx).is_ready() {
+        if this.phase == Phase::Busy {
+            this.state.reader.register(cx.waker());
+        } else if this.timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(this.expire());
         }
         let before = buf.filled().len();

@@ -102,7 +102,12 @@ fn connection(
     let guard = ConnectionGuard::new(&proxy.app);
     let over_limit = guard.open > proxy.app.config.server.max_connections;
     let state = Arc::new(ConnState::default());
-    let io = ClientIo::new(stream, state.clone(), head_limits(&proxy.app.config.server));
+    let io = ClientIo::new(
+        stream,
+        proxy.clone(),
+        state.clone(),
+        head_limits(&proxy.app.config.server),
+    );
     let proxy = proxy.clone();
     let service = service_fn(move |req| {
         let (proxy, active) = (proxy.clone(), Active::new(&state));

@@ -1,1 +1,3 @@
 //! sluice: a rate-limiting reverse proxy for HTTP JSON APIs.
+
+pub mod limiter;

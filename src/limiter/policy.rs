@@ -308,4 +308,33 @@ mod tests {
         assert!(!policy.is_fresh(&state, 71 * SEC));
         assert!(policy.is_fresh(&state, 72 * SEC));
     }
+
+    /// Sends 10 requests a second for `seconds`; returns the admission times.
+    fn flood(policy: &Policy, seconds: u64) -> Vec<Nanos> {
+        let mut state = State::default();
+        (0..seconds * 10)
+            .map(|tick| tick * SEC / 10)
+            .filter(|&now| policy.decide(&mut state, now, ONE).unwrap().is_allowed())
+            .collect()
+    }
+
+    #[test]
+    fn no_rolling_minute_ever_admits_more_than_100() {
+        let admitted = flood(&Policy::published_default(), 3_600);
+        for (i, &start) in admitted.iter().enumerate() {
+            let in_window = admitted[i..].iter().take_while(|&&t| t < start + 60 * SEC);
+            assert!(in_window.count() <= 100, "window from {start}");
+        }
+    }
+
+    #[test]
+    fn sustained_throughput_converges_to_one_per_second() {
+        let admitted = flood(&Policy::published_default(), 3_600);
+        let last_half_hour = admitted.iter().filter(|&&t| t >= 1_800 * SEC).count();
+        assert!(
+            (1_799..=1_801).contains(&last_half_hour),
+            "{last_half_hour}"
+        );
+        assert!(admitted.len() <= 3_600 + 100);
+    }
 }

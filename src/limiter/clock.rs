@@ -15,6 +15,41 @@ pub(crate) fn nanos(duration: Duration) -> Nanos {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// A fixed span of time that other spans are divided by on every check, by multiplication
+/// (Granlund–Montgomery): exact for every dividend below 2⁶³ ns (292 years).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Interval {
+    nanos: Nanos,
+    magic: u128,
+    shift: u32,
+}
+
+impl Interval {
+    /// `nanos` must not be zero.
+    pub(crate) fn new(nanos: Nanos) -> Interval {
+        assert!(nanos > 0, "an interval cannot be empty");
+        // ℓ = ⌈log₂ nanos⌉; magic = ⌈2^(63+ℓ) / nanos⌉, at most 2⁶⁴.
+        let ceil_log2 = u64::BITS - (nanos - 1).leading_zeros();
+        let shift = 63 + ceil_log2;
+        let magic = (1u128 << shift).div_ceil(u128::from(nanos));
+        Interval {
+            nanos,
+            magic,
+            shift,
+        }
+    }
+
+    pub(crate) fn nanos(&self) -> Nanos {
+        self.nanos
+    }
+
+    /// `⌊span / self⌋`, for `span < 2⁶³`.
+    pub(crate) fn count_in(&self, span: Nanos) -> u64 {
+        debug_assert!(span < 1 << 63);
+        ((u128::from(span) * self.magic) >> self.shift) as u64
+    }
+}
+
 /// A source of monotonic time.
 pub trait Clock: Send + Sync {
     /// The current time; never goes backwards.
@@ -109,6 +144,46 @@ mod tests {
         clock.advance_nanos(2);
         clock.set(clock.now() + 1);
         assert_eq!(clock.now(), 1_008);
+    }
+
+    #[test]
+    fn interval_division_is_exact_at_the_edges() {
+        for d in [
+            1,
+            2,
+            3,
+            7,
+            1_000_000_000,
+            333_333_334,
+            (1 << 61) + 1,
+            (1 << 63) - 1,
+        ] {
+            let interval = Interval::new(d);
+            let near = [
+                0,
+                1,
+                d - 1,
+                d,
+                d + 1,
+                d.saturating_mul(3) - 1,
+                (1 << 63) - 1,
+            ];
+            for x in near.into_iter().filter(|&x| x < 1 << 63) {
+                assert_eq!(interval.count_in(x), x / d, "{x} / {d}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn interval_division_matches_hardware_division(d in 1..u64::MAX >> 1, x in 0..u64::MAX >> 1) {
+            proptest::prop_assert_eq!(Interval::new(d).count_in(x), x / d);
+        }
+
+        #[test]
+        fn interval_division_matches_for_small_divisors(d in 1..100_000_000_000u64, x in 0..u64::MAX >> 1) {
+            proptest::prop_assert_eq!(Interval::new(d).count_in(x), x / d);
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 use std::ops::Deref;
 use std::time::Duration;
 
+use super::clock::Nanos;
+
 /// The most limits a policy may have: one state word each, two words per key.
 pub const MAX_LIMITS: usize = 2;
 
@@ -25,34 +27,44 @@ pub struct LimitReport {
     pub kind: LimitKind,
     /// `q`: requests the limit allows in `window`.
     pub quota: u32,
-    /// `w`: the window the quota applies to (for a rate, burst × emission interval).
-    pub window: Duration,
     /// `r`: requests left now, after this check.
     pub remaining: u32,
-    /// `t`: time until the whole quota is back.
-    pub reset: Duration,
     /// Whether this limit refused the request (for `violated-policies`).
     pub refused: bool,
+    /// `w` in nanoseconds.
+    pub(crate) window: Nanos,
+    /// `t` in nanoseconds.
+    pub(crate) reset: Nanos,
 }
 
 impl LimitReport {
     const EMPTY: LimitReport = LimitReport {
         kind: LimitKind::Rate,
         quota: 0,
-        window: Duration::ZERO,
         remaining: 0,
-        reset: Duration::ZERO,
         refused: false,
+        window: 0,
+        reset: 0,
     };
+
+    /// `w`: the window the quota applies to (for a rate, burst × emission interval).
+    pub fn window(&self) -> Duration {
+        Duration::from_nanos(self.window)
+    }
+
+    /// `t`: time until the whole quota is back.
+    pub fn reset(&self) -> Duration {
+        Duration::from_nanos(self.reset)
+    }
 
     /// `w` in whole seconds, rounded up.
     pub fn window_secs(&self) -> u64 {
-        ceil_secs(self.window)
+        self.window.div_ceil(NANOS_PER_SEC)
     }
 
     /// `t` in whole seconds, rounded up so the quota is surely back by then.
     pub fn reset_secs(&self) -> u64 {
-        ceil_secs(self.reset)
+        self.reset.div_ceil(NANOS_PER_SEC)
     }
 }
 
@@ -145,6 +157,8 @@ impl Decision {
     }
 }
 
+const NANOS_PER_SEC: Nanos = 1_000_000_000;
+
 /// Whole seconds, rounded up.
 pub fn ceil_secs(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
@@ -158,10 +172,10 @@ mod tests {
         LimitReport {
             kind,
             quota: 100,
-            window: Duration::from_secs(60),
             remaining,
-            reset: Duration::from_millis(reset),
             refused,
+            window: 60 * NANOS_PER_SEC,
+            reset: reset * 1_000_000,
         }
     }
 
@@ -193,6 +207,6 @@ mod tests {
     #[test]
     fn report_is_small_and_copy() {
         // Two limits inline: headers for any policy are built without allocating.
-        assert!(std::mem::size_of::<Decision>() <= 128);
+        assert!(std::mem::size_of::<Decision>() <= 96);
     }
 }

@@ -8,9 +8,8 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::clock::{Nanos, nanos};
-use super::decision::{LimitKind, LimitReport};
-use super::policy::Step;
+use super::clock::{Interval, Nanos, nanos};
+use super::policy::{Figures, Step};
 
 /// A sustained rate: `count` requests per `per`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +53,7 @@ impl Rate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gcra {
     /// `T`: time one request is worth, rounded up so the rate is never exceeded.
-    emission: Nanos,
+    emission: Interval,
     burst: u32,
     /// `burst · T`: how far ahead of now the TAT may run.
     capacity: Nanos,
@@ -69,7 +68,7 @@ impl Gcra {
         let emission = nanos(rate.per).div_ceil(u64::from(rate.count.get()));
         let capacity = emission.checked_mul(u64::from(burst.get()))?;
         (capacity <= MAX_CAPACITY).then_some(Gcra {
-            emission,
+            emission: Interval::new(emission),
             burst: burst.get(),
             capacity,
         })
@@ -82,32 +81,35 @@ impl Gcra {
 
     /// The emission interval `T` (one request per `T` sustained).
     pub fn emission(&self) -> Duration {
-        Duration::from_nanos(self.emission)
+        Duration::from_nanos(self.emission.nanos())
+    }
+
+    /// `burst · T`: the time a fresh bucket holds, the header's `w`.
+    pub(crate) fn capacity(&self) -> Nanos {
+        self.capacity
     }
 
     /// Admits `cost` (≤ burst) at `now` against state `tat`, or says how long to wait.
     pub(crate) fn check(&self, tat: Nanos, now: Nanos, cost: u32) -> Step {
         debug_assert!(cost <= self.burst);
-        let next = tat.max(now) + u64::from(cost) * self.emission;
+        let base = tat.max(now);
+        let kept = self.figures(base - now);
+        let next = base + u64::from(cost) * self.emission.nanos();
         let latest = now.saturating_add(self.capacity);
         if next <= latest {
-            Step::admit(next)
+            Step::admit(next, self.figures(next - now), kept)
         } else {
-            Step::refuse(next - latest)
+            Step::refuse(next - latest, kept)
         }
     }
 
-    /// The header figures for state `tat` at `now`.
-    pub(crate) fn report(&self, tat: Nanos, now: Nanos, refused: bool) -> LimitReport {
-        let used = tat.saturating_sub(now).min(self.capacity);
-        LimitReport {
-            kind: LimitKind::Rate,
-            quota: self.burst,
-            window: Duration::from_nanos(self.capacity),
+    /// The figures when the TAT is `used` ahead of now.
+    fn figures(&self, used: Nanos) -> Figures {
+        let used = used.min(self.capacity);
+        Figures {
             // At most `burst`, so the cast is lossless.
-            remaining: ((self.capacity - used) / self.emission) as u32,
-            reset: Duration::from_nanos(used),
-            refused,
+            remaining: self.emission.count_in(self.capacity - used) as u32,
+            reset: used,
         }
     }
 
@@ -166,19 +168,36 @@ mod tests {
     }
 
     #[test]
-    fn report_counts_down_and_refills() {
+    fn figures_count_down_and_refill() {
         let gcra = default_rate();
-        let fresh = gcra.report(0, 5 * SEC, false);
-        assert_eq!((fresh.quota, fresh.remaining), (100, 100));
-        assert_eq!(fresh.window, Duration::from_secs(100));
-        assert_eq!(fresh.reset, Duration::ZERO);
+        let fresh = gcra.check(0, 5 * SEC, 1).kept;
+        assert_eq!(
+            fresh,
+            Figures {
+                remaining: 100,
+                reset: 0
+            }
+        );
+        assert_eq!(gcra.capacity(), 100 * SEC);
         let mut tat = 0;
-        for _ in 0..3 {
+        for _ in 0..2 {
             send(&gcra, &mut tat, 5 * SEC, 1);
         }
-        let after = gcra.report(tat, 5 * SEC, false);
-        assert_eq!(after.remaining, 97);
-        assert_eq!(after.reset, Duration::from_secs(3));
+        let third = send(&gcra, &mut tat, 5 * SEC, 1);
+        assert_eq!(
+            third.taken,
+            Figures {
+                remaining: 97,
+                reset: 3 * SEC
+            }
+        );
+        assert_eq!(
+            third.kept,
+            Figures {
+                remaining: 98,
+                reset: 2 * SEC
+            }
+        );
         assert!(!gcra.is_fresh(tat, 7 * SEC));
         assert!(gcra.is_fresh(tat, 8 * SEC));
     }

@@ -43,10 +43,18 @@ impl Limit {
         }
     }
 
-    fn report(&self, word: u64, now: Nanos, refused: bool) -> LimitReport {
-        match self {
-            Limit::Rate(gcra) => gcra.report(word, now, refused),
-            Limit::Window(window) => window.report(word, now, refused),
+    fn report(&self, figures: Figures, refused: bool) -> LimitReport {
+        let window = match self {
+            Limit::Rate(gcra) => gcra.capacity(),
+            Limit::Window(window) => window.length_nanos(),
+        };
+        LimitReport {
+            kind: self.kind(),
+            quota: self.capacity(),
+            remaining: figures.remaining,
+            refused,
+            window,
+            reset: figures.reset,
         }
     }
 
@@ -58,7 +66,15 @@ impl Limit {
     }
 }
 
-/// One limit's verdict on a request.
+/// What the headers say of one limit: `r` and `t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Figures {
+    pub(crate) remaining: u32,
+    pub(crate) reset: Nanos,
+}
+
+/// One limit's verdict on a request, with its figures whether or not the request is taken
+/// (another limit may refuse what this one admits).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Step {
     pub(crate) admitted: bool,
@@ -66,22 +82,30 @@ pub(crate) struct Step {
     pub(crate) next: u64,
     /// The exact wait before the request fits (when refused).
     pub(crate) retry_after: Nanos,
+    /// The figures once the request is taken.
+    pub(crate) taken: Figures,
+    /// The figures if it is not.
+    pub(crate) kept: Figures,
 }
 
 impl Step {
-    pub(crate) fn admit(next: u64) -> Step {
+    pub(crate) fn admit(next: u64, taken: Figures, kept: Figures) -> Step {
         Step {
             admitted: true,
             next,
             retry_after: 0,
+            taken,
+            kept,
         }
     }
 
-    pub(crate) fn refuse(retry_after: Nanos) -> Step {
+    pub(crate) fn refuse(retry_after: Nanos, kept: Figures) -> Step {
         Step {
             admitted: false,
             next: 0,
             retry_after,
+            taken: kept,
+            kept,
         }
     }
 }
@@ -169,7 +193,11 @@ impl Policy {
         if cost > capacity {
             return Err(InsufficientCapacity { cost, capacity });
         }
-        let mut steps = [Step::refuse(0); MAX_LIMITS];
+        let none = Figures {
+            remaining: 0,
+            reset: 0,
+        };
+        let mut steps = [Step::refuse(0, none); MAX_LIMITS];
         for ((step, limit), word) in steps.iter_mut().zip(self.limits()).zip(state.iter()) {
             *step = limit.check(*word, now, cost);
         }
@@ -181,8 +209,9 @@ impl Policy {
             }
         }
         let mut limits = Report::new();
-        for ((limit, word), step) in self.limits().iter().zip(state.iter()).zip(steps) {
-            limits.push(limit.report(*word, now, !step.admitted));
+        for (limit, step) in self.limits().iter().zip(steps) {
+            let figures = if admitted { step.taken } else { step.kept };
+            limits.push(limit.report(figures, !step.admitted));
         }
         Ok(if admitted {
             Decision::Allow { limits }

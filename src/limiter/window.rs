@@ -17,9 +17,8 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::clock::{Nanos, nanos};
-use super::decision::{LimitKind, LimitReport};
-use super::policy::Step;
+use super::clock::{Interval, Nanos, nanos};
+use super::policy::{Figures, Step};
 
 /// Bits kept for the slot number, so aliasing needs a million idle slots.
 const MIN_EPOCH_BITS: u32 = 20;
@@ -36,7 +35,7 @@ pub struct Window {
     /// `N`.
     max: u32,
     /// `L`, the slot length.
-    slot: Nanos,
+    slot: Interval,
     /// `k + 1`, the counters kept.
     slots: u32,
     /// `b`, bits per counter.
@@ -56,7 +55,7 @@ impl Window {
         Some(Window {
             length,
             max: max.get(),
-            slot: length.div_ceil(u64::from(slots - 1)),
+            slot: Interval::new(length.div_ceil(u64::from(slots - 1))),
             slots,
             bits,
         })
@@ -79,53 +78,60 @@ impl Window {
 
     /// How much later than an exact sliding log this limit may forget a request.
     pub fn lateness(&self) -> Duration {
-        Duration::from_nanos(self.slot * u64::from(self.slots) - self.length)
+        Duration::from_nanos(self.slot.nanos() * u64::from(self.slots) - self.length)
+    }
+
+    /// `W` in nanoseconds, the header's `w`.
+    pub(crate) fn length_nanos(&self) -> Nanos {
+        self.length
     }
 
     /// Admits `cost` (≤ N) at `now` against state `word`, or says how long to wait.
     pub(crate) fn check(&self, word: u64, now: Nanos, cost: u32) -> Step {
         debug_assert!(cost <= self.max);
-        let index = now / self.slot;
+        let index = self.slot.count_in(now);
         let counts = self.rotate(word, index);
-        let mut total = self.total(counts);
+        let total = self.total(counts);
+        let kept = Figures {
+            remaining: self.max.saturating_sub(total),
+            reset: self.reset(counts, index, now),
+        };
         if total + cost <= self.max {
             let epoch = index & self.epoch_mask();
-            return Step::admit((epoch << self.epoch_shift()) | (counts + u64::from(cost)));
+            let taken = Figures {
+                remaining: self.max - total - cost,
+                reset: self.leaves(index, 0) - now,
+            };
+            let next = (epoch << self.epoch_shift()) | (counts + u64::from(cost));
+            return Step::admit(next, taken, kept);
         }
         // Slots leave oldest first; find the first slot boundary that frees enough.
-        for gone in 1..=u64::from(self.slots) {
-            total -= self.count(counts, self.slots - gone as u32);
-            if total + cost <= self.max {
-                return Step::refuse((index + gone) * self.slot - now);
+        let mut left = total;
+        for age in (0..self.slots).rev() {
+            left -= self.count(counts, age);
+            if left + cost <= self.max {
+                return Step::refuse(self.leaves(index, age) - now, kept);
             }
         }
         unreachable!("cost {cost} over the window's max {}", self.max)
     }
 
-    /// The header figures for state `word` at `now`.
-    pub(crate) fn report(&self, word: u64, now: Nanos, refused: bool) -> LimitReport {
-        let index = now / self.slot;
-        let counts = self.rotate(word, index);
-        let total = self.total(counts);
-        // The newest non-empty slot is the last to leave.
-        let reset = (0..self.slots)
-            .find(|&age| self.count(counts, age) > 0)
-            .map_or(0, |age| {
-                (index + u64::from(self.slots - age)) * self.slot - now
-            });
-        LimitReport {
-            kind: LimitKind::Window,
-            quota: self.max,
-            window: Duration::from_nanos(self.length),
-            remaining: self.max.saturating_sub(total),
-            reset: Duration::from_nanos(reset),
-            refused,
+    /// When the slot `age` slots before slot `index` stops counting.
+    fn leaves(&self, index: u64, age: u32) -> Nanos {
+        (index + u64::from(self.slots - age)) * self.slot.nanos()
+    }
+
+    /// Time until every counted request has left: when the newest non-empty slot leaves.
+    fn reset(&self, counts: u64, index: u64, now: Nanos) -> Nanos {
+        if counts == 0 {
+            return 0;
         }
+        self.leaves(index, counts.trailing_zeros() / self.bits) - now
     }
 
     /// Whether `word` is indistinguishable from a key never seen.
     pub(crate) fn is_fresh(&self, word: u64, now: Nanos) -> bool {
-        self.rotate(word, now / self.slot) == 0
+        self.rotate(word, self.slot.count_in(now)) == 0
     }
 
     fn epoch_shift(&self) -> u32 {
@@ -156,8 +162,13 @@ impl Window {
         ((counts >> (age * self.bits)) & ((1 << self.bits) - 1)) as u32
     }
 
-    fn total(&self, counts: u64) -> u32 {
-        (0..self.slots).map(|age| self.count(counts, age)).sum()
+    fn total(&self, mut counts: u64) -> u32 {
+        let mut total = 0;
+        while counts != 0 {
+            total += self.count(counts, 0);
+            counts >>= self.bits;
+        }
+        total
     }
 }
 
@@ -212,9 +223,13 @@ mod tests {
         let refused = send(&window, &mut word, 50 * SEC, 30);
         // Slots 0 and 1 must both leave (slot 1 at 84 s) before 30 more fit.
         assert_eq!(refused.retry_after, 34 * SEC);
-        let report = window.report(word, 50 * SEC, true);
-        assert_eq!((report.remaining, report.quota), (0, 100));
-        assert_eq!(report.reset, Duration::from_secs(108 - 50));
+        assert_eq!(
+            refused.kept,
+            Figures {
+                remaining: 0,
+                reset: (108 - 50) * SEC
+            }
+        );
         assert!(window.is_fresh(word, 108 * SEC));
         assert!(!window.is_fresh(word, 108 * SEC - 1));
     }
@@ -224,9 +239,23 @@ mod tests {
         let window = default_window();
         let mut word = 0;
         send(&window, &mut word, 0, 100);
-        assert!(send(&window, &mut word, 1_000_000 * SEC, 100).admitted);
-        let report = window.report(word, 1_000_000 * SEC, false);
-        assert_eq!(report.remaining, 0);
+        let again = send(&window, &mut word, 1_000_000 * SEC, 100);
+        assert!(again.admitted);
+        assert_eq!(
+            again.kept,
+            Figures {
+                remaining: 100,
+                reset: 0
+            }
+        );
+        // Slot [999 996 s, 1 000 008 s) leaves 72 s after it began.
+        assert_eq!(
+            again.taken,
+            Figures {
+                remaining: 0,
+                reset: 68 * SEC
+            }
+        );
     }
 
     #[test]

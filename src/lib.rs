@@ -1,9 +1,24 @@
 //! sluice: a rate-limiting reverse proxy for HTTP JSON APIs.
+//!
+//! A request's way, and where each part lives:
+//!
+//! - [`server`]: per-core workers, listeners, connection limits, head deadlines, graceful drain,
+//!   and the admin listener (`/healthz`, `/readyz`).
+//! - [`pipeline`]: one request, in phases: route → credentials → limits → body checks →
+//!   forward within the deadline → response headers.
+//! - [`limiter`]: the rate-limit algorithms (pure, clock passed in), the `Store` trait and the
+//!   in-memory store.
+//! - [`upstream`]: target health, each worker's keep-alive pool, hop-by-hop and X-Forwarded-*.
+//! - [`problem`]: every status sluice produces itself, as RFC 9457 problem details.
+//! - [`config`]: the TOML file, checked once into typed values.
+//! - [`body`]: the body type that flows through, both ways.
+//! - [`cli`] and [`demo`]: the command line and the built-in demo API.
 
 pub mod body;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod limiter;
 pub mod pipeline;
 pub mod problem;
 pub mod server;

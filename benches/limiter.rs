@@ -1,0 +1,182 @@
+//! The limiter against governor's keyed DashMap limiter on the same workloads.
+//!
+//! `cargo bench --bench limiter` prints bytes per key at a million keys for both (from a
+//! counting allocator), then times a check: one hot key on 1 and 2 threads, and a million keys
+//! round robin. Two-thread figures are wall time per check with both threads busy.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sluice::limiter::{Gcra, Limit, MemoryStore, Policy, Rate};
+
+/// Bytes allocated and not yet freed, for the per-key memory figure.
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const KEYS: u64 = 1_000_000;
+const ONE: NonZeroU32 = NonZeroU32::MIN;
+
+fn nz(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap()
+}
+
+/// governor's nearest equivalent of the published rule: 1/s with bursts of 100.
+fn governor() -> DefaultKeyedRateLimiter<u64> {
+    RateLimiter::dashmap(Quota::per_second(ONE).allow_burst(nz(100)))
+}
+
+/// The rate half of the published rule alone, like for like with governor.
+fn rate_only() -> Policy {
+    let gcra = Gcra::new(Rate::per_second(ONE), nz(100)).unwrap();
+    Policy::new("rate", &[Limit::Rate(gcra)]).unwrap()
+}
+
+fn store() -> MemoryStore {
+    MemoryStore::new(2 * KEYS as usize)
+}
+
+fn bytes_per_key(fill: impl FnOnce()) -> f64 {
+    let before = LIVE.load(Ordering::Relaxed);
+    fill();
+    (LIVE.load(Ordering::Relaxed) - before) as f64 / KEYS as f64
+}
+
+fn report_memory() {
+    let (ours, policy) = (store(), Policy::published_default());
+    let sluice = bytes_per_key(|| {
+        for key in 0..KEYS {
+            ours.check_now(&policy, &key.to_le_bytes(), ONE).unwrap();
+        }
+    });
+    let limiter = governor();
+    let governor = bytes_per_key(|| {
+        for key in 0..KEYS {
+            let _ = limiter.check_key(&key);
+        }
+    });
+    assert_eq!(ours.tracked_keys(), KEYS as usize);
+    println!("memory at {KEYS} keys: sluice {sluice:.1} B/key, governor {governor:.1} B/key");
+}
+
+fn hot_key(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hot_key_1_thread");
+    let (ours, default, rate) = (store(), Policy::published_default(), rate_only());
+    group.bench_function("sluice_default_policy", |b| {
+        b.iter(|| ours.check_now(&default, black_box(b"client-key"), ONE))
+    });
+    group.bench_function("sluice_rate_only", |b| {
+        b.iter(|| ours.check_now(&rate, black_box(b"client-key"), ONE))
+    });
+    let limiter = governor();
+    group.bench_function("governor_keyed_dashmap", |b| {
+        b.iter(|| limiter.check_key(black_box(&7)))
+    });
+    group.finish();
+}
+
+/// Wall time per check with two threads checking the same key at once.
+fn on_two_threads(iters: u64, check: impl Fn() + Sync) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| (0..iters / 2).for_each(|_| check()));
+        }
+    });
+    start.elapsed()
+}
+
+fn hot_key_two_threads(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hot_key_2_threads");
+    let (ours, default, rate) = (store(), Policy::published_default(), rate_only());
+    group.bench_function("sluice_default_policy", |b| {
+        b.iter_custom(|iters| {
+            on_two_threads(iters, || {
+                black_box(ours.check_now(&default, b"client-key", ONE)).ok();
+            })
+        })
+    });
+    group.bench_function("sluice_rate_only", |b| {
+        b.iter_custom(|iters| {
+            on_two_threads(iters, || {
+                black_box(ours.check_now(&rate, b"client-key", ONE)).ok();
+            })
+        })
+    });
+    let limiter = governor();
+    group.bench_function("governor_keyed_dashmap", |b| {
+        b.iter_custom(|iters| {
+            on_two_threads(iters, || {
+                black_box(limiter.check_key(&7)).ok();
+            })
+        })
+    });
+    group.finish();
+}
+
+fn million_keys(c: &mut Criterion) {
+    let mut group = c.benchmark_group("million_keys_round_robin");
+    let (ours, default) = (store(), Policy::published_default());
+    let limiter = governor();
+    for key in 0..KEYS {
+        ours.check_now(&default, &key.to_le_bytes(), ONE).unwrap();
+        let _ = limiter.check_key(&key);
+    }
+    let mut next = 0u64;
+    group.bench_function("sluice_default_policy", |b| {
+        b.iter(|| {
+            next = (next + 1) % KEYS;
+            ours.check_now(&default, &next.to_le_bytes(), ONE)
+        })
+    });
+    group.bench_function("governor_keyed_dashmap", |b| {
+        b.iter(|| {
+            next = (next + 1) % KEYS;
+            limiter.check_key(&next)
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(30);
+    targets = hot_key, hot_key_two_threads, million_keys
+}
+
+fn main() {
+    report_memory();
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

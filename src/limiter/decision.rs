@@ -1,0 +1,212 @@
+//! What a check answers: admitted or not, and per limit what the rate-limit headers say.
+//!
+//! Everything here is `Copy` and fixed-size, so reporting on a policy (at most
+//! [`MAX_LIMITS`] limits) never allocates.
+
+use std::ops::Deref;
+use std::time::Duration;
+
+use super::clock::Nanos;
+
+/// The most limits a policy may have: one state word each, two words per key.
+pub const MAX_LIMITS: usize = 2;
+
+/// Which algorithm a limit uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LimitKind {
+    /// Rate with burst (GCRA, a token bucket).
+    Rate,
+    /// At most N requests in any rolling window.
+    Window,
+}
+
+/// One limit's state after a check, as draft-ietf-httpapi-ratelimit-headers-11 needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitReport {
+    /// The limit's algorithm.
+    pub kind: LimitKind,
+    /// `q`: requests the limit allows in `window`.
+    pub quota: u32,
+    /// `r`: requests left now, after this check.
+    pub remaining: u32,
+    /// Whether this limit refused the request (for `violated-policies`).
+    pub refused: bool,
+    /// `w` in nanoseconds.
+    pub(crate) window: Nanos,
+    /// `t` in nanoseconds.
+    pub(crate) reset: Nanos,
+}
+
+impl LimitReport {
+    const EMPTY: LimitReport = LimitReport {
+        kind: LimitKind::Rate,
+        quota: 0,
+        remaining: 0,
+        refused: false,
+        window: 0,
+        reset: 0,
+    };
+
+    /// `w`: the window the quota applies to (for a rate, burst × emission interval).
+    pub fn window(&self) -> Duration {
+        Duration::from_nanos(self.window)
+    }
+
+    /// `t`: time until the whole quota is back.
+    pub fn reset(&self) -> Duration {
+        Duration::from_nanos(self.reset)
+    }
+
+    /// `w` in whole seconds, rounded up.
+    pub fn window_secs(&self) -> u64 {
+        self.window.div_ceil(NANOS_PER_SEC)
+    }
+
+    /// `t` in whole seconds, rounded up so the quota is surely back by then.
+    pub fn reset_secs(&self) -> u64 {
+        self.reset.div_ceil(NANOS_PER_SEC)
+    }
+}
+
+/// The per-limit reports of one check, in the policy's order; inline, no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Report {
+    len: u8,
+    items: [LimitReport; MAX_LIMITS],
+}
+
+impl Report {
+    pub(crate) const fn new() -> Self {
+        Report {
+            len: 0,
+            items: [LimitReport::EMPTY; MAX_LIMITS],
+        }
+    }
+
+    /// Appends a limit's report; the policy guarantees at most [`MAX_LIMITS`].
+    pub(crate) fn push(&mut self, item: LimitReport) {
+        self.items[usize::from(self.len)] = item;
+        self.len += 1;
+    }
+}
+
+impl Deref for Report {
+    type Target = [LimitReport];
+
+    fn deref(&self) -> &[LimitReport] {
+        &self.items[..usize::from(self.len)]
+    }
+}
+
+/// The answer to a check: a value, not an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Every limit admitted the request; its cost has been taken from each.
+    Allow {
+        /// Per limit, in the policy's order.
+        limits: Report,
+    },
+    /// At least one limit refused; nothing was taken from any limit.
+    Deny {
+        /// The exact wait after which the same request is admitted (if nothing else is spent
+        /// meanwhile); never early.
+        retry_after: Duration,
+        /// Per limit, in the policy's order; refusing limits have `refused` set.
+        limits: Report,
+    },
+}
+
+impl Decision {
+    /// Whether the request was admitted.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self, Decision::Allow { .. })
+    }
+
+    /// Per-limit reports, in the policy's order.
+    pub fn limits(&self) -> &[LimitReport] {
+        match self {
+            Decision::Allow { limits } | Decision::Deny { limits, .. } => limits,
+        }
+    }
+
+    /// The wait before retrying, for a refusal.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Decision::Allow { .. } => None,
+            Decision::Deny { retry_after, .. } => Some(*retry_after),
+        }
+    }
+
+    /// `Retry-After` in whole seconds, rounded up so a client is never early.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after().map(ceil_secs)
+    }
+
+    /// Indexes (in the policy's order) and reports of the limits that refused.
+    pub fn violated(&self) -> impl Iterator<Item = (usize, &LimitReport)> {
+        self.limits().iter().enumerate().filter(|(_, l)| l.refused)
+    }
+
+    /// The limit with the least left (then the longest reset), for `X-RateLimit-*`.
+    pub fn tightest(&self) -> &LimitReport {
+        let limits = self.limits();
+        limits
+            .iter()
+            .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset)))
+            .unwrap_or(&limits[0])
+    }
+}
+
+const NANOS_PER_SEC: Nanos = 1_000_000_000;
+
+/// Whole seconds, rounded up.
+pub fn ceil_secs(duration: Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(kind: LimitKind, remaining: u32, reset: u64, refused: bool) -> LimitReport {
+        LimitReport {
+            kind,
+            quota: 100,
+            remaining,
+            refused,
+            window: 60 * NANOS_PER_SEC,
+            reset: reset * 1_000_000,
+        }
+    }
+
+    #[test]
+    fn seconds_round_up_never_down() {
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+        assert_eq!(ceil_secs(Duration::from_nanos(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(3)), 3);
+        assert_eq!(ceil_secs(Duration::new(3, 1)), 4);
+    }
+
+    #[test]
+    fn deny_names_the_refusing_limits_and_the_tightest() {
+        let mut limits = Report::new();
+        limits.push(report(LimitKind::Window, 0, 60_000, true));
+        limits.push(report(LimitKind::Rate, 3, 97_000, false));
+        let decision = Decision::Deny {
+            retry_after: Duration::from_millis(1_500),
+            limits,
+        };
+        assert!(!decision.is_allowed());
+        assert_eq!(decision.retry_after_secs(), Some(2));
+        let violated: Vec<usize> = decision.violated().map(|(i, _)| i).collect();
+        assert_eq!(violated, [0]);
+        assert_eq!(decision.tightest().kind, LimitKind::Window);
+        assert_eq!(decision.limits().len(), 2);
+    }
+
+    #[test]
+    fn report_is_small_and_copy() {
+        // Two limits inline: headers for any policy are built without allocating.
+        assert!(std::mem::size_of::<Decision>() <= 96);
+    }
+}

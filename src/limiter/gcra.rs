@@ -1,0 +1,215 @@
+//! Rate with burst: the generic cell rate algorithm (GCRA), a token bucket kept as one number.
+//!
+//! The state is the theoretical arrival time (TAT): when the bucket would be full again.
+//! A request of cost `n` is admitted when `max(tat, now) + n·T − now ≤ burst·T`, where `T` is
+//! the emission interval (one request's worth of time). A fresh key (`tat ≤ now`) may send
+//! `burst` back to back, then one per `T`.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use super::clock::{Interval, Nanos, nanos};
+use super::policy::{Figures, Step};
+
+/// A sustained rate: `count` requests per `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    count: NonZeroU32,
+    per: Duration,
+}
+
+impl Rate {
+    /// `count` requests per `per`; `None` for an empty period.
+    pub fn new(count: NonZeroU32, per: Duration) -> Option<Rate> {
+        (!per.is_zero()).then_some(Rate { count, per })
+    }
+
+    /// `count` requests per second.
+    pub fn per_second(count: NonZeroU32) -> Rate {
+        Rate {
+            count,
+            per: Duration::from_secs(1),
+        }
+    }
+
+    /// `count` requests per minute.
+    pub fn per_minute(count: NonZeroU32) -> Rate {
+        Rate {
+            count,
+            per: Duration::from_secs(60),
+        }
+    }
+
+    /// `count` requests per hour.
+    pub fn per_hour(count: NonZeroU32) -> Rate {
+        Rate {
+            count,
+            per: Duration::from_secs(3_600),
+        }
+    }
+}
+
+/// A validated rate-and-burst limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gcra {
+    /// `T`: time one request is worth, rounded up so the rate is never exceeded.
+    emission: Interval,
+    burst: u32,
+    /// `burst · T`: how far ahead of now the TAT may run.
+    capacity: Nanos,
+}
+
+/// The longest a bucket may take to refill (about 73 years), so times never overflow.
+const MAX_CAPACITY: Nanos = 1 << 61;
+
+impl Gcra {
+    /// `rate` sustained with bursts of `burst`; `None` if the refill time is absurdly long.
+    pub fn new(rate: Rate, burst: NonZeroU32) -> Option<Gcra> {
+        let emission = nanos(rate.per).div_ceil(u64::from(rate.count.get()));
+        let capacity = emission.checked_mul(u64::from(burst.get()))?;
+        (capacity <= MAX_CAPACITY).then_some(Gcra {
+            emission: Interval::new(emission),
+            burst: burst.get(),
+            capacity,
+        })
+    }
+
+    /// Requests a fresh key may send back to back.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// The emission interval `T` (one request per `T` sustained).
+    pub fn emission(&self) -> Duration {
+        Duration::from_nanos(self.emission.nanos())
+    }
+
+    /// `burst · T`: the time a fresh bucket holds, the header's `w`.
+    pub(crate) fn capacity(&self) -> Nanos {
+        self.capacity
+    }
+
+    /// Admits `cost` (≤ burst) at `now` against state `tat`, or says how long to wait.
+    pub(crate) fn check(&self, tat: Nanos, now: Nanos, cost: u32) -> Step {
+        debug_assert!(cost <= self.burst);
+        let base = tat.max(now);
+        let kept = self.figures(base - now);
+        let next = base + u64::from(cost) * self.emission.nanos();
+        let latest = now.saturating_add(self.capacity);
+        if next <= latest {
+            Step::admit(next, self.figures(next - now), kept)
+        } else {
+            Step::refuse(next - latest, kept)
+        }
+    }
+
+    /// The figures when the TAT is `used` ahead of now.
+    fn figures(&self, used: Nanos) -> Figures {
+        let used = used.min(self.capacity);
+        Figures {
+            // At most `burst`, so the cast is lossless.
+            remaining: self.emission.count_in(self.capacity - used) as u32,
+            reset: used,
+        }
+    }
+
+    /// Whether `tat` is indistinguishable from a key never seen.
+    pub(crate) fn is_fresh(&self, tat: Nanos, now: Nanos) -> bool {
+        tat <= now
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Nanos = 1_000_000_000;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    fn default_rate() -> Gcra {
+        Gcra::new(Rate::per_second(nz(1)), nz(100)).unwrap()
+    }
+
+    /// Sends `cost` at `now`, keeping the state when admitted.
+    fn send(gcra: &Gcra, tat: &mut Nanos, now: Nanos, cost: u32) -> Step {
+        let step = gcra.check(*tat, now, cost);
+        if step.admitted {
+            *tat = step.next;
+        }
+        step
+    }
+
+    #[test]
+    fn fresh_key_gets_its_burst_then_the_rate() {
+        let gcra = default_rate();
+        let (mut tat, now) = (0, 10 * SEC);
+        for _ in 0..100 {
+            assert!(send(&gcra, &mut tat, now, 1).admitted);
+        }
+        let refused = send(&gcra, &mut tat, now, 1);
+        assert!(!refused.admitted);
+        assert_eq!(refused.retry_after, SEC);
+        assert!(!send(&gcra, &mut tat, now + SEC - 1, 1).admitted);
+        assert!(send(&gcra, &mut tat, now + SEC, 1).admitted);
+        assert!(!send(&gcra, &mut tat, now + SEC, 1).admitted);
+    }
+
+    #[test]
+    fn cost_takes_that_many_tokens() {
+        let gcra = default_rate();
+        let mut tat = 0;
+        assert!(send(&gcra, &mut tat, 0, 60).admitted);
+        let refused = send(&gcra, &mut tat, 0, 41);
+        assert_eq!(refused.retry_after, SEC);
+        assert!(send(&gcra, &mut tat, SEC, 41).admitted);
+    }
+
+    #[test]
+    fn figures_count_down_and_refill() {
+        let gcra = default_rate();
+        let fresh = gcra.check(0, 5 * SEC, 1).kept;
+        assert_eq!(
+            fresh,
+            Figures {
+                remaining: 100,
+                reset: 0
+            }
+        );
+        assert_eq!(gcra.capacity(), 100 * SEC);
+        let mut tat = 0;
+        for _ in 0..2 {
+            send(&gcra, &mut tat, 5 * SEC, 1);
+        }
+        let third = send(&gcra, &mut tat, 5 * SEC, 1);
+        assert_eq!(
+            third.taken,
+            Figures {
+                remaining: 97,
+                reset: 3 * SEC
+            }
+        );
+        assert_eq!(
+            third.kept,
+            Figures {
+                remaining: 98,
+                reset: 2 * SEC
+            }
+        );
+        assert!(!gcra.is_fresh(tat, 7 * SEC));
+        assert!(gcra.is_fresh(tat, 8 * SEC));
+    }
+
+    #[test]
+    fn emission_rounds_up_so_the_rate_is_never_exceeded() {
+        let gcra = Gcra::new(Rate::per_second(nz(3)), nz(1)).unwrap();
+        assert_eq!(gcra.emission(), Duration::from_nanos(333_333_334));
+        let per_hour = Gcra::new(Rate::per_hour(nz(2)), nz(5)).unwrap();
+        assert_eq!(per_hour.emission(), Duration::from_secs(1_800));
+        assert!(Rate::new(nz(1), Duration::ZERO).is_none());
+        let absurd = Rate::new(nz(1), Duration::from_secs(u64::MAX / 4)).unwrap();
+        assert!(Gcra::new(absurd, nz(u32::MAX)).is_none());
+    }
+}

@@ -1,0 +1,369 @@
+//! The in-memory store: one DashMap per policy from a keyed hash of the client key to its state.
+//!
+//! - **Keys** are never stored: a client key (any bytes, any length) becomes a 64-bit SipHash
+//!   under a random per-process secret, so hostile keys cost no memory and cannot be crafted to
+//!   collide. Two distinct keys of one policy share state only if their hashes collide by
+//!   chance: about `n² / 2⁶⁵` for `n` keys (3 in 100 million at a million keys).
+//! - **State** is two words per key (16 bytes; 24 with the hash), updated under the DashMap
+//!   shard lock, held only for the few arithmetic steps of a check. The fast path is `get_mut`;
+//!   `entry` is used only for a key not yet seen, and a new key is stored only once admitted, so
+//!   refused requests from unknown keys cost no memory either.
+//! - **Sweeping**: [`MemoryStore::sweep`] drops every key whose state equals a fresh key's, so
+//!   eviction never changes a decision. The server calls it periodically.
+//! - **At `max_keys`**, keys already tracked carry on as before, but a key not yet tracked is
+//!   checked against one overflow state per policy, shared by all such keys (as if they were a
+//!   single client). A flood of new keys thus limits itself and cannot buy anyone fresh quota;
+//!   once a sweep makes room, new keys get their own state again. The cap is approximate under
+//!   concurrency, by at most one key per thread checking at the same moment.
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::num::NonZeroU32;
+use std::ops::Deref;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use dashmap::mapref::one::Ref;
+
+use super::clock::{Clock, MonotonicClock, Nanos};
+use super::policy::{Policy, State};
+use super::store::{Checked, Outcome, Store};
+
+/// Policies whose tables are found with one atomic load instead of a map lookup; a process
+/// has a handful (more only as configs are reloaded), and the rest go to a map.
+const FAST_TABLES: usize = 16;
+
+/// The map key of the state shared by new keys once the store is full.
+const OVERFLOW: u64 = u64::MAX;
+
+/// Hashes a `u64` that is already a good hash (or a small id) with one multiplication.
+#[derive(Debug, Default, Clone, Copy)]
+struct Mix(u64);
+
+/// The golden-ratio constant: odd, so multiplying by it permutes `u64`s.
+const PHI: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl Hasher for Mix {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(PHI);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(PHI);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Map<V> = DashMap<u64, V, BuildHasherDefault<Mix>>;
+
+/// One policy's keys.
+struct Table {
+    policy: Policy,
+    states: Map<State>,
+}
+
+impl Table {
+    fn new(policy: &Policy) -> Table {
+        Table {
+            policy: policy.clone(),
+            states: Map::default(),
+        }
+    }
+}
+
+/// A policy's table, from the fast slots or from the map.
+enum TableRef<'a> {
+    Fast(&'a Table),
+    Mapped(Ref<'a, u64, Table>),
+}
+
+impl Deref for TableRef<'_> {
+    type Target = Table;
+
+    fn deref(&self) -> &Table {
+        match self {
+            TableRef::Fast(table) => table,
+            TableRef::Mapped(table) => table,
+        }
+    }
+}
+
+/// Limiter state in this process's memory.
+pub struct MemoryStore<C = MonotonicClock> {
+    clock: C,
+    secret: RandomState,
+    fast: [OnceLock<Table>; FAST_TABLES],
+    tables: Map<Table>,
+    tracked: AtomicUsize,
+    max_keys: usize,
+}
+
+impl MemoryStore {
+    /// A store on the real clock holding state for at most about `max_keys` keys.
+    pub fn new(max_keys: usize) -> Self {
+        MemoryStore::with_clock(MonotonicClock::new(), max_keys)
+    }
+}
+
+impl<C: Clock> MemoryStore<C> {
+    /// A store reading time from `clock`.
+    pub fn with_clock(clock: C, max_keys: usize) -> Self {
+        MemoryStore {
+            clock,
+            secret: RandomState::new(),
+            fast: [const { OnceLock::new() }; FAST_TABLES],
+            tables: Map::default(),
+            tracked: AtomicUsize::new(0),
+            max_keys,
+        }
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    /// The cap on tracked keys.
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// How many keys hold state now (the overflow state is not counted).
+    pub fn tracked_keys(&self) -> usize {
+        self.tracked.load(Ordering::Relaxed)
+    }
+
+    /// Checks synchronously; what [`Store::check`] answers, ready at once.
+    pub fn check_now(&self, policy: &Policy, key: &[u8], cost: NonZeroU32) -> Outcome {
+        let now = self.clock.now();
+        let hash = self.secret.hash_one(key).min(OVERFLOW - 1);
+        let table = self.table(policy);
+        if let Some(mut state) = table.states.get_mut(&hash) {
+            return Ok(policy.decide(&mut state, now, cost)?);
+        }
+        self.check_new(&table, hash, now, cost)
+    }
+
+    /// Drops every key whose state is that of a fresh key; returns how many were dropped.
+    pub fn sweep(&self) -> usize {
+        let now = self.clock.now();
+        let fast = self.fast.iter().filter_map(OnceLock::get);
+        let dropped = fast
+            .map(|table| Self::sweep_table(table, now))
+            .sum::<usize>()
+            + self
+                .tables
+                .iter()
+                .map(|table| Self::sweep_table(&table, now))
+                .sum::<usize>();
+        self.tracked.fetch_sub(dropped, Ordering::Relaxed);
+        self.tables.retain(|_, table| !table.states.is_empty());
+        dropped
+    }
+
+    fn sweep_table(table: &Table, now: Nanos) -> usize {
+        let mut dropped = 0;
+        table.states.retain(|&hash, state| {
+            let fresh = table.policy.is_fresh(state, now);
+            dropped += usize::from(fresh && hash != OVERFLOW);
+            !fresh
+        });
+        dropped
+    }
+
+    /// The policy's table, made on first use.
+    fn table(&self, policy: &Policy) -> TableRef<'_> {
+        let slot = &self.fast[(policy.id() % FAST_TABLES as u64) as usize];
+        let fast = slot.get_or_init(|| Table::new(policy));
+        if fast.policy.id() == policy.id() {
+            return TableRef::Fast(fast);
+        }
+        if let Some(table) = self.tables.get(&policy.id()) {
+            return TableRef::Mapped(table);
+        }
+        let table = self.tables.entry(policy.id());
+        TableRef::Mapped(table.or_insert_with(|| Table::new(policy)).downgrade())
+    }
+
+    /// A key with no state yet: stored only if admitted, and only below the cap.
+    fn check_new(&self, table: &Table, hash: u64, now: Nanos, cost: NonZeroU32) -> Outcome {
+        let policy = &table.policy;
+        if self.tracked_keys() >= self.max_keys {
+            let mut shared = table.states.entry(OVERFLOW).or_default();
+            return Ok(policy.decide(&mut shared, now, cost)?);
+        }
+        match table.states.entry(hash) {
+            Entry::Occupied(mut state) => Ok(policy.decide(state.get_mut(), now, cost)?),
+            Entry::Vacant(vacant) => {
+                let mut state = State::default();
+                let decision = policy.decide(&mut state, now, cost)?;
+                if decision.is_allowed() {
+                    vacant.insert(state);
+                    self.tracked.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(decision)
+            }
+        }
+    }
+}
+
+impl<C: Clock> Store for MemoryStore<C> {
+    fn check<'a>(&'a self, policy: &'a Policy, key: &'a [u8], cost: NonZeroU32) -> Checked<'a> {
+        Checked::ready(self.check_now(policy, key, cost))
+    }
+
+    fn tracked_keys(&self) -> usize {
+        MemoryStore::tracked_keys(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::clock::ManualClock;
+    use crate::limiter::store::Error;
+    use crate::limiter::{Decision, Gcra, Limit, Rate};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const ONE: NonZeroU32 = NonZeroU32::MIN;
+
+    fn store(max_keys: usize) -> MemoryStore<Arc<ManualClock>> {
+        MemoryStore::with_clock(Arc::new(ManualClock::new(0)), max_keys)
+    }
+
+    fn admitted(store: &MemoryStore<Arc<ManualClock>>, policy: &Policy, key: &[u8]) -> bool {
+        store.check_now(policy, key, ONE).unwrap().is_allowed()
+    }
+
+    fn burst(store: &MemoryStore<Arc<ManualClock>>, policy: &Policy, key: &[u8]) -> usize {
+        (0..1000)
+            .take_while(|_| admitted(store, policy, key))
+            .count()
+    }
+
+    #[test]
+    fn keys_and_policies_never_share_state() {
+        let store = store(100);
+        let (a, b) = (Policy::published_default(), Policy::published_default());
+        assert_eq!(burst(&store, &a, b"alice"), 100);
+        assert_eq!(burst(&store, &a, b"bob"), 100);
+        assert_eq!(burst(&store, &b, b"alice"), 100);
+        assert_eq!(store.tracked_keys(), 3);
+    }
+
+    #[test]
+    fn many_policies_never_share_state_and_are_swept() {
+        let store = store(1_000);
+        let policies: Vec<Policy> = (0..40).map(|_| Policy::published_default()).collect();
+        for policy in &policies {
+            assert_eq!(burst(&store, policy, b"alice"), 100);
+        }
+        assert_eq!(store.tracked_keys(), 40);
+        store.clock().advance(Duration::from_secs(1000));
+        assert_eq!(store.sweep(), 40);
+        assert_eq!((store.tracked_keys(), store.tables.len()), (0, 0));
+    }
+
+    #[test]
+    fn hostile_keys_are_hashed_not_stored() {
+        let store = store(100);
+        let policy = Policy::published_default();
+        let huge = vec![0xFF_u8; 1 << 20];
+        assert!(admitted(&store, &policy, &huge));
+        assert!(admitted(&store, &policy, &[]));
+        assert_eq!(burst(&store, &policy, &huge), 99);
+        assert_eq!(store.tracked_keys(), 2);
+    }
+
+    #[test]
+    fn refusals_for_unknown_keys_store_nothing() {
+        let store = store(100);
+        let policy = Policy::published_default();
+        let err = store.check_now(&policy, b"k", NonZeroU32::new(101).unwrap());
+        assert!(matches!(err, Err(Error::InsufficientCapacity(_))));
+        assert_eq!(store.tracked_keys(), 0);
+    }
+
+    #[test]
+    fn sweep_drops_only_keys_that_are_fresh_again() {
+        let store = store(100);
+        let policy = Policy::published_default();
+        let ten = NonZeroU32::new(10).unwrap();
+        store.check_now(&policy, b"old", ten).unwrap();
+        store.clock().advance(Duration::from_secs(30));
+        store.check_now(&policy, b"new", ten).unwrap();
+        store.clock().advance(Duration::from_secs(42));
+        assert_eq!(store.sweep(), 1);
+        assert_eq!(store.tracked_keys(), 1);
+        // The survivor keeps its state: 10 spent in slot [24 s, 36 s) until 96 s.
+        let decision = store.check_now(&policy, b"new", ONE).unwrap();
+        assert_eq!(decision.limits()[0].remaining, 89);
+        store.clock().advance(Duration::from_secs(1000));
+        assert_eq!(store.sweep(), 1);
+        assert_eq!(store.tracked_keys(), 0);
+    }
+
+    #[test]
+    fn at_the_cap_new_keys_share_one_state_and_old_keys_keep_theirs() {
+        let store = store(2);
+        let policy = Policy::published_default();
+        assert!(admitted(&store, &policy, b"a"));
+        assert!(admitted(&store, &policy, b"b"));
+        let flood: usize = (0..500)
+            .filter(|i| admitted(&store, &policy, format!("flood-{i}").as_bytes()))
+            .count();
+        assert_eq!(flood, 100);
+        assert_eq!(store.tracked_keys(), 2);
+        assert_eq!(burst(&store, &policy, b"a"), 99);
+        assert!(!admitted(&store, &policy, b"newcomer"));
+        store.clock().advance(Duration::from_secs(1000));
+        store.sweep();
+        assert!(admitted(&store, &policy, b"newcomer"));
+        assert_eq!(store.tracked_keys(), 1);
+    }
+
+    #[test]
+    fn many_threads_on_one_key_get_exactly_the_burst() {
+        let store = store(100);
+        let policy = Policy::published_default();
+        let admitted_total: usize = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..500)
+                            .filter(|_| admitted(&store, &policy, b"hot"))
+                            .count()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).sum()
+        });
+        assert_eq!(admitted_total, 100);
+        assert_eq!(store.tracked_keys(), 1);
+    }
+
+    #[test]
+    fn the_store_trait_is_ready_at_once() {
+        let store = store(100);
+        let shared: Arc<dyn Store> = Arc::new(store);
+        let rate = Gcra::new(Rate::per_second(ONE), ONE).unwrap();
+        let policy = Policy::new("one", &[Limit::Rate(rate)]).unwrap();
+        let first = shared.check(&policy, b"k", ONE).now_or_never().unwrap();
+        assert!(matches!(first, Ok(Decision::Allow { .. })));
+        let second = shared
+            .check(&policy, b"k", ONE)
+            .now_or_never()
+            .unwrap()
+            .unwrap();
+        assert_eq!(second.retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(shared.tracked_keys(), 1);
+    }
+}

@@ -1,0 +1,29 @@
+//! Rate limiting: pure algorithms with the clock passed in, the [`Store`] trait that keeps
+//! per-key state, and the in-memory [`MemoryStore`].
+//!
+//! - [`Policy`] (`policy.rs`): a name and one or two limits, all of which must admit a request.
+//! - [`Gcra`] (`gcra.rs`): rate with burst, as a theoretical arrival time.
+//! - [`Window`] (`window.rs`): at most N in any rolling window, never overshot; may admit up
+//!   to [`Window::lateness`] later than an exact sliding log.
+//! - [`Decision`] (`decision.rs`): allow or deny, with what the rate-limit headers need per
+//!   limit, inline.
+//! - [`Clock`] (`clock.rs`): monotonic nanoseconds; a manual clock for tests.
+//! - [`Store`] (`store.rs`): `check(policy, key, cost)` returns [`Checked`], a future that is
+//!   ready at once for the in-memory store and pending for a remote one.
+//! - [`MemoryStore`] (`memory.rs`): DashMap per policy, hashed keys, sweeper, `max_keys` cap.
+
+mod clock;
+mod decision;
+mod gcra;
+mod memory;
+mod policy;
+mod store;
+mod window;
+
+pub use clock::{Clock, ManualClock, MonotonicClock, Nanos};
+pub use decision::{Decision, LimitKind, LimitReport, MAX_LIMITS, Report, ceil_secs};
+pub use gcra::{Gcra, Rate};
+pub use memory::MemoryStore;
+pub use policy::{InsufficientCapacity, Limit, Policy, State};
+pub use store::{Checked, Error, Outcome, Store};
+pub use window::Window;

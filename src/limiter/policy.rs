@@ -1,0 +1,369 @@
+//! A policy: a name and the limits a request must all pass, checked together per key.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::clock::Nanos;
+use super::decision::{Decision, LimitKind, LimitReport, MAX_LIMITS, Report};
+use super::gcra::{Gcra, Rate};
+use super::window::Window;
+
+/// One limit of a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// Rate with burst.
+    Rate(Gcra),
+    /// Rolling window.
+    Window(Window),
+}
+
+impl Limit {
+    /// The limit's algorithm.
+    pub fn kind(&self) -> LimitKind {
+        match self {
+            Limit::Rate(_) => LimitKind::Rate,
+            Limit::Window(_) => LimitKind::Window,
+        }
+    }
+
+    /// The largest cost this limit can ever admit at once.
+    pub fn capacity(&self) -> u32 {
+        match self {
+            Limit::Rate(gcra) => gcra.burst(),
+            Limit::Window(window) => window.max(),
+        }
+    }
+
+    fn check(&self, word: u64, now: Nanos, cost: u32) -> Step {
+        match self {
+            Limit::Rate(gcra) => gcra.check(word, now, cost),
+            Limit::Window(window) => window.check(word, now, cost),
+        }
+    }
+
+    fn report(&self, figures: Figures, refused: bool) -> LimitReport {
+        let window = match self {
+            Limit::Rate(gcra) => gcra.capacity(),
+            Limit::Window(window) => window.length_nanos(),
+        };
+        LimitReport {
+            kind: self.kind(),
+            quota: self.capacity(),
+            remaining: figures.remaining,
+            refused,
+            window,
+            reset: figures.reset,
+        }
+    }
+
+    fn is_fresh(&self, word: u64, now: Nanos) -> bool {
+        match self {
+            Limit::Rate(gcra) => gcra.is_fresh(word, now),
+            Limit::Window(window) => window.is_fresh(word, now),
+        }
+    }
+}
+
+/// What the headers say of one limit: `r` and `t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Figures {
+    pub(crate) remaining: u32,
+    pub(crate) reset: Nanos,
+}
+
+/// One limit's verdict on a request, with its figures whether or not the request is taken
+/// (another limit may refuse what this one admits).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Step {
+    pub(crate) admitted: bool,
+    /// The limit's state word once the request is taken (when admitted).
+    pub(crate) next: u64,
+    /// The exact wait before the request fits (when refused).
+    pub(crate) retry_after: Nanos,
+    /// The figures once the request is taken.
+    pub(crate) taken: Figures,
+    /// The figures if it is not.
+    pub(crate) kept: Figures,
+}
+
+impl Step {
+    pub(crate) fn admit(next: u64, taken: Figures, kept: Figures) -> Step {
+        Step {
+            admitted: true,
+            next,
+            retry_after: 0,
+            taken,
+            kept,
+        }
+    }
+
+    pub(crate) fn refuse(retry_after: Nanos, kept: Figures) -> Step {
+        Step {
+            admitted: false,
+            next: 0,
+            retry_after,
+            taken: kept,
+            kept,
+        }
+    }
+}
+
+/// A key's state under a policy: one word per limit; all zeros is a fresh key.
+pub type State = [u64; MAX_LIMITS];
+
+/// A request costing more than a limit's whole quota: it can never be admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a request costing {cost} can never fit a quota of {capacity}")]
+pub struct InsufficientCapacity {
+    /// What the request asked for.
+    pub cost: u32,
+    /// The most the policy admits at once (its smallest quota).
+    pub capacity: u32,
+}
+
+/// Distinguishes policies, so one key under two policies never shares state.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A validated policy: a name and one or two limits. Clones share the identity.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    id: u64,
+    name: Arc<str>,
+    len: usize,
+    limits: [Limit; MAX_LIMITS],
+}
+
+impl Policy {
+    /// A policy of `limits` (one or two, in header order); `None` otherwise.
+    pub fn new(name: impl Into<Arc<str>>, limits: &[Limit]) -> Option<Policy> {
+        let first = *limits.first()?;
+        if limits.len() > MAX_LIMITS {
+            return None;
+        }
+        let mut all = [first; MAX_LIMITS];
+        all[..limits.len()].copy_from_slice(limits);
+        Some(Policy {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            name: name.into(),
+            len: limits.len(),
+            limits: all,
+        })
+    }
+
+    /// The published rule: 1 request/s sustained, bursts of 100, at most 100 in any 60 s.
+    pub fn published_default() -> Policy {
+        let hundred = NonZeroU32::new(100).expect("100 is not zero");
+        let rate = Gcra::new(Rate::per_second(NonZeroU32::MIN), hundred).expect("valid rate");
+        let window = Window::new(Duration::from_secs(60), hundred).expect("valid window");
+        Policy::new("default", &[Limit::Window(window), Limit::Rate(rate)]).expect("two limits")
+    }
+
+    /// The policy's name, as configured.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A number unique to this policy (and its clones) within the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The limits, in the order given.
+    pub fn limits(&self) -> &[Limit] {
+        &self.limits[..self.len]
+    }
+
+    /// The largest cost a single request may have: the smallest quota.
+    pub fn capacity(&self) -> u32 {
+        self.limits().iter().map(Limit::capacity).min().unwrap_or(0)
+    }
+
+    /// Checks a request of `cost` at `now` against a key's `state`, taking the cost from every
+    /// limit if all admit it and from none otherwise.
+    pub fn decide(
+        &self,
+        state: &mut State,
+        now: Nanos,
+        cost: NonZeroU32,
+    ) -> Result<Decision, InsufficientCapacity> {
+        let cost = cost.get();
+        let capacity = self.capacity();
+        if cost > capacity {
+            return Err(InsufficientCapacity { cost, capacity });
+        }
+        let none = Figures {
+            remaining: 0,
+            reset: 0,
+        };
+        let mut steps = [Step::refuse(0, none); MAX_LIMITS];
+        for ((step, limit), word) in steps.iter_mut().zip(self.limits()).zip(state.iter()) {
+            *step = limit.check(*word, now, cost);
+        }
+        let steps = &steps[..self.len];
+        let admitted = steps.iter().all(|step| step.admitted);
+        if admitted {
+            for (word, step) in state.iter_mut().zip(steps) {
+                *word = step.next;
+            }
+        }
+        let mut limits = Report::new();
+        for (limit, step) in self.limits().iter().zip(steps) {
+            let figures = if admitted { step.taken } else { step.kept };
+            limits.push(limit.report(figures, !step.admitted));
+        }
+        Ok(if admitted {
+            Decision::Allow { limits }
+        } else {
+            // Each limit admits at any time after its own wait, so the longest wait is exact.
+            let retry_after = steps.iter().map(|s| s.retry_after).max().unwrap_or(0);
+            Decision::Deny {
+                retry_after: Duration::from_nanos(retry_after),
+                limits,
+            }
+        })
+    }
+
+    /// Whether `state` is the same as a fresh key's at `now`, so dropping it loses nothing.
+    pub fn is_fresh(&self, state: &State, now: Nanos) -> bool {
+        let mut words = state.iter();
+        self.limits()
+            .iter()
+            .zip(&mut words)
+            .all(|(limit, word)| limit.is_fresh(*word, now))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Nanos = 1_000_000_000;
+    const ONE: NonZeroU32 = NonZeroU32::MIN;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    #[test]
+    fn default_policy_admits_a_burst_of_100_then_refuses_the_101st() {
+        let policy = Policy::published_default();
+        let mut state = State::default();
+        for i in 0..100 {
+            let decision = policy.decide(&mut state, 0, ONE).unwrap();
+            assert!(decision.is_allowed(), "request {i}");
+            assert_eq!(decision.limits()[0].remaining, 99 - i);
+        }
+        let refused = policy.decide(&mut state, 0, ONE).unwrap();
+        assert!(!refused.is_allowed());
+        let violated: Vec<LimitKind> = refused.violated().map(|(_, l)| l.kind).collect();
+        assert_eq!(violated, [LimitKind::Window, LimitKind::Rate]);
+        // The window holds it longest: slot [0, 12 s) leaves at 72 s.
+        assert_eq!(refused.retry_after(), Some(Duration::from_secs(72)));
+    }
+
+    #[test]
+    fn after_a_burst_one_per_second_waits_for_the_window() {
+        let policy = Policy::published_default();
+        let mut state = State::default();
+        policy.decide(&mut state, 0, nz(100)).unwrap();
+        for second in 1..72 {
+            let decision = policy.decide(&mut state, second * SEC, ONE).unwrap();
+            assert!(!decision.is_allowed(), "second {second}");
+            assert_eq!(decision.violated().count(), 1);
+        }
+        assert!(
+            policy
+                .decide(&mut state, 72 * SEC, ONE)
+                .unwrap()
+                .is_allowed()
+        );
+    }
+
+    #[test]
+    fn a_refusal_takes_nothing_from_any_limit() {
+        let policy = Policy::published_default();
+        let mut state = State::default();
+        policy.decide(&mut state, 0, nz(99)).unwrap();
+        let before = state;
+        // At 5 s the rate has 6 left but the window only 1: the window alone refuses.
+        let refused = policy.decide(&mut state, 5 * SEC, nz(2)).unwrap();
+        assert!(!refused.is_allowed());
+        assert_eq!(state, before);
+        let rate = refused.limits()[1];
+        assert_eq!((rate.remaining, rate.refused), (6, false));
+        assert!(refused.limits()[0].refused);
+        assert!(
+            policy
+                .decide(&mut state, 5 * SEC, ONE)
+                .unwrap()
+                .is_allowed()
+        );
+    }
+
+    #[test]
+    fn a_cost_over_the_smallest_quota_is_an_error() {
+        let rate = Gcra::new(Rate::per_second(ONE), nz(10)).unwrap();
+        let window = Window::new(Duration::from_secs(60), nz(20)).unwrap();
+        let policy = Policy::new("p", &[Limit::Rate(rate), Limit::Window(window)]).unwrap();
+        let err = policy.decide(&mut State::default(), 0, nz(11)).unwrap_err();
+        assert_eq!(
+            err,
+            InsufficientCapacity {
+                cost: 11,
+                capacity: 10
+            }
+        );
+    }
+
+    #[test]
+    fn a_policy_has_one_or_two_limits() {
+        let rate = Limit::Rate(Gcra::new(Rate::per_minute(ONE), ONE).unwrap());
+        assert!(Policy::new("none", &[]).is_none());
+        assert!(Policy::new("three", &[rate, rate, rate]).is_none());
+        let one = Policy::new("one", &[rate]).unwrap();
+        assert_eq!((one.name(), one.limits().len()), ("one", 1));
+        assert_eq!(one.id(), one.clone().id());
+        assert_ne!(one.id(), Policy::new("one", &[rate]).unwrap().id());
+    }
+
+    #[test]
+    fn state_is_fresh_once_every_limit_has_refilled() {
+        let policy = Policy::published_default();
+        let mut state = State::default();
+        assert!(policy.is_fresh(&state, 0));
+        policy.decide(&mut state, 0, nz(10)).unwrap();
+        assert!(!policy.is_fresh(&state, 71 * SEC));
+        assert!(policy.is_fresh(&state, 72 * SEC));
+    }
+
+    /// Sends 10 requests a second for `seconds`; returns the admission times.
+    fn flood(policy: &Policy, seconds: u64) -> Vec<Nanos> {
+        let mut state = State::default();
+        (0..seconds * 10)
+            .map(|tick| tick * SEC / 10)
+            .filter(|&now| policy.decide(&mut state, now, ONE).unwrap().is_allowed())
+            .collect()
+    }
+
+    #[test]
+    fn no_rolling_minute_ever_admits_more_than_100() {
+        let admitted = flood(&Policy::published_default(), 3_600);
+        for (i, &start) in admitted.iter().enumerate() {
+            let in_window = admitted[i..].iter().take_while(|&&t| t < start + 60 * SEC);
+            assert!(in_window.count() <= 100, "window from {start}");
+        }
+    }
+
+    #[test]
+    fn sustained_throughput_converges_to_one_per_second() {
+        let admitted = flood(&Policy::published_default(), 3_600);
+        let last_half_hour = admitted.iter().filter(|&&t| t >= 1_800 * SEC).count();
+        assert!(
+            (1_799..=1_801).contains(&last_half_hour),
+            "{last_half_hour}"
+        );
+        assert!(admitted.len() <= 3_600 + 100);
+    }
+}

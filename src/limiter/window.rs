@@ -1,0 +1,272 @@
+//! Rolling window: at most `N` requests admitted in any window of length `W`, never more.
+//!
+//! An exact sliding log would keep `N` timestamps per key. Instead time is cut into slots of
+//! `L = ⌈W / k⌉` and the state keeps admitted counts for the current slot and the `k` before
+//! it: `k + 1` slots covering `[now − (k+1)·L, now] ⊇ (now − W, now]`. Every request that an
+//! exact log counts is counted here, so the window is never overshot; a request is only
+//! forgotten late, when its slot leaves, at most `(k+1)·L − W` (≈ `W / k`) after the exact
+//! log forgets it. That is the lateness bound ([`Window::lateness`]): this limit admits no
+//! later than an exact log would, plus that bound.
+//!
+//! All of it is packed in one `u64`: `k + 1` counters of `b = bits(N)` bits at the bottom and
+//! the slot number (modulo `2^e`, `e ≥ 20`) at the top; `k` is as large as fits (5 for
+//! `N = 100`, so 12 s late at most for the 60-s default). A key idle for more than `2^e` slots
+//! could have its slot number alias; that only keeps stale counts, which errs on the safe side,
+//! and the sweeper drops such keys long before.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use super::clock::{Interval, Nanos, nanos};
+use super::policy::{Figures, Step};
+
+/// Bits kept for the slot number, so aliasing needs a million idle slots.
+const MIN_EPOCH_BITS: u32 = 20;
+/// More slots than this buy little precision and cost time per check.
+const MAX_SLOTS: u32 = 32;
+/// The longest window (about 73 years), so times never overflow.
+const MAX_LENGTH: Nanos = 1 << 61;
+
+/// A validated rolling-window limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// `W`.
+    length: Nanos,
+    /// `N`.
+    max: u32,
+    /// `L`, the slot length.
+    slot: Interval,
+    /// `k + 1`, the counters kept.
+    slots: u32,
+    /// `b`, bits per counter.
+    bits: u32,
+}
+
+impl Window {
+    /// At most `max` requests in any window of `length`; `None` if that cannot be kept in one
+    /// word (over about four million requests) or the window is empty or absurdly long.
+    pub fn new(length: Duration, max: NonZeroU32) -> Option<Window> {
+        let length = nanos(length);
+        let bits = u32::BITS - max.get().leading_zeros();
+        let slots = ((u64::BITS - MIN_EPOCH_BITS) / bits).min(MAX_SLOTS);
+        if slots < 2 || length == 0 || length > MAX_LENGTH {
+            return None;
+        }
+        Some(Window {
+            length,
+            max: max.get(),
+            slot: Interval::new(length.div_ceil(u64::from(slots - 1))),
+            slots,
+            bits,
+        })
+    }
+
+    /// `N`, the most requests in any window.
+    pub fn max(&self) -> u32 {
+        self.max
+    }
+
+    /// `W`, the window length.
+    pub fn length(&self) -> Duration {
+        Duration::from_nanos(self.length)
+    }
+
+    /// `k`, the number of slots a window spans.
+    pub fn sub_windows(&self) -> u32 {
+        self.slots - 1
+    }
+
+    /// How much later than an exact sliding log this limit may forget a request.
+    pub fn lateness(&self) -> Duration {
+        Duration::from_nanos(self.slot.nanos() * u64::from(self.slots) - self.length)
+    }
+
+    /// `W` in nanoseconds, the header's `w`.
+    pub(crate) fn length_nanos(&self) -> Nanos {
+        self.length
+    }
+
+    /// Admits `cost` (≤ N) at `now` against state `word`, or says how long to wait.
+    pub(crate) fn check(&self, word: u64, now: Nanos, cost: u32) -> Step {
+        debug_assert!(cost <= self.max);
+        let index = self.slot.count_in(now);
+        let counts = self.rotate(word, index);
+        let total = self.total(counts);
+        let kept = Figures {
+            remaining: self.max.saturating_sub(total),
+            reset: self.reset(counts, index, now),
+        };
+        if total + cost <= self.max {
+            let epoch = index & self.epoch_mask();
+            let taken = Figures {
+                remaining: self.max - total - cost,
+                reset: self.leaves(index, 0) - now,
+            };
+            let next = (epoch << self.epoch_shift()) | (counts + u64::from(cost));
+            return Step::admit(next, taken, kept);
+        }
+        // Slots leave oldest first; find the first slot boundary that frees enough.
+        let mut left = total;
+        for age in (0..self.slots).rev() {
+            left -= self.count(counts, age);
+            if left + cost <= self.max {
+                return Step::refuse(self.leaves(index, age) - now, kept);
+            }
+        }
+        unreachable!("cost {cost} over the window's max {}", self.max)
+    }
+
+    /// When the slot `age` slots before slot `index` stops counting.
+    fn leaves(&self, index: u64, age: u32) -> Nanos {
+        (index + u64::from(self.slots - age)) * self.slot.nanos()
+    }
+
+    /// Time until every counted request has left: when the newest non-empty slot leaves.
+    fn reset(&self, counts: u64, index: u64, now: Nanos) -> Nanos {
+        if counts == 0 {
+            return 0;
+        }
+        self.leaves(index, counts.trailing_zeros() / self.bits) - now
+    }
+
+    /// Whether `word` is indistinguishable from a key never seen.
+    pub(crate) fn is_fresh(&self, word: u64, now: Nanos) -> bool {
+        self.rotate(word, self.slot.count_in(now)) == 0
+    }
+
+    fn epoch_shift(&self) -> u32 {
+        self.slots * self.bits
+    }
+
+    fn epoch_mask(&self) -> u64 {
+        u64::MAX >> self.epoch_shift()
+    }
+
+    fn counts_mask(&self) -> u64 {
+        (1 << self.epoch_shift()) - 1
+    }
+
+    /// The counters as of slot `index`: slots that have left are dropped, age 0 is `index`.
+    fn rotate(&self, word: u64, index: u64) -> u64 {
+        let stored = word >> self.epoch_shift();
+        let elapsed = (index & self.epoch_mask()).wrapping_sub(stored) & self.epoch_mask();
+        if elapsed >= u64::from(self.slots) {
+            return 0;
+        }
+        (word << (elapsed as u32 * self.bits)) & self.counts_mask()
+    }
+
+    /// The counter for the slot `age` slots before the current one.
+    fn count(&self, counts: u64, age: u32) -> u32 {
+        // A counter has at most 22 bits, so the cast is lossless.
+        ((counts >> (age * self.bits)) & ((1 << self.bits) - 1)) as u32
+    }
+
+    fn total(&self, mut counts: u64) -> u32 {
+        let mut total = 0;
+        while counts != 0 {
+            total += self.count(counts, 0);
+            counts >>= self.bits;
+        }
+        total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Nanos = 1_000_000_000;
+
+    fn default_window() -> Window {
+        Window::new(Duration::from_secs(60), NonZeroU32::new(100).unwrap()).unwrap()
+    }
+
+    fn send(window: &Window, word: &mut u64, now: Nanos, cost: u32) -> Step {
+        let step = window.check(*word, now, cost);
+        if step.admitted {
+            *word = step.next;
+        }
+        step
+    }
+
+    #[test]
+    fn default_window_has_five_slots_of_twelve_seconds() {
+        let window = default_window();
+        assert_eq!(window.sub_windows(), 5);
+        assert_eq!(window.lateness(), Duration::from_secs(12));
+    }
+
+    #[test]
+    fn hundred_pass_then_refused_until_their_slot_leaves() {
+        let window = default_window();
+        let mut word = 0;
+        let start = 30 * SEC; // slot 2 spans [24 s, 36 s)
+        for _ in 0..100 {
+            assert!(send(&window, &mut word, start, 1).admitted);
+        }
+        let refused = send(&window, &mut word, start, 1);
+        assert_eq!(refused.retry_after, 96 * SEC - start);
+        assert!(!send(&window, &mut word, 96 * SEC - 1, 1).admitted);
+        assert!(send(&window, &mut word, 96 * SEC, 1).admitted);
+    }
+
+    #[test]
+    fn requests_spread_out_leave_slot_by_slot() {
+        let window = default_window();
+        let mut word = 0;
+        for slot in 0..4 {
+            for _ in 0..25 {
+                assert!(send(&window, &mut word, slot * 12 * SEC, 1).admitted);
+            }
+        }
+        let refused = send(&window, &mut word, 50 * SEC, 30);
+        // Slots 0 and 1 must both leave (slot 1 at 84 s) before 30 more fit.
+        assert_eq!(refused.retry_after, 34 * SEC);
+        assert_eq!(
+            refused.kept,
+            Figures {
+                remaining: 0,
+                reset: (108 - 50) * SEC
+            }
+        );
+        assert!(window.is_fresh(word, 108 * SEC));
+        assert!(!window.is_fresh(word, 108 * SEC - 1));
+    }
+
+    #[test]
+    fn an_idle_key_comes_back_fresh() {
+        let window = default_window();
+        let mut word = 0;
+        send(&window, &mut word, 0, 100);
+        let again = send(&window, &mut word, 1_000_000 * SEC, 100);
+        assert!(again.admitted);
+        assert_eq!(
+            again.kept,
+            Figures {
+                remaining: 100,
+                reset: 0
+            }
+        );
+        // Slot [999 996 s, 1 000 008 s) leaves 72 s after it began.
+        assert_eq!(
+            again.taken,
+            Figures {
+                remaining: 0,
+                reset: 68 * SEC
+            }
+        );
+    }
+
+    #[test]
+    fn windows_that_do_not_fit_a_word_are_rejected() {
+        let nz = |n| NonZeroU32::new(n).unwrap();
+        assert!(Window::new(Duration::ZERO, nz(1)).is_none());
+        assert!(Window::new(Duration::from_secs(1), nz(1 << 22)).is_none());
+        let big = Window::new(Duration::from_secs(1), nz((1 << 22) - 1)).unwrap();
+        assert_eq!(big.sub_windows(), 1);
+        let one = Window::new(Duration::from_secs(62), nz(1)).unwrap();
+        assert_eq!(one.sub_windows(), 31);
+        assert_eq!(one.lateness(), Duration::from_secs(2));
+    }
+}

@@ -2,12 +2,18 @@
 //! (`application/problem+json`). Responses from the upstream never pass through here.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
-use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{
+    ALLOW, CONNECTION, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 use serde_json::{Map, Value, json};
 
 use crate::body::Body;
+
+/// The problem type of a 429, registered with IANA.
+pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
 /// Everything sluice answers by itself, named by what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +32,13 @@ pub enum Problem {
     UnknownCredentials,
     /// The key is valid but lacks a scope the route requires.
     MissingScope { scope: String },
+    /// Over the rate limit: retry after `retry_after` seconds; `violated` names the limits.
+    RateLimited {
+        retry_after: u64,
+        violated: Vec<Arc<str>>,
+    },
+    /// The request costs more than the policy ever admits at once (a batch over the burst).
+    OverCapacity { reason: String },
     /// The body is (declared or found to be) larger than the route's `max_body`.
     BodyTooLarge { limit: u64 },
     /// The body's media type is not one the route accepts.
@@ -67,7 +80,10 @@ impl Problem {
             Problem::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Problem::MissingCredentials | Problem::UnknownCredentials => StatusCode::UNAUTHORIZED,
             Problem::MissingScope { .. } => StatusCode::FORBIDDEN,
-            Problem::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Problem::BodyTooLarge { .. } | Problem::OverCapacity { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Problem::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Problem::InvalidJson { .. } | Problem::UnreadableBody => StatusCode::BAD_REQUEST,
             Problem::UpstreamTimeout { status } => *status,
@@ -97,6 +113,13 @@ impl Problem {
             Problem::MissingScope { scope } => {
                 return format!("The API key lacks the scope {scope:?} this route requires.")
                     .into();
+            }
+            Problem::RateLimited { retry_after, .. } => {
+                let s = if *retry_after == 1 { "" } else { "s" };
+                return format!("Rate limit exceeded; retry after {retry_after} second{s}.").into();
+            }
+            Problem::OverCapacity { reason } => {
+                return format!("This request can never be admitted: {reason}.").into();
             }
             Problem::BodyTooLarge { limit } => {
                 return format!("The request body is larger than {limit} bytes.").into();
@@ -143,8 +166,12 @@ impl Problem {
     /// The problem document.
     pub fn body(&self, request_id: &str) -> Value {
         let status = self.status();
+        let kind = match self {
+            Problem::RateLimited { .. } => QUOTA_EXCEEDED,
+            _ => "about:blank",
+        };
         let mut doc = json!({
-            "type": "about:blank",
+            "type": kind,
             "title": status.canonical_reason().unwrap_or(""),
             "status": status.as_u16(),
             "detail": self.detail(),
@@ -153,12 +180,25 @@ impl Problem {
         if let (Some(obj), Some((name, value))) = (doc.as_object_mut(), self.extension()) {
             obj.insert(name.into(), value);
         }
+        if let (
+            Some(obj),
+            Problem::RateLimited {
+                retry_after,
+                violated,
+            },
+        ) = (doc.as_object_mut(), self)
+        {
+            obj.insert("retry_after".into(), json!(retry_after));
+            let names: Vec<&str> = violated.iter().map(|n| &**n).collect();
+            obj.insert("violated-policies".into(), json!(names));
+        }
         doc
     }
 
     /// A member beyond the standard ones, for clients that act on it.
     fn extension(&self) -> Option<(&'static str, Value)> {
         match self {
+            Problem::RateLimited { .. } => None, // two members: see `body`
             Problem::UnsupportedMediaType { accepted } => Some(("accepted", json!(accepted))),
             Problem::BodyTooLarge { limit } => Some(("max_body", json!(limit))),
             Problem::InvalidJson { line, column, .. } => {
@@ -186,6 +226,9 @@ impl Problem {
         match self {
             Problem::MethodNotAllowed { allow } => {
                 headers.insert(ALLOW, allow);
+            }
+            Problem::RateLimited { retry_after, .. } => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
             }
             Problem::MissingCredentials | Problem::UnknownCredentials => {
                 let challenge = HeaderValue::from_static("Bearer realm=\"sluice\"");

@@ -44,6 +44,8 @@ pub struct Server {
     pub max_header_bytes: usize,
     pub trusted_proxies: Vec<IpNet>,
     pub drain_timeout: Duration,
+    /// Client keys the limiter tracks at once; beyond it, new keys share one state per policy.
+    pub max_keys: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +78,8 @@ pub struct Policy {
     pub window: Option<(Duration, u32)>,
     pub key: KeySource,
     pub mode: Mode,
+    /// The limits, compiled for the limiter (window first, then rate).
+    pub limiter: crate::limiter::Policy,
 }
 
 /// What identifies a client for its limits.

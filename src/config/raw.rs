@@ -41,6 +41,7 @@ pub struct Server {
     pub max_header_bytes: Size,
     pub trusted_proxies: Vec<Cidr>,
     pub drain_timeout: Dur,
+    pub max_keys: usize,
 }
 
 impl Default for Server {
@@ -58,6 +59,7 @@ impl Default for Server {
             max_header_bytes: Size(16 * 1024),
             trusted_proxies: Vec::new(),
             drain_timeout: secs(30),
+            max_keys: 1_000_000,
         }
     }
 }

@@ -2,13 +2,16 @@
 //! names its key.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::ops::Range;
 
 use http::{HeaderName, Method, StatusCode};
 use toml::Spanned;
 
 use super::error::{Errors, Invalid, line_of};
 use super::{ApiKey, Auth, Batch, Config, ConfigError, Headers, KeySource, Overrides, raw};
-use super::{Policy, Route, Server, Target, Upstream};
+use super::{Policy, Rate, Route, Server, Target, Upstream};
+use crate::limiter::{self, Gcra, Limit, Window};
 
 /// Parses TOML into the raw structs; type errors and unknown keys name their key and line.
 pub(super) fn deserialize(source: &str) -> Result<raw::File, ConfigError> {
@@ -140,6 +143,7 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
         max_header_bytes: usize::try_from(s.max_header_bytes.0).unwrap_or(usize::MAX),
         trusted_proxies: s.trusted_proxies.iter().map(|c| c.0).collect(),
         drain_timeout: s.drain_timeout.0,
+        max_keys: s.max_keys,
     }
 }
 
@@ -197,87 +201,96 @@ fn target(s: &str) -> Result<Target, String> {
     Ok(Target { host, port, addr })
 }
 
-/// The published rule: 1/s sustained, bursts of 100, at most 100 in any 60 s.
-fn default_policy() -> Policy {
-    Policy {
-        name: "default".into(),
-        rate: Some(("1/s".parse().expect("valid rate"), 100)),
-        window: Some((std::time::Duration::from_secs(60), 100)),
-        key: KeySource::ApiKey,
-        mode: raw::Mode::Enforce,
-    }
-}
+/// The built-in policies, each replaced whole by a `[policies.NAME]` table of the same name:
+/// `default`, the published rule (1/s sustained, bursts of 100, at most 100 in any 60 s), and
+/// `auth_failures`, which slows down key guessing (10 failed attempts, then 10 a minute, per IP).
+const BUILT_IN: [(&str, &str); 2] = [
+    (
+        "default",
+        "rate = \"1/s\"\nburst = 100\nwindow = \"60s\"\nwindow_requests = 100\n",
+    ),
+    (
+        "auth_failures",
+        "rate = \"10/m\"\nburst = 10\nkey = \"ip\"\n",
+    ),
+];
 
 fn policies(
     raw: &std::collections::BTreeMap<String, Spanned<raw::Policy>>,
     errs: &mut Errors,
 ) -> Vec<Policy> {
     let mut out = Vec::new();
-    if !raw.contains_key("default") {
-        out.push(default_policy());
+    for (name, text) in BUILT_IN.iter().filter(|(n, _)| !raw.contains_key(*n)) {
+        let p: raw::Policy = toml::from_str(text).expect("built-in policies are valid");
+        out.extend(policy(name, &p, 0..0, errs));
     }
     for (name, spanned) in raw {
-        let (p, span) = (spanned.get_ref(), spanned.span());
-        let key = format!("policies.{name}");
-        if name == "none" {
-            errs.push(
-                &key,
-                span.clone(),
-                "\"none\" is reserved for routes without a policy",
-            );
-        }
-        let rate = match (p.rate, p.burst) {
-            (Some(r), Some(b)) if b > 0 => Some((r, b)),
-            (Some(_), Some(_)) => pair_error(errs, &key, span.clone(), "burst must be at least 1"),
-            (None, None) => None,
-            _ => pair_error(
-                errs,
-                &key,
-                span.clone(),
-                "rate and burst go together: set both or neither",
-            ),
-        };
-        let window = match (p.window, p.window_requests) {
-            (Some(w), Some(n)) if n > 0 && !w.0.is_zero() => Some((w.0, n)),
-            (Some(_), Some(_)) => pair_error(
-                errs,
-                &key,
-                span.clone(),
-                "window and window_requests must be above 0",
-            ),
-            (None, None) => None,
-            _ => pair_error(
-                errs,
-                &key,
-                span.clone(),
-                "window and window_requests go together: set both or neither",
-            ),
-        };
-        if rate.is_none() && window.is_none() && p.rate.is_none() && p.window.is_none() {
-            errs.push(
-                &key,
-                span.clone(),
-                "a policy needs rate + burst, window + window_requests, or both",
-            );
-        }
-        out.push(Policy {
-            name: name.clone(),
-            rate,
-            window,
-            key: key_source(&format!("{key}.key"), &p.key, errs),
-            mode: p.mode,
-        });
+        out.extend(policy(name, spanned.get_ref(), spanned.span(), errs));
     }
     out
 }
 
-fn pair_error<T>(
-    errs: &mut Errors,
-    key: &str,
-    span: std::ops::Range<usize>,
-    msg: &str,
-) -> Option<T> {
-    errs.push(key, span, msg);
+/// One policy; its limits are compiled for the limiter here, so a bad one is a config error.
+/// The window limit is named after the policy, the rate limit `NAME.rate` when both exist.
+fn policy(name: &str, p: &raw::Policy, span: Range<usize>, errs: &mut Errors) -> Option<Policy> {
+    let key = format!("policies.{name}");
+    let mut fail = |msg: &str| errs.push(&key, span.clone(), msg);
+    if name == "none" {
+        fail("\"none\" is reserved for routes without a policy");
+    }
+    let rate = match (p.rate, p.burst) {
+        (Some(r), Some(b)) => {
+            match NonZeroU32::new(b).and_then(|b| Gcra::new(limiter_rate(r), b)) {
+                Some(gcra) => Some((r, b, gcra)),
+                None => pair_error(
+                    &mut fail,
+                    "burst must be at least 1, and burst / rate at most a year",
+                ),
+            }
+        }
+        (None, None) => None,
+        _ => pair_error(&mut fail, "rate and burst go together: set both or neither"),
+    };
+    let window = match (p.window, p.window_requests) {
+        (Some(w), Some(n)) => match NonZeroU32::new(n).and_then(|n| Window::new(w.0, n)) {
+            Some(limit) => Some((w.0, n, limit)),
+            None => pair_error(
+                &mut fail,
+                "window must be above 0 and window_requests 1 to 1000000",
+            ),
+        },
+        (None, None) => None,
+        _ => pair_error(
+            &mut fail,
+            "window and window_requests go together: set both or neither",
+        ),
+    };
+    if p.rate.is_none() && p.window.is_none() {
+        fail("a policy needs rate + burst, window + window_requests, or both");
+    }
+    let limits: Vec<Limit> = window
+        .iter()
+        .map(|w| Limit::Window(w.2))
+        .chain(rate.iter().map(|r| Limit::Rate(r.2)))
+        .collect();
+    let key_source = key_source(&format!("{key}.key"), &p.key, errs);
+    Some(Policy {
+        name: name.to_string(),
+        rate: rate.map(|(r, b, _)| (r, b)),
+        window: window.map(|(w, n, _)| (w, n)),
+        key: key_source,
+        mode: p.mode,
+        limiter: limiter::Policy::new(name, &limits)?,
+    })
+}
+
+fn limiter_rate(r: Rate) -> limiter::Rate {
+    limiter::Rate::new(NonZeroU32::new(r.count).unwrap_or(NonZeroU32::MIN), r.per)
+        .expect("a rate's period is not zero")
+}
+
+fn pair_error<T>(fail: &mut impl FnMut(&str), msg: &str) -> Option<T> {
+    fail(msg);
     None
 }
 
@@ -387,7 +400,10 @@ fn route(
         .filter_map(
             |m| match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
                 Ok(method) => Some(method),
-                Err(_) => pair_error(errs, &key("methods"), m.span(), "not an HTTP method"),
+                Err(_) => {
+                    errs.push(key("methods"), m.span(), "not an HTTP method");
+                    None
+                }
             },
         )
         .collect();

@@ -151,6 +151,21 @@ impl<C: Clock> MemoryStore<C> {
         self.check_new(&table, hash, now, cost)
     }
 
+    /// Decides on a copy of the key's state: what `check_now` would answer, taking nothing.
+    pub fn peek_now(&self, policy: &Policy, key: &[u8], cost: NonZeroU32) -> Outcome {
+        let now = self.clock.now();
+        let hash = self.secret.hash_one(key).min(OVERFLOW - 1);
+        let table = self.table(policy);
+        let mut state = match table.states.get(&hash) {
+            Some(state) => *state,
+            None if self.tracked_keys() >= self.max_keys => {
+                table.states.get(&OVERFLOW).map(|s| *s).unwrap_or_default()
+            }
+            None => State::default(),
+        };
+        Ok(policy.decide(&mut state, now, cost)?)
+    }
+
     /// Drops every key whose state is that of a fresh key; returns how many were dropped.
     pub fn sweep(&self) -> usize {
         let now = self.clock.now();
@@ -219,8 +234,16 @@ impl<C: Clock> Store for MemoryStore<C> {
         Checked::ready(self.check_now(policy, key, cost))
     }
 
+    fn peek<'a>(&'a self, policy: &'a Policy, key: &'a [u8], cost: NonZeroU32) -> Checked<'a> {
+        Checked::ready(self.peek_now(policy, key, cost))
+    }
+
     fn tracked_keys(&self) -> usize {
         MemoryStore::tracked_keys(self)
+    }
+
+    fn sweep(&self) -> usize {
+        MemoryStore::sweep(self)
     }
 }
 
@@ -247,6 +270,20 @@ mod tests {
         (0..1000)
             .take_while(|_| admitted(store, policy, key))
             .count()
+    }
+
+    #[test]
+    fn peeking_decides_like_a_check_but_takes_nothing() {
+        let store = store(100);
+        let policy = Policy::published_default();
+        let hundred = NonZeroU32::new(100).unwrap();
+        assert!(store.peek_now(&policy, b"k", hundred).unwrap().is_allowed());
+        assert_eq!(store.tracked_keys(), 0, "a peek stores nothing");
+        assert_eq!(burst(&store, &policy, b"k"), 100);
+        let peeked = store.peek_now(&policy, b"k", ONE).unwrap();
+        let checked = store.check_now(&policy, b"k", ONE).unwrap();
+        assert_eq!(peeked, checked);
+        assert!(!peeked.is_allowed());
     }
 
     #[test]

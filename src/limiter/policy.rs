@@ -36,6 +36,15 @@ impl Limit {
         }
     }
 
+    /// `q` and `w` (whole seconds, rounded up) of the limit's `RateLimit-Policy` item.
+    pub fn quota_and_window_secs(&self) -> (u32, u64) {
+        let window = match self {
+            Limit::Rate(gcra) => gcra.capacity(),
+            Limit::Window(window) => window.length_nanos(),
+        };
+        (self.capacity(), window.div_ceil(1_000_000_000))
+    }
+
     fn check(&self, word: u64, now: Nanos, cost: u32) -> Step {
         match self {
             Limit::Rate(gcra) => gcra.check(word, now, cost),

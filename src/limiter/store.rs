@@ -66,8 +66,18 @@ pub trait Store: Send + Sync {
     /// `policy`, taking the cost from every limit if all admit it and from none otherwise.
     fn check<'a>(&'a self, policy: &'a Policy, key: &'a [u8], cost: NonZeroU32) -> Checked<'a>;
 
+    /// What `check` would decide now, without taking anything (a guard that must refuse
+    /// before it knows whether the request will count).
+    fn peek<'a>(&'a self, policy: &'a Policy, key: &'a [u8], cost: NonZeroU32) -> Checked<'a>;
+
     /// How many keys hold state now (for metrics).
     fn tracked_keys(&self) -> usize;
+
+    /// Drops state that a fresh key would have anyway; returns how many keys went. For stores
+    /// that expire state by themselves, nothing to do.
+    fn sweep(&self) -> usize {
+        0
+    }
 }
 
 #[cfg(test)]

@@ -6,30 +6,37 @@
 mod auth;
 mod client;
 mod forward;
+mod limit;
 mod payload;
 mod request_id;
 mod route;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use futures_util::FutureExt;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
 pub use auth::{Keys, presented_key};
 pub use client::{client_ip, is_trusted};
+pub use limit::{Limits, Verdict};
 pub use payload::Counted;
 pub use request_id::RequestIds;
 pub use route::{Routed, Router};
 
 use crate::body::Body;
-use crate::config::{Config, Route};
+use crate::config::{AuthMode, Config, Route};
+use crate::limiter::MemoryStore;
 use crate::problem::Problem;
 use crate::upstream::{Pool, Upstreams};
+
+/// One request's cost under its limits (a batch costs one per item).
+const ONE: NonZeroU32 = NonZeroU32::MIN;
 
 /// Everything the workers share: the config and the state that outlives one request.
 #[derive(Debug)]
@@ -38,6 +45,7 @@ pub struct App {
     pub router: Router,
     pub upstreams: Upstreams,
     pub keys: Keys,
+    pub limits: Limits,
     /// Set when shutdown begins: readiness fails and new requests get 503.
     pub draining: AtomicBool,
     /// Client connections open now, across all workers.
@@ -50,6 +58,7 @@ impl App {
             router: Router::new(&config.routes),
             upstreams: Upstreams::new(&config.upstreams),
             keys: Keys::new(&config.auth),
+            limits: Limits::new(&config, Arc::new(MemoryStore::new(config.server.max_keys))),
             config,
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
@@ -89,13 +98,20 @@ impl Proxy {
     /// Answers one request. Never fails: a panic inside becomes a 500 for this request only.
     pub async fn serve(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
         let id = self.request_id(&req);
+        let mut verdict = None;
         let handling = async {
-            match self.handle(Peer { addr: peer }, &id, req).await {
+            match self
+                .handle(Peer { addr: peer }, &id, req, &mut verdict)
+                .await
+            {
                 Ok(res) => res,
                 Err(p) => problem(p, &id),
             }
         };
         let mut res = contain_panic(handling, &id).await;
+        if let Some(v) = &verdict {
+            self.app.limits.write_headers(v, res.headers_mut());
+        }
         res.headers_mut()
             .insert(self.app.config.headers.request_id.clone(), id);
         res
@@ -111,29 +127,64 @@ impl Proxy {
             .pick(req.headers().get(&self.app.config.headers.request_id))
     }
 
+    /// The phases, in the order that decides which status wins when several apply.
     async fn handle(
         &self,
         peer: Peer,
         id: &HeaderValue,
         req: Request<Incoming>,
+        verdict: &mut Option<Verdict>,
     ) -> Result<Response<Body>, Problem> {
         let app = &*self.app;
         if app.draining.load(Ordering::Relaxed) {
             return Err(Problem::Draining);
         }
         let route = self.route(&req)?;
-        let who = auth::authenticate(&app.config.auth, &app.keys, route, req.headers())?;
-        payload::check_head(route, req.headers(), !req.body().is_end_stream())?;
-        let (mut parts, body) = req.into_parts();
         let client = client_ip(
             peer.addr.ip(),
-            &parts.headers,
+            req.headers(),
             &app.config.server.trusted_proxies,
         );
+        let who = self.authenticate(route, req.headers(), client).await?;
+        let policy = who
+            .and_then(|k| app.config.auth.keys[k].policy)
+            .or(route.policy);
+        if let Some(i) = policy {
+            let (v, admitted) = app
+                .limits
+                .check(&app.config, i, req.headers(), client, ONE)
+                .await;
+            *verdict = v;
+            admitted?;
+        }
+        payload::check_head(route, req.headers(), !req.body().is_end_stream())?;
+        let (mut parts, body) = req.into_parts();
         forward::prepare(app, peer.addr, client, id, &mut parts);
         auth::identify_upstream(&app.config.auth, &app.keys, who, &mut parts.headers);
         let res = forward::send(self, route, parts, body).await?;
         Ok(forward::client_response(res))
+    }
+
+    /// Credentials (401/403), behind the guard that makes guessing keys slow: a client that
+    /// failed too often is refused (429) before its key is even looked at.
+    async fn authenticate(
+        &self,
+        route: &Route,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> Result<Option<usize>, Problem> {
+        let app = &*self.app;
+        if app.config.auth.mode == AuthMode::None {
+            return Ok(None);
+        }
+        app.limits.guard_auth(&app.config, headers, client).await?;
+        match auth::authenticate(&app.config.auth, &app.keys, route, headers) {
+            Err(p @ (Problem::MissingCredentials | Problem::UnknownCredentials)) => {
+                app.limits.auth_failed(&app.config, headers, client).await;
+                Err(p)
+            }
+            other => other,
+        }
     }
 
     fn route<B>(&self, req: &Request<B>) -> Result<&Route, Problem> {

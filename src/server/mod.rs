@@ -1,6 +1,7 @@
 //! The server: one thread per worker, each with its own single-threaded runtime, listener
 //! (`SO_REUSEPORT`) and upstream pool, so a request stays on one core from accept to answer;
-//! plus a small control thread for the admin listener. Shutdown drains in-flight requests.
+//! plus a small control thread for the admin listener and the limiter's sweeper. Shutdown
+//! drains in-flight requests.
 
 mod admin;
 mod client_io;
@@ -42,7 +43,7 @@ pub fn start(config: Config) -> io::Result<Running> {
         .enumerate()
         .map(|(i, l)| worker::spawn(i, app.clone(), l, stopped.clone()))
         .collect::<io::Result<_>>()?;
-    let control = admin.map(|l| admin::spawn(app.clone(), l)).transpose()?;
+    let control = Some(admin::spawn(app.clone(), admin)?);
     tracing::info!(%addr, admin = ?admin_addr, workers = app.config.server.workers, "sluice listening");
     Ok(Running {
         addr,

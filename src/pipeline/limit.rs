@@ -1,0 +1,261 @@
+//! The limit phase: which policy applies (the key's own, else the route's), what identifies the
+//! client under it, and the store's decision; then the rate-limit headers that every response
+//! of a limited route carries, 429 or not. Also the guard that slows down key guessing.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::auth::presented_key;
+use crate::config::{Config, KeySource, Mode, Policy, RateLimitHeaders};
+use crate::limiter::{Decision, Store};
+use crate::problem::Problem;
+
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// The limiter as the pipeline uses it: the store, and each policy's names and headers.
+pub struct Limits {
+    store: Arc<dyn Store>,
+    policies: Vec<Named>,
+    style: RateLimitHeaders,
+    auth_failures: Option<usize>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("keys", &self.store.tracked_keys())
+            .finish()
+    }
+}
+
+/// A policy's limit names and the parts of its headers that never change.
+struct Named {
+    /// Per limit, in the policy's order: `default`, `default.rate`.
+    names: Vec<Arc<str>>,
+    /// `RateLimit-Policy`, complete.
+    policy_header: HeaderValue,
+    /// Per limit, the start of its `RateLimit` item: `"default";r=`.
+    prefixes: Vec<Vec<u8>>,
+}
+
+impl Named {
+    fn new(p: &Policy) -> Named {
+        let both = p.limiter.limits().len() > 1;
+        let names: Vec<Arc<str>> = p
+            .limiter
+            .limits()
+            .iter()
+            .enumerate()
+            .map(|(i, _)| {
+                if both && i == 1 {
+                    format!("{}.rate", p.name).into()
+                } else {
+                    p.name.as_str().into()
+                }
+            })
+            .collect();
+        let items: Vec<String> = names
+            .iter()
+            .zip(p.limiter.limits())
+            .map(|(name, limit)| {
+                let (quota, window) = limit.quota_and_window_secs();
+                format!("\"{name}\";q={quota};w={window}")
+            })
+            .collect();
+        Named {
+            policy_header: HeaderValue::from_str(&items.join(", "))
+                .unwrap_or(HeaderValue::from_static("")),
+            prefixes: names
+                .iter()
+                .map(|n| format!("\"{n}\";r=").into_bytes())
+                .collect(),
+            names,
+        }
+    }
+}
+
+/// What the limit phase decided for one request: enough to write the headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Verdict {
+    policy: usize,
+    decision: Decision,
+}
+
+impl Limits {
+    pub fn new(config: &Config, store: Arc<dyn Store>) -> Limits {
+        Limits {
+            store,
+            policies: config.policies.iter().map(Named::new).collect(),
+            style: config.headers.ratelimit,
+            auth_failures: config
+                .policies
+                .iter()
+                .position(|p| p.name == "auth_failures"),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Checks a request of `cost` under policy `i` of `config`. A refusal is `Err` unless the
+    /// policy is in shadow mode; the verdict (for the headers) comes back either way.
+    pub async fn check(
+        &self,
+        config: &Config,
+        i: usize,
+        headers: &HeaderMap,
+        client: IpAddr,
+        cost: NonZeroU32,
+    ) -> (Option<Verdict>, Result<(), Problem>) {
+        let policy = &config.policies[i];
+        let mut buf = [0u8; 17];
+        let key = client_key(&policy.key, headers, client, &mut buf);
+        let decision = match self.store.check(&policy.limiter, &key, cost).await {
+            Ok(d) => d,
+            Err(e) => {
+                return (
+                    None,
+                    Err(Problem::OverCapacity {
+                        reason: e.to_string(),
+                    }),
+                );
+            }
+        };
+        let verdict = Verdict {
+            policy: i,
+            decision,
+        };
+        let refused = match decision {
+            Decision::Deny { .. } if policy.mode == Mode::Shadow => {
+                tracing::debug!(policy = %policy.name, "shadow policy would refuse");
+                Ok(())
+            }
+            Decision::Deny { .. } => Err(self.refusal(verdict)),
+            Decision::Allow { .. } => Ok(()),
+        };
+        (Some(verdict), refused)
+    }
+
+    /// The 429 for a refused verdict.
+    fn refusal(&self, v: Verdict) -> Problem {
+        let violated = v
+            .decision
+            .violated()
+            .map(|(i, _)| self.policies[v.policy].names[i].clone())
+            .collect();
+        Problem::RateLimited {
+            retry_after: v.decision.retry_after_secs().unwrap_or(1),
+            violated,
+        }
+    }
+
+    /// Refuses a credential check from a client that has failed too often (429), without
+    /// counting this attempt; `auth_failed` counts the attempts that fail.
+    pub async fn guard_auth(
+        &self,
+        config: &Config,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> Result<(), Problem> {
+        let Some(i) = self.auth_failures else {
+            return Ok(());
+        };
+        let policy = &config.policies[i];
+        let mut buf = [0u8; 17];
+        let key = client_key(&policy.key, headers, client, &mut buf);
+        match self
+            .store
+            .peek(&policy.limiter, &key, NonZeroU32::MIN)
+            .await
+        {
+            Ok(decision @ Decision::Deny { .. }) if policy.mode == Mode::Enforce => Err(self
+                .refusal(Verdict {
+                    policy: i,
+                    decision,
+                })),
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed credential check against the client.
+    pub async fn auth_failed(&self, config: &Config, headers: &HeaderMap, client: IpAddr) {
+        if let Some(i) = self.auth_failures {
+            let _ = self
+                .check(config, i, headers, client, NonZeroU32::MIN)
+                .await;
+        }
+    }
+
+    /// Writes the rate-limit headers of `v` into `headers`.
+    pub fn write_headers(&self, v: &Verdict, headers: &mut HeaderMap) {
+        let named = &self.policies[v.policy];
+        let limits = v.decision.limits();
+        if limits.is_empty() {
+            return;
+        }
+        if matches!(self.style, RateLimitHeaders::Ietf | RateLimitHeaders::Both) {
+            headers.insert(RATELIMIT_POLICY.clone(), named.policy_header.clone());
+            let mut value = Vec::with_capacity(named.prefixes.iter().map(|p| p.len() + 24).sum());
+            for (i, (limit, prefix)) in limits.iter().zip(&named.prefixes).enumerate() {
+                if i > 0 {
+                    value.extend_from_slice(b", ");
+                }
+                value.extend_from_slice(prefix);
+                value.extend_from_slice(itoa::Buffer::new().format(limit.remaining).as_bytes());
+                value.extend_from_slice(b";t=");
+                value.extend_from_slice(itoa::Buffer::new().format(limit.reset_secs()).as_bytes());
+            }
+            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+                headers.insert(RATELIMIT.clone(), value);
+            }
+        }
+        if matches!(
+            self.style,
+            RateLimitHeaders::XRatelimit | RateLimitHeaders::Both
+        ) {
+            let tightest = v.decision.tightest();
+            headers.insert(X_LIMIT.clone(), HeaderValue::from(tightest.quota));
+            headers.insert(X_REMAINING.clone(), HeaderValue::from(tightest.remaining));
+            headers.insert(X_RESET.clone(), HeaderValue::from(tightest.reset_secs()));
+        }
+    }
+}
+
+/// The bytes that identify the client under a policy. Addresses are tagged with a NUL byte,
+/// which no header value can start with, so a presented key can never pose as an address.
+fn client_key<'a>(
+    source: &KeySource,
+    headers: &'a HeaderMap,
+    client: IpAddr,
+    buf: &'a mut [u8; 17],
+) -> Cow<'a, [u8]> {
+    let presented = match source {
+        KeySource::ApiKey => presented_key(headers),
+        KeySource::Header(name) => headers.get(name).map(|v| Cow::Borrowed(v.as_bytes())),
+        KeySource::Ip => None,
+    };
+    if let Some(key) = presented.filter(|k| k.first() != Some(&0)) {
+        return key;
+    }
+    let len = match client {
+        IpAddr::V4(v4) => {
+            buf[1..5].copy_from_slice(&v4.octets());
+            5
+        }
+        IpAddr::V6(v6) => {
+            buf[1..17].copy_from_slice(&v6.octets());
+            17
+        }
+    };
+    Cow::Borrowed(&buf[..len])
+}

@@ -6,6 +6,7 @@
 //!   and the admin listener (`/healthz`, `/readyz`).
 //! - [`pipeline`]: one request, in phases: route → credentials → limits → body checks →
 //!   forward within the deadline → response headers.
+//! - [`batch`]: the batch endpoint: many requests in one, with dependencies, answered 207.
 //! - [`limiter`]: the rate-limit algorithms (pure, clock passed in), the `Store` trait and the
 //!   in-memory store.
 //! - [`upstream`]: target health, each worker's keep-alive pool, hop-by-hop and X-Forwarded-*.
@@ -14,6 +15,7 @@
 //! - [`body`]: the body type that flows through, both ways.
 //! - [`cli`] and [`demo`]: the command line and the built-in demo API.
 
+pub mod batch;
 pub mod body;
 pub mod cli;
 pub mod config;

@@ -15,11 +15,27 @@ use crate::body::Body;
 /// The problem type of a 429, registered with IANA.
 pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
 
+/// One invalid field of a batch, for the `errors` member of a 422.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// A JSON pointer into the request body, e.g. `/requests/3/method`.
+    pub field: String,
+    pub message: String,
+}
+
 /// Everything sluice answers by itself, named by what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
     /// The request head did not arrive within `header_read_timeout`.
     HeadTimeout,
+    /// A batch that is valid JSON but not a valid batch.
+    BatchInvalid { errors: Vec<FieldError> },
+    /// A batch of more than `max_requests` items.
+    BatchTooLarge { max: usize },
+    /// A batch item whose dependency did not answer 2xx.
+    DependencyFailed { dependency: String, status: u16 },
+    /// The batch's deadline passed before this item was answered.
+    BatchDeadline,
     /// The request head is larger than `max_header_bytes`.
     HeadTooLarge,
     /// No route matches the path.
@@ -74,7 +90,12 @@ pub enum Problem {
 impl Problem {
     pub fn status(&self) -> StatusCode {
         match self {
-            Problem::HeadTimeout | Problem::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Problem::HeadTimeout | Problem::BodyTimeout | Problem::BatchDeadline => {
+                StatusCode::REQUEST_TIMEOUT
+            }
+            Problem::BatchInvalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Problem::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Problem::DependencyFailed { .. } => StatusCode::FAILED_DEPENDENCY,
             Problem::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Problem::NoRoute => StatusCode::NOT_FOUND,
             Problem::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -101,6 +122,15 @@ impl Problem {
     pub fn detail(&self) -> Cow<'static, str> {
         let text = match self {
             Problem::HeadTimeout => "The request head did not arrive in time.",
+            Problem::BatchInvalid { .. } => "The batch is not valid; see errors.",
+            Problem::BatchTooLarge { max } => {
+                return format!("A batch may hold at most {max} requests.").into();
+            }
+            Problem::DependencyFailed { dependency, status } => {
+                let what = format!("the request {dependency:?} it depends on answered {status}");
+                return format!("Not run: {what}.").into();
+            }
+            Problem::BatchDeadline => "The batch's deadline passed before this request finished.",
             Problem::HeadTooLarge => "The request head is too large.",
             Problem::NoRoute => "No route matches this path.",
             Problem::MethodNotAllowed { .. } => {
@@ -199,6 +229,14 @@ impl Problem {
     fn extension(&self) -> Option<(&'static str, Value)> {
         match self {
             Problem::RateLimited { .. } => None, // two members: see `body`
+            Problem::BatchInvalid { errors } => {
+                let list: Vec<Value> = errors
+                    .iter()
+                    .map(|e| json!({ "field": e.field, "message": e.message }))
+                    .collect();
+                Some(("errors", Value::Array(list)))
+            }
+            Problem::DependencyFailed { dependency, .. } => Some(("dependency", json!(dependency))),
             Problem::UnsupportedMediaType { accepted } => Some(("accepted", json!(accepted))),
             Problem::BodyTooLarge { limit } => Some(("max_body", json!(limit))),
             Problem::InvalidJson { line, column, .. } => {

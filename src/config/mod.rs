@@ -115,6 +115,8 @@ pub struct Batch {
     pub path: String,
     pub max_requests: usize,
     pub max_concurrency: usize,
+    /// The largest batch body read.
+    pub max_body: u64,
 }
 
 #[derive(Debug, Clone)]

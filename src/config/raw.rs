@@ -144,6 +144,7 @@ pub struct Batch {
     pub path: Spanned<String>,
     pub max_requests: usize,
     pub max_concurrency: usize,
+    pub max_body: Size,
 }
 
 impl Default for Batch {
@@ -153,6 +154,7 @@ impl Default for Batch {
             path: Spanned::new(0..0, "/batch".into()),
             max_requests: 100,
             max_concurrency: 8,
+            max_body: Size(8 << 20),
         }
     }
 }

@@ -481,6 +481,7 @@ fn batch(b: &raw::Batch, errs: &mut Errors) -> Batch {
         path: b.path.get_ref().clone(),
         max_requests: b.max_requests,
         max_concurrency: b.max_concurrency,
+        max_body: b.max_body.0,
     }
 }
 

@@ -9,7 +9,7 @@ use base64::Engine;
 use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 
-use crate::config::{ApiKey, Auth, AuthMode, Route};
+use crate::config::{ApiKey, Auth, AuthMode};
 use crate::problem::Problem;
 
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -85,7 +85,7 @@ fn non_empty(key: Cow<'_, [u8]>) -> Option<Cow<'_, [u8]>> {
 pub fn authenticate(
     auth: &Auth,
     keys: &Keys,
-    route: &Route,
+    scopes: &[String],
     headers: &HeaderMap,
 ) -> Result<Option<usize>, Problem> {
     if auth.mode == AuthMode::None {
@@ -97,12 +97,12 @@ pub fn authenticate(
         .by_digest
         .get(&digest)
         .ok_or(Problem::UnknownCredentials)?;
-    check_scopes(&auth.keys[i], route)?;
+    check_scopes(&auth.keys[i], scopes)?;
     Ok(Some(i))
 }
 
-fn check_scopes(key: &ApiKey, route: &Route) -> Result<(), Problem> {
-    match route.scopes.iter().find(|s| !key.scopes.contains(s)) {
+fn check_scopes(key: &ApiKey, scopes: &[String]) -> Result<(), Problem> {
+    match scopes.iter().find(|s| !key.scopes.contains(s)) {
         Some(missing) => Err(Problem::MissingScope {
             scope: missing.clone(),
         }),

@@ -8,7 +8,6 @@ use http::header::{EXPECT, HOST};
 use http::request::Parts;
 use http::uri::Uri;
 use http::{HeaderValue, Request, Response, Version};
-use hyper::body::Incoming;
 use tokio::time::{Instant, timeout_at};
 
 use super::payload::{self, Counted, Progress};
@@ -44,24 +43,40 @@ pub fn prepare(app: &App, peer: SocketAddr, client: IpAddr, id: &HeaderValue, pa
 
 /// Sends the request upstream and waits for the answer's head, all within the route's
 /// `request_timeout`. A JSON body the route validates is read whole first; others stream.
+/// A body already in memory (a batch item's) is checked the same way.
 pub async fn send(
     proxy: &Proxy,
     route: &Route,
     parts: Parts,
-    body: Incoming,
+    body: Body,
 ) -> Result<Response<Body>, Problem> {
     let deadline = Instant::now() + route.request_timeout;
     let validate = route.validate_json && payload::is_json(&parts.headers);
-    let (body, progress) = if validate {
-        let bytes = timeout_at(deadline, payload::read_whole(body, route.max_body))
-            .await
-            .map_err(|_| Problem::BodyTimeout)??;
-        payload::validate_json(&bytes)?;
-        (Body::full(bytes), None)
-    } else {
-        let progress = Arc::new(Progress::default());
-        let counted = Counted::new(body, route.max_body, progress.clone());
-        (Body::Counted(counted), Some(progress))
+    let (body, progress) = match body {
+        Body::Incoming(body) if validate => {
+            let bytes = timeout_at(deadline, payload::read_whole(body, route.max_body))
+                .await
+                .map_err(|_| Problem::BodyTimeout)??;
+            payload::validate_json(&bytes)?;
+            (Body::full(bytes), None)
+        }
+        Body::Incoming(body) => {
+            let progress = Arc::new(Progress::default());
+            let counted = Counted::new(body, route.max_body, progress.clone());
+            (Body::Counted(counted), Some(progress))
+        }
+        Body::Full(Some(bytes)) => {
+            if bytes.len() as u64 > route.max_body {
+                return Err(Problem::BodyTooLarge {
+                    limit: route.max_body,
+                });
+            }
+            if validate {
+                payload::validate_json(&bytes)?;
+            }
+            (Body::full(bytes), None)
+        }
+        other => (other, None),
     };
     let app = &*proxy.app;
     let sent = proxy.pool.send(

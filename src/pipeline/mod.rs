@@ -22,10 +22,12 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+pub use auth::X_API_KEY;
 pub use auth::{Keys, presented_key};
 pub use client::{client_ip, is_trusted};
 pub use limit::{Limits, Verdict};
 pub use payload::Counted;
+pub use payload::{is_json, read_whole, validate_json};
 pub use request_id::RequestIds;
 pub use route::{Routed, Router};
 
@@ -97,6 +99,11 @@ impl Proxy {
 
     /// Answers one request. Never fails: a panic inside becomes a 500 for this request only.
     pub async fn serve(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+        self.serve_request(peer, req.map(Body::Incoming)).await
+    }
+
+    /// Answers one request whatever its body: a client's, or a batch item's made in memory.
+    pub async fn serve_request(&self, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
         let id = self.request_id(&req);
         let mut verdict = None;
         let handling = async {
@@ -132,12 +139,15 @@ impl Proxy {
         &self,
         peer: Peer,
         id: &HeaderValue,
-        req: Request<Incoming>,
+        req: Request<Body>,
         verdict: &mut Option<Verdict>,
     ) -> Result<Response<Body>, Problem> {
         let app = &*self.app;
         if app.draining.load(Ordering::Relaxed) {
             return Err(Problem::Draining);
+        }
+        if app.config.batch.enabled && req.uri().path() == app.config.batch.path {
+            return crate::batch::handle(self, peer.addr, req).await;
         }
         let route = self.route(&req)?;
         let client = client_ip(
@@ -145,7 +155,9 @@ impl Proxy {
             req.headers(),
             &app.config.server.trusted_proxies,
         );
-        let who = self.authenticate(route, req.headers(), client).await?;
+        let who = self
+            .authenticate(&route.scopes, req.headers(), client)
+            .await?;
         let policy = who
             .and_then(|k| app.config.auth.keys[k].policy)
             .or(route.policy);
@@ -167,9 +179,9 @@ impl Proxy {
 
     /// Credentials (401/403), behind the guard that makes guessing keys slow: a client that
     /// failed too often is refused (429) before its key is even looked at.
-    async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
-        route: &Route,
+        scopes: &[String],
         headers: &HeaderMap,
         client: IpAddr,
     ) -> Result<Option<usize>, Problem> {
@@ -178,7 +190,7 @@ impl Proxy {
             return Ok(None);
         }
         app.limits.guard_auth(&app.config, headers, client).await?;
-        match auth::authenticate(&app.config.auth, &app.keys, route, headers) {
+        match auth::authenticate(&app.config.auth, &app.keys, scopes, headers) {
             Err(p @ (Problem::MissingCredentials | Problem::UnknownCredentials)) => {
                 app.limits.auth_failed(&app.config, headers, client).await;
                 Err(p)

@@ -1,0 +1,68 @@
+//! The batch endpoint: `POST {batch.path}` with a JSON list of requests, answered `207` with
+//! one response per item, in request order. Items run through the same pipeline as requests of
+//! their own (routes, the batch's credentials, limits at one unit each, body checks), called
+//! in-process; `depends_on` orders them, and a failed dependency answers `424`.
+
+mod parse;
+mod run;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::time::{Instant, timeout_at};
+
+pub use parse::{Item, parse};
+
+use crate::body::Body;
+use crate::pipeline::{Proxy, client_ip, is_json, read_whole};
+use crate::problem::Problem;
+
+/// Answers a request to the batch endpoint.
+pub async fn handle(
+    proxy: &Proxy,
+    peer: SocketAddr,
+    req: Request<Body>,
+) -> Result<Response<Body>, Problem> {
+    let app = &*proxy.app;
+    let batch = &app.config.batch;
+    if req.method() != Method::POST {
+        return Err(Problem::MethodNotAllowed {
+            allow: HeaderValue::from_static("POST"),
+        });
+    }
+    let client = client_ip(peer.ip(), req.headers(), &app.config.server.trusted_proxies);
+    proxy.authenticate(&[], req.headers(), client).await?;
+    if !is_json(req.headers()) {
+        return Err(Problem::UnsupportedMediaType {
+            accepted: vec!["application/json".into()],
+        });
+    }
+    let deadline = Instant::now() + app.config.server.request_timeout;
+    let (parts, body) = req.into_parts();
+    let bytes = match body {
+        Body::Incoming(body) => timeout_at(deadline, read_whole(body, batch.max_body))
+            .await
+            .map_err(|_| Problem::BodyTimeout)??,
+        Body::Full(Some(bytes)) => bytes,
+        _ => Bytes::new(),
+    };
+    let items = parse(&bytes, &batch.path, batch.max_requests)?;
+    let answers = run::run(
+        proxy,
+        peer,
+        &parts.headers,
+        &items,
+        batch.max_concurrency,
+        deadline,
+    )
+    .await;
+    let responses: Vec<Value> = answers.into_iter().map(|a| a.json).collect();
+    let mut res = Response::new(Body::full(json!({ "responses": responses }).to_string()));
+    *res.status_mut() = StatusCode::MULTI_STATUS;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(res)
+}

@@ -1,0 +1,203 @@
+//! Running a batch: items in dependency order, independent ones concurrently (up to
+//! `max_concurrency`), each through the same pipeline as a request of its own, in-process.
+//! An item whose dependency did not answer 2xx is answered 424 without running; the whole
+//! batch shares one deadline, after which unfinished items are answered 408.
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use serde_json::{Map, Value, json};
+use tokio::time::{Instant, timeout_at};
+
+use super::parse::Item;
+use crate::body::Body;
+use crate::pipeline::{Proxy, X_API_KEY, is_json};
+use crate::problem::Problem;
+
+/// The largest item response a batch carries; beyond it the item is answered 502.
+const MAX_ITEM_RESPONSE: usize = 8 << 20;
+
+/// One item's answer, as it appears in the 207.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub json: Value,
+}
+
+/// Runs every item; the answers come back in request order.
+pub async fn run(
+    proxy: &Proxy,
+    peer: SocketAddr,
+    batch: &HeaderMap,
+    items: &[Item],
+    max_concurrency: usize,
+    deadline: Instant,
+) -> Vec<Answer> {
+    let mut answers: Vec<Option<Answer>> = vec![None; items.len()];
+    let schedule = async {
+        let mut started = vec![false; items.len()];
+        let mut running = FuturesUnordered::new();
+        loop {
+            start_ready(
+                items,
+                &mut answers,
+                &mut started,
+                &mut running,
+                max_concurrency,
+                |i| {
+                    let req = item_request(&items[i], batch);
+                    async move {
+                        (
+                            i,
+                            answer(&items[i].id, proxy.serve_request(peer, req).await).await,
+                        )
+                    }
+                },
+            );
+            match running.next().await {
+                Some((i, answer)) => answers[i] = Some(answer),
+                None => break,
+            }
+        }
+    };
+    let _ = timeout_at(deadline, schedule).await;
+    answers
+        .into_iter()
+        .zip(items)
+        .map(|(a, item)| a.unwrap_or_else(|| problem(&item.id, Problem::BatchDeadline)))
+        .collect()
+}
+
+/// Starts every item whose dependencies have all answered, while slots are free; answers 424
+/// at once for an item with a dependency that did not succeed (which may unblock others).
+fn start_ready<F: Future>(
+    items: &[Item],
+    answers: &mut [Option<Answer>],
+    started: &mut [bool],
+    running: &mut FuturesUnordered<F>,
+    max: usize,
+    start: impl Fn(usize) -> F,
+) {
+    let mut progress = true;
+    while progress {
+        progress = false;
+        for i in 0..items.len() {
+            if started[i] || items[i].depends_on.iter().any(|&d| answers[d].is_none()) {
+                continue;
+            }
+            let failed = items[i]
+                .depends_on
+                .iter()
+                .find(|&&d| !answers[d].as_ref().is_some_and(|a| a.status.is_success()));
+            if let Some(&d) = failed {
+                let status = answers[d].as_ref().map_or(0, |a| a.status.as_u16());
+                let failed = Problem::DependencyFailed {
+                    dependency: items[d].id.clone(),
+                    status,
+                };
+                answers[i] = Some(problem(&items[i].id, failed));
+                started[i] = true;
+                progress = true;
+            } else if running.len() < max {
+                started[i] = true;
+                running.push(start(i));
+            }
+        }
+    }
+}
+
+/// The item as a request of its own: its method, path, headers and body, with the batch's
+/// credentials and client headers (which an item cannot override).
+fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
+    let mut headers = HeaderMap::with_capacity(item.headers.len() + 4);
+    for (name, value) in &item.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    for name in [&AUTHORIZATION, &X_API_KEY, &HOST, &CONTENT_LENGTH] {
+        headers.remove(name);
+    }
+    for name in [&AUTHORIZATION, &X_API_KEY, &HOST] {
+        for value in batch.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+        if let Some(v) = batch.get(name) {
+            headers.insert(name, v.clone());
+        }
+    }
+    let body = item.body.as_ref().map_or(Body::Empty, |value| {
+        if !headers.contains_key(CONTENT_TYPE) {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        match value {
+            // A string sent as another media type is that text, not a JSON string.
+            Value::String(text) if !is_json(&headers) => Body::full(text.clone()),
+            _ => Body::full(value.to_string()),
+        }
+    });
+    let mut req = Request::new(body);
+    *req.method_mut() = item.method.clone();
+    *req.uri_mut() = item.uri.clone();
+    *req.headers_mut() = headers;
+    req
+}
+
+/// An item's response, read whole and rendered for the 207.
+async fn answer(id: &str, res: Response<Body>) -> Answer {
+    let (parts, body) = res.into_parts();
+    let Ok(collected) = Limited::new(body, MAX_ITEM_RESPONSE).collect().await else {
+        return problem(id, Problem::UpstreamReset);
+    };
+    let bytes = collected.to_bytes();
+    let mut headers = Map::new();
+    for (name, value) in &parts.headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        match headers.get_mut(name.as_str()) {
+            Some(Value::String(prior)) => *prior = format!("{prior}, {value}"),
+            _ => drop(headers.insert(name.to_string(), Value::String(value.into_owned()))),
+        }
+    }
+    let mut json = json!({ "id": id, "status": parts.status.as_u16(), "headers": headers });
+    render_body(&mut json, &parts.headers, bytes);
+    Answer {
+        status: parts.status,
+        json,
+    }
+}
+
+/// JSON stays JSON, other text is a string, anything else is base64.
+fn render_body(out: &mut Value, headers: &HeaderMap, bytes: Bytes) {
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else if let Some(v) = is_json(headers)
+        .then(|| serde_json::from_slice(&bytes).ok())
+        .flatten()
+    {
+        v
+    } else if let Ok(text) = std::str::from_utf8(&bytes) {
+        Value::String(text.to_string())
+    } else {
+        out["body_encoding"] = json!("base64");
+        Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes))
+    };
+    out["body"] = body;
+}
+
+/// An answer sluice gives for an item itself (424, 408).
+fn problem(id: &str, p: Problem) -> Answer {
+    let status = p.status();
+    let json = json!({
+        "id": id,
+        "status": status.as_u16(),
+        "headers": { "content-type": "application/problem+json" },
+        "body": p.body(""),
+    });
+    Answer { status, json }
+}

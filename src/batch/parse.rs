@@ -107,7 +107,8 @@ fn item(i: usize, value: &Value, batch_path: &str, errors: &mut Errors) -> Item 
     let method = match obj
         .get("method")
         .and_then(Value::as_str)
-        .map(|m| Method::from_bytes(m.as_bytes()))
+        // Case-insensitive, as route methods are: "get" is GET.
+        .map(|m| Method::from_bytes(m.to_ascii_uppercase().as_bytes()))
     {
         Some(Ok(m)) => m,
         _ => {

@@ -13,7 +13,7 @@ use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap,
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde_json::{Map, Value, json};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::Instant;
 
 use super::parse::Item;
 use crate::body::Body;
@@ -45,6 +45,7 @@ pub async fn run(
         let mut running = FuturesUnordered::new();
         loop {
             start_ready(
+                proxy,
                 items,
                 &mut answers,
                 &mut started,
@@ -66,17 +67,25 @@ pub async fn run(
             }
         }
     };
-    let _ = timeout_at(deadline, schedule).await;
+    // Biased, the deadline first: an item whose own timeout fires in the same instant is cut
+    // off by the batch's deadline rather than answered by its route's timeout, so the answer
+    // does not depend on which timer is polled first.
+    tokio::select! {
+        biased;
+        _ = tokio::time::sleep_until(deadline) => {}
+        _ = schedule => {}
+    }
     answers
         .into_iter()
         .zip(items)
-        .map(|(a, item)| a.unwrap_or_else(|| problem(&item.id, Problem::BatchDeadline)))
+        .map(|(a, item)| a.unwrap_or_else(|| problem(proxy, &item.id, Problem::BatchDeadline)))
         .collect()
 }
 
 /// Starts every item whose dependencies have all answered, while slots are free; answers 424
 /// at once for an item with a dependency that did not succeed (which may unblock others).
 fn start_ready<F: Future>(
+    proxy: &Proxy,
     items: &[Item],
     answers: &mut [Option<Answer>],
     started: &mut [bool],
@@ -101,7 +110,7 @@ fn start_ready<F: Future>(
                     dependency: items[d].id.clone(),
                     status,
                 };
-                answers[i] = Some(problem(&items[i].id, failed));
+                answers[i] = Some(problem(proxy, &items[i].id, failed));
                 started[i] = true;
                 progress = true;
             } else if running.len() < max {
@@ -153,7 +162,11 @@ fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
 async fn answer(id: &str, res: Response<Body>) -> Answer {
     let (parts, body) = res.into_parts();
     let Ok(collected) = Limited::new(body, MAX_ITEM_RESPONSE).collect().await else {
-        return problem(id, Problem::UpstreamReset);
+        let json = json!({ "id": id, "status": 502, "headers": {}, "body": "response too large for a batch" });
+        return Answer {
+            status: StatusCode::BAD_GATEWAY,
+            json,
+        };
     };
     let bytes = collected.to_bytes();
     let mut headers = Map::new();
@@ -190,14 +203,20 @@ fn render_body(out: &mut Value, headers: &HeaderMap, bytes: Bytes) {
     out["body"] = body;
 }
 
-/// An answer sluice gives for an item itself (424, 408).
-fn problem(id: &str, p: Problem) -> Answer {
+/// An answer sluice gives for an item itself (424, 408), with a request id of its own.
+fn problem(proxy: &Proxy, id: &str, p: Problem) -> Answer {
     let status = p.status();
+    let request_id = proxy.new_request_id();
+    let request_id = request_id.to_str().unwrap_or_default();
+    let mut headers = Map::new();
+    headers.insert("content-type".into(), json!("application/problem+json"));
+    let id_header = proxy.app.config.headers.request_id.to_string();
+    headers.insert(id_header, json!(request_id));
     let json = json!({
         "id": id,
         "status": status.as_u16(),
-        "headers": { "content-type": "application/problem+json" },
-        "body": p.body(""),
+        "headers": headers,
+        "body": p.body(request_id),
     });
     Answer { status, json }
 }

@@ -21,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod limiter;
+pub mod metrics;
 pub mod pipeline;
 pub mod problem;
 pub mod server;

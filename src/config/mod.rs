@@ -20,6 +20,8 @@ pub use units::{Dur, Rate, Size};
 /// A complete, valid configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// A hash of the file and overrides this config came from, to tell configs apart.
+    pub hash: u64,
     pub server: Server,
     pub upstreams: Vec<Upstream>,
     pub policies: Vec<Policy>,
@@ -46,6 +48,8 @@ pub struct Server {
     pub drain_timeout: Duration,
     /// Client keys the limiter tracks at once; beyond it, new keys share one state per policy.
     pub max_keys: usize,
+    /// One log line per request (target `sluice::access`).
+    pub access_log: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -166,7 +170,14 @@ impl Config {
     pub fn parse(source: &str, overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut file = validate::deserialize(source)?;
         validate::apply(&mut file, overrides)?;
-        validate::check(file, source)
+        let mut config = validate::check(file, source)?;
+        config.hash = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (source, format!("{overrides:?}")).hash(&mut h);
+            h.finish()
+        };
+        Ok(config)
     }
 
     /// The built-in defaults (the published rules) plus the overrides; no file.

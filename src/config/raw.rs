@@ -42,6 +42,7 @@ pub struct Server {
     pub trusted_proxies: Vec<Cidr>,
     pub drain_timeout: Dur,
     pub max_keys: usize,
+    pub access_log: bool,
 }
 
 impl Default for Server {
@@ -60,6 +61,7 @@ impl Default for Server {
             trusted_proxies: Vec::new(),
             drain_timeout: secs(30),
             max_keys: 1_000_000,
+            access_log: true,
         }
     }
 }

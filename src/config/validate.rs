@@ -86,6 +86,7 @@ pub(super) fn check(file: raw::File, source: &str) -> Result<Config, ConfigError
     let request_id = header_name("headers.request_id", &file.headers.request_id, &mut errs);
     errs.finish()?;
     Ok(Config {
+        hash: 0,
         server,
         upstreams,
         policies,
@@ -144,6 +145,7 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
         trusted_proxies: s.trusted_proxies.iter().map(|c| c.0).collect(),
         drain_timeout: s.drain_timeout.0,
         max_keys: s.max_keys,
+        access_log: s.access_log,
     }
 }
 

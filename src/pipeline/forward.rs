@@ -46,6 +46,7 @@ pub fn prepare(app: &App, peer: SocketAddr, client: IpAddr, id: &HeaderValue, pa
 /// A body already in memory (a batch item's) is checked the same way.
 pub async fn send(
     proxy: &Proxy,
+    r: usize,
     route: &Route,
     parts: Parts,
     body: Body,
@@ -85,7 +86,18 @@ pub async fn send(
         Request::from_parts(parts, body),
     );
     let unfinished = || progress.as_ref().is_some_and(|p| !p.complete());
-    match timeout_at(deadline, sent).await {
+    let shard = app.metrics.shard(proxy.worker);
+    let sending = Instant::now();
+    let outcome = timeout_at(deadline, sent).await;
+    match outcome {
+        Ok(Ok(_)) => shard.upstream_latency(r, sending.elapsed()),
+        Ok(Err(e)) if !progress.as_ref().is_some_and(|p| p.too_large()) => {
+            shard.upstream_error(route.upstream, e as usize);
+        }
+        Err(_) if !unfinished() => shard.upstream_error(route.upstream, UpstreamError::TIMEOUT),
+        _ => {}
+    }
+    match outcome {
         Ok(Ok(res)) => Ok(res),
         Ok(Err(_)) if progress.as_ref().is_some_and(|p| p.too_large()) => {
             Err(Problem::BodyTooLarge {

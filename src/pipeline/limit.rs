@@ -90,6 +90,22 @@ pub struct Verdict {
     decision: Decision,
 }
 
+impl Verdict {
+    /// The index of the policy that decided.
+    pub fn policy(&self) -> usize {
+        self.policy
+    }
+
+    pub fn allowed(&self) -> bool {
+        self.decision.is_allowed()
+    }
+
+    /// Per limit of the policy, in order: whether it refused.
+    pub fn refused(&self) -> impl Iterator<Item = bool> + '_ {
+        self.decision.limits().iter().map(|l| l.refused)
+    }
+}
+
 impl Limits {
     pub fn new(config: &Config, store: Arc<dyn Store>) -> Limits {
         Limits {

@@ -8,6 +8,7 @@ mod client;
 mod forward;
 mod limit;
 mod payload;
+mod record;
 mod request_id;
 mod route;
 
@@ -34,8 +35,10 @@ pub use route::{Routed, Router};
 use crate::body::Body;
 use crate::config::{AuthMode, Config, Route};
 use crate::limiter::MemoryStore;
+use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::upstream::{Pool, Upstreams};
+use record::Record;
 
 /// One request's cost under its limits (a batch costs one per item).
 const ONE: NonZeroU32 = NonZeroU32::MIN;
@@ -48,6 +51,7 @@ pub struct App {
     pub upstreams: Upstreams,
     pub keys: Keys,
     pub limits: Limits,
+    pub metrics: Arc<Metrics>,
     /// Set when shutdown begins: readiness fails and new requests get 503.
     pub draining: AtomicBool,
     /// Client connections open now, across all workers.
@@ -60,6 +64,7 @@ impl App {
             router: Router::new(&config.routes),
             upstreams: Upstreams::new(&config.upstreams),
             keys: Keys::new(&config.auth),
+            metrics: Arc::new(Metrics::new(&config)),
             limits: Limits::new(&config, Arc::new(MemoryStore::new(config.server.max_keys))),
             config,
             draining: AtomicBool::new(false),
@@ -80,6 +85,8 @@ pub struct Proxy {
     pub app: Arc<App>,
     pool: Pool,
     ids: RequestIds,
+    /// This worker's index: its metrics shard.
+    worker: usize,
 }
 
 /// Where a request came from.
@@ -93,6 +100,7 @@ impl Proxy {
         Proxy {
             pool: Pool::new(&app.upstreams),
             ids: RequestIds::new(worker),
+            worker,
             app,
         }
     }
@@ -105,20 +113,21 @@ impl Proxy {
     /// Answers one request whatever its body: a client's, or a batch item's made in memory.
     pub async fn serve_request(&self, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
         let id = self.request_id(&req);
-        let mut verdict = None;
+        let shard = self.app.metrics.shard(self.worker);
+        shard.in_flight(1);
+        let mut rec = Record::new(&self.app, req.method(), req.headers());
         let handling = async {
-            match self
-                .handle(Peer { addr: peer }, &id, req, &mut verdict)
-                .await
-            {
+            match self.handle(Peer { addr: peer }, &id, req, &mut rec).await {
                 Ok(res) => res,
                 Err(p) => problem(p, &id),
             }
         };
         let mut res = contain_panic(handling, &id).await;
-        if let Some(v) = &verdict {
+        if let Some(v) = &rec.verdict {
             self.app.limits.write_headers(v, res.headers_mut());
         }
+        rec.finish(&self.app, shard, &id, &res);
+        shard.in_flight(-1);
         res.headers_mut()
             .insert(self.app.config.headers.request_id.clone(), id);
         res
@@ -140,16 +149,18 @@ impl Proxy {
         peer: Peer,
         id: &HeaderValue,
         req: Request<Body>,
-        verdict: &mut Option<Verdict>,
+        rec: &mut Record,
     ) -> Result<Response<Body>, Problem> {
         let app = &*self.app;
         if app.draining.load(Ordering::Relaxed) {
             return Err(Problem::Draining);
         }
         if app.config.batch.enabled && req.uri().path() == app.config.batch.path {
+            rec.route = app.metrics.batch_route();
             return crate::batch::handle(self, peer.addr, req).await;
         }
-        let route = self.route(&req)?;
+        let (r, route) = self.route(&req)?;
+        rec.route = r;
         let client = client_ip(
             peer.addr.ip(),
             req.headers(),
@@ -158,6 +169,7 @@ impl Proxy {
         let who = self
             .authenticate(&route.scopes, req.headers(), client)
             .await?;
+        rec.key = who;
         let policy = who
             .and_then(|k| app.config.auth.keys[k].policy)
             .or(route.policy);
@@ -166,14 +178,15 @@ impl Proxy {
                 .limits
                 .check(&app.config, i, req.headers(), client, ONE)
                 .await;
-            *verdict = v;
+            rec.verdict = v;
             admitted?;
         }
         payload::check_head(route, req.headers(), !req.body().is_end_stream())?;
         let (mut parts, body) = req.into_parts();
         forward::prepare(app, peer.addr, client, id, &mut parts);
         auth::identify_upstream(&app.config.auth, &app.keys, who, &mut parts.headers);
-        let res = forward::send(self, route, parts, body).await?;
+        let res = forward::send(self, r, route, parts, body).await?;
+        rec.upstream_status = Some(res.status());
         Ok(forward::client_response(res))
     }
 
@@ -199,13 +212,13 @@ impl Proxy {
         }
     }
 
-    fn route<B>(&self, req: &Request<B>) -> Result<&Route, Problem> {
+    fn route<B>(&self, req: &Request<B>) -> Result<(usize, &Route), Problem> {
         let app = &*self.app;
         match app
             .router
             .route(&app.config.routes, req.method(), req.uri().path())
         {
-            Routed::Route(i) => Ok(&app.config.routes[i]),
+            Routed::Route(i) => Ok((i, &app.config.routes[i])),
             Routed::NotFound => Err(Problem::NoRoute),
             Routed::MethodNotAllowed(_, allow) => Err(Problem::MethodNotAllowed {
                 allow: allow.clone(),

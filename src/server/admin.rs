@@ -1,10 +1,12 @@
 //! The control thread: the limiter's periodic sweep, and the admin listener, apart from the
 //! workers so that probes answer even when they are busy:
-//! `/healthz` (the process is alive) and `/readyz` (listening, not draining, upstreams healthy).
+//! `/healthz` (the process is alive), `/readyz` (listening, not draining, upstreams healthy)
+//! and `/metrics` (Prometheus).
 
 use std::convert::Infallible;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::body::Body;
+use crate::metrics::{Live, render};
 use crate::pipeline::App;
 use crate::problem::Problem;
 
@@ -84,8 +87,22 @@ fn answer(app: &App, req: &Request<Incoming>) -> Response<Body> {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/readyz" if app.ready() => json(StatusCode::OK, r#"{"status":"ready"}"#),
         "/readyz" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
+        "/metrics" => metrics(app),
         _ => Problem::NoRoute.into_response(""),
     }
+}
+
+fn metrics(app: &App) -> Response<Body> {
+    let live = Live {
+        metrics: app.metrics.clone(),
+        connections: app.connections.load(Ordering::Relaxed) as u64,
+        tracked_keys: app.limits.store().tracked_keys() as u64,
+    };
+    let mut res = Response::new(Body::full(render(live)));
+    let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    res
 }
 
 fn json(status: StatusCode, body: &'static str) -> Response<Body> {

@@ -1,0 +1,371 @@
+//! Prometheus metrics. Each worker counts into a shard of its own (plain atomics, no cache line
+//! shared with another core, no label lookup per request); a scrape sums the shards and
+//! encodes them with prometheus-client. Label values are bounded by the config: route paths,
+//! policy and limit names, upstream names, known methods and status codes — never a client key
+//! or a raw path.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::config::Config;
+
+/// Method label values; anything else is `other`.
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+/// Status codes 100 to 599, one counter each.
+const STATUSES: usize = 500;
+/// Limiter outcomes per limit.
+const DECISIONS: [&str; 3] = ["allowed", "refused", "shadow_refused"];
+/// Upper bounds of the upstream latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
+/// Upstream error kinds.
+pub const ERRORS: [&str; 5] = [
+    "refused",
+    "reset",
+    "timeout",
+    "bad_response",
+    "no_healthy_target",
+];
+
+/// A limiter outcome, for `sluice_limiter_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decided {
+    Allowed = 0,
+    Refused = 1,
+    ShadowRefused = 2,
+}
+
+/// Every metric of one process: the label values, and one shard per worker.
+#[derive(Debug)]
+pub struct Metrics {
+    routes: Vec<String>,
+    route_upstream: Vec<String>,
+    limits: Vec<(String, String)>,
+    upstreams: Vec<String>,
+    shards: Box<[Shard]>,
+    reloads: [AtomicU64; 2],
+    config_hash: AtomicU64,
+}
+
+/// One worker's counters, aligned so that two workers never share a cache line.
+#[derive(Debug)]
+#[repr(align(128))]
+pub struct Shard {
+    requests: Box<[AtomicU64]>,
+    decisions: Box<[AtomicU64]>,
+    /// Per route: the buckets, then the sum in microseconds, then the count.
+    latency: Box<[AtomicU64]>,
+    errors: Box<[AtomicU64]>,
+    in_flight: AtomicI64,
+}
+
+fn counters(n: usize) -> Box<[AtomicU64]> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
+}
+
+impl Metrics {
+    pub fn new(config: &Config) -> Metrics {
+        let workers = config.server.workers;
+        let mut routes: Vec<String> = config.routes.iter().map(|r| r.path.clone()).collect();
+        let route_upstream = config
+            .routes
+            .iter()
+            .map(|r| config.upstreams[r.upstream].name.clone())
+            .collect();
+        routes.extend(["batch".to_string(), "none".to_string()]);
+        let limits: Vec<(String, String)> = config
+            .policies
+            .iter()
+            .flat_map(|p| {
+                let both = p.limiter.limits().len() > 1;
+                let names = [
+                    p.name.clone(),
+                    if both {
+                        format!("{}.rate", p.name)
+                    } else {
+                        p.name.clone()
+                    },
+                ];
+                (0..2).map(move |i| (p.name.clone(), names[i].clone()))
+            })
+            .collect();
+        let upstreams: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
+        let shard = || Shard {
+            requests: counters(routes.len() * METHODS.len() * STATUSES),
+            decisions: counters(limits.len() * DECISIONS.len()),
+            latency: counters(config.routes.len() * (BUCKETS.len() + 2)),
+            errors: counters(upstreams.len() * ERRORS.len()),
+            in_flight: AtomicI64::new(0),
+        };
+        let shards = (0..workers.max(1)).map(|_| shard()).collect();
+        let config_hash = AtomicU64::new(config.hash);
+        Metrics {
+            routes,
+            route_upstream,
+            limits,
+            upstreams,
+            shards,
+            reloads: Default::default(),
+            config_hash,
+        }
+    }
+
+    /// Worker `i`'s shard.
+    pub fn shard(&self, i: usize) -> &Shard {
+        &self.shards[i % self.shards.len()]
+    }
+
+    /// The label index of the batch endpoint, and of requests that matched no route.
+    pub fn batch_route(&self) -> usize {
+        self.routes.len() - 2
+    }
+
+    pub fn no_route(&self) -> usize {
+        self.routes.len() - 1
+    }
+
+    /// Counts a config reload attempt; `hash` is set when it succeeded.
+    pub fn reloaded(&self, hash: Option<u64>) {
+        self.reloads[usize::from(hash.is_none())].fetch_add(1, Ordering::Relaxed);
+        if let Some(h) = hash {
+            self.config_hash.store(h, Ordering::Relaxed);
+        }
+    }
+
+    pub fn set_config_hash(&self, hash: u64) {
+        self.config_hash.store(hash, Ordering::Relaxed);
+    }
+
+    fn sum(&self, pick: impl Fn(&Shard) -> &[AtomicU64], i: usize) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| pick(s)[i].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl Shard {
+    pub fn request(&self, route: usize, method: &Method, status: StatusCode) {
+        let m = METHODS
+            .iter()
+            .position(|&m| m == method.as_str())
+            .unwrap_or(METHODS.len() - 1);
+        let s = usize::from(status.as_u16()).clamp(100, 599) - 100;
+        self.requests[(route * METHODS.len() + m) * STATUSES + s].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `limit` is the global limit index (policy × 2 + limit within it).
+    pub fn decision(&self, limit: usize, decided: Decided) {
+        self.decisions[limit * DECISIONS.len() + decided as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn upstream_latency(&self, route: usize, took: Duration) {
+        let secs = took.as_secs_f64();
+        let base = route * (BUCKETS.len() + 2);
+        let bucket = BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(BUCKETS.len());
+        if bucket < BUCKETS.len() {
+            self.latency[base + bucket].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency[base + BUCKETS.len()].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.latency[base + BUCKETS.len() + 1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn upstream_error(&self, upstream: usize, kind: usize) {
+        self.errors[upstream * ERRORS.len() + kind].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn in_flight(&self, delta: i64) {
+        self.in_flight.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
+/// The counters, with the gauges read from elsewhere at scrape time.
+#[derive(Debug)]
+pub struct Live {
+    pub metrics: Arc<Metrics>,
+    pub connections: u64,
+    pub tracked_keys: u64,
+}
+
+/// The text exposition of everything, for `/metrics`.
+pub fn render(live: Live) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(live));
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
+}
+
+type Enc<'a> = DescriptorEncoder<'a>;
+
+impl Collector for Live {
+    fn encode(&self, mut enc: Enc) -> Result<(), std::fmt::Error> {
+        let m = &*self.metrics;
+        encode_requests(m, &mut enc)?;
+        encode_decisions(m, &mut enc)?;
+        encode_latency(m, &mut enc)?;
+        encode_errors(m, &mut enc)?;
+        let in_flight: i64 = m
+            .shards
+            .iter()
+            .map(|s| s.in_flight.load(Ordering::Relaxed))
+            .sum();
+        gauge(
+            &mut enc,
+            "sluice_requests_in_flight",
+            "Requests being answered now.",
+            in_flight,
+        )?;
+        let open = self.connections as i64;
+        gauge(
+            &mut enc,
+            "sluice_connections_open",
+            "Client connections open now.",
+            open,
+        )?;
+        let keys = self.tracked_keys as i64;
+        gauge(
+            &mut enc,
+            "sluice_limiter_keys",
+            "Client keys the limiter holds state for.",
+            keys,
+        )?;
+        let mut reloads = enc.encode_descriptor(
+            "sluice_config_reloads",
+            "Config reloads by result.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, result) in ["success", "failure"].iter().enumerate() {
+            let n = m.reloads[i].load(Ordering::Relaxed);
+            reloads
+                .encode_family(&[("result", *result)])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
+        let hash = format!("{:016x}", m.config_hash.load(Ordering::Relaxed));
+        let mut info = enc.encode_descriptor(
+            "sluice_config",
+            "The config in force, by hash.",
+            None,
+            MetricType::Info,
+        )?;
+        info.encode_info(&[("hash", hash.as_str())])
+    }
+}
+
+fn gauge(enc: &mut Enc, name: &str, help: &str, v: i64) -> Result<(), std::fmt::Error> {
+    enc.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&v)
+}
+
+fn encode_requests(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
+    let help = "Requests answered, by route, method and status.";
+    let mut family = enc.encode_descriptor("sluice_requests", help, None, MetricType::Counter)?;
+    for (r, route) in m.routes.iter().enumerate() {
+        for (k, method) in METHODS.iter().enumerate() {
+            for s in 0..STATUSES {
+                let n = m.sum(|x| &x.requests, (r * METHODS.len() + k) * STATUSES + s);
+                if n > 0 {
+                    let status = (s + 100).to_string();
+                    let labels = [
+                        ("route", route.as_str()),
+                        ("method", method),
+                        ("status", status.as_str()),
+                    ];
+                    family
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode_decisions(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
+    let help = "Limiter decisions, by policy, limit and decision.";
+    let mut family =
+        enc.encode_descriptor("sluice_limiter_decisions", help, None, MetricType::Counter)?;
+    for (l, (policy, limit)) in m.limits.iter().enumerate() {
+        for (d, decision) in DECISIONS.iter().enumerate() {
+            let n = m.sum(|x| &x.decisions, l * DECISIONS.len() + d);
+            if n > 0 {
+                let labels = [
+                    ("policy", policy.as_str()),
+                    ("limit", limit.as_str()),
+                    ("decision", decision),
+                ];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn encode_latency(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
+    let help = "Time from sending a request upstream to its response head.";
+    let unit = prometheus_client::registry::Unit::Seconds;
+    let mut family = enc.encode_descriptor(
+        "sluice_upstream_latency",
+        help,
+        Some(&unit),
+        MetricType::Histogram,
+    )?;
+    let width = BUCKETS.len() + 2;
+    for (r, upstream) in m.route_upstream.iter().enumerate() {
+        let count = m.sum(|x| &x.latency, r * width + BUCKETS.len() + 1);
+        if count == 0 {
+            continue;
+        }
+        let sum = m.sum(|x| &x.latency, r * width + BUCKETS.len()) as f64 / 1e6;
+        // Per-bucket counts: the encoder makes them cumulative.
+        let mut buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .enumerate()
+            .map(|(b, &le)| (le, m.sum(|x| &x.latency, r * width + b)))
+            .collect();
+        let finite: u64 = buckets.iter().map(|(_, n)| n).sum();
+        buckets.push((f64::INFINITY, count - finite));
+        let labels = [
+            ("route", m.routes[r].as_str()),
+            ("upstream", upstream.as_str()),
+        ];
+        family
+            .encode_family(&labels)?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
+}
+
+fn encode_errors(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
+    let help = "Upstream failures, by upstream and kind.";
+    let mut family =
+        enc.encode_descriptor("sluice_upstream_errors", help, None, MetricType::Counter)?;
+    for (u, upstream) in m.upstreams.iter().enumerate() {
+        for (k, kind) in ERRORS.iter().enumerate() {
+            let n = m.sum(|x| &x.errors, u * ERRORS.len() + k);
+            if n > 0 {
+                let labels = [("upstream", upstream.as_str()), ("kind", kind)];
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! What is kept of one request once it is answered: its counts in the worker's metrics shard
+//! and, when `access_log` is on, one log line (target `sluice::access`) with the request id,
+//! the client's key name (never the key), route, status, upstream status, duration, sizes and
+//! the limiter's decision.
+
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use tokio::time::Instant;
+
+use super::{App, Verdict};
+use crate::body::Body;
+use crate::config::Mode;
+use crate::metrics::{Decided, Shard};
+
+/// Filled in by the phases as the request goes.
+#[derive(Debug)]
+pub struct Record {
+    pub started: Instant,
+    pub method: Method,
+    pub bytes_in: Option<u64>,
+    /// The route's label index in the metrics (a route, the batch endpoint, or none).
+    pub route: usize,
+    /// The `[[auth.keys]]` entry that presented itself.
+    pub key: Option<usize>,
+    pub verdict: Option<Verdict>,
+    pub upstream_status: Option<StatusCode>,
+}
+
+impl Record {
+    pub fn new(app: &App, method: &Method, headers: &HeaderMap) -> Record {
+        Record {
+            started: Instant::now(),
+            method: method.clone(),
+            bytes_in: length(headers),
+            route: app.metrics.no_route(),
+            key: None,
+            verdict: None,
+            upstream_status: None,
+        }
+    }
+
+    /// Counts the answered request and writes its access log line.
+    pub fn finish(&self, app: &App, shard: &Shard, id: &HeaderValue, res: &Response<Body>) {
+        shard.request(self.route, &self.method, res.status());
+        let decision = self.verdict.as_ref().map(|v| count_decision(app, shard, v));
+        if app.config.server.access_log {
+            self.log(app, id, res, decision);
+        }
+    }
+
+    fn log(&self, app: &App, id: &HeaderValue, res: &Response<Body>, decision: Option<Decided>) {
+        let route = app
+            .config
+            .routes
+            .get(self.route)
+            .map_or("-", |r| r.path.as_str());
+        let route = if self.route == app.metrics.batch_route() {
+            app.config.batch.path.as_str()
+        } else {
+            route
+        };
+        let client = self
+            .key
+            .map_or("-", |k| app.config.auth.keys[k].name.as_str());
+        let limit = match decision {
+            None => "-",
+            Some(Decided::Allowed) => "allowed",
+            Some(Decided::Refused) => "refused",
+            Some(Decided::ShadowRefused) => "shadow_refused",
+        };
+        tracing::info!(
+            target: "sluice::access",
+            request_id = id.to_str().unwrap_or_default(),
+            client,
+            method = self.method.as_str(),
+            route,
+            status = res.status().as_u16(),
+            upstream_status = self.upstream_status.map(|s| s.as_u16()),
+            duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
+            bytes_in = self.bytes_in,
+            bytes_out = length(res.headers()),
+            limit,
+        );
+    }
+}
+
+/// Counts each limit's part in a verdict; returns the request's overall decision.
+fn count_decision(app: &App, shard: &Shard, v: &Verdict) -> Decided {
+    let shadow = app.config.policies[v.policy()].mode == Mode::Shadow;
+    let overall = match (v.allowed(), shadow) {
+        (true, _) => Decided::Allowed,
+        (false, true) => Decided::ShadowRefused,
+        (false, false) => Decided::Refused,
+    };
+    for (l, refused) in v.refused().enumerate() {
+        let decided = if v.allowed() {
+            Decided::Allowed
+        } else if refused {
+            overall
+        } else {
+            continue;
+        };
+        shard.decision(v.policy() * 2 + l, decided);
+    }
+    overall
+}
+
+fn length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}

@@ -1,0 +1,238 @@
+//! What an operator sees: Prometheus metrics on the admin listener, and access-log lines.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::Full;
+use support::*;
+
+const SMALL: &str = r#"
+[upstreams.api]
+targets = ["{upstream}"]
+[upstreams.gone]
+targets = ["http://127.0.0.1:1"]
+[policies.default]
+rate = "10/s"
+burst = 3
+[[routes]]
+path = "/gone"
+upstream = "gone"
+policy = "none"
+[[routes]]
+path = "/"
+upstream = "api"
+"#;
+
+fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    text.lines().find(|l| l.starts_with(prefix))
+}
+
+fn value(text: &str, series: &str) -> f64 {
+    let l = line(text, &format!("{series} ")).unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    l.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn metrics_count_known_traffic() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(SMALL, &up.url());
+    for _ in 0..3 {
+        assert_eq!(get(sluice.addr, "/ok").await.status, 200);
+    }
+    assert_eq!(get(sluice.addr, "/ok").await.status, 429);
+    let text_body = request(Method::POST, "/ok")
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from("x")));
+    assert_eq!(
+        send(sluice.addr, text_body.unwrap()).await.status,
+        429,
+        "still limited"
+    );
+    assert_eq!(get(sluice.addr, "/gone").await.status, 502);
+
+    let res = get(sluice.admin.unwrap(), "/metrics").await;
+    assert_eq!(res.status, 200);
+    assert!(res.header("content-type").contains("openmetrics-text"));
+    let text = String::from_utf8(res.body.to_vec()).unwrap();
+    assert_eq!(
+        value(
+            &text,
+            r#"sluice_requests_total{route="/",method="GET",status="200"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"sluice_requests_total{route="/",method="GET",status="429"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"sluice_requests_total{route="/",method="POST",status="429"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"sluice_requests_total{route="/gone",method="GET",status="502"}"#
+        ),
+        1.0
+    );
+    let decisions = r#"sluice_limiter_decisions_total{policy="default",limit="default",decision="#;
+    assert_eq!(value(&text, &format!(r#"{decisions}"allowed"}}"#)), 3.0);
+    assert_eq!(value(&text, &format!(r#"{decisions}"refused"}}"#)), 2.0);
+    assert_eq!(
+        value(
+            &text,
+            r#"sluice_upstream_errors_total{upstream="gone",kind="refused"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"sluice_upstream_latency_seconds_count{route="/",upstream="api"}"#
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"sluice_upstream_latency_seconds_bucket{le="+Inf",route="/",upstream="api"}"#
+        ),
+        3.0
+    );
+    assert_eq!(value(&text, "sluice_limiter_keys"), 1.0);
+    assert_eq!(value(&text, "sluice_requests_in_flight"), 0.0);
+    let hash = line(&text, "sluice_config_info{").unwrap();
+    assert!(!hash.contains("0000000000000000"), "{hash}");
+    assert!(
+        !text.contains("127.0.0.1\""),
+        "no client addresses in labels"
+    );
+}
+
+#[tokio::test]
+async fn open_connections_and_in_flight_requests_are_gauged() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(SMALL, &up.url());
+    let addr = sluice.addr;
+    let slow = tokio::spawn(async move { get(addr, "/slow/500").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text =
+        String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap();
+    assert_eq!(value(&text, "sluice_requests_in_flight"), 1.0);
+    assert_eq!(value(&text, "sluice_connections_open"), 1.0);
+    assert_eq!(slow.await.unwrap().status, 200);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs the binary with JSON logs, sends the requests, and returns the access-log lines.
+async fn access_lines(extra: &[&str], requests: usize) -> Vec<serde_json::Value> {
+    let up = spawn_upstream().await;
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "--upstream",
+            &up.url(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            "",
+        ])
+        .args(["--workers", "1", "--log-format", "json"])
+        .args(extra)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    for i in 0..requests {
+        let req = request(Method::GET, &format!("/item/{i}?q=secret"))
+            .header("x-api-key", "the-secret-key");
+        send(addr, req.body(Full::<Bytes>::default()).unwrap()).await;
+    }
+    send(addr, post_json("/v1", "{nope")).await;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    child.wait().unwrap();
+    lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
+        })
+        .filter(|v| v["target"] == "sluice::access")
+        .collect()
+}
+
+#[tokio::test]
+async fn access_log_lines_are_json_with_the_request_fields() {
+    let lines = access_lines(&[], 2).await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let ok = &lines[0]["fields"];
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["upstream_status"], 200);
+    assert_eq!(ok["route"], "/");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["limit"], "allowed");
+    assert_eq!(
+        ok["client"], "-",
+        "no key names without [[auth.keys]]; never the key itself"
+    );
+    assert_eq!(ok["request_id"].as_str().unwrap().len(), 16);
+    assert!(ok["duration_ms"].as_f64().unwrap() > 0.0);
+    assert_eq!(ok["bytes_out"], 11);
+    let bad = &lines[2]["fields"];
+    assert_eq!(bad["status"], 400);
+    assert!(bad["upstream_status"].is_null());
+    assert_eq!(bad["bytes_in"], 5);
+    let all = serde_json::to_string(&lines).unwrap();
+    assert!(
+        !all.contains("the-secret-key"),
+        "the key never reaches the logs"
+    );
+    assert!(!all.contains("secret\""), "nor the raw path's query");
+}
+
+#[tokio::test]
+async fn access_logs_can_be_turned_off() {
+    let dir = std::env::temp_dir().join(format!("sluice-ops-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("quiet.toml");
+    std::fs::write(&file, "[server]\naccess_log = false\n").unwrap();
+    let lines = access_lines(&["--config", file.to_str().unwrap()], 2).await;
+    assert!(lines.is_empty(), "{lines:?}");
+}

@@ -71,6 +71,15 @@ impl Args {
         }
     }
 
+    /// What a reload re-reads: the config file and these flags; `None` without a file.
+    pub fn source(&self) -> Option<crate::server::Source> {
+        let path = self.config.clone()?;
+        Some(crate::server::Source {
+            path,
+            overrides: self.overrides(),
+        })
+    }
+
     /// The config file (if any) with the flags applied.
     pub fn load_config(&self) -> Result<Config, ConfigError> {
         self.load_with(&self.overrides())
@@ -173,17 +182,22 @@ pub fn probe(url: &str) -> Result<(), String> {
     })
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+/// Waits for SIGTERM or SIGINT (Ctrl-C), calling `reload` on every SIGHUP meanwhile.
+pub async fn until_shutdown(reload: impl Fn()) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+        if let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            loop {
+                tokio::select! {
+                    _ = term.recv() => return,
+                    _ = tokio::signal::ctrl_c() => return,
+                    _ = hup.recv() => reload(),
+                }
             }
-            return;
         }
     }
     let _ = tokio::signal::ctrl_c().await;

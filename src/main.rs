@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     cli::init_tracing(&args.log, args.log_format);
     match &args.command {
         None => match args.load_config() {
-            Ok(config) => serve(config),
+            Ok(config) => serve(config, args.source()),
             Err(e) => config_error(&e),
         },
         Some(Command::Check) => match args.load_config() {
@@ -68,12 +68,16 @@ fn demo(args: &Args) -> ExitCode {
         config.server.listen
     );
     println!("try:\n{}\n", demo::curl_lines(config.server.listen));
-    serve(config)
+    let source = args
+        .config
+        .clone()
+        .map(|path| server::Source { path, overrides });
+    serve(config, source)
 }
 
-/// Runs the proxy until SIGTERM or SIGINT, then drains and exits 0.
-fn serve(config: Config) -> ExitCode {
-    let running = match server::start(config) {
+/// Runs the proxy until SIGTERM or SIGINT, then drains and exits 0. SIGHUP reloads the config.
+fn serve(config: Config, source: Option<server::Source>) -> ExitCode {
+    let running = match server::start_with(config, source) {
         Ok(r) => r,
         Err(e) => return fail(&e.to_string()),
     };
@@ -81,7 +85,9 @@ fn serve(config: Config) -> ExitCode {
         .enable_all()
         .build();
     match signals {
-        Ok(rt) => rt.block_on(cli::shutdown_signal()),
+        Ok(rt) => rt.block_on(cli::until_shutdown(|| {
+            let _ = running.reload(); // logged and counted either way
+        })),
         Err(e) => return fail(&format!("cannot wait for signals: {e}")),
     }
     tracing::info!("shutting down: draining in-flight requests");

@@ -53,8 +53,7 @@ pub struct Metrics {
     limits: Vec<(String, String)>,
     upstreams: Vec<String>,
     shards: Box<[Shard]>,
-    reloads: [AtomicU64; 2],
-    config_hash: AtomicU64,
+    config_hash: u64,
 }
 
 /// One worker's counters, aligned so that two workers never share a cache line.
@@ -108,14 +107,13 @@ impl Metrics {
             in_flight: AtomicI64::new(0),
         };
         let shards = (0..workers.max(1)).map(|_| shard()).collect();
-        let config_hash = AtomicU64::new(config.hash);
+        let config_hash = config.hash;
         Metrics {
             routes,
             route_upstream,
             limits,
             upstreams,
             shards,
-            reloads: Default::default(),
             config_hash,
         }
     }
@@ -132,18 +130,6 @@ impl Metrics {
 
     pub fn no_route(&self) -> usize {
         self.routes.len() - 1
-    }
-
-    /// Counts a config reload attempt; `hash` is set when it succeeded.
-    pub fn reloaded(&self, hash: Option<u64>) {
-        self.reloads[usize::from(hash.is_none())].fetch_add(1, Ordering::Relaxed);
-        if let Some(h) = hash {
-            self.config_hash.store(h, Ordering::Relaxed);
-        }
-    }
-
-    pub fn set_config_hash(&self, hash: u64) {
-        self.config_hash.store(hash, Ordering::Relaxed);
     }
 
     fn sum(&self, pick: impl Fn(&Shard) -> &[AtomicU64], i: usize) -> u64 {
@@ -198,6 +184,8 @@ pub struct Live {
     pub metrics: Arc<Metrics>,
     pub connections: u64,
     pub tracked_keys: u64,
+    /// Reloads that took effect, and reloads refused.
+    pub reloads: [u64; 2],
 }
 
 /// The text exposition of everything, for `/metrics`.
@@ -250,12 +238,12 @@ impl Collector for Live {
             MetricType::Counter,
         )?;
         for (i, result) in ["success", "failure"].iter().enumerate() {
-            let n = m.reloads[i].load(Ordering::Relaxed);
+            let n = self.reloads[i];
             reloads
                 .encode_family(&[("result", *result)])?
                 .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
         }
-        let hash = format!("{:016x}", m.config_hash.load(Ordering::Relaxed));
+        let hash = format!("{:016x}", m.config_hash);
         let mut info = enc.encode_descriptor(
             "sluice_config",
             "The config in force, by hash.",

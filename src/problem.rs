@@ -30,6 +30,8 @@ pub enum Problem {
     HeadTimeout,
     /// A batch that is valid JSON but not a valid batch.
     BatchInvalid { errors: Vec<FieldError> },
+    /// A reloaded config that does not validate; the running one stays.
+    ConfigInvalid { errors: Vec<FieldError> },
     /// A batch of more than `max_requests` items.
     BatchTooLarge { max: usize },
     /// A batch item whose dependency did not answer 2xx.
@@ -93,7 +95,9 @@ impl Problem {
             Problem::HeadTimeout | Problem::BodyTimeout | Problem::BatchDeadline => {
                 StatusCode::REQUEST_TIMEOUT
             }
-            Problem::BatchInvalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Problem::BatchInvalid { .. } | Problem::ConfigInvalid { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Problem::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::DependencyFailed { .. } => StatusCode::FAILED_DEPENDENCY,
             Problem::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -123,6 +127,9 @@ impl Problem {
         let text = match self {
             Problem::HeadTimeout => "The request head did not arrive in time.",
             Problem::BatchInvalid { .. } => "The batch is not valid; see errors.",
+            Problem::ConfigInvalid { .. } => {
+                "The new config is not valid; the running config stays. See errors."
+            }
             Problem::BatchTooLarge { max } => {
                 return format!("A batch may hold at most {max} requests.").into();
             }
@@ -229,7 +236,7 @@ impl Problem {
     fn extension(&self) -> Option<(&'static str, Value)> {
         match self {
             Problem::RateLimited { .. } => None, // two members: see `body`
-            Problem::BatchInvalid { errors } => {
+            Problem::BatchInvalid { errors } | Problem::ConfigInvalid { errors } => {
                 let list: Vec<Value> = errors
                     .iter()
                     .map(|e| json!({ "field": e.field, "message": e.message }))

@@ -3,6 +3,7 @@
 //! `App` is the state shared by every worker; `Proxy` is one worker's view of it, with the
 //! worker's own upstream pool and request-id counter.
 
+mod app;
 mod auth;
 mod client;
 mod forward;
@@ -16,13 +17,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
+pub use app::{App, Lifecycle};
 pub use auth::X_API_KEY;
 pub use auth::{Keys, presented_key};
 pub use client::{client_ip, is_trusted};
@@ -33,51 +35,13 @@ pub use request_id::RequestIds;
 pub use route::{Routed, Router};
 
 use crate::body::Body;
-use crate::config::{AuthMode, Config, Route};
-use crate::limiter::MemoryStore;
-use crate::metrics::Metrics;
+use crate::config::{AuthMode, Route};
 use crate::problem::Problem;
-use crate::upstream::{Pool, Upstreams};
+use crate::upstream::Pool;
 use record::Record;
 
 /// One request's cost under its limits (a batch costs one per item).
 const ONE: NonZeroU32 = NonZeroU32::MIN;
-
-/// Everything the workers share: the config and the state that outlives one request.
-#[derive(Debug)]
-pub struct App {
-    pub config: Config,
-    pub router: Router,
-    pub upstreams: Upstreams,
-    pub keys: Keys,
-    pub limits: Limits,
-    pub metrics: Arc<Metrics>,
-    /// Set when shutdown begins: readiness fails and new requests get 503.
-    pub draining: AtomicBool,
-    /// Client connections open now, across all workers.
-    pub connections: AtomicUsize,
-}
-
-impl App {
-    pub fn new(config: Config) -> App {
-        App {
-            router: Router::new(&config.routes),
-            upstreams: Upstreams::new(&config.upstreams),
-            keys: Keys::new(&config.auth),
-            metrics: Arc::new(Metrics::new(&config)),
-            limits: Limits::new(&config, Arc::new(MemoryStore::new(config.server.max_keys))),
-            config,
-            draining: AtomicBool::new(false),
-            connections: AtomicUsize::new(0),
-        }
-    }
-
-    /// Ready for traffic: not draining, and every upstream has a target not known to fail.
-    pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-            && (0..self.config.upstreams.len()).all(|u| self.upstreams.healthy(u))
-    }
-}
 
 /// One worker's handle on the app.
 #[derive(Debug)]
@@ -152,7 +116,7 @@ impl Proxy {
         rec: &mut Record,
     ) -> Result<Response<Body>, Problem> {
         let app = &*self.app;
-        if app.draining.load(Ordering::Relaxed) {
+        if app.life.draining.load(Ordering::Relaxed) {
             return Err(Problem::Draining);
         }
         if app.config.batch.enabled && req.uri().path() == app.config.batch.path {

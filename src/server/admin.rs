@@ -1,7 +1,7 @@
 //! The control thread: the limiter's periodic sweep, and the admin listener, apart from the
 //! workers so that probes answer even when they are busy:
 //! `/healthz` (the process is alive), `/readyz` (listening, not draining, upstreams healthy)
-//! and `/metrics` (Prometheus).
+//! `/metrics` (Prometheus) and `POST /reload`.
 
 use std::convert::Infallible;
 use std::io;
@@ -11,17 +11,18 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::reload::{AdminChange, ReloadError, Reloader};
 use crate::body::Body;
 use crate::metrics::{Live, render};
 use crate::pipeline::App;
-use crate::problem::Problem;
+use crate::problem::{FieldError, Problem};
 
 /// How often the limiter drops keys whose state a fresh key would have anyway.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
@@ -29,38 +30,54 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Starts the control thread (admin listener, if any, and the limiter's sweeper); it stops
 /// when the returned sender says so.
 pub fn spawn(
-    app: Arc<App>,
+    reloader: Arc<Reloader>,
     listener: Option<std::net::TcpListener>,
 ) -> io::Result<(watch::Sender<bool>, JoinHandle<()>)> {
-    let (done, mut until) = watch::channel(false);
+    let (done, until) = watch::channel(false);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let thread = std::thread::Builder::new()
         .name("sluice-control".into())
-        .spawn(move || {
-            rt.block_on(async move {
-                let listener = listener
-                    .map(TcpListener::from_std)
-                    .transpose()
-                    .unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "admin listener failed");
-                        None
-                    });
-                let mut sweep = tokio::time::interval(SWEEP_EVERY);
-                loop {
-                    tokio::select! {
-                        Some(stream) = accept(listener.as_ref()) => serve(&app, stream),
-                        _ = sweep.tick() => {
-                            let dropped = app.limits.store().sweep();
-                            tracing::debug!(dropped, "limiter swept");
-                        }
-                        _ = until.changed() => break,
-                    }
-                }
-            });
-        })?;
+        .spawn(move || rt.block_on(control(reloader, listener, until)))?;
     Ok((done, thread))
+}
+
+async fn control(
+    reloader: Arc<Reloader>,
+    listener: Option<std::net::TcpListener>,
+    mut until: watch::Receiver<bool>,
+) {
+    let mut listener = register(listener);
+    let mut generations = reloader.subscribe();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        tokio::select! {
+            Some(stream) = accept(listener.as_ref()) => serve(&reloader, stream),
+            _ = sweep.tick() => {
+                let dropped = reloader.current().limits.store().sweep();
+                tracing::debug!(dropped, "limiter swept");
+            }
+            Ok(()) = generations.changed() => {
+                match generations.borrow_and_update().take_admin() {
+                    AdminChange::Keep => {}
+                    AdminChange::Off => listener = None,
+                    AdminChange::To(new) => listener = register(Some(new)),
+                }
+            }
+            _ = until.changed() => break,
+        }
+    }
+}
+
+fn register(listener: Option<std::net::TcpListener>) -> Option<TcpListener> {
+    listener
+        .map(TcpListener::from_std)
+        .transpose()
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "admin listener failed");
+            None
+        })
 }
 
 /// The next admin connection; never, without an admin listener.
@@ -71,10 +88,10 @@ async fn accept(listener: Option<&TcpListener>) -> Option<TcpStream> {
     }
 }
 
-fn serve(app: &Arc<App>, stream: TcpStream) {
-    let app = app.clone();
+fn serve(reloader: &Arc<Reloader>, stream: TcpStream) {
+    let reloader = reloader.clone();
     let service = service_fn(move |req| {
-        let res = answer(&app, &req);
+        let res = answer(&reloader, &req);
         async move { Ok::<_, Infallible>(res) }
     });
     let conn =
@@ -82,8 +99,14 @@ fn serve(app: &Arc<App>, stream: TcpStream) {
     tokio::spawn(conn);
 }
 
-fn answer(app: &App, req: &Request<Incoming>) -> Response<Body> {
+fn answer(reloader: &Reloader, req: &Request<Incoming>) -> Response<Body> {
+    let app = &*reloader.current();
     match req.uri().path() {
+        "/reload" if req.method() == Method::POST => reload(reloader),
+        "/reload" => Problem::MethodNotAllowed {
+            allow: HeaderValue::from_static("POST"),
+        }
+        .into_response(""),
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/readyz" if app.ready() => json(StatusCode::OK, r#"{"status":"ready"}"#),
         "/readyz" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
@@ -92,11 +115,45 @@ fn answer(app: &App, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// `POST /reload`: 200 with the new config's hash, or 422 listing what is wrong.
+fn reload(reloader: &Reloader) -> Response<Body> {
+    match reloader.reload() {
+        Ok(hash) => {
+            let mut res = json(StatusCode::OK, "");
+            *res.body_mut() =
+                Body::full(format!(r#"{{"status":"reloaded","hash":"{hash:016x}"}}"#));
+            res
+        }
+        Err(e) => {
+            let errors = match &e {
+                ReloadError::Config(c) if !c.invalid().is_empty() => c
+                    .invalid()
+                    .iter()
+                    .map(|i| FieldError {
+                        field: i.key.clone(),
+                        message: i.to_string(),
+                    })
+                    .collect(),
+                other => vec![FieldError {
+                    field: String::new(),
+                    message: other.to_string(),
+                }],
+            };
+            Problem::ConfigInvalid { errors }.into_response("")
+        }
+    }
+}
+
 fn metrics(app: &App) -> Response<Body> {
     let live = Live {
         metrics: app.metrics.clone(),
-        connections: app.connections.load(Ordering::Relaxed) as u64,
+        connections: app.life.connections.load(Ordering::Relaxed) as u64,
         tracked_keys: app.limits.store().tracked_keys() as u64,
+        reloads: app
+            .life
+            .reloads
+            .each_ref()
+            .map(|n| n.load(Ordering::Relaxed)),
     };
     let mut res = Response::new(Body::full(render(live)));
     let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";

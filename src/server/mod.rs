@@ -1,11 +1,12 @@
 //! The server: one thread per worker, each with its own single-threaded runtime, listener
 //! (`SO_REUSEPORT`) and upstream pool, so a request stays on one core from accept to answer;
 //! plus a small control thread for the admin listener and the limiter's sweeper. Shutdown
-//! drains in-flight requests.
+//! drains in-flight requests; a reload swaps the config without dropping a connection.
 
 mod admin;
 mod client_io;
 mod listener;
+mod reload;
 mod worker;
 
 use std::io;
@@ -16,8 +17,11 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
+pub use reload::{ReloadError, Source};
+
 use crate::config::Config;
 use crate::pipeline::App;
+use reload::Reloader;
 
 /// A started server. Dropping it does not stop it: call `shutdown` then `join`.
 #[derive(Debug)]
@@ -25,30 +29,39 @@ pub struct Running {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     app: Arc<App>,
+    reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
     control: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 /// Binds every listener (so errors surface here, before anything runs) and starts the workers.
+/// Without a source, a reload is refused.
 pub fn start(config: Config) -> io::Result<Running> {
+    start_with(config, None)
+}
+
+/// `start`, able to reload its config from `source`.
+pub fn start_with(config: Config, source: Option<Source>) -> io::Result<Running> {
     let listeners = listener::bind_workers(config.server.listen, config.server.workers)?;
     let addr = listeners[0].local_addr()?;
     let admin = config.server.admin_listen.map(listener::bind).transpose()?;
     let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
     let app = Arc::new(App::new(config));
+    let reloader = Arc::new(Reloader::new(source, app.clone()));
     let (stop, stopped) = watch::channel(false);
     let workers = listeners
         .into_iter()
         .enumerate()
-        .map(|(i, l)| worker::spawn(i, app.clone(), l, stopped.clone()))
+        .map(|(i, l)| worker::spawn(i, reloader.subscribe(), l, stopped.clone()))
         .collect::<io::Result<_>>()?;
-    let control = Some(admin::spawn(app.clone(), admin)?);
+    let control = Some(admin::spawn(reloader.clone(), admin)?);
     tracing::info!(%addr, admin = ?admin_addr, workers = app.config.server.workers, "sluice listening");
     Ok(Running {
         addr,
         admin_addr,
         app,
+        reloader,
         stop,
         workers,
         control,
@@ -66,13 +79,20 @@ impl Running {
         self.admin_addr
     }
 
-    pub fn app(&self) -> &Arc<App> {
-        &self.app
+    /// The generation of shared state in force.
+    pub fn app(&self) -> Arc<App> {
+        self.reloader.current()
+    }
+
+    /// Re-reads the config file; on success every worker switches to it, and the new config's
+    /// hash comes back. On failure nothing changes.
+    pub fn reload(&self) -> Result<u64, ReloadError> {
+        self.reloader.reload()
     }
 
     /// Begins shutdown: readiness fails, listeners close, in-flight requests may finish.
     pub fn shutdown(&self) {
-        self.app.draining.store(true, Ordering::Relaxed);
+        self.app.life.draining.store(true, Ordering::Relaxed);
         let _ = self.stop.send(true);
     }
 

@@ -13,6 +13,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -21,17 +22,22 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::client_io::{Active, ClientIo, ConnState, HeadLimits};
+use super::reload::Generation;
 use crate::body::{Body, BoxError};
 use crate::config;
-use crate::pipeline::{App, Proxy};
+use crate::pipeline::{Lifecycle, Proxy};
 
 /// hyper's own read buffer limit, kept well above `max_header_bytes` so that the head limit is
 /// enforced (with a problem body) by `ClientIo` rather than by hyper's bare 431.
 const READ_BUF: usize = 400 * 1024;
 
+/// A worker's proxy for the generation in force, swapped on reload; each request takes the
+/// current one, so a reload reaches connections that are already open.
+type Current = Arc<ArcSwap<Proxy>>;
+
 pub fn spawn(
     i: usize,
-    app: Arc<App>,
+    generations: watch::Receiver<Arc<Generation>>,
     listener: std::net::TcpListener,
     stop: watch::Receiver<bool>,
 ) -> io::Result<JoinHandle<()>> {
@@ -41,36 +47,55 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("sluice-worker-{i}"))
         .spawn(move || {
-            let proxy = Arc::new(Proxy::new(app, i));
+            let app = generations.borrow().app.clone();
+            let current = Arc::new(ArcSwap::from_pointee(Proxy::new(app, i)));
             rt.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(proxy, listener, stop).await,
+                    Ok(listener) => serve(i, current, listener, generations, stop).await,
                     Err(e) => tracing::error!(error = %e, "worker could not register its listener"),
                 }
             });
         })
 }
 
-/// Accepts until told to stop, then waits for open connections up to `drain_timeout`.
-async fn serve(proxy: Arc<Proxy>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    let server = &proxy.app.config.server;
-    let builder = builder(server);
+/// Accepts until told to stop, then waits for open connections up to `drain_timeout`. A new
+/// generation replaces the proxy (and the listener, if its address changed).
+async fn serve(
+    i: usize,
+    current: Current,
+    mut listener: TcpListener,
+    mut generations: watch::Receiver<Arc<Generation>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut builder = builder(&current.load().app.config.server);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => connection(&proxy, &builder, &graceful, stream, peer),
+                Ok((stream, peer)) => connection(&current, &builder, &graceful, stream, peer),
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
+            Ok(()) = generations.changed() => {
+                let generation = generations.borrow_and_update().clone();
+                builder = self::builder(&generation.app.config.server);
+                current.store(Arc::new(Proxy::new(generation.app.clone(), i)));
+                if let Some(new) = generation.take_listener(i).map(TcpListener::from_std) {
+                    match new {
+                        Ok(new) => listener = new,
+                        Err(e) => tracing::error!(error = %e, "worker could not register its new listener"),
+                    }
+                }
+            }
             _ = stop.changed() => break,
         }
     }
     drop(listener);
-    if tokio::time::timeout(server.drain_timeout, graceful.shutdown())
+    let drain = current.load().app.config.server.drain_timeout;
+    if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {
@@ -92,14 +117,15 @@ fn builder(server: &config::Server) -> auto::Builder<TokioExecutor> {
 }
 
 fn connection(
-    proxy: &Arc<Proxy>,
+    current: &Current,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
     let _ = stream.set_nodelay(true);
-    let guard = ConnectionGuard::new(&proxy.app);
+    let proxy = current.load_full();
+    let guard = ConnectionGuard::new(&proxy.app.life);
     let over_limit = guard.open > proxy.app.config.server.max_connections;
     let state = Arc::new(ConnState::default());
     let io = ClientIo::new(
@@ -108,9 +134,9 @@ fn connection(
         state.clone(),
         head_limits(&proxy.app.config.server),
     );
-    let proxy = proxy.clone();
+    let current = current.clone();
     let service = service_fn(move |req| {
-        let (proxy, active) = (proxy.clone(), Active::new(&state));
+        let (proxy, active) = (current.load_full(), Active::new(&state));
         async move {
             let res = if over_limit {
                 proxy.overloaded(&req)
@@ -172,15 +198,15 @@ impl http_body::Body for Answer {
 
 /// Counts an open client connection for `max_connections`, until dropped.
 struct ConnectionGuard {
-    app: Arc<App>,
+    life: Arc<Lifecycle>,
     open: usize,
 }
 
 impl ConnectionGuard {
-    fn new(app: &Arc<App>) -> ConnectionGuard {
-        let open = app.connections.fetch_add(1, Ordering::Relaxed) + 1;
+    fn new(life: &Arc<Lifecycle>) -> ConnectionGuard {
+        let open = life.connections.fetch_add(1, Ordering::Relaxed) + 1;
         ConnectionGuard {
-            app: app.clone(),
+            life: life.clone(),
             open,
         }
     }
@@ -188,6 +214,6 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.app.connections.fetch_sub(1, Ordering::Relaxed);
+        self.life.connections.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -1,0 +1,278 @@
+//! Hot reload: a valid config is swapped in without failing a request, limiter state survives,
+//! and an invalid one is refused and changes nothing.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::Full;
+use sluice::config::{Config, Overrides};
+use sluice::server::{self, Running, Source};
+use support::*;
+
+fn config_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-reload-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("sluice.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn toml(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+workers = 2
+[upstreams.api]
+targets = ["{upstream}"]
+[policies.default]
+rate = "1/s"
+burst = 3
+{extra}
+[[routes]]
+path = "/free"
+policy = "none"
+[[routes]]
+path = "/"
+"#
+    )
+}
+
+fn start(path: &Path) -> Running {
+    let config = Config::load(path, &Overrides::default()).unwrap();
+    let source = Source {
+        path: path.to_path_buf(),
+        overrides: Overrides::default(),
+    };
+    server::start_with(config, Some(source)).unwrap()
+}
+
+fn keyed(path: &str, key: &str) -> http::Request<Full<Bytes>> {
+    request(Method::GET, path)
+        .header("x-api-key", key)
+        .body(Full::default())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_reload_changes_routes_and_policies_while_load_runs_and_no_request_fails() {
+    let up = spawn_upstream().await;
+    let path = config_file("load", &toml(&up.url(), ""));
+    let running = start(&path);
+    let addr = running.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let status = get(addr, "/free/x").await.status;
+                    let counter = if status == 200 { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        get(addr, "/v2/x").await.status,
+        200,
+        "served by the / route before the reload"
+    );
+
+    let new_policy = "[policies.gold]\nrate = \"5/s\"\nburst = 10\n";
+    let new_route = "[[routes]]\npath = \"/v2\"\nmethods = [\"POST\"]\npolicy = \"gold\"\n";
+    let changed = toml(&up.url(), &format!("{new_policy}{new_route}"));
+    std::fs::write(&path, changed).unwrap();
+    let hash = running.reload().expect("a valid config reloads");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed during the reload"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 10);
+    let res = get(addr, "/v2/x").await;
+    assert_eq!(res.status, 405, "the new route is in force");
+    let gold = send(addr, post_json("/v2/x", "{}")).await;
+    assert_eq!(gold.status, 200);
+    assert!(
+        gold.header("ratelimit-policy").contains(r#""gold";q=10"#),
+        "and its new policy"
+    );
+    assert_eq!(running.app().config.hash, hash);
+    running.shutdown();
+}
+
+#[tokio::test]
+async fn a_key_that_used_its_burst_stays_limited_after_a_reload_that_kept_its_policy() {
+    let up = spawn_upstream().await;
+    let path = config_file("kept", &toml(&up.url(), ""));
+    let running = start(&path);
+    let addr = running.local_addr();
+    for _ in 0..3 {
+        assert_eq!(send(addr, keyed("/a", "k")).await.status, 200);
+    }
+    assert_eq!(send(addr, keyed("/a", "k")).await.status, 429);
+    // Routes change, the policy does not.
+    std::fs::write(&path, toml(&up.url(), "[[routes]]\npath = \"/other\"\n")).unwrap();
+    running.reload().unwrap();
+    assert_eq!(
+        send(addr, keyed("/a", "k")).await.status,
+        429,
+        "still limited"
+    );
+    assert_eq!(send(addr, keyed("/a", "fresh")).await.status, 200);
+    running.shutdown();
+}
+
+#[tokio::test]
+async fn an_invalid_reload_is_refused_and_changes_nothing() {
+    let up = spawn_upstream().await;
+    let path = config_file("invalid", &toml(&up.url(), ""));
+    let running = start(&path);
+    let (addr, admin) = (running.local_addr(), running.admin_addr().unwrap());
+    let before = running.app().config.hash;
+    std::fs::write(
+        &path,
+        toml(&up.url(), "[policies.broken]\nrate = \"fast\"\nburst = 1\n"),
+    )
+    .unwrap();
+
+    let res = send(
+        admin,
+        request(Method::POST, "/reload")
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status, 422);
+    assert_eq!(res.header("content-type"), "application/problem+json");
+    let errors = &res.json()["errors"];
+    assert_eq!(errors[0]["field"], "policies.broken.rate");
+    assert!(
+        errors[0]["message"].as_str().unwrap().contains("line"),
+        "{errors}"
+    );
+
+    assert!(running.reload().is_err());
+    assert_eq!(running.app().config.hash, before, "the old config stays");
+    assert_eq!(get(addr, "/free/x").await.status, 200);
+    let metrics = String::from_utf8(get(admin, "/metrics").await.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains("sluice_config_reloads_total{result=\"failure\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sluice_config_reloads_total{result=\"success\"} 0"));
+    running.shutdown();
+}
+
+#[tokio::test]
+async fn post_reload_on_the_admin_listener_swaps_the_config_and_rebinds_a_changed_address() {
+    let up = spawn_upstream().await;
+    let path = config_file("rebind", &toml(&up.url(), ""));
+    let running = start(&path);
+    let (old, admin) = (running.local_addr(), running.admin_addr().unwrap());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let moved = toml(&up.url(), "").replace(
+        "listen = \"127.0.0.1:0\"\nadmin",
+        &format!("listen = \"127.0.0.1:{port}\"\nadmin"),
+    );
+    std::fs::write(&path, moved).unwrap();
+
+    let res = send(
+        admin,
+        request(Method::POST, "/reload")
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{:?}", res.body);
+    assert_eq!(res.json()["status"], "reloaded");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let new = format!("127.0.0.1:{port}").parse().unwrap();
+    assert_eq!(get(new, "/free/x").await.status, 200);
+    assert!(
+        tokio::net::TcpStream::connect(old).await.is_err(),
+        "the old address is closed"
+    );
+    running.shutdown();
+}
+
+#[tokio::test]
+async fn without_a_config_file_a_reload_is_refused() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    assert!(matches!(
+        sluice.running().reload(),
+        Err(server::ReloadError::NoFile)
+    ));
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_running_binary() {
+    let up = spawn_upstream().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = toml(&up.url(), "").replace(
+        "listen = \"127.0.0.1:0\"\nadmin",
+        &format!("listen = \"127.0.0.1:{port}\"\nadmin"),
+    );
+    let path = config_file("sighup", &text);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("--config")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(get(addr, "/v2/x").await.status, 200);
+    std::fs::write(
+        &path,
+        format!("{text}[[routes]]\npath = \"/v2\"\nmethods = [\"POST\"]\n"),
+    )
+    .unwrap();
+    let kill = |sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(kill("-HUP").success());
+    let mut status = 0;
+    for _ in 0..50 {
+        status = get(addr, "/v2/x").await.status.as_u16();
+        if status == 405 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 405, "the reloaded route answers");
+    assert!(kill("-TERM").success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -143,7 +143,7 @@ impl<C: Clock> MemoryStore<C> {
     /// Checks synchronously; what [`Store::check`] answers, ready at once.
     pub fn check_now(&self, policy: &Policy, key: &[u8], cost: NonZeroU32) -> Outcome {
         let now = self.clock.now();
-        let hash = self.secret.hash_one(key).min(OVERFLOW - 1);
+        let hash = self.hash(key);
         let table = self.table(policy);
         if let Some(mut state) = table.states.get_mut(&hash) {
             return Ok(policy.decide(&mut state, now, cost)?);
@@ -154,7 +154,7 @@ impl<C: Clock> MemoryStore<C> {
     /// Decides on a copy of the key's state: what `check_now` would answer, taking nothing.
     pub fn peek_now(&self, policy: &Policy, key: &[u8], cost: NonZeroU32) -> Outcome {
         let now = self.clock.now();
-        let hash = self.secret.hash_one(key).min(OVERFLOW - 1);
+        let hash = self.hash(key);
         let table = self.table(policy);
         let mut state = match table.states.get(&hash) {
             Some(state) => *state,
@@ -191,6 +191,15 @@ impl<C: Clock> MemoryStore<C> {
             !fresh
         });
         dropped
+    }
+
+    /// The key's keyed hash, never [`OVERFLOW`]. The bytes go in without a length prefix:
+    /// SipHash pads its last block with the length, so distinct keys stay distinct inputs.
+    #[inline]
+    fn hash(&self, key: &[u8]) -> u64 {
+        let mut hasher = self.secret.build_hasher();
+        hasher.write(key);
+        hasher.finish().min(OVERFLOW - 1)
     }
 
     /// The policy's table, made on first use.

@@ -89,16 +89,17 @@ impl Gcra {
         self.capacity
     }
 
-    /// Admits `cost` (≤ burst) at `now` against state `tat`, or says how long to wait.
+    /// Admits `cost` (≤ burst) at `now` against state `tat`, or says how long to wait; with
+    /// the figures once that verdict is applied.
     #[inline]
-    pub(crate) fn check(&self, tat: Nanos, now: Nanos, cost: u32) -> Verdict {
+    pub(crate) fn check(&self, tat: Nanos, now: Nanos, cost: u32) -> (Verdict, Figures) {
         debug_assert!(cost <= self.burst);
         let next = tat.max(now) + u64::from(cost) * self.emission.nanos();
         let latest = now.saturating_add(self.capacity);
         if next <= latest {
-            Verdict::Admit(next)
+            (Verdict::Admit(next), self.figures(next, now))
         } else {
-            Verdict::Refuse(next - latest)
+            (Verdict::Refuse(next - latest), self.figures(tat, now))
         }
     }
 
@@ -135,7 +136,7 @@ mod tests {
 
     /// Sends `cost` at `now`, keeping the state when admitted.
     fn send(gcra: &Gcra, tat: &mut Nanos, now: Nanos, cost: u32) -> Verdict {
-        let verdict = gcra.check(*tat, now, cost);
+        let (verdict, _) = gcra.check(*tat, now, cost);
         if let Verdict::Admit(next) = verdict {
             *tat = next;
         }

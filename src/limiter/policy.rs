@@ -46,7 +46,7 @@ impl Limit {
     }
 
     #[inline]
-    fn check(&self, word: u64, now: Nanos, cost: u32) -> Verdict {
+    fn check(&self, word: u64, now: Nanos, cost: u32) -> (Verdict, Figures) {
         match self {
             Limit::Rate(gcra) => gcra.check(word, now, cost),
             Limit::Window(window) => window.check(word, now, cost),
@@ -198,8 +198,8 @@ impl Policy {
     /// Checks a request of `cost` at `now` against a key's `state`, taking the cost from every
     /// limit if all admit it and from none otherwise.
     ///
-    /// Every limit's figures are read off the state after the check: what is left once the
-    /// request is taken, or as it was if any limit refused.
+    /// Each limit's figures describe the state after the check: what is left once the request
+    /// is taken, or as it was if any limit refused.
     #[inline]
     pub fn decide(
         &self,
@@ -216,7 +216,9 @@ impl Policy {
         let (mut next, mut refused, mut retry_after) = (*state, false, 0);
         let checks = self.limits().iter().zip(limits.items_mut()).zip(&mut next);
         for ((limit, report), word) in checks {
-            match limit.check(*word, now, cost) {
+            let (verdict, Figures { remaining, reset }) = limit.check(*word, now, cost);
+            (report.remaining, report.reset) = (remaining, reset);
+            match verdict {
                 Verdict::Admit(taken) => *word = taken,
                 Verdict::Refuse(wait) => {
                     (report.refused, refused) = (true, true);
@@ -227,15 +229,17 @@ impl Policy {
         }
         if !refused {
             *state = next;
-        }
-        let figures = self
-            .limits()
-            .iter()
-            .zip(limits.items_mut())
-            .zip(state.iter());
-        for ((limit, report), &word) in figures {
-            let Figures { remaining, reset } = limit.figures(word, now);
-            (report.remaining, report.reset) = (remaining, reset);
+        } else {
+            // A limit that admitted gave its figures with the request taken; it was not.
+            let reports = self
+                .limits()
+                .iter()
+                .zip(limits.items_mut())
+                .zip(state.iter());
+            for ((limit, report), &word) in reports.filter(|((_, r), _)| !r.refused) {
+                let Figures { remaining, reset } = limit.figures(word, now);
+                (report.remaining, report.reset) = (remaining, reset);
+            }
         }
         Ok(if refused {
             let retry_after = Duration::from_nanos(retry_after);

@@ -42,6 +42,8 @@ pub struct Window {
     bits: u32,
     /// A 1 in the lowest bit of every counter, to sum them all with one multiplication.
     ones: u64,
+    /// `⌈2¹⁶ / b⌉`, to divide a bit position by `b` with a multiplication.
+    per_bit: u32,
 }
 
 impl Window {
@@ -62,6 +64,7 @@ impl Window {
             slots,
             bits,
             ones,
+            per_bit: (1u32 << 16).div_ceil(bits),
         })
     }
 
@@ -90,22 +93,32 @@ impl Window {
         self.length
     }
 
-    /// Admits `cost` (≤ N) at `now` against state `word`, or says how long to wait.
+    /// Admits `cost` (≤ N) at `now` against state `word`, or says how long to wait; with the
+    /// figures once that verdict is applied.
     #[inline]
-    pub(crate) fn check(&self, word: u64, now: Nanos, cost: u32) -> Verdict {
+    pub(crate) fn check(&self, word: u64, now: Nanos, cost: u32) -> (Verdict, Figures) {
         debug_assert!(cost <= self.max);
         let (index, counts) = self.position(word, now);
         let total = self.total(counts);
         if total + cost <= self.max {
             let epoch = index & self.epoch_mask();
-            return Verdict::Admit((epoch << self.epoch_shift()) | (counts + u64::from(cost)));
+            let next = (epoch << self.epoch_shift()) | (counts + u64::from(cost));
+            let taken = Figures {
+                remaining: self.max - total - cost,
+                reset: self.leaves(index, 0) - now,
+            };
+            return (Verdict::Admit(next), taken);
         }
+        let kept = Figures {
+            remaining: self.max.saturating_sub(total),
+            reset: self.reset(counts, index, now),
+        };
         // Slots leave oldest first; find the first slot boundary that frees enough.
         let mut left = total;
         for age in (0..self.slots).rev() {
             left = left.saturating_sub(self.count(counts, age));
             if left + cost <= self.max {
-                return Verdict::Refuse(self.leaves(index, age) - now);
+                return (Verdict::Refuse(self.leaves(index, age) - now), kept);
             }
         }
         unreachable!("cost {cost} over the window's max {}", self.max)
@@ -131,7 +144,7 @@ impl Window {
         if counts == 0 {
             return 0;
         }
-        self.leaves(index, counts.trailing_zeros() / self.bits) - now
+        self.leaves(index, self.age_of_bit(counts.trailing_zeros())) - now
     }
 
     /// Whether `word` is indistinguishable from a key never seen.
@@ -175,6 +188,11 @@ impl Window {
         (index, 0)
     }
 
+    /// `bit / b`: exact for every bit position of a word and every `b ≤ 22`.
+    fn age_of_bit(&self, bit: u32) -> u32 {
+        (bit * self.per_bit) >> 16
+    }
+
     /// The counter for the slot `age` slots before the current one.
     fn count(&self, counts: u64, age: u32) -> u32 {
         // A counter has at most 22 bits, so the cast is lossless.
@@ -201,7 +219,7 @@ mod tests {
     }
 
     fn send(window: &Window, word: &mut u64, now: Nanos, cost: u32) -> Verdict {
-        let verdict = window.check(*word, now, cost);
+        let (verdict, _) = window.check(*word, now, cost);
         if let Verdict::Admit(next) = verdict {
             *word = next;
         }
@@ -287,6 +305,24 @@ mod tests {
         assert!(!send(&window, &mut word, behind, 1).is_admitted());
         assert!(!send(&window, &mut word, 84 * SEC - 1, 1).is_admitted());
         assert!(send(&window, &mut word, 84 * SEC, 100).is_admitted());
+    }
+
+    #[test]
+    fn bit_positions_divide_exactly_for_every_counter_width() {
+        for max in (0..22).map(|b| (1u32 << b) + 1) {
+            let Some(window) = Window::new(Duration::from_secs(60), NonZeroU32::new(max).unwrap())
+            else {
+                continue;
+            };
+            for bit in 0..64 {
+                assert_eq!(
+                    window.age_of_bit(bit),
+                    bit / window.bits,
+                    "{bit} / {}",
+                    window.bits
+                );
+            }
+        }
     }
 
     #[test]

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use sluice::limiter::{Gcra, Limit, MemoryStore, Policy, Rate};
+use sluice::limiter::{Gcra, Limit, MemoryStore, Policy, Rate, Store};
+use std::sync::Arc;
 
 /// Bytes allocated and not yet freed, for the per-key memory figure.
 struct Counting;
@@ -95,6 +96,14 @@ fn hot_key(c: &mut Criterion) {
     });
     group.bench_function("sluice_rate_only", |b| {
         b.iter(|| ours.check_now(&rate, black_box(b"client-key"), ONE))
+    });
+    // As the pipeline calls it: through `Arc<dyn Store>` and the ready future.
+    let shared: Arc<dyn Store> = Arc::new(store());
+    group.bench_function("sluice_default_policy_dyn_store", |b| {
+        b.iter(|| {
+            let checked = shared.check(&default, black_box(b"client-key"), ONE);
+            checked.now_or_never()
+        })
     });
     let limiter = governor();
     group.bench_function("governor_keyed_dashmap", |b| {

@@ -88,6 +88,11 @@ impl Report {
         self.items[usize::from(self.len)] = item;
         self.len += 1;
     }
+
+    /// The reports, to fill in.
+    pub(crate) fn items_mut(&mut self) -> &mut [LimitReport] {
+        &mut self.items[..usize::from(self.len)]
+    }
 }
 
 impl Deref for Report {

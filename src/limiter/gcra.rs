@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::clock::{Interval, Nanos, nanos};
-use super::policy::{Figures, Step};
+use super::policy::{Figures, Verdict};
 
 /// A sustained rate: `count` requests per `per`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,23 +89,24 @@ impl Gcra {
         self.capacity
     }
 
-    /// Admits `cost` (≤ burst) at `now` against state `tat`, or says how long to wait.
-    pub(crate) fn check(&self, tat: Nanos, now: Nanos, cost: u32) -> Step {
+    /// Admits `cost` (≤ burst) at `now` against state `tat`, or says how long to wait; with
+    /// the figures once that verdict is applied.
+    #[inline]
+    pub(crate) fn check(&self, tat: Nanos, now: Nanos, cost: u32) -> (Verdict, Figures) {
         debug_assert!(cost <= self.burst);
-        let base = tat.max(now);
-        let kept = self.figures(base - now);
-        let next = base + u64::from(cost) * self.emission.nanos();
+        let next = tat.max(now) + u64::from(cost) * self.emission.nanos();
         let latest = now.saturating_add(self.capacity);
         if next <= latest {
-            Step::admit(next, self.figures(next - now), kept)
+            (Verdict::Admit(next), self.figures(next, now))
         } else {
-            Step::refuse(next - latest, kept)
+            (Verdict::Refuse(next - latest), self.figures(tat, now))
         }
     }
 
-    /// The figures when the TAT is `used` ahead of now.
-    fn figures(&self, used: Nanos) -> Figures {
-        let used = used.min(self.capacity);
+    /// The header figures for state `tat` at `now`.
+    #[inline]
+    pub(crate) fn figures(&self, tat: Nanos, now: Nanos) -> Figures {
+        let used = tat.saturating_sub(now).min(self.capacity);
         Figures {
             // At most `burst`, so the cast is lossless.
             remaining: self.emission.count_in(self.capacity - used) as u32,
@@ -134,12 +135,12 @@ mod tests {
     }
 
     /// Sends `cost` at `now`, keeping the state when admitted.
-    fn send(gcra: &Gcra, tat: &mut Nanos, now: Nanos, cost: u32) -> Step {
-        let step = gcra.check(*tat, now, cost);
-        if step.admitted {
-            *tat = step.next;
+    fn send(gcra: &Gcra, tat: &mut Nanos, now: Nanos, cost: u32) -> Verdict {
+        let (verdict, _) = gcra.check(*tat, now, cost);
+        if let Verdict::Admit(next) = verdict {
+            *tat = next;
         }
-        step
+        verdict
     }
 
     #[test]
@@ -147,30 +148,30 @@ mod tests {
         let gcra = default_rate();
         let (mut tat, now) = (0, 10 * SEC);
         for _ in 0..100 {
-            assert!(send(&gcra, &mut tat, now, 1).admitted);
+            assert!(send(&gcra, &mut tat, now, 1).is_admitted());
         }
         let refused = send(&gcra, &mut tat, now, 1);
-        assert!(!refused.admitted);
-        assert_eq!(refused.retry_after, SEC);
-        assert!(!send(&gcra, &mut tat, now + SEC - 1, 1).admitted);
-        assert!(send(&gcra, &mut tat, now + SEC, 1).admitted);
-        assert!(!send(&gcra, &mut tat, now + SEC, 1).admitted);
+        assert!(!refused.is_admitted());
+        assert_eq!(refused.wait(), SEC);
+        assert!(!send(&gcra, &mut tat, now + SEC - 1, 1).is_admitted());
+        assert!(send(&gcra, &mut tat, now + SEC, 1).is_admitted());
+        assert!(!send(&gcra, &mut tat, now + SEC, 1).is_admitted());
     }
 
     #[test]
     fn cost_takes_that_many_tokens() {
         let gcra = default_rate();
         let mut tat = 0;
-        assert!(send(&gcra, &mut tat, 0, 60).admitted);
+        assert!(send(&gcra, &mut tat, 0, 60).is_admitted());
         let refused = send(&gcra, &mut tat, 0, 41);
-        assert_eq!(refused.retry_after, SEC);
-        assert!(send(&gcra, &mut tat, SEC, 41).admitted);
+        assert_eq!(refused.wait(), SEC);
+        assert!(send(&gcra, &mut tat, SEC, 41).is_admitted());
     }
 
     #[test]
     fn figures_count_down_and_refill() {
         let gcra = default_rate();
-        let fresh = gcra.check(0, 5 * SEC, 1).kept;
+        let fresh = gcra.figures(0, 5 * SEC);
         assert_eq!(
             fresh,
             Figures {
@@ -183,19 +184,19 @@ mod tests {
         for _ in 0..2 {
             send(&gcra, &mut tat, 5 * SEC, 1);
         }
-        let third = send(&gcra, &mut tat, 5 * SEC, 1);
         assert_eq!(
-            third.taken,
-            Figures {
-                remaining: 97,
-                reset: 3 * SEC
-            }
-        );
-        assert_eq!(
-            third.kept,
+            gcra.figures(tat, 5 * SEC),
             Figures {
                 remaining: 98,
                 reset: 2 * SEC
+            }
+        );
+        send(&gcra, &mut tat, 5 * SEC, 1);
+        assert_eq!(
+            gcra.figures(tat, 5 * SEC),
+            Figures {
+                remaining: 97,
+                reset: 3 * SEC
             }
         );
         assert!(!gcra.is_fresh(tat, 7 * SEC));

@@ -45,14 +45,24 @@ impl Limit {
         (self.capacity(), window.div_ceil(1_000_000_000))
     }
 
-    fn check(&self, word: u64, now: Nanos, cost: u32) -> Step {
+    #[inline]
+    fn check(&self, word: u64, now: Nanos, cost: u32) -> (Verdict, Figures) {
         match self {
             Limit::Rate(gcra) => gcra.check(word, now, cost),
             Limit::Window(window) => window.check(word, now, cost),
         }
     }
 
-    fn report(&self, figures: Figures, refused: bool) -> LimitReport {
+    #[inline]
+    fn figures(&self, word: u64, now: Nanos) -> Figures {
+        match self {
+            Limit::Rate(gcra) => gcra.figures(word, now),
+            Limit::Window(window) => window.figures(word, now),
+        }
+    }
+
+    /// The report's fixed part: what the limit is, not how much is left.
+    fn blank_report(&self) -> LimitReport {
         let window = match self {
             Limit::Rate(gcra) => gcra.capacity(),
             Limit::Window(window) => window.length_nanos(),
@@ -60,10 +70,10 @@ impl Limit {
         LimitReport {
             kind: self.kind(),
             quota: self.capacity(),
-            remaining: figures.remaining,
-            refused,
+            remaining: 0,
+            refused: false,
             window,
-            reset: figures.reset,
+            reset: 0,
         }
     }
 
@@ -82,39 +92,25 @@ pub(crate) struct Figures {
     pub(crate) reset: Nanos,
 }
 
-/// One limit's verdict on a request, with its figures whether or not the request is taken
-/// (another limit may refuse what this one admits).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Step {
-    pub(crate) admitted: bool,
-    /// The limit's state word once the request is taken (when admitted).
-    pub(crate) next: u64,
-    /// The exact wait before the request fits (when refused).
-    pub(crate) retry_after: Nanos,
-    /// The figures once the request is taken.
-    pub(crate) taken: Figures,
-    /// The figures if it is not.
-    pub(crate) kept: Figures,
+/// One limit's verdict on a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Admitted: the limit's state word once the request is taken.
+    Admit(u64),
+    /// Refused: the exact wait before the request fits.
+    Refuse(Nanos),
 }
 
-impl Step {
-    pub(crate) fn admit(next: u64, taken: Figures, kept: Figures) -> Step {
-        Step {
-            admitted: true,
-            next,
-            retry_after: 0,
-            taken,
-            kept,
-        }
+#[cfg(test)]
+impl Verdict {
+    pub(crate) fn is_admitted(&self) -> bool {
+        matches!(self, Verdict::Admit(_))
     }
 
-    pub(crate) fn refuse(retry_after: Nanos, kept: Figures) -> Step {
-        Step {
-            admitted: false,
-            next: 0,
-            retry_after,
-            taken: kept,
-            kept,
+    pub(crate) fn wait(&self) -> Nanos {
+        match self {
+            Verdict::Admit(_) => 0,
+            Verdict::Refuse(wait) => *wait,
         }
     }
 }
@@ -142,6 +138,10 @@ pub struct Policy {
     name: Arc<str>,
     len: usize,
     limits: [Limit; MAX_LIMITS],
+    /// The smallest quota.
+    capacity: u32,
+    /// The reports with every limit's fixed part filled in, copied on each check.
+    blank: Report,
 }
 
 impl Policy {
@@ -153,11 +153,17 @@ impl Policy {
         }
         let mut all = [first; MAX_LIMITS];
         all[..limits.len()].copy_from_slice(limits);
+        let mut blank = Report::new();
+        limits
+            .iter()
+            .for_each(|limit| blank.push(limit.blank_report()));
         Some(Policy {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             name: name.into(),
             len: limits.len(),
             limits: all,
+            capacity: limits.iter().map(Limit::capacity).min().unwrap_or(0),
+            blank,
         })
     }
 
@@ -186,11 +192,15 @@ impl Policy {
 
     /// The largest cost a single request may have: the smallest quota.
     pub fn capacity(&self) -> u32 {
-        self.limits().iter().map(Limit::capacity).min().unwrap_or(0)
+        self.capacity
     }
 
     /// Checks a request of `cost` at `now` against a key's `state`, taking the cost from every
     /// limit if all admit it and from none otherwise.
+    ///
+    /// Each limit's figures describe the state after the check: what is left once the request
+    /// is taken, or as it was if any limit refused.
+    #[inline]
     pub fn decide(
         &self,
         state: &mut State,
@@ -198,39 +208,47 @@ impl Policy {
         cost: NonZeroU32,
     ) -> Result<Decision, InsufficientCapacity> {
         let cost = cost.get();
-        let capacity = self.capacity();
-        if cost > capacity {
+        if cost > self.capacity {
+            let capacity = self.capacity;
             return Err(InsufficientCapacity { cost, capacity });
         }
-        let none = Figures {
-            remaining: 0,
-            reset: 0,
-        };
-        let mut steps = [Step::refuse(0, none); MAX_LIMITS];
-        for ((step, limit), word) in steps.iter_mut().zip(self.limits()).zip(state.iter()) {
-            *step = limit.check(*word, now, cost);
-        }
-        let steps = &steps[..self.len];
-        let admitted = steps.iter().all(|step| step.admitted);
-        if admitted {
-            for (word, step) in state.iter_mut().zip(steps) {
-                *word = step.next;
+        let mut limits = self.blank;
+        let (mut next, mut refused, mut retry_after) = (*state, false, 0);
+        let checks = self.limits().iter().zip(limits.items_mut()).zip(&mut next);
+        for ((limit, report), word) in checks {
+            let (verdict, Figures { remaining, reset }) = limit.check(*word, now, cost);
+            (report.remaining, report.reset) = (remaining, reset);
+            match verdict {
+                Verdict::Admit(taken) => *word = taken,
+                Verdict::Refuse(wait) => {
+                    (report.refused, refused) = (true, true);
+                    // Each limit admits at any time after its own wait: the longest is exact.
+                    retry_after = retry_after.max(wait);
+                }
             }
         }
-        let mut limits = Report::new();
-        for (limit, step) in self.limits().iter().zip(steps) {
-            let figures = if admitted { step.taken } else { step.kept };
-            limits.push(limit.report(figures, !step.admitted));
-        }
-        Ok(if admitted {
-            Decision::Allow { limits }
+        if !refused {
+            *state = next;
         } else {
-            // Each limit admits at any time after its own wait, so the longest wait is exact.
-            let retry_after = steps.iter().map(|s| s.retry_after).max().unwrap_or(0);
+            // A limit that admitted gave its figures with the request taken; it was not.
+            let reports = self
+                .limits()
+                .iter()
+                .zip(limits.items_mut())
+                .zip(state.iter());
+            for ((limit, report), &word) in reports.filter(|((_, r), _)| !r.refused) {
+                let Figures { remaining, reset } = limit.figures(word, now);
+                (report.remaining, report.reset) = (remaining, reset);
+            }
+        }
+        Ok(if refused {
+            let retry_after = Duration::from_nanos(retry_after);
             Decision::Deny {
-                retry_after: Duration::from_nanos(retry_after),
+                retry_after,
                 limits,
             }
+        } else {
+            Decision::Allow { limits }
         })
     }
 

@@ -18,7 +18,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::clock::{Interval, Nanos, nanos};
-use super::policy::{Figures, Step};
+use super::policy::{Figures, Verdict};
 
 /// Bits kept for the slot number, so aliasing needs a million idle slots.
 const MIN_EPOCH_BITS: u32 = 20;
@@ -40,6 +40,10 @@ pub struct Window {
     slots: u32,
     /// `b`, bits per counter.
     bits: u32,
+    /// A 1 in the lowest bit of every counter, to sum them all with one multiplication.
+    ones: u64,
+    /// `⌈2¹⁶ / b⌉`, to divide a bit position by `b` with a multiplication.
+    per_bit: u32,
 }
 
 impl Window {
@@ -52,12 +56,15 @@ impl Window {
         if slots < 2 || length == 0 || length > MAX_LENGTH {
             return None;
         }
+        let ones = (0..slots).fold(0, |ones, age| ones | 1 << (age * bits));
         Some(Window {
             length,
             max: max.get(),
             slot: Interval::new(length.div_ceil(u64::from(slots - 1))),
             slots,
             bits,
+            ones,
+            per_bit: (1u32 << 16).div_ceil(bits),
         })
     }
 
@@ -86,34 +93,45 @@ impl Window {
         self.length
     }
 
-    /// Admits `cost` (≤ N) at `now` against state `word`, or says how long to wait.
-    pub(crate) fn check(&self, word: u64, now: Nanos, cost: u32) -> Step {
+    /// Admits `cost` (≤ N) at `now` against state `word`, or says how long to wait; with the
+    /// figures once that verdict is applied.
+    #[inline]
+    pub(crate) fn check(&self, word: u64, now: Nanos, cost: u32) -> (Verdict, Figures) {
         debug_assert!(cost <= self.max);
-        let index = self.slot.count_in(now);
-        let counts = self.rotate(word, index);
+        let (index, counts) = self.position(word, now);
         let total = self.total(counts);
-        let kept = Figures {
-            remaining: self.max.saturating_sub(total),
-            reset: self.reset(counts, index, now),
-        };
         if total + cost <= self.max {
             let epoch = index & self.epoch_mask();
+            let next = (epoch << self.epoch_shift()) | (counts + u64::from(cost));
             let taken = Figures {
                 remaining: self.max - total - cost,
                 reset: self.leaves(index, 0) - now,
             };
-            let next = (epoch << self.epoch_shift()) | (counts + u64::from(cost));
-            return Step::admit(next, taken, kept);
+            return (Verdict::Admit(next), taken);
         }
+        let kept = Figures {
+            remaining: self.max.saturating_sub(total),
+            reset: self.reset(counts, index, now),
+        };
         // Slots leave oldest first; find the first slot boundary that frees enough.
         let mut left = total;
         for age in (0..self.slots).rev() {
-            left -= self.count(counts, age);
+            left = left.saturating_sub(self.count(counts, age));
             if left + cost <= self.max {
-                return Step::refuse(self.leaves(index, age) - now, kept);
+                return (Verdict::Refuse(self.leaves(index, age) - now), kept);
             }
         }
         unreachable!("cost {cost} over the window's max {}", self.max)
+    }
+
+    /// The header figures for state `word` at `now`.
+    #[inline]
+    pub(crate) fn figures(&self, word: u64, now: Nanos) -> Figures {
+        let (index, counts) = self.position(word, now);
+        Figures {
+            remaining: self.max.saturating_sub(self.total(counts)),
+            reset: self.reset(counts, index, now),
+        }
     }
 
     /// When the slot `age` slots before slot `index` stops counting.
@@ -126,12 +144,12 @@ impl Window {
         if counts == 0 {
             return 0;
         }
-        self.leaves(index, counts.trailing_zeros() / self.bits) - now
+        self.leaves(index, self.age_of_bit(counts.trailing_zeros())) - now
     }
 
     /// Whether `word` is indistinguishable from a key never seen.
     pub(crate) fn is_fresh(&self, word: u64, now: Nanos) -> bool {
-        self.rotate(word, self.slot.count_in(now)) == 0
+        self.position(word, now).1 == 0
     }
 
     fn epoch_shift(&self) -> u32 {
@@ -146,14 +164,33 @@ impl Window {
         (1 << self.epoch_shift()) - 1
     }
 
-    /// The counters as of slot `index`: slots that have left are dropped, age 0 is `index`.
-    fn rotate(&self, word: u64, index: u64) -> u64 {
+    /// The slot `now` falls in and the counters as of that slot (age 0 is that slot; slots that
+    /// have left are dropped). A reading up to `k + 1` slots older than the state (another
+    /// thread read the clock earlier but took the key's lock later) counts as in the state's
+    /// slot, so a request is never counted in a slot that has already left.
+    #[inline]
+    fn position(&self, word: u64, now: Nanos) -> (u64, u64) {
+        let index = self.slot.count_in(now);
+        let counts = word & self.counts_mask();
         let stored = word >> self.epoch_shift();
-        let elapsed = (index & self.epoch_mask()).wrapping_sub(stored) & self.epoch_mask();
-        if elapsed >= u64::from(self.slots) {
-            return 0;
+        let mask = self.epoch_mask();
+        let elapsed = (index & mask).wrapping_sub(stored) & mask;
+        if elapsed < u64::from(self.slots) {
+            return (
+                index,
+                (counts << (elapsed as u32 * self.bits)) & self.counts_mask(),
+            );
         }
-        (word << (elapsed as u32 * self.bits)) & self.counts_mask()
+        let behind = mask - elapsed + 1;
+        if counts != 0 && behind <= u64::from(self.slots) {
+            return (index + behind, counts);
+        }
+        (index, 0)
+    }
+
+    /// `bit / b`: exact for every bit position of a word and every `b ≤ 22`.
+    fn age_of_bit(&self, bit: u32) -> u32 {
+        (bit * self.per_bit) >> 16
     }
 
     /// The counter for the slot `age` slots before the current one.
@@ -162,13 +199,12 @@ impl Window {
         ((counts >> (age * self.bits)) & ((1 << self.bits) - 1)) as u32
     }
 
-    fn total(&self, mut counts: u64) -> u32 {
-        let mut total = 0;
-        while counts != 0 {
-            total += self.count(counts, 0);
-            counts >>= self.bits;
-        }
-        total
+    /// The sum of the counters, read off the top counter of `counts × ones` (its prefix sums):
+    /// exact because no sum exceeds `N`, which fits a counter, so nothing carries.
+    fn total(&self, counts: u64) -> u32 {
+        let top = (self.slots - 1) * self.bits;
+        // A counter has at most 22 bits, so the cast is lossless.
+        ((counts.wrapping_mul(self.ones) >> top) & ((1 << self.bits) - 1)) as u32
     }
 }
 
@@ -182,12 +218,12 @@ mod tests {
         Window::new(Duration::from_secs(60), NonZeroU32::new(100).unwrap()).unwrap()
     }
 
-    fn send(window: &Window, word: &mut u64, now: Nanos, cost: u32) -> Step {
-        let step = window.check(*word, now, cost);
-        if step.admitted {
-            *word = step.next;
+    fn send(window: &Window, word: &mut u64, now: Nanos, cost: u32) -> Verdict {
+        let (verdict, _) = window.check(*word, now, cost);
+        if let Verdict::Admit(next) = verdict {
+            *word = next;
         }
-        step
+        verdict
     }
 
     #[test]
@@ -203,12 +239,12 @@ mod tests {
         let mut word = 0;
         let start = 30 * SEC; // slot 2 spans [24 s, 36 s)
         for _ in 0..100 {
-            assert!(send(&window, &mut word, start, 1).admitted);
+            assert!(send(&window, &mut word, start, 1).is_admitted());
         }
         let refused = send(&window, &mut word, start, 1);
-        assert_eq!(refused.retry_after, 96 * SEC - start);
-        assert!(!send(&window, &mut word, 96 * SEC - 1, 1).admitted);
-        assert!(send(&window, &mut word, 96 * SEC, 1).admitted);
+        assert_eq!(refused.wait(), 96 * SEC - start);
+        assert!(!send(&window, &mut word, 96 * SEC - 1, 1).is_admitted());
+        assert!(send(&window, &mut word, 96 * SEC, 1).is_admitted());
     }
 
     #[test]
@@ -217,14 +253,14 @@ mod tests {
         let mut word = 0;
         for slot in 0..4 {
             for _ in 0..25 {
-                assert!(send(&window, &mut word, slot * 12 * SEC, 1).admitted);
+                assert!(send(&window, &mut word, slot * 12 * SEC, 1).is_admitted());
             }
         }
         let refused = send(&window, &mut word, 50 * SEC, 30);
         // Slots 0 and 1 must both leave (slot 1 at 84 s) before 30 more fit.
-        assert_eq!(refused.retry_after, 34 * SEC);
+        assert_eq!(refused.wait(), 34 * SEC);
         assert_eq!(
-            refused.kept,
+            window.figures(word, 50 * SEC),
             Figures {
                 remaining: 0,
                 reset: (108 - 50) * SEC
@@ -239,23 +275,54 @@ mod tests {
         let window = default_window();
         let mut word = 0;
         send(&window, &mut word, 0, 100);
-        let again = send(&window, &mut word, 1_000_000 * SEC, 100);
-        assert!(again.admitted);
+        let later = 1_000_000 * SEC;
         assert_eq!(
-            again.kept,
+            window.figures(word, later),
             Figures {
                 remaining: 100,
                 reset: 0
             }
         );
+        assert!(send(&window, &mut word, later, 100).is_admitted());
         // Slot [999 996 s, 1 000 008 s) leaves 72 s after it began.
         assert_eq!(
-            again.taken,
+            window.figures(word, later),
             Figures {
                 remaining: 0,
                 reset: 68 * SEC
             }
         );
+    }
+
+    #[test]
+    fn a_clock_reading_a_little_behind_the_state_counts_in_the_state_slot() {
+        let window = default_window();
+        let mut word = 0;
+        send(&window, &mut word, 12 * SEC, 99);
+        // Another thread read 11.9 s, then took the lock after the request above.
+        let behind = 12 * SEC - 100_000_000;
+        assert!(send(&window, &mut word, behind, 1).is_admitted());
+        assert!(!send(&window, &mut word, behind, 1).is_admitted());
+        assert!(!send(&window, &mut word, 84 * SEC - 1, 1).is_admitted());
+        assert!(send(&window, &mut word, 84 * SEC, 100).is_admitted());
+    }
+
+    #[test]
+    fn bit_positions_divide_exactly_for_every_counter_width() {
+        for max in (0..22).map(|b| (1u32 << b) + 1) {
+            let Some(window) = Window::new(Duration::from_secs(60), NonZeroU32::new(max).unwrap())
+            else {
+                continue;
+            };
+            for bit in 0..64 {
+                assert_eq!(
+                    window.age_of_bit(bit),
+                    bit / window.bits,
+                    "{bit} / {}",
+                    window.bits
+                );
+            }
+        }
     }
 
     #[test]

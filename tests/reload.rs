@@ -276,3 +276,29 @@ async fn sighup_reloads_the_running_binary() {
     assert!(kill("-TERM").success());
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[tokio::test]
+async fn under_a_changed_policy_each_key_keeps_its_share_of_the_limit() {
+    let up = spawn_upstream().await;
+    let path = config_file("changed", &toml(&up.url(), ""));
+    let running = start(&path);
+    let addr = running.local_addr();
+    for _ in 0..3 {
+        assert_eq!(send(addr, keyed("/a", "spent")).await.status, 200);
+    }
+    assert_eq!(send(addr, keyed("/a", "third")).await.status, 200);
+    // The burst doubles: a key that used all of it stays limited, one that used a third of it
+    // has a third of the new burst used.
+    std::fs::write(&path, toml(&up.url(), "").replace("burst = 3", "burst = 6")).unwrap();
+    running.reload().unwrap();
+    assert_eq!(send(addr, keyed("/a", "spent")).await.status, 429);
+    let mut passed = 0;
+    while send(addr, keyed("/a", "third")).await.status == 200 {
+        passed += 1;
+    }
+    assert_eq!(
+        passed, 4,
+        "6 minus the 2 that a third of the burst now counts for"
+    );
+    running.shutdown();
+}

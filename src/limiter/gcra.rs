@@ -114,6 +114,14 @@ impl Gcra {
         }
     }
 
+    /// State `tat` of limit `from`, carried over to this limit: the same share of the bucket
+    /// stays spent (half the burst used stays half used).
+    pub(crate) fn carried(&self, from: &Gcra, tat: Nanos, now: Nanos) -> Nanos {
+        let used = u128::from(tat.saturating_sub(now).min(from.capacity));
+        let share = used * u128::from(self.capacity) / u128::from(from.capacity.max(1));
+        now + share as Nanos
+    }
+
     /// Whether `tat` is indistinguishable from a key never seen.
     pub(crate) fn is_fresh(&self, tat: Nanos, now: Nanos) -> bool {
         tat <= now

@@ -186,6 +186,27 @@ impl<C: Clock> MemoryStore<C> {
         dropped
     }
 
+    /// See [`Store::carry_over`]. A key that already has state under `to` keeps it.
+    pub fn carry_over(&self, from: &Policy, to: &Policy) -> usize {
+        let now = self.clock.now();
+        let (old, new) = (self.table(from), self.table(to));
+        let mut moved = 0;
+        for entry in old.states.iter() {
+            let state = to.carried(from, entry.value(), now);
+            if to.is_fresh(&state, now) {
+                continue;
+            }
+            if let Entry::Vacant(vacant) = new.states.entry(*entry.key()) {
+                vacant.insert(state);
+                if *entry.key() != OVERFLOW {
+                    self.tracked.fetch_add(1, Ordering::Relaxed);
+                    moved += 1;
+                }
+            }
+        }
+        moved
+    }
+
     fn sweep_table(table: &Table, now: Nanos) -> usize {
         let mut dropped = 0;
         table.states.retain(|&hash, state| {
@@ -257,6 +278,10 @@ impl<C: Clock> Store for MemoryStore<C> {
     fn sweep(&self) -> usize {
         MemoryStore::sweep(self)
     }
+
+    fn carry_over(&self, from: &Policy, to: &Policy) -> usize {
+        MemoryStore::carry_over(self, from, to)
+    }
 }
 
 #[cfg(test)]
@@ -296,6 +321,27 @@ mod tests {
         let checked = store.check_now(&policy, b"k", ONE).unwrap();
         assert_eq!(peeked, checked);
         assert!(!peeked.is_allowed());
+    }
+
+    fn sized(burst: u32) -> Policy {
+        let n = NonZeroU32::new(burst).unwrap();
+        let rate = Gcra::new(Rate::per_second(ONE), n).unwrap();
+        let window = crate::limiter::Window::new(Duration::from_secs(60), n).unwrap();
+        Policy::new("p", &[Limit::Window(window), Limit::Rate(rate)]).unwrap()
+    }
+
+    #[test]
+    fn a_changed_policy_takes_over_each_keys_share_of_its_limits() {
+        let store = store(100);
+        let (old, new) = (sized(4), sized(8));
+        for _ in 0..2 {
+            assert!(admitted(&store, &old, b"half"));
+        }
+        assert_eq!(burst(&store, &old, b"spent"), 4);
+        assert_eq!(store.carry_over(&old, &new), 2);
+        assert_eq!(burst(&store, &new, b"half"), 4, "half of 8 stays used");
+        assert_eq!(burst(&store, &new, b"spent"), 0, "all of it stays used");
+        assert_eq!(burst(&store, &new, b"fresh"), 8);
     }
 
     #[test]

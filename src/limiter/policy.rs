@@ -252,6 +252,25 @@ impl Policy {
         })
     }
 
+    /// A key's `state` under policy `from`, carried over to this policy: each limit takes the
+    /// share used of the limit of the same kind in `from` (a kind `from` lacks starts fresh).
+    pub fn carried(&self, from: &Policy, state: &State, now: Nanos) -> State {
+        let mut next = State::default();
+        for (word, limit) in next.iter_mut().zip(self.limits()) {
+            let old = from
+                .limits()
+                .iter()
+                .zip(state)
+                .find(|(l, _)| l.kind() == limit.kind());
+            *word = match (limit, old) {
+                (Limit::Rate(new), Some((Limit::Rate(old), &w))) => new.carried(old, w, now),
+                (Limit::Window(new), Some((Limit::Window(old), &w))) => new.carried(old, w, now),
+                _ => 0,
+            };
+        }
+        next
+    }
+
     /// Whether `state` is the same as a fresh key's at `now`, so dropping it loses nothing.
     pub fn is_fresh(&self, state: &State, now: Nanos) -> bool {
         let mut words = state.iter();

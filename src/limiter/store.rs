@@ -78,6 +78,13 @@ pub trait Store: Send + Sync {
     fn sweep(&self) -> usize {
         0
     }
+
+    /// Carries every key's standing under policy `from` over to policy `to` (a changed policy
+    /// on reload): each keeps the same share of each limit used. Returns how many keys moved.
+    fn carry_over(&self, from: &Policy, to: &Policy) -> usize {
+        let _ = (from, to);
+        0
+    }
 }
 
 #[cfg(test)]

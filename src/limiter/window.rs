@@ -147,6 +147,19 @@ impl Window {
         self.leaves(index, self.age_of_bit(counts.trailing_zeros())) - now
     }
 
+    /// State `word` of window `from`, carried over to this window: the same share of the quota
+    /// counts as used (rounded up), all of it in the current slot, so it leaves a whole window
+    /// from now — later than it would have, never earlier.
+    pub(crate) fn carried(&self, from: &Window, word: u64, now: Nanos) -> u64 {
+        let used = u64::from(from.total(from.position(word, now).1));
+        let share = (used * u64::from(self.max)).div_ceil(u64::from(from.max));
+        if share == 0 {
+            return 0;
+        }
+        let epoch = self.slot.count_in(now) & self.epoch_mask();
+        (epoch << self.epoch_shift()) | share.min(u64::from(self.max))
+    }
+
     /// Whether `word` is indistinguishable from a key never seen.
     pub(crate) fn is_fresh(&self, word: u64, now: Nanos) -> bool {
         self.position(word, now).1 == 0

@@ -56,14 +56,27 @@ impl App {
     }
 
     /// The next generation, from a new config. A policy whose limits did not change keeps its
-    /// identity, so every client keeps its standing under it.
+    /// identity, so every client keeps its standing under it; a policy of the same name whose
+    /// limits changed gets each client's standing carried over in proportion (the same share
+    /// of each limit stays used).
     pub fn reload(mut config: Config, previous: &App) -> App {
         for policy in &mut config.policies {
-            let same = previous.config.policies.iter().find(|old| {
-                old.name == policy.name && old.rate == policy.rate && old.window == policy.window
-            });
-            if let Some(old) = same {
+            let Some(old) = previous
+                .config
+                .policies
+                .iter()
+                .find(|old| old.name == policy.name)
+            else {
+                continue;
+            };
+            if old.rate == policy.rate && old.window == policy.window {
                 policy.limiter = old.limiter.clone();
+            } else {
+                let moved = previous
+                    .life
+                    .store
+                    .carry_over(&old.limiter, &policy.limiter);
+                tracing::info!(policy = %policy.name, keys = moved, "policy changed; standing carried over");
             }
         }
         App::build(config, previous.life.clone())

@@ -18,12 +18,12 @@ fn keyed(path: &str, key: &str) -> http::Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// A policy small enough to wait out in a test: 5 back to back, 10/s, at most 8 in any 2 s.
+/// A policy small enough to wait out in a test: 5 back to back, 1/s, at most 8 in any 2 s.
 const SMALL: &str = r#"
 [upstreams.api]
 targets = ["{upstream}"]
 [policies.default]
-rate = "10/s"
+rate = "1/s"
 burst = 5
 window = "2s"
 window_requests = 8
@@ -226,10 +226,10 @@ fn api_keys() -> String {
 [upstreams.api]
 targets = ["{{upstream}}"]
 [policies.default]
-rate = "10/s"
+rate = "1/m"
 burst = 5
 [policies.partner]
-rate = "10/s"
+rate = "1/m"
 burst = 20
 [policies.auth_failures]
 rate = "1/m"

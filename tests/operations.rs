@@ -17,7 +17,7 @@ targets = ["{upstream}"]
 [upstreams.gone]
 targets = ["http://127.0.0.1:1"]
 [policies.default]
-rate = "10/s"
+rate = "1/m"
 burst = 3
 [[routes]]
 path = "/gone"

@@ -7,18 +7,10 @@ use base64::Engine;
 use bytes::Bytes;
 use http::Method;
 use http_body_util::Full;
-use sha2::{Digest, Sha256};
 use support::*;
 
 const WRITER_KEY: &str = "sk-writer-7f3a9c";
 const READER_KEY: &str = "sk-reader-2b81de";
-
-fn sha256_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// Two keys (`writer` with read and write, `reader` with read only), a route that needs the
 /// write scope and one that needs none. `extra` goes under `[auth]`.
@@ -49,17 +41,6 @@ scopes = ["read"]
         sha256_hex(WRITER_KEY),
         sha256_hex(READER_KEY)
     )
-}
-
-fn assert_problem(res: &Answer, status: u16) -> serde_json::Value {
-    assert_eq!(res.status, status, "body: {:?}", res.body);
-    assert_eq!(res.header("content-type"), "application/problem+json");
-    let body = res.json();
-    assert_eq!(body["status"], status);
-    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
-    assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
-    assert_eq!(body["request_id"], res.header("x-request-id"));
-    body
 }
 
 /// A GET of `path` with the given headers.

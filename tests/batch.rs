@@ -16,7 +16,6 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use support::*;
 use tokio::net::TcpListener;
 
@@ -77,23 +76,6 @@ fn responses(res: &Answer, ids: &[&str]) -> Vec<Value> {
     let got: Vec<&str> = list.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(got, ids, "one response per item, in request order");
     list
-}
-
-/// A problem answered for the whole request: status, media type, the standard members.
-fn assert_problem(res: &Answer, status: u16) -> Value {
-    assert_eq!(
-        res.status,
-        status,
-        "body: {}",
-        String::from_utf8_lossy(&res.body)
-    );
-    assert_eq!(res.header("content-type"), "application/problem+json");
-    let body = res.json();
-    assert_eq!(body["status"], status);
-    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
-    assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
-    assert_eq!(body["request_id"], res.header("x-request-id"));
-    body
 }
 
 /// A problem answered for one item inside the 207; returns its problem body.
@@ -851,13 +833,6 @@ async fn a_batch_of_n_items_costs_n_requests_of_the_limit() {
 
 const WRITER_KEY: &str = "sk-batch-writer-51c0";
 const READER_KEY: &str = "sk-batch-reader-9e2d";
-
-fn sha256_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn keys_config() -> String {
     format!(

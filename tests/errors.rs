@@ -21,17 +21,6 @@ methods = ["GET", "POST"]
 path = "/v1/"
 "#;
 
-fn assert_problem(res: &Answer, status: u16) -> serde_json::Value {
-    assert_eq!(res.status, status, "body: {:?}", res.body);
-    assert_eq!(res.header("content-type"), "application/problem+json");
-    let body = res.json();
-    assert_eq!(body["status"], status);
-    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
-    assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
-    assert_eq!(body["request_id"], res.header("x-request-id"));
-    body
-}
-
 /// An address where nothing listens.
 async fn closed_port() -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

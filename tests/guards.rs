@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use http_body_util::{Full, StreamBody};
-use sha2::{Digest, Sha256};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,17 +44,6 @@ max_body = "1KiB"
 }
 
 const MAX_BODY: usize = 1024;
-
-fn assert_problem(res: &Answer, status: u16) -> serde_json::Value {
-    assert_eq!(res.status, status, "body: {:?}", res.body);
-    assert_eq!(res.header("content-type"), "application/problem+json");
-    let body = res.json();
-    assert_eq!(body["status"], status);
-    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
-    assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
-    assert_eq!(body["request_id"], res.header("x-request-id"));
-    body
-}
 
 /// Runs `fut`, failing the test if it takes longer than `limit`.
 async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
@@ -874,13 +862,6 @@ policy = "none"
 
 const GOOD_KEY: &str = "k-good-123";
 const READ_KEY: &str = "k-read-456";
-
-fn sha256_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 fn auth_config() -> String {
     format!(

@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use http_body_util::Full;
-use sha2::{Digest, Sha256};
 use support::*;
 
 fn keyed(path: &str, key: &str) -> http::Request<Full<Bytes>> {
@@ -213,13 +212,6 @@ async fn the_limit_is_checked_before_the_body() {
     );
 }
 
-fn sha(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 fn api_keys() -> String {
     format!(
         r#"
@@ -252,8 +244,8 @@ scopes = ["admin"]
 [[routes]]
 path = "/"
 "#,
-        sha("small-key"),
-        sha("partner-key")
+        sha256_hex("small-key"),
+        sha256_hex("partner-key")
     )
 }
 

@@ -135,14 +135,6 @@ async fn open_connections_and_in_flight_requests_are_gauged() {
     assert_eq!(slow.await.unwrap().status, 200);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Runs the binary with JSON logs, sends the requests, and returns the access-log lines.
 async fn access_lines(extra: &[&str], requests: usize) -> Vec<serde_json::Value> {
     let up = spawn_upstream().await;

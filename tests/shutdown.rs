@@ -64,15 +64,6 @@ async fn drain_timeout_bounds_the_wait() {
     );
 }
 
-/// A free loopback port (bound and released; the binary binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn the_binary_drains_on_sigterm_and_exits_0() {
     let up = spawn_upstream().await;

@@ -273,3 +273,39 @@ pub fn chunked_json<const N: usize>(
         .body(body)
         .unwrap()
 }
+
+/// Asserts a problem+json answer of `status` with the standard members and the request id;
+/// returns its body.
+pub fn assert_problem(res: &Answer, status: u16) -> serde_json::Value {
+    assert_eq!(
+        res.status,
+        status,
+        "body: {}",
+        String::from_utf8_lossy(&res.body)
+    );
+    assert_eq!(res.header("content-type"), "application/problem+json");
+    let body = res.json();
+    assert_eq!(body["status"], status);
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(body["detail"].as_str().is_some_and(|t| !t.is_empty()));
+    assert_eq!(body["request_id"], res.header("x-request-id"));
+    body
+}
+
+/// The SHA-256 hex of an API key, as `[[auth.keys]] sha256` stores it.
+pub fn sha256_hex(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A free loopback port (bound and released; the binary under test binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -535,15 +535,14 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// A header name from the config, made `'static`: it is cloned into every request and
+/// response, and a static name clones without touching a reference count shared by all cores.
+/// (One small leak per config load.)
 fn header_name(key: &str, v: &Spanned<String>, errs: &mut Errors) -> Option<HeaderName> {
-    HeaderName::try_from(v.get_ref().as_str())
-        .map_err(|_| {
-            errs.push(
-                key,
-                v.span(),
-                format!("{:?} is not a header name", v.get_ref()),
-            )
-        })
-        .ok()
-        .or_else(|| Some(HeaderName::from_static("x-request-id")))
+    let name = v.get_ref().trim().to_ascii_lowercase();
+    if HeaderName::try_from(name.as_str()).is_err() {
+        errs.push(key, v.span(), format!("{:?} is not a header name", v.get_ref()));
+        return Some(HeaderName::from_static("x-request-id"));
+    }
+    Some(HeaderName::from_static(Box::leak(name.into_boxed_str())))
 }

@@ -266,9 +266,14 @@ def targets(args, work, scenario, workers, ports):
         with open(os.path.join(work, name), "w") as f:
             f.write(text)
     env = dict(os.environ, SLUICE_LOG="warn")
-    return [
-        Target("sluice", s_port, lambda: start(
-            [sluice, "--config", f"{work}/sluice.toml"], f"{work}/sluice.log", env=env)),
+
+    def sluice_at(binary):
+        return lambda: start([binary, "--config", f"{work}/sluice.toml"], f"{work}/sluice.log", env=env)
+
+    # Other builds of sluice (before/after an optimization) take the same port in turn.
+    variants = [Target(name, s_port, sluice_at(path)) for name, path in args.variant]
+    return variants + [
+        Target("sluice", s_port, sluice_at(sluice)),
         Target("nginx", n_port, lambda: start(
             ["nginx", "-p", work, "-e", f"{work}/nginx.err", "-c", f"{work}/nginx.conf"],
             f"{work}/nginx.log")),
@@ -308,15 +313,22 @@ def wrk(port, keys, seconds, conns):
 def run_table(args, work, scenario, workers, ports):
     keys = 1000 if scenario == "pass" else 10
     ts = targets(args, work, scenario, workers, ports)
-    for t in ts:
-        t.up()
+    # With variants sharing sluice's port, each proxy runs only for its own turn.
+    each_turn = bool(args.variant)
+    runs = {t.name: [] for t in ts}
     try:
-        for t in ts:  # warm-up: connections, pools, first keys
-            wrk(t.port, keys, 1, args.connections)
-        runs = {t.name: [] for t in ts}
+        if not each_turn:
+            for t in ts:
+                t.up()
+                wrk(t.port, keys, 1, args.connections)  # warm-up: connections, pools, keys
         for _ in range(args.rounds):
             for t in ts:
+                if each_turn:
+                    t.up()
+                    wrk(t.port, keys, 1, args.connections)
                 runs[t.name].append(wrk(t.port, keys, args.seconds, args.connections))
+                if each_turn:
+                    t.down()
     finally:
         for t in ts:
             t.down()
@@ -377,6 +389,8 @@ def main():
     ap.add_argument("--many-seconds", type=int, default=40)
     ap.add_argument("--port-base", type=int, default=18080)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], type=lambda v: tuple(v.split("=", 1)),
+                    metavar="NAME=BINARY", help="another sluice build to run beside the others")
     args = ap.parse_args()
     if args.smoke:
         args.rounds, args.seconds, args.workers = 1, 2, "1"

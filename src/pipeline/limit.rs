@@ -13,7 +13,11 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use super::auth::presented_key;
 use crate::config::{Config, KeySource, Mode, Policy, RateLimitHeaders};
 use crate::limiter::{Decision, Store};
-use crate::problem::Problem;
+use crate::problem::{Problem, Violated};
+
+/// Policies with up to this many limits have the 429's list of violated limits rendered for
+/// every combination at start.
+const PRERENDERED_LIMITS: usize = 4;
 
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -45,6 +49,8 @@ struct Named {
     policy_header: HeaderValue,
     /// Per limit, the start of its `RateLimit` item: `"default";r=`.
     prefixes: Vec<Vec<u8>>,
+    /// The violated limits of a 429, indexed by the bit set of the limits that refused.
+    refusals: Vec<Violated>,
 }
 
 impl Named {
@@ -71,7 +77,15 @@ impl Named {
                 format!("\"{name}\";q={quota};w={window}")
             })
             .collect();
+        let refusals = if names.len() <= PRERENDERED_LIMITS {
+            (0..1usize << names.len())
+                .map(|set| violated_names(&names, |i| set & (1 << i) != 0))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Named {
+            refusals,
             policy_header: HeaderValue::from_str(&items.join(", "))
                 .unwrap_or(HeaderValue::from_static("")),
             prefixes: names
@@ -148,11 +162,15 @@ impl Limits {
 
     /// The 429 for a refused verdict.
     fn refusal(&self, v: Verdict) -> Problem {
-        let violated = v
+        let named = &self.policies[v.policy];
+        let set = v
             .decision
             .violated()
-            .map(|(i, _)| self.policies[v.policy].names[i].clone())
-            .collect();
+            .fold(0usize, |set, (i, _)| set | 1 << i);
+        let violated = match named.refusals.get(set) {
+            Some(rendered) => rendered.clone(),
+            None => violated_names(&named.names, |i| set & (1 << i) != 0),
+        };
         Problem::RateLimited {
             retry_after: v.decision.retry_after_secs().unwrap_or(1),
             violated,
@@ -229,6 +247,16 @@ impl Limits {
             headers.insert(X_RESET.clone(), HeaderValue::from(tightest.reset_secs()));
         }
     }
+}
+
+fn violated_names(names: &[Arc<str>], refused: impl Fn(usize) -> bool) -> Violated {
+    Violated::new(
+        names
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| refused(i))
+            .map(|(_, n)| &**n),
+    )
 }
 
 /// The bytes that identify the client under a policy. Addresses are tagged with a NUL byte,

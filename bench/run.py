@@ -100,6 +100,19 @@ def rss_kib(pids):
     return total
 
 
+def cpu_seconds(pids):
+    """User plus system CPU time of the processes, in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except FileNotFoundError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def group_pids(p):
     """The leader and every process of its group (nginx's workers)."""
     pids = []
@@ -253,6 +266,15 @@ class Target:
     def rss(self):
         return rss_kib(group_pids(self.proc))
 
+    def load(self, keys, seconds, conns):
+        """One wrk run; adds the proxy's CPU time per request, which other load on the
+        machine disturbs much less than throughput."""
+        pids = group_pids(self.proc)
+        before = cpu_seconds(pids)
+        r = wrk(self.port, keys, seconds, conns)
+        r["cpu_us"] = (cpu_seconds(pids) - before) * 1e6 / max(1, r["total"])
+        return r
+
 
 def targets(args, work, scenario, workers, ports):
     up, s_port, n_port, h_port, admin = ports
@@ -326,7 +348,7 @@ def run_table(args, work, scenario, workers, ports):
                 if each_turn:
                     t.up()
                     wrk(t.port, keys, 1, args.connections)
-                runs[t.name].append(wrk(t.port, keys, args.seconds, args.connections))
+                runs[t.name].append(t.load(keys, args.seconds, args.connections))
                 if each_turn:
                     t.down()
     finally:
@@ -338,16 +360,17 @@ def run_table(args, work, scenario, workers, ports):
 def summarize(scenario, workers, runs):
     med = {}
     for name, rs in runs.items():
-        med[name] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99")}
+        med[name] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us")}
         med[name]["ok"] = 1 - sum(r["non2xx"] for r in rs) / max(1, sum(r["total"] for r in rs))
         med[name]["all_rps"] = [round(r["rps"]) for r in rs]
     print(f"\n### {scenario}, {workers} worker(s): median of {len(runs['sluice'])} rounds\n")
-    print("| proxy | req/s | p50 ms | p99 ms | 2xx share | sluice/peer req/s | rounds req/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| proxy | req/s | p50 ms | p99 ms | 2xx share | sluice/peer req/s "
+          "| CPU µs/req | rounds req/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, m in med.items():
         ratio = "" if name == "sluice" else f"{med['sluice']['rps'] / m['rps']:.2f}"
         print(f"| {name} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
-              f"{m['ok']:.3f} | {ratio} | {' '.join(map(str, m['all_rps']))} |")
+              f"{m['ok']:.3f} | {ratio} | {m['cpu_us']:.1f} | {' '.join(map(str, m['all_rps']))} |")
     sys.stdout.flush()
     return med
 

@@ -204,23 +204,34 @@ impl ClientIo {
             ));
         }
         self.head_bytes = if complete { None } else { Some(so_far + len) };
-        for &b in new {
-            self.tail = [self.tail[1], self.tail[2], b];
-        }
+        self.tail = last_three(&self.tail, new);
         Ok(())
     }
 }
 
 /// How many bytes of `new` belong to the head, and whether the head ends in them.
 fn head_end(tail: &[u8; 3], new: &[u8]) -> (usize, bool) {
+    // An end that straddles the previous read: look at the seams byte by byte.
     let mut window = *tail;
-    for (i, &b) in new.iter().enumerate() {
+    for (i, &b) in new.iter().take(3).enumerate() {
         if window == *b"\r\n\r" && b == b'\n' {
             return (i + 1, true);
         }
         window = [window[1], window[2], b];
     }
-    (new.len(), false)
+    match new.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (i + 4, true),
+        None => (new.len(), false),
+    }
+}
+
+/// The last three bytes of `tail` followed by `new`.
+fn last_three(tail: &[u8; 3], new: &[u8]) -> [u8; 3] {
+    let mut joined = [0u8; 6];
+    joined[..3].copy_from_slice(tail);
+    let n = new.len().min(3);
+    joined[3..3 + n].copy_from_slice(&new[new.len() - n..]);
+    [joined[n], joined[n + 1], joined[n + 2]]
 }
 
 impl AsyncRead for ClientIo {
@@ -285,5 +296,15 @@ mod tests {
         assert_eq!(head_end(&[0; 3], b"GET / HTTP/1.1\r\nHost: x"), (23, false));
         assert_eq!(head_end(b"x\r\n", b"\r\nbody"), (2, true));
         assert_eq!(head_end(b"\r\n\r", b"\nrest"), (1, true));
+        assert_eq!(head_end(b"\n\r\n", b"x\r\n\r\n"), (5, true));
+        assert_eq!(head_end(&[0; 3], b"\r\n"), (2, false));
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_three_bytes_read() {
+        assert_eq!(last_three(b"abc", b""), *b"abc");
+        assert_eq!(last_three(b"abc", b"d"), *b"bcd");
+        assert_eq!(last_three(b"abc", b"de"), *b"cde");
+        assert_eq!(last_three(b"abc", b"defgh"), *b"fgh");
     }
 }

@@ -223,17 +223,18 @@ impl Limits {
         }
         if matches!(self.style, RateLimitHeaders::Ietf | RateLimitHeaders::Both) {
             headers.insert(RATELIMIT_POLICY.clone(), named.policy_header.clone());
-            let mut value = Vec::with_capacity(named.prefixes.iter().map(|p| p.len() + 24).sum());
+            // Written on the stack, then copied once into the header value.
+            let mut value = Line::default();
             for (i, (limit, prefix)) in limits.iter().zip(&named.prefixes).enumerate() {
                 if i > 0 {
-                    value.extend_from_slice(b", ");
+                    value.push(b", ");
                 }
-                value.extend_from_slice(prefix);
-                value.extend_from_slice(itoa::Buffer::new().format(limit.remaining).as_bytes());
-                value.extend_from_slice(b";t=");
-                value.extend_from_slice(itoa::Buffer::new().format(limit.reset_secs()).as_bytes());
+                value.push(prefix);
+                value.push(itoa::Buffer::new().format(limit.remaining).as_bytes());
+                value.push(b";t=");
+                value.push(itoa::Buffer::new().format(limit.reset_secs()).as_bytes());
             }
-            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+            if let Ok(value) = value.into_header_value() {
                 headers.insert(RATELIMIT.clone(), value);
             }
         }
@@ -245,6 +246,46 @@ impl Limits {
             headers.insert(X_LIMIT.clone(), HeaderValue::from(tightest.quota));
             headers.insert(X_REMAINING.clone(), HeaderValue::from(tightest.remaining));
             headers.insert(X_RESET.clone(), HeaderValue::from(tightest.reset_secs()));
+        }
+    }
+}
+
+/// A header value being written: on the stack while it fits (it always does for policies
+/// with short names), on the heap beyond.
+struct Line {
+    len: usize,
+    stack: [u8; 192],
+    heap: Vec<u8>,
+}
+
+impl Default for Line {
+    fn default() -> Line {
+        Line {
+            len: 0,
+            stack: [0; 192],
+            heap: Vec::new(),
+        }
+    }
+}
+
+impl Line {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.heap.is_empty() && self.len + bytes.len() <= self.stack.len() {
+            self.stack[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+        } else {
+            if self.heap.is_empty() {
+                self.heap.extend_from_slice(&self.stack[..self.len]);
+            }
+            self.heap.extend_from_slice(bytes);
+        }
+    }
+
+    fn into_header_value(self) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+        if self.heap.is_empty() {
+            HeaderValue::from_bytes(&self.stack[..self.len])
+        } else {
+            HeaderValue::from_maybe_shared(Bytes::from(self.heap))
         }
     }
 }
@@ -286,4 +327,24 @@ fn client_key<'a>(
         }
     };
     Cow::Borrowed(&buf[..len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_line_longer_than_the_stack_buffer_is_kept_whole() {
+        let mut line = Line::default();
+        let item = b"\"a-policy-with-a-long-name\";r=100;t=60, ";
+        for _ in 0..10 {
+            line.push(item);
+        }
+        let value = line.into_header_value().unwrap();
+        assert_eq!(value.as_bytes(), item.repeat(10).as_slice());
+        let mut short = Line::default();
+        short.push(b"\"default\";r=");
+        short.push(b"7");
+        assert_eq!(short.into_header_value().unwrap(), "\"default\";r=7");
+    }
 }

@@ -1,5 +1,6 @@
--- Rotates the X-Api-Key header over N keys: wrk ... -s bench/keys.lua URL -- N
--- Up to 100 000 keys the requests are built once; beyond, each is built as it is sent.
+-- Rotates the X-Api-Key header over N keys: wrk ... -s bench/keys.lua URL -- N [FIRST]
+-- starting after key FIRST (default 0). Up to 100 000 keys the requests are built once;
+-- beyond, each is built as it is sent.
 local n, i, cached = 1000, 0, {}
 
 local function build(k)
@@ -9,6 +10,7 @@ end
 
 function init(args)
    n = tonumber(args[1] or "1000")
+   i = tonumber(args[2] or "0") % n
    if n <= 100000 then
       for k = 1, n do cached[k] = build(k) end
    end

@@ -13,7 +13,11 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use super::auth::presented_key;
 use crate::config::{Config, KeySource, Mode, Policy, RateLimitHeaders};
 use crate::limiter::{Decision, Store};
-use crate::problem::Problem;
+use crate::problem::{Problem, Violated};
+
+/// Policies with up to this many limits have the 429's list of violated limits rendered for
+/// every combination at start.
+const PRERENDERED_LIMITS: usize = 4;
 
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -45,6 +49,8 @@ struct Named {
     policy_header: HeaderValue,
     /// Per limit, the start of its `RateLimit` item: `"default";r=`.
     prefixes: Vec<Vec<u8>>,
+    /// The violated limits of a 429, indexed by the bit set of the limits that refused.
+    refusals: Vec<Violated>,
 }
 
 impl Named {
@@ -71,7 +77,15 @@ impl Named {
                 format!("\"{name}\";q={quota};w={window}")
             })
             .collect();
+        let refusals = if names.len() <= PRERENDERED_LIMITS {
+            (0..1usize << names.len())
+                .map(|set| violated_names(&names, |i| set & (1 << i) != 0))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Named {
+            refusals,
             policy_header: HeaderValue::from_str(&items.join(", "))
                 .unwrap_or(HeaderValue::from_static("")),
             prefixes: names
@@ -164,11 +178,15 @@ impl Limits {
 
     /// The 429 for a refused verdict.
     fn refusal(&self, v: Verdict) -> Problem {
-        let violated = v
+        let named = &self.policies[v.policy];
+        let set = v
             .decision
             .violated()
-            .map(|(i, _)| self.policies[v.policy].names[i].clone())
-            .collect();
+            .fold(0usize, |set, (i, _)| set | 1 << i);
+        let violated = match named.refusals.get(set) {
+            Some(rendered) => rendered.clone(),
+            None => violated_names(&named.names, |i| set & (1 << i) != 0),
+        };
         Problem::RateLimited {
             retry_after: v.decision.retry_after_secs().unwrap_or(1),
             violated,
@@ -221,17 +239,18 @@ impl Limits {
         }
         if matches!(self.style, RateLimitHeaders::Ietf | RateLimitHeaders::Both) {
             headers.insert(RATELIMIT_POLICY.clone(), named.policy_header.clone());
-            let mut value = Vec::with_capacity(named.prefixes.iter().map(|p| p.len() + 24).sum());
+            // Written on the stack, then copied once into the header value.
+            let mut value = Line::default();
             for (i, (limit, prefix)) in limits.iter().zip(&named.prefixes).enumerate() {
                 if i > 0 {
-                    value.extend_from_slice(b", ");
+                    value.push(b", ");
                 }
-                value.extend_from_slice(prefix);
-                value.extend_from_slice(itoa::Buffer::new().format(limit.remaining).as_bytes());
-                value.extend_from_slice(b";t=");
-                value.extend_from_slice(itoa::Buffer::new().format(limit.reset_secs()).as_bytes());
+                value.push(prefix);
+                value.push(itoa::Buffer::new().format(limit.remaining).as_bytes());
+                value.push(b";t=");
+                value.push(itoa::Buffer::new().format(limit.reset_secs()).as_bytes());
             }
-            if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+            if let Ok(value) = value.into_header_value() {
                 headers.insert(RATELIMIT.clone(), value);
             }
         }
@@ -245,6 +264,56 @@ impl Limits {
             headers.insert(X_RESET.clone(), HeaderValue::from(tightest.reset_secs()));
         }
     }
+}
+
+/// A header value being written: on the stack while it fits (it always does for policies
+/// with short names), on the heap beyond.
+struct Line {
+    len: usize,
+    stack: [u8; 192],
+    heap: Vec<u8>,
+}
+
+impl Default for Line {
+    fn default() -> Line {
+        Line {
+            len: 0,
+            stack: [0; 192],
+            heap: Vec::new(),
+        }
+    }
+}
+
+impl Line {
+    fn push(&mut self, bytes: &[u8]) {
+        if self.heap.is_empty() && self.len + bytes.len() <= self.stack.len() {
+            self.stack[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+            self.len += bytes.len();
+        } else {
+            if self.heap.is_empty() {
+                self.heap.extend_from_slice(&self.stack[..self.len]);
+            }
+            self.heap.extend_from_slice(bytes);
+        }
+    }
+
+    fn into_header_value(self) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+        if self.heap.is_empty() {
+            HeaderValue::from_bytes(&self.stack[..self.len])
+        } else {
+            HeaderValue::from_maybe_shared(Bytes::from(self.heap))
+        }
+    }
+}
+
+fn violated_names(names: &[Arc<str>], refused: impl Fn(usize) -> bool) -> Violated {
+    Violated::new(
+        names
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| refused(i))
+            .map(|(_, n)| &**n),
+    )
 }
 
 /// The bytes that identify the client under a policy. Addresses are tagged with a NUL byte,
@@ -274,4 +343,24 @@ fn client_key<'a>(
         }
     };
     Cow::Borrowed(&buf[..len])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_line_longer_than_the_stack_buffer_is_kept_whole() {
+        let mut line = Line::default();
+        let item = b"\"a-policy-with-a-long-name\";r=100;t=60, ";
+        for _ in 0..10 {
+            line.push(item);
+        }
+        let value = line.into_header_value().unwrap();
+        assert_eq!(value.as_bytes(), item.repeat(10).as_slice());
+        let mut short = Line::default();
+        short.push(b"\"default\";r=");
+        short.push(b"7");
+        assert_eq!(short.into_header_value().unwrap(), "\"default\";r=7");
+    }
 }

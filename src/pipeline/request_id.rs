@@ -3,6 +3,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use http::HeaderValue;
 
 /// Longest client-sent id that is kept; longer ones are replaced so logs stay sane.
@@ -47,7 +48,10 @@ impl RequestIds {
         for (i, b) in buf.iter_mut().enumerate() {
             *b = b"0123456789abcdef"[((id >> (60 - 4 * i)) & 0xf) as usize];
         }
-        HeaderValue::from_bytes(&buf).expect("hex digits are a valid header value")
+        // One allocation that the copies sent upstream and back to the client share; a value
+        // copied from a slice would allocate again when first cloned.
+        HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
+            .expect("hex digits are a valid header value")
     }
 }
 

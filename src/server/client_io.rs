@@ -54,6 +54,13 @@ pub struct HeadLimits {
     pub max_header_bytes: usize,
 }
 
+impl HeadLimits {
+    /// The shortest time any phase may last.
+    fn shortest(&self) -> Duration {
+        self.header_read_timeout.min(self.idle_timeout)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// No request in progress and no byte of the next one yet.
@@ -72,6 +79,13 @@ pub struct ClientIo {
     state: Arc<ConnState>,
     limits: HeadLimits,
     phase: Phase,
+    /// No request has been answered yet on this connection.
+    first: bool,
+    /// When the current phase began; its deadline is this plus the phase's timeout.
+    since: Instant,
+    /// Never later than the deadline of the current phase; on firing, the real deadline is
+    /// checked and the timer set again. So a request moves the deadline without touching the
+    /// runtime's timer wheel; the timer fires about once per the shorter of the two timeouts.
     timer: Pin<Box<Sleep>>,
     /// Bytes of the current head so far; `None` once its end has been seen.
     head_bytes: Option<usize>,
@@ -89,13 +103,16 @@ impl ClientIo {
         limits: HeadLimits,
     ) -> ClientIo {
         // A new connection must send its first head within header_read_timeout.
-        let timer = Box::pin(tokio::time::sleep(limits.header_read_timeout));
+        let since = Instant::now();
+        let timer = Box::pin(tokio::time::sleep_until(since + limits.shortest()));
         ClientIo {
             stream,
             proxy,
             state,
             limits,
             phase: Phase::Idle,
+            first: true,
+            since,
             timer,
             head_bytes: None,
             tail: [0; 3],
@@ -108,13 +125,42 @@ impl ClientIo {
         match (self.phase, busy) {
             (Phase::Busy, false) => {
                 self.phase = Phase::Idle;
-                self.timer
-                    .as_mut()
-                    .reset(Instant::now() + self.limits.idle_timeout);
+                self.since = Instant::now();
             }
-            (Phase::Idle | Phase::Head, true) => self.phase = Phase::Busy,
+            (Phase::Idle | Phase::Head, true) => {
+                self.phase = Phase::Busy;
+                self.first = false;
+            }
             _ => {}
         }
+    }
+
+    /// The deadline of the current phase (none while a request is being answered).
+    fn deadline(&self) -> Option<Instant> {
+        match self.phase {
+            // Until the first request, a connection has header_read_timeout to send its head.
+            Phase::Idle if self.first => Some(self.since + self.limits.header_read_timeout),
+            Phase::Idle => Some(self.since + self.limits.idle_timeout),
+            Phase::Head => Some(self.since + self.limits.header_read_timeout),
+            Phase::Busy => None,
+        }
+    }
+
+    /// Whether the current phase's deadline has passed; if not, the timer is set again, no
+    /// later than that deadline nor than the earliest deadline a later phase could have.
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            let Some(deadline) = self.deadline() else {
+                return false;
+            };
+            if deadline <= now {
+                return true;
+            }
+            let next = deadline.min(now + self.limits.shortest());
+            self.timer.as_mut().reset(next);
+        }
+        false
     }
 
     /// The timer ran out: an idle connection ends quietly; a half-sent head gets a 408.
@@ -144,8 +190,7 @@ impl ClientIo {
             self.phase = Phase::Head;
             self.head_bytes = Some(0);
             self.tail = [0; 3];
-            let deadline = Instant::now() + self.limits.header_read_timeout;
-            self.timer.as_mut().reset(deadline);
+            self.since = Instant::now();
         }
         let Some(so_far) = self.head_bytes else {
             return Ok(());
@@ -159,23 +204,34 @@ impl ClientIo {
             ));
         }
         self.head_bytes = if complete { None } else { Some(so_far + len) };
-        for &b in new {
-            self.tail = [self.tail[1], self.tail[2], b];
-        }
+        self.tail = last_three(&self.tail, new);
         Ok(())
     }
 }
 
 /// How many bytes of `new` belong to the head, and whether the head ends in them.
 fn head_end(tail: &[u8; 3], new: &[u8]) -> (usize, bool) {
+    // An end that straddles the previous read: look at the seams byte by byte.
     let mut window = *tail;
-    for (i, &b) in new.iter().enumerate() {
+    for (i, &b) in new.iter().take(3).enumerate() {
         if window == *b"\r\n\r" && b == b'\n' {
             return (i + 1, true);
         }
         window = [window[1], window[2], b];
     }
-    (new.len(), false)
+    match new.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(i) => (i + 4, true),
+        None => (new.len(), false),
+    }
+}
+
+/// The last three bytes of `tail` followed by `new`.
+fn last_three(tail: &[u8; 3], new: &[u8]) -> [u8; 3] {
+    let mut joined = [0u8; 6];
+    joined[..3].copy_from_slice(tail);
+    let n = new.len().min(3);
+    joined[3..3 + n].copy_from_slice(&new[new.len() - n..]);
+    [joined[n], joined[n + 1], joined[n + 2]]
 }
 
 impl AsyncRead for ClientIo {
@@ -188,7 +244,7 @@ impl AsyncRead for ClientIo {
         this.update_phase();
         if this.phase == Phase::Busy {
             this.state.reader.register(cx.waker());
-        } else if this.timer.as_mut().poll(cx).is_ready() {
+        } else if this.timed_out(cx) {
             return Poll::Ready(this.expire());
         }
         let before = buf.filled().len();
@@ -240,5 +296,15 @@ mod tests {
         assert_eq!(head_end(&[0; 3], b"GET / HTTP/1.1\r\nHost: x"), (23, false));
         assert_eq!(head_end(b"x\r\n", b"\r\nbody"), (2, true));
         assert_eq!(head_end(b"\r\n\r", b"\nrest"), (1, true));
+        assert_eq!(head_end(b"\n\r\n", b"x\r\n\r\n"), (5, true));
+        assert_eq!(head_end(&[0; 3], b"\r\n"), (2, false));
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_three_bytes_read() {
+        assert_eq!(last_three(b"abc", b""), *b"abc");
+        assert_eq!(last_three(b"abc", b"d"), *b"bcd");
+        assert_eq!(last_three(b"abc", b"de"), *b"cde");
+        assert_eq!(last_three(b"abc", b"defgh"), *b"fgh");
     }
 }

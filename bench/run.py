@@ -1,0 +1,479 @@
+#!/usr/bin/env python3
+"""Load benchmark: sluice against nginx and HAProxy as rate-limiting reverse proxies.
+
+Everything runs on 127.0.0.1: an upstream (nginx, 1 worker, a small JSON body), and in front of
+it sluice, nginx (limit_req keyed by X-Api-Key) and HAProxy (a stick table keyed by X-Api-Key).
+wrk loads each proxy in turn (A B C, A B C, ...) with a Lua script rotating X-Api-Key over N
+keys; the table gives per proxy the median req/s, p50 and p99 over the rounds, and sluice's
+ratio to each peer.
+
+Scenarios:
+  pass     limits far above the load, 1000 keys: everything is proxied (most answers 200)
+  reject   the published default (burst 100, 1/s, 100 per 60 s) over 10 keys: nearly all 429
+  manykeys 1M distinct keys over one run per proxy; RSS of each proxy before and after
+
+  bench/setup.sh                 # nginx, haproxy, wrk from Debian packages
+  bench/run.py                   # full run: 1 and 2 workers, pass + reject, then manykeys
+  bench/run.py --smoke           # CI: 1 worker, one round of 2 s per proxy, few keys; asserts
+Every process started here is stopped on exit (also on Ctrl-C or SIGTERM).
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BODY = '{"id":42,"name":"Ada Lovelace","status":"active"}'
+PASS_RATE = 1_000_000  # requests per second per key: far above anything wrk sends here
+
+children = []  # Popen objects, each the leader of its own process group
+
+
+def start(cmd, log, **kw):
+    out = open(log, "ab")
+    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    children.append(p)
+    return p
+
+
+def stop(p):
+    if p.poll() is None:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=10)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+    if p in children:
+        children.remove(p)
+
+
+def stop_all(*_):
+    for p in list(children):
+        stop(p)
+    if _:
+        sys.exit(130)
+
+
+def wait_port(port, proc, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process {proc.args[0]} exited early (code {proc.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def check_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise SystemExit(f"port 127.0.0.1:{port} is taken; pass --port-base")
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                m = re.search(r"VmRSS:\s+(\d+) kB", f.read())
+                total += int(m.group(1)) if m else 0
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def cpu_seconds(pids):
+    """User plus system CPU time of the processes, in seconds."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except FileNotFoundError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def group_pids(p):
+    """The leader and every process of its group (nginx's workers)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                if os.getpgid(int(d)) == p.pid:
+                    pids.append(int(d))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+# ---------------------------------------------------------------------------- configurations
+
+
+def upstream_conf(port, work):
+    return f"""
+worker_processes 1;
+daemon off;
+user root;
+pid {work}/upstream.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 75s;
+  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;
+  uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ default_type application/json; return 200 '{BODY}'; }}
+  }}
+}}
+"""
+
+
+def nginx_conf(port, up, workers, work, scenario):
+    # 1r/s burst=100 nodelay is the published default's token bucket; nginx has no rolling
+    # window, so the 60-s window is left out (in the reject scenario it changes nothing).
+    rate, burst = (f"{PASS_RATE}r/s", PASS_RATE) if scenario == "pass" else ("1r/s", 100)
+    zone = "160m" if scenario == "manykeys" else "16m"
+    return f"""
+worker_processes {workers};
+daemon off;
+user root;
+pid {work}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 75s;
+  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;
+  uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+  limit_req_zone $http_x_api_key zone=keys:{zone} rate={rate};
+  limit_req_status 429;
+  upstream api {{
+    server 127.0.0.1:{up};
+    keepalive 256;
+    keepalive_requests 10000000;
+  }}
+  server {{
+    listen 127.0.0.1:{port} reuseport;
+    location / {{
+      limit_req zone=keys burst={burst} nodelay;
+      proxy_pass http://api;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Forwarded-Host $host;
+      proxy_set_header X-Real-IP $remote_addr;
+      proxy_set_header X-Request-Id $request_id;
+      add_header X-Request-Id $request_id always;
+    }}
+  }}
+}}
+"""
+
+
+def haproxy_conf(port, up, workers, scenario):
+    # A stick table counts requests per key over a period; no token bucket. Reject: at most
+    # 100 per 60 s (the published window); pass: a limit nothing reaches.
+    limit = 10 * PASS_RATE if scenario == "pass" else 100
+    size = "2m" if scenario == "manykeys" else "100k"
+    return f"""
+global
+  nbthread {workers}
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 75s
+  timeout server 60s
+  timeout http-keep-alive 75s
+  option http-keep-alive
+  http-reuse always
+frontend proxy
+  bind 127.0.0.1:{port}
+  stick-table type string len 64 size {size} expire 60s store http_req_rate(60s)
+  http-request track-sc0 req.hdr(x-api-key)
+  http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {limit} }}
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  http-request set-header X-Real-IP %[src]
+  unique-id-format %{{+X}}o%[rand,hex]%[rand,hex]
+  unique-id-header X-Request-Id
+  http-after-response set-header X-Request-Id %[unique-id]
+  default_backend api
+backend api
+  server up 127.0.0.1:{up} maxconn 1024
+"""
+
+
+def sluice_conf(port, admin, up, workers, scenario):
+    if scenario == "pass":
+        policy = f'[policies.default]\nrate = "{PASS_RATE}/s"\nburst = {PASS_RATE}\nkey = "api_key"\n'
+    else:
+        policy = ""  # the built-in default: the published rule, keyed by the presented key
+    return f"""
+[server]
+listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin}"
+workers = {workers}
+max_keys = 2000000
+
+[upstreams.api]
+targets = ["http://127.0.0.1:{up}"]
+
+{policy}"""
+
+
+# ---------------------------------------------------------------------------- running
+
+
+class Target:
+    def __init__(self, name, port, launch):
+        self.name, self.port, self.launch, self.proc = name, port, launch, None
+
+    def up(self):
+        self.proc = self.launch()
+        wait_port(self.port, self.proc)
+        time.sleep(0.3)
+
+    def down(self):
+        if self.proc:
+            stop(self.proc)
+            self.proc = None
+
+    def rss(self):
+        return rss_kib(group_pids(self.proc))
+
+    def load(self, keys, seconds, conns):
+        """One wrk run; adds the proxy's CPU time per request, which other load on the
+        machine disturbs much less than throughput."""
+        pids = group_pids(self.proc)
+        before = cpu_seconds(pids)
+        r = wrk(self.port, keys, seconds, conns)
+        r["cpu_us"] = (cpu_seconds(pids) - before) * 1e6 / max(1, r["total"])
+        return r
+
+
+def targets(args, work, scenario, workers, ports):
+    up, s_port, n_port, h_port, admin = ports
+    sluice = os.path.join(ROOT, "target", "release", "sluice")
+    files = {
+        "sluice.toml": sluice_conf(s_port, admin, up, workers, scenario),
+        "nginx.conf": nginx_conf(n_port, up, workers, work, scenario),
+        "haproxy.cfg": haproxy_conf(h_port, up, workers, scenario),
+    }
+    for name, text in files.items():
+        with open(os.path.join(work, name), "w") as f:
+            f.write(text)
+    env = dict(os.environ, SLUICE_LOG="warn")
+
+    def sluice_at(binary):
+        return lambda: start([binary, "--config", f"{work}/sluice.toml"], f"{work}/sluice.log", env=env)
+
+    # Other builds of sluice (before/after an optimization) take the same port in turn.
+    variants = [Target(name, s_port, sluice_at(path)) for name, path in args.variant]
+    return variants + [
+        Target("sluice", s_port, sluice_at(sluice)),
+        Target("nginx", n_port, lambda: start(
+            ["nginx", "-p", work, "-e", f"{work}/nginx.err", "-c", f"{work}/nginx.conf"],
+            f"{work}/nginx.log")),
+        Target("haproxy", h_port, lambda: start(
+            ["haproxy", "-db", "-f", f"{work}/haproxy.cfg"], f"{work}/haproxy.log")),
+    ]
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(port, keys, seconds, conns, first=0):
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s",
+           "-s", os.path.join(ROOT, "bench", "keys.lua"),
+           f"http://127.0.0.1:{port}/v1/candidates", "--", str(keys), str(first)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+
+    def latency(pct):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        return float(m.group(1)) * UNITS[m.group(2)] if m else float("nan")
+
+    total = re.search(r"(\d+) requests in", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not (total and rps):
+        raise SystemExit(f"could not read wrk's output:\n{out}")
+    return {
+        "rps": float(rps.group(1)),
+        "p50": latency(50),
+        "p99": latency(99),
+        "total": int(total.group(1)),
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "errors": "Socket errors" in out,
+    }
+
+
+def run_table(args, work, scenario, workers, ports):
+    keys = 1000 if scenario == "pass" else 10
+    ts = targets(args, work, scenario, workers, ports)
+    # With variants sharing sluice's port, each proxy runs only for its own turn.
+    each_turn = bool(args.variant)
+    runs = {t.name: [] for t in ts}
+    try:
+        if not each_turn:
+            for t in ts:
+                t.up()
+                wrk(t.port, keys, 1, args.connections)  # warm-up: connections, pools, keys
+        for _ in range(args.rounds):
+            for t in ts:
+                if each_turn:
+                    t.up()
+                    wrk(t.port, keys, 1, args.connections)
+                runs[t.name].append(t.load(keys, args.seconds, args.connections))
+                if each_turn:
+                    t.down()
+    finally:
+        for t in ts:
+            t.down()
+    return summarize(scenario, workers, runs)
+
+
+def summarize(scenario, workers, runs):
+    med = {}
+    for name, rs in runs.items():
+        med[name] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us")}
+        med[name]["ok"] = 1 - sum(r["non2xx"] for r in rs) / max(1, sum(r["total"] for r in rs))
+        med[name]["all_rps"] = [round(r["rps"]) for r in rs]
+    print(f"\n### {scenario}, {workers} worker(s): median of {len(runs['sluice'])} rounds\n")
+    print("| proxy | req/s | p50 ms | p99 ms | 2xx share | sluice/peer req/s "
+          "| CPU µs/req | rounds req/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, m in med.items():
+        ratio = "" if name == "sluice" else f"{med['sluice']['rps'] / m['rps']:.2f}"
+        print(f"| {name} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
+              f"{m['ok']:.3f} | {ratio} | {m['cpu_us']:.1f} | {' '.join(map(str, m['all_rps']))} |")
+    sys.stdout.flush()
+    return med
+
+
+def run_manykeys(args, work, ports):
+    keys = args.many_keys
+    ts = targets(args, work, "manykeys", 1, ports)
+    print(f"\n### many keys: {keys} distinct keys, one run per proxy, 1 worker\n")
+    print("| proxy | RSS idle MiB | RSS after MiB | req/s | distinct keys seen | 2xx share |")
+    print("|---|---|---|---|---|---|")
+    result = {}
+    for t in ts:
+        t.up()
+        try:
+            idle = t.rss()
+            r = {"total": 0, "non2xx": 0, "seconds": 0.0}
+            # In runs of a few seconds, each starting at the next new key, until every key
+            # has been sent once or the time is up.
+            while r["total"] < keys and r["seconds"] < args.many_seconds:
+                run = wrk(t.port, keys, min(10, args.many_seconds), args.connections, r["total"])
+                r["total"] += run["total"]
+                r["non2xx"] += run["non2xx"]
+                r["seconds"] += run["total"] / max(run["rps"], 1)
+            r["rps"] = r["total"] / max(r["seconds"], 1e-9)
+            time.sleep(0.5)
+            after = t.rss()
+        finally:
+            t.down()
+        seen = min(keys, r["total"])
+        ok = 1 - r["non2xx"] / max(1, r["total"])
+        result[t.name] = {"idle": idle, "after": after, "seen": seen}
+        print(f"| {t.name} | {idle / 1024:.1f} | {after / 1024:.1f} | {r['rps']:.0f} | "
+              f"{seen} | {ok:.3f} |")
+        sys.stdout.flush()
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="one round of 2 s, 1 worker; for CI")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=4, help="per proxy per round")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--workers", default="1,2", help="worker counts, one table each")
+    ap.add_argument("--scenarios", default="pass,reject,manykeys")
+    ap.add_argument("--many-keys", type=int, default=1_000_000)
+    ap.add_argument("--many-seconds", type=int, default=180, help="at most, per proxy")
+    ap.add_argument("--port-base", type=int, default=18080)
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], type=lambda v: tuple(v.split("=", 1)),
+                    metavar="NAME=BINARY", help="another sluice build to run beside the others")
+    args = ap.parse_args()
+    if args.smoke:
+        args.rounds, args.seconds, args.workers = 1, 2, "1"
+        args.many_keys, args.many_seconds = 20_000, 2
+    for tool in ("nginx", "haproxy", "wrk"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: run bench/setup.sh")
+    if not args.no_build:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    ports = [args.port_base + i for i in range(5)]
+    for p in ports:
+        check_free(p)
+    signal.signal(signal.SIGTERM, stop_all)
+    signal.signal(signal.SIGINT, stop_all)
+    work = tempfile.mkdtemp(prefix="sluice-bench-")
+    os.makedirs(f"{work}/tmp")
+    failures = []
+    try:
+        with open(f"{work}/upstream.conf", "w") as f:
+            f.write(upstream_conf(ports[0], work))
+        upstream = start(["nginx", "-p", work, "-e", f"{work}/upstream.err",
+                          "-c", f"{work}/upstream.conf"], f"{work}/upstream.log")
+        wait_port(ports[0], upstream)
+        print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
+              f"wrk -t1 -c{args.connections}, {args.seconds} s per proxy per round")
+        scenarios = args.scenarios.split(",")
+        for workers in map(int, args.workers.split(",")):
+            for scenario in (s for s in scenarios if s in ("pass", "reject")):
+                med = run_table(args, work, scenario, workers, ports)
+                failures += check(scenario, med)
+        if "manykeys" in scenarios:
+            many = run_manykeys(args, work, ports)
+            if many["sluice"]["seen"] < args.many_keys and not args.smoke:
+                print(f"note: sluice saw {many['sluice']['seen']} keys, fewer than asked")
+    finally:
+        stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+    for f in failures:
+        print(f"FAIL: {f}")
+    sys.exit(1 if failures else 0)
+
+
+def check(scenario, med):
+    """Every proxy must answer the way its scenario means: mostly 200, or mostly 429."""
+    failures = []
+    for name, m in med.items():
+        if scenario == "pass" and m["ok"] < 0.99:
+            failures.append(f"{scenario}: {name} answered only {m['ok']:.1%} 2xx")
+        if scenario == "reject" and m["ok"] > 0.05:
+            failures.append(f"{scenario}: {name} let {m['ok']:.1%} through")
+    return failures
+
+
+if __name__ == "__main__":
+    main()

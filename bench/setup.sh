@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the load benchmark's peers and load generator from Debian packages (bookworm:
+# nginx 1.22, HAProxy 2.6, wrk 4.1). RUNLEVEL=1 keeps the packages from starting services.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1
+missing=()
+command -v nginx >/dev/null || missing+=(nginx-light)
+command -v haproxy >/dev/null || missing+=(haproxy)
+command -v wrk >/dev/null || missing+=(wrk)
+if ((${#missing[@]})); then
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}"
+fi
+nginx -v 2>&1
+haproxy -v | head -1
+wrk --version 2>&1 | head -1 || true

@@ -541,7 +541,11 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
 fn header_name(key: &str, v: &Spanned<String>, errs: &mut Errors) -> Option<HeaderName> {
     let name = v.get_ref().trim().to_ascii_lowercase();
     if HeaderName::try_from(name.as_str()).is_err() {
-        errs.push(key, v.span(), format!("{:?} is not a header name", v.get_ref()));
+        errs.push(
+            key,
+            v.span(),
+            format!("{:?} is not a header name", v.get_ref()),
+        );
         return Some(HeaderName::from_static("x-request-id"));
     }
     Some(HeaderName::from_static(Box::leak(name.into_boxed_str())))

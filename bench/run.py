@@ -239,6 +239,7 @@ listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin}"
 workers = {workers}
 max_keys = 2000000
+access_log = false  # as for nginx and HAProxy here: no access log
 
 [upstreams.api]
 targets = ["http://127.0.0.1:{up}"]

@@ -53,12 +53,6 @@ pub struct Proxy {
     worker: usize,
 }
 
-/// Where a request came from.
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub addr: SocketAddr,
-}
-
 impl Proxy {
     pub fn new(app: Arc<App>, worker: usize) -> Proxy {
         Proxy {
@@ -81,7 +75,7 @@ impl Proxy {
         shard.in_flight(1);
         let mut rec = Record::new(&self.app, req.method(), req.headers());
         let handling = async {
-            match self.handle(Peer { addr: peer }, &id, req, &mut rec).await {
+            match self.handle(peer, &id, req, &mut rec).await {
                 Ok(res) => res,
                 Err(p) => problem(p, &id),
             }
@@ -110,7 +104,7 @@ impl Proxy {
     /// The phases, in the order that decides which status wins when several apply.
     async fn handle(
         &self,
-        peer: Peer,
+        peer: SocketAddr,
         id: &HeaderValue,
         req: Request<Body>,
         rec: &mut Record,
@@ -121,15 +115,11 @@ impl Proxy {
         }
         if app.config.batch.enabled && req.uri().path() == app.config.batch.path {
             rec.route = app.metrics.batch_route();
-            return crate::batch::handle(self, peer.addr, req).await;
+            return crate::batch::handle(self, peer, req).await;
         }
         let (r, route) = self.route(&req)?;
         rec.route = r;
-        let client = client_ip(
-            peer.addr.ip(),
-            req.headers(),
-            &app.config.server.trusted_proxies,
-        );
+        let client = client_ip(peer.ip(), req.headers(), &app.config.server.trusted_proxies);
         let who = self
             .authenticate(&route.scopes, req.headers(), client)
             .await?;
@@ -147,7 +137,7 @@ impl Proxy {
         }
         payload::check_head(route, req.headers(), !req.body().is_end_stream())?;
         let (mut parts, body) = req.into_parts();
-        forward::prepare(app, peer.addr, client, id, &mut parts);
+        forward::prepare(app, peer, client, id, &mut parts);
         auth::identify_upstream(&app.config.auth, &app.keys, who, &mut parts.headers);
         let res = forward::send(self, r, route, parts, body).await?;
         rec.upstream_status = Some(res.status());

@@ -154,12 +154,7 @@ async fn access_lines(extra: &[&str], requests: usize) -> Vec<serde_json::Value>
         .spawn()
         .unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
+    wait_for_listener(addr).await;
     for i in 0..requests {
         let req = request(Method::GET, &format!("/item/{i}?q=secret"))
             .header("x-api-key", "the-secret-key");

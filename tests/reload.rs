@@ -245,12 +245,7 @@ async fn sighup_reloads_the_running_binary() {
         .spawn()
         .unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
+    wait_for_listener(addr).await;
     assert_eq!(get(addr, "/v2/x").await.status, 200);
     std::fs::write(
         &path,

@@ -86,15 +86,7 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
         .unwrap();
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let mut up_yet = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(admin_addr).await.is_ok() {
-            up_yet = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(up_yet, "sluice did not start");
+    wait_for_listener(admin_addr).await;
     let slow = tokio::spawn(async move { get(addr, "/slow/500").await });
     tokio::time::sleep(Duration::from_millis(150)).await;
     let kill = Command::new("kill")

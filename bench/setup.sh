@@ -11,6 +11,7 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}"
 fi
+# sed reads all its input: `head` would close the pipe early and fail the script with SIGPIPE.
 nginx -v 2>&1
-haproxy -v | head -1
-wrk --version 2>&1 | head -1 || true
+haproxy -v 2>&1 | sed -n 1p
+wrk --version 2>&1 | sed -n 1p || true

@@ -55,6 +55,11 @@ fn governor() -> DefaultKeyedRateLimiter<u64> {
     RateLimiter::dashmap(Quota::per_second(ONE).allow_burst(nz(100)))
 }
 
+/// The same, keyed by byte strings.
+fn governor_bytes() -> DefaultKeyedRateLimiter<Vec<u8>> {
+    RateLimiter::dashmap(Quota::per_second(ONE).allow_burst(nz(100)))
+}
+
 /// The rate half of the published rule alone, like for like with governor.
 fn rate_only() -> Policy {
     let gcra = Gcra::new(Rate::per_second(ONE), nz(100)).unwrap();
@@ -108,6 +113,12 @@ fn hot_key(c: &mut Criterion) {
     let limiter = governor();
     group.bench_function("governor_keyed_dashmap", |b| {
         b.iter(|| limiter.check_key(black_box(&7)))
+    });
+    // Keyed by the same bytes as ours, as a proxy would key it by a credential.
+    let limiter = governor_bytes();
+    let key = b"client-key".to_vec();
+    group.bench_function("governor_keyed_dashmap_byte_key", |b| {
+        b.iter(|| limiter.check_key(black_box(&key)))
     });
     group.finish();
 }

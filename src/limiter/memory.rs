@@ -7,10 +7,11 @@
 //!   is std's keyed hash, a PRF with a security argument; it costs about 15 ns for a short
 //!   key. A faster keyed hash (foldhash, ahash) would need a new dependency and offers weaker
 //!   guarantees against crafted collisions, so it is not used.
-//! - **State** is two words per key (16 bytes; 24 with the hash), updated under the DashMap
-//!   shard lock, held only for the few arithmetic steps of a check. The fast path is `get_mut`;
-//!   `entry` is used only for a key not yet seen, and a new key is stored only once admitted, so
-//!   refused requests from unknown keys cost no memory either.
+//! - **State** is two words per key (16 bytes; 24 with the hash), kept as atomics
+//!   ([`AtomicState`]) so that a check takes only the shard's shared lock: a refusal writes
+//!   nothing and an admission is a compare-and-swap. `entry` (the exclusive lock) is used only
+//!   for a key not yet seen, and a new key is stored only once admitted, so refused requests
+//!   from unknown keys cost no memory either.
 //! - **Sweeping**: [`MemoryStore::sweep`] drops every key whose state equals a fresh key's, so
 //!   eviction never changes a decision. The server calls it periodically.
 //! - **At `max_keys`**, keys already tracked carry on as before, but a key not yet tracked is
@@ -30,6 +31,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use dashmap::mapref::one::Ref;
 
+use super::atomic::AtomicState;
 use super::clock::{Clock, MonotonicClock, Nanos};
 use super::policy::{Policy, State};
 use super::store::{Checked, Outcome, Store};
@@ -69,7 +71,7 @@ type Map<V> = DashMap<u64, V, BuildHasherDefault<Mix>>;
 /// One policy's keys.
 struct Table {
     policy: Policy,
-    states: Map<State>,
+    states: Map<AtomicState>,
 }
 
 impl Table {
@@ -148,8 +150,8 @@ impl<C: Clock> MemoryStore<C> {
         let now = self.clock.now();
         let hash = self.hash(key);
         let table = self.table(policy);
-        if let Some(mut state) = table.states.get_mut(&hash) {
-            return Ok(policy.decide(&mut state, now, cost)?);
+        if let Some(state) = table.states.get(&hash) {
+            return Ok(state.decide(policy, now, cost)?);
         }
         self.check_new(&table, hash, now, cost)
     }
@@ -160,10 +162,12 @@ impl<C: Clock> MemoryStore<C> {
         let hash = self.hash(key);
         let table = self.table(policy);
         let mut state = match table.states.get(&hash) {
-            Some(state) => *state,
-            None if self.tracked_keys() >= self.max_keys => {
-                table.states.get(&OVERFLOW).map(|s| *s).unwrap_or_default()
-            }
+            Some(state) => state.load(),
+            None if self.tracked_keys() >= self.max_keys => table
+                .states
+                .get(&OVERFLOW)
+                .map(|s| s.load())
+                .unwrap_or_default(),
             None => State::default(),
         };
         Ok(policy.decide(&mut state, now, cost)?)
@@ -192,12 +196,12 @@ impl<C: Clock> MemoryStore<C> {
         let (old, new) = (self.table(from), self.table(to));
         let mut moved = 0;
         for entry in old.states.iter() {
-            let state = to.carried(from, entry.value(), now);
+            let state = to.carried(from, &entry.value().load(), now);
             if to.is_fresh(&state, now) {
                 continue;
             }
             if let Entry::Vacant(vacant) = new.states.entry(*entry.key()) {
-                vacant.insert(state);
+                vacant.insert(AtomicState::new(state));
                 if *entry.key() != OVERFLOW {
                     self.tracked.fetch_add(1, Ordering::Relaxed);
                     moved += 1;
@@ -210,7 +214,7 @@ impl<C: Clock> MemoryStore<C> {
     fn sweep_table(table: &Table, now: Nanos) -> usize {
         let mut dropped = 0;
         table.states.retain(|&hash, state| {
-            let fresh = table.policy.is_fresh(state, now);
+            let fresh = table.policy.is_fresh(&state.get_mut(), now);
             dropped += usize::from(fresh && hash != OVERFLOW);
             !fresh
         });
@@ -244,16 +248,19 @@ impl<C: Clock> MemoryStore<C> {
     fn check_new(&self, table: &Table, hash: u64, now: Nanos, cost: NonZeroU32) -> Outcome {
         let policy = &table.policy;
         if self.tracked_keys() >= self.max_keys {
-            let mut shared = table.states.entry(OVERFLOW).or_default();
-            return Ok(policy.decide(&mut shared, now, cost)?);
+            if let Some(shared) = table.states.get(&OVERFLOW) {
+                return Ok(shared.decide(policy, now, cost)?);
+            }
+            let shared = table.states.entry(OVERFLOW).or_default();
+            return Ok(shared.decide(policy, now, cost)?);
         }
         match table.states.entry(hash) {
-            Entry::Occupied(mut state) => Ok(policy.decide(state.get_mut(), now, cost)?),
+            Entry::Occupied(state) => Ok(state.get().decide(policy, now, cost)?),
             Entry::Vacant(vacant) => {
                 let mut state = State::default();
                 let decision = policy.decide(&mut state, now, cost)?;
                 if decision.is_allowed() {
-                    vacant.insert(state);
+                    vacant.insert(AtomicState::new(state));
                     self.tracked.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(decision)
@@ -443,6 +450,41 @@ mod tests {
         });
         assert_eq!(admitted_total, 100);
         assert_eq!(store.tracked_keys(), 1);
+    }
+
+    #[test]
+    fn both_words_of_a_key_change_together_under_contention() {
+        // Two limits of the same size move in lockstep: any torn update or torn read would show
+        // as a pair of different figures, or a figure seen twice.
+        let store = store(100);
+        let policy = sized(1000);
+        let seen: Vec<Vec<(u32, u32, bool)>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..600)
+                            .map(|_| {
+                                let decision = store.check_now(&policy, b"hot", ONE).unwrap();
+                                let [window, rate] = [0, 1].map(|i| decision.limits()[i]);
+                                (window.remaining, rate.remaining, decision.is_allowed())
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let mut admitted: Vec<u32> = Vec::new();
+        for (window, rate, allowed) in seen.into_iter().flatten() {
+            assert_eq!(window, rate, "the two limits moved apart");
+            if allowed {
+                admitted.push(window);
+            } else {
+                assert_eq!(window, 0, "a refusal before the quota was spent");
+            }
+        }
+        admitted.sort_unstable();
+        assert_eq!(admitted, (0..1000).collect::<Vec<_>>());
     }
 
     #[test]

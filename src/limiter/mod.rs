@@ -10,8 +10,10 @@
 //! - [`Clock`] (`clock.rs`): monotonic nanoseconds; a manual clock for tests.
 //! - [`Store`] (`store.rs`): `check(policy, key, cost)` returns [`Checked`], a future that is
 //!   ready at once for the in-memory store and pending for a remote one.
-//! - [`MemoryStore`] (`memory.rs`): DashMap per policy, hashed keys, sweeper, `max_keys` cap.
+//! - [`MemoryStore`] (`memory.rs`): DashMap per policy, hashed keys, sweeper, `max_keys` cap;
+//!   each key's state is a pair of atomics (`atomic.rs`), checked under the shard's read lock.
 
+mod atomic;
 mod clock;
 mod decision;
 mod gcra;

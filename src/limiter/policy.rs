@@ -200,7 +200,7 @@ impl Policy {
     ///
     /// Each limit's figures describe the state after the check: what is left once the request
     /// is taken, or as it was if any limit refused.
-    #[inline]
+    #[inline(always)]
     pub fn decide(
         &self,
         state: &mut State,

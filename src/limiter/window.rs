@@ -9,7 +9,8 @@
 //! later than an exact log would, plus that bound.
 //!
 //! All of it is packed in one `u64`: `k + 1` counters of `b = bits(N)` bits at the bottom and
-//! the slot number (modulo `2^e`, `e ≥ 20`) at the top; `k` is as large as fits (5 for
+//! the slot number (modulo `2^e`, `e ≥ 19`) above them, with the top bit left clear for the
+//! store's lock; `k` is as large as fits (5 for
 //! `N = 100`, so 12 s late at most for the 60-s default). A key idle for more than `2^e` slots
 //! could have its slot number alias; that only keeps stale counts, which errs on the safe side,
 //! and the sweeper drops such keys long before.
@@ -20,8 +21,10 @@ use std::time::Duration;
 use super::clock::{Interval, Nanos, nanos};
 use super::policy::{Figures, Verdict};
 
-/// Bits kept for the slot number, so aliasing needs a million idle slots.
-const MIN_EPOCH_BITS: u32 = 20;
+/// Bits kept for the slot number, so aliasing needs half a million idle slots.
+const MIN_EPOCH_BITS: u32 = 19;
+/// Bits a window may use: all but the top one, which the store uses as a lock.
+const WORD_BITS: u32 = u64::BITS - 1;
 /// More slots than this buy little precision and cost time per check.
 const MAX_SLOTS: u32 = 32;
 /// The longest window (about 73 years), so times never overflow.
@@ -52,7 +55,7 @@ impl Window {
     pub fn new(length: Duration, max: NonZeroU32) -> Option<Window> {
         let length = nanos(length);
         let bits = u32::BITS - max.get().leading_zeros();
-        let slots = ((u64::BITS - MIN_EPOCH_BITS) / bits).min(MAX_SLOTS);
+        let slots = ((WORD_BITS - MIN_EPOCH_BITS) / bits).min(MAX_SLOTS);
         if slots < 2 || length == 0 || length > MAX_LENGTH {
             return None;
         }
@@ -170,7 +173,7 @@ impl Window {
     }
 
     fn epoch_mask(&self) -> u64 {
-        u64::MAX >> self.epoch_shift()
+        u64::MAX >> (self.epoch_shift() + u64::BITS - WORD_BITS)
     }
 
     fn counts_mask(&self) -> u64 {
@@ -333,6 +336,24 @@ mod tests {
                     bit / window.bits,
                     "{bit} / {}",
                     window.bits
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_top_bit_of_a_word_is_never_set() {
+        // The store uses it as the lock of a two-limit state.
+        for bits in 1..=22 {
+            let max = NonZeroU32::new((1 << bits) - 1).unwrap();
+            let window = Window::new(Duration::from_millis(7), max).unwrap();
+            for now in [0, 1 << 40, (1 << 62) - 1] {
+                let mut word = 0;
+                send(&window, &mut word, now, max.get());
+                assert_eq!(word >> 63, 0, "{bits} bits at {now}");
+                assert!(
+                    window.check(word, now, 1).0.wait() > 0,
+                    "the window is full"
                 );
             }
         }

@@ -1,0 +1,125 @@
+//! A key's state as atomics, so a check needs only the map's shared (read) lock.
+//!
+//! - **One limit**: one word, updated by compare-and-swap, as a lock-free token bucket is.
+//! - **Two limits**: both words must change together. The top bit of the first word is a
+//!   lock, held only while the new words are stored (no limit ever sets that bit: a
+//!   theoretical arrival time stays below 2⁶³ ns and a window keeps it clear). Readers
+//!   never take it: they read the first word, the second, then the first again, and retry
+//!   if it changed or was locked (a sequence lock). Every admission changes the first word
+//!   (a later arrival time, or a larger count), so an unchanged first word means an
+//!   unchanged state.
+//!
+//! A refusal therefore writes nothing at all, and an admission is one compare-and-swap (plus
+//! two stores for two limits). Keys in one shard no longer wait for each other, and many
+//! threads refusing one hot key do not contend on a lock.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+
+use super::clock::Nanos;
+use super::decision::{Decision, MAX_LIMITS};
+use super::policy::{InsufficientCapacity, Policy, State};
+
+/// The lock bit of the first word.
+pub(crate) const LOCKED: u64 = 1 << 63;
+
+/// A key's state, shared by the threads checking it.
+#[derive(Debug, Default)]
+pub(crate) struct AtomicState([AtomicU64; MAX_LIMITS]);
+
+impl AtomicState {
+    pub(crate) fn new(state: State) -> AtomicState {
+        AtomicState(state.map(AtomicU64::new))
+    }
+
+    /// A consistent copy of the state.
+    pub(crate) fn load(&self) -> State {
+        let mut spins = 0u32;
+        loop {
+            if let Some(state) = self.read() {
+                return state;
+            }
+            spins = wait(spins);
+        }
+    }
+
+    /// The state, through exclusive access (no other thread can be checking it).
+    pub(crate) fn get_mut(&mut self) -> State {
+        self.0.each_mut().map(|word| *word.get_mut())
+    }
+
+    /// [`Policy::decide`] on this state, atomically: the cost is taken from every limit or
+    /// from none, as if the check ran alone.
+    #[inline(always)]
+    pub(crate) fn decide(
+        &self,
+        policy: &Policy,
+        now: Nanos,
+        cost: NonZeroU32,
+    ) -> Result<Decision, InsufficientCapacity> {
+        let single = policy.limits().len() == 1;
+        let mut spins = 0u32;
+        loop {
+            let first = self.0[0].load(Ordering::Acquire);
+            if first & LOCKED != 0 {
+                spins = wait(spins);
+                continue;
+            }
+            let seen = [first, self.0[1].load(Ordering::Relaxed)];
+            let mut next = seen;
+            let decision = policy.decide(&mut next, now, cost)?;
+            if !decision.is_allowed() {
+                if single || self.unchanged(first) {
+                    return Ok(decision);
+                }
+                continue;
+            }
+            debug_assert!(next[0] & LOCKED == 0, "a limit set the lock bit");
+            if single {
+                if self.swap(first, next[0]) {
+                    return Ok(decision);
+                }
+                continue;
+            }
+            // The lock is taken from the very word the decision was made on, so the second
+            // word cannot have changed since it was read.
+            if self.swap(first, first | LOCKED) {
+                // Keeps the stores below from being seen before the lock.
+                fence(Ordering::Release);
+                self.0[1].store(next[1], Ordering::Relaxed);
+                self.0[0].store(next[0], Ordering::Release);
+                return Ok(decision);
+            }
+        }
+    }
+
+    /// Both words as of one instant, or `None` if a writer was at work.
+    fn read(&self) -> Option<State> {
+        let first = self.0[0].load(Ordering::Acquire);
+        let state = [first, self.0[1].load(Ordering::Relaxed)];
+        (first & LOCKED == 0 && self.unchanged(first)).then_some(state)
+    }
+
+    /// Whether the first word still reads `first`, so what was read after it is consistent.
+    fn unchanged(&self, first: u64) -> bool {
+        fence(Ordering::Acquire);
+        self.0[0].load(Ordering::Relaxed) == first
+    }
+
+    fn swap(&self, current: u64, new: u64) -> bool {
+        self.0[0]
+            .compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+/// Waits a moment for a writer to finish its two stores; if it seems to have been preempted
+/// meanwhile, gives the core away rather than spin.
+fn wait(spins: u32) -> u32 {
+    if spins < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+    spins.saturating_add(1)
+}

@@ -4,8 +4,10 @@
 Everything runs on 127.0.0.1: an upstream (nginx, 1 worker, a small JSON body), and in front of
 it sluice, nginx (limit_req keyed by X-Api-Key) and HAProxy (a stick table keyed by X-Api-Key).
 wrk loads each proxy in turn (A B C, A B C, ...) with a Lua script rotating X-Api-Key over N
-keys; the table gives per proxy the median req/s, p50 and p99 over the rounds, and sluice's
-ratio to each peer.
+keys; the table gives per proxy the median req/s, p50 and p99 over the rounds, sluice's ratio
+to each peer, and the proxy's CPU time per request split into user and kernel (system) time.
+The pass table also has a `direct` row, wrk straight to the upstream: the most this box can do
+without a proxy in the way (its CPU column is the upstream's).
 
 Scenarios:
   pass     limits far above the load, 1000 keys: everything is proxied (most answers 200)
@@ -101,16 +103,18 @@ def rss_kib(pids):
 
 
 def cpu_seconds(pids):
-    """User plus system CPU time of the processes, in seconds."""
-    ticks = 0
+    """User and system CPU time of the processes, in seconds."""
+    user = system = 0
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+                user += int(fields[11])  # utime
+                system += int(fields[12])  # stime
         except FileNotFoundError:
             pass
-    return ticks / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def group_pids(p):
@@ -251,16 +255,18 @@ targets = ["http://127.0.0.1:{up}"]
 
 
 class Target:
-    def __init__(self, name, port, launch):
-        self.name, self.port, self.launch, self.proc = name, port, launch, None
+    def __init__(self, name, port, launch, proc=None):
+        """`launch` starts the target; None for one already running (`proc`)."""
+        self.name, self.port, self.launch, self.proc = name, port, launch, proc
 
     def up(self):
-        self.proc = self.launch()
-        wait_port(self.port, self.proc)
-        time.sleep(0.3)
+        if self.launch:
+            self.proc = self.launch()
+            wait_port(self.port, self.proc)
+            time.sleep(0.3)
 
     def down(self):
-        if self.proc:
+        if self.proc and self.launch:
             stop(self.proc)
             self.proc = None
 
@@ -273,11 +279,15 @@ class Target:
         pids = group_pids(self.proc)
         before = cpu_seconds(pids)
         r = wrk(self.port, keys, seconds, conns)
-        r["cpu_us"] = (cpu_seconds(pids) - before) * 1e6 / max(1, r["total"])
+        after = cpu_seconds(pids)
+        per_request = 1e6 / max(1, r["total"])
+        r["user_us"] = (after[0] - before[0]) * per_request
+        r["sys_us"] = (after[1] - before[1]) * per_request
+        r["cpu_us"] = r["user_us"] + r["sys_us"]
         return r
 
 
-def targets(args, work, scenario, workers, ports):
+def targets(args, work, scenario, workers, ports, upstream=None):
     up, s_port, n_port, h_port, admin = ports
     sluice = os.path.join(ROOT, "target", "release", "sluice")
     files = {
@@ -295,7 +305,8 @@ def targets(args, work, scenario, workers, ports):
 
     # Other builds of sluice (before/after an optimization) take the same port in turn.
     variants = [Target(name, s_port, sluice_at(path)) for name, path in args.variant]
-    return variants + [
+    direct = [Target("direct", up, None, upstream)] if upstream and scenario == "pass" else []
+    return variants + direct + [
         Target("sluice", s_port, sluice_at(sluice)),
         Target("nginx", n_port, lambda: start(
             ["nginx", "-p", work, "-e", f"{work}/nginx.err", "-c", f"{work}/nginx.conf"],
@@ -333,9 +344,9 @@ def wrk(port, keys, seconds, conns, first=0):
     }
 
 
-def run_table(args, work, scenario, workers, ports):
+def run_table(args, work, scenario, workers, ports, upstream):
     keys = 1000 if scenario == "pass" else 10
-    ts = targets(args, work, scenario, workers, ports)
+    ts = targets(args, work, scenario, workers, ports, upstream)
     # With variants sharing sluice's port, each proxy runs only for its own turn.
     each_turn = bool(args.variant)
     runs = {t.name: [] for t in ts}
@@ -361,17 +372,19 @@ def run_table(args, work, scenario, workers, ports):
 def summarize(scenario, workers, runs):
     med = {}
     for name, rs in runs.items():
-        med[name] = {k: statistics.median(r[k] for r in rs) for k in ("rps", "p50", "p99", "cpu_us")}
+        med[name] = {k: statistics.median(r[k] for r in rs)
+                     for k in ("rps", "p50", "p99", "cpu_us", "user_us", "sys_us")}
         med[name]["ok"] = 1 - sum(r["non2xx"] for r in rs) / max(1, sum(r["total"] for r in rs))
         med[name]["all_rps"] = [round(r["rps"]) for r in rs]
     print(f"\n### {scenario}, {workers} worker(s): median of {len(runs['sluice'])} rounds\n")
     print("| proxy | req/s | p50 ms | p99 ms | 2xx share | sluice/peer req/s "
-          "| CPU µs/req | rounds req/s |")
+          "| CPU µs/req (user + sys) | rounds req/s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, m in med.items():
         ratio = "" if name == "sluice" else f"{med['sluice']['rps'] / m['rps']:.2f}"
         print(f"| {name} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
-              f"{m['ok']:.3f} | {ratio} | {m['cpu_us']:.1f} | {' '.join(map(str, m['all_rps']))} |")
+              f"{m['ok']:.3f} | {ratio} | {m['cpu_us']:.1f} ({m['user_us']:.1f} + {m['sys_us']:.1f}) | "
+              f"{' '.join(map(str, m['all_rps']))} |")
     sys.stdout.flush()
     return med
 
@@ -451,7 +464,7 @@ def main():
         scenarios = args.scenarios.split(",")
         for workers in map(int, args.workers.split(",")):
             for scenario in (s for s in scenarios if s in ("pass", "reject")):
-                med = run_table(args, work, scenario, workers, ports)
+                med = run_table(args, work, scenario, workers, ports, upstream)
                 failures += check(scenario, med)
         if "manykeys" in scenarios:
             many = run_manykeys(args, work, ports)

@@ -31,6 +31,8 @@ pub fn prepare(app: &App, peer: SocketAddr, client: IpAddr, id: &HeaderValue, pa
         parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
     }
     parts.version = Version::HTTP_11;
+    // Room for the headers added below at once, rather than a rehash of the map midway.
+    parts.headers.reserve(5);
     strip_hop_by_hop(&mut parts.headers);
     // sluice already answered any `Expect: 100-continue` when it read the body.
     parts.headers.remove(EXPECT);
@@ -80,15 +82,16 @@ pub async fn send(
         other => (other, None),
     };
     let app = &*proxy.app;
-    let sent = proxy.pool.send(
-        &app.upstreams,
-        route.upstream,
-        Request::from_parts(parts, body),
-    );
     let unfinished = || progress.as_ref().is_some_and(|p| !p.complete());
     let shard = app.metrics.shard(proxy.worker);
     let sending = Instant::now();
-    let outcome = timeout_at(deadline, sent).await;
+    // The sending future made in place: bound to a variable first, it would be stored twice.
+    let req = Request::from_parts(parts, body);
+    let outcome = timeout_at(
+        deadline,
+        proxy.pool.send(&app.upstreams, route.upstream, req),
+    )
+    .await;
     match outcome {
         Ok(Ok(_)) => shard.upstream_latency(r, sending.elapsed()),
         Ok(Err(e)) if !progress.as_ref().is_some_and(|p| p.too_large()) => {

@@ -64,8 +64,13 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: a panic inside becomes a 500 for this request only.
-    pub async fn serve(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-        self.serve_request(peer, req.map(Body::Incoming)).await
+    /// A plain function, so that the future the connection holds is no larger than needed.
+    pub fn serve(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Response<Body>> + '_ {
+        self.serve_request(peer, req.map(Body::Incoming))
     }
 
     /// Answers one request whatever its body: a client's, or a batch item's made in memory.
@@ -74,13 +79,19 @@ impl Proxy {
         let shard = self.app.metrics.shard(self.worker);
         shard.in_flight(1);
         let mut rec = Record::new(&self.app, req.method(), req.headers());
-        let handling = async {
-            match self.handle(peer, &id, req, &mut rec).await {
-                Ok(res) => res,
-                Err(p) => problem(p, &id),
-            }
-        };
-        let mut res = contain_panic(handling, &id).await;
+        // Boxed: a future is moved (copied) once into each future that awaits it, and this
+        // one is kilobytes; inline, every level above it would copy it again per request.
+        let handling = Box::pin(self.handle(peer, &id, req, &mut rec));
+        let mut res = contain_panic(
+            async {
+                match handling.await {
+                    Ok(res) => res,
+                    Err(p) => problem(p, &id),
+                }
+            },
+            &id,
+        )
+        .await;
         if let Some(v) = &rec.verdict {
             self.app.limits.write_headers(v, res.headers_mut());
         }
@@ -115,7 +126,8 @@ impl Proxy {
         }
         if app.config.batch.enabled && req.uri().path() == app.config.batch.path {
             rec.route = app.metrics.batch_route();
-            return crate::batch::handle(self, peer, req).await;
+            // Boxed: kept inline, the batch's future would enlarge every request's.
+            return Box::pin(crate::batch::handle(self, peer, req)).await;
         }
         let (r, route) = self.route(&req)?;
         rec.route = r;
@@ -190,17 +202,20 @@ impl Proxy {
     }
 }
 
-/// Runs a request's future; a panic in it becomes a 500 for this request alone.
-async fn contain_panic(
-    handling: impl Future<Output = Response<Body>>,
-    id: &HeaderValue,
-) -> Response<Body> {
+/// Runs a request's future; a panic in it becomes a 500 for this request alone. A plain
+/// function, not an `async fn`: that would hold `handling` twice, as its argument and inside
+/// `CatchUnwind`.
+fn contain_panic<'a>(
+    handling: impl Future<Output = Response<Body>> + 'a,
+    id: &'a HeaderValue,
+) -> impl Future<Output = Response<Body>> + 'a {
     AssertUnwindSafe(handling)
         .catch_unwind()
-        .await
-        .unwrap_or_else(|_| {
-            tracing::error!(request_id = ?id, "request handler panicked");
-            problem(Problem::Internal, id)
+        .map(move |caught| {
+            caught.unwrap_or_else(|_| {
+                tracing::error!(request_id = ?id, "request handler panicked");
+                problem(Problem::Internal, id)
+            })
         })
 }
 
@@ -211,6 +226,23 @@ fn problem(p: Problem, id: &HeaderValue) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_future_stays_small() {
+        // Every level that awaits a future copies it in; the phases are boxed so that what
+        // the connection holds per request stays small (it was 8 KiB).
+        let overrides = crate::config::Overrides {
+            upstreams: vec!["http://127.0.0.1:1".into()],
+            ..Default::default()
+        };
+        let app = Arc::new(App::new(
+            crate::config::Config::defaults(&overrides).unwrap(),
+        ));
+        let proxy = Proxy::new(app, 0);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let serving = proxy.serve_request(peer, Request::new(Body::Empty));
+        assert!(std::mem::size_of_val(&serving) <= 1024);
+    }
 
     #[tokio::test]
     async fn a_panic_while_handling_becomes_a_500_problem() {

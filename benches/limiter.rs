@@ -2,7 +2,8 @@
 //!
 //! `cargo bench --bench limiter` prints bytes per key at a million keys for both (from a
 //! counting allocator), then times a check: one hot key on 1 and 2 threads, and a million keys
-//! round robin. Two-thread figures are wall time per check with both threads busy.
+//! round robin. Two-thread figures are wall time per check with both threads busy. Last, the
+//! parts of a check alone: the clock, the key's hash, and the decision.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -12,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use sluice::limiter::{Gcra, Limit, MemoryStore, Policy, Rate, Store};
+use sluice::limiter::{
+    Clock, Gcra, Limit, MemoryStore, MonotonicClock, Policy, Rate, State, Store,
+};
 use std::sync::Arc;
 
 /// Bytes allocated and not yet freed, for the per-key memory figure.
@@ -186,13 +189,40 @@ fn million_keys(c: &mut Criterion) {
     group.finish();
 }
 
+/// The pieces of a check, each alone: what a check costs beyond governor's.
+fn parts(c: &mut Criterion) {
+    use std::hash::{BuildHasher, Hasher};
+    let mut group = c.benchmark_group("parts");
+    let clock = MonotonicClock::new();
+    group.bench_function("clock", |b| b.iter(|| clock.now()));
+    let secret = std::collections::hash_map::RandomState::new();
+    group.bench_function("siphash_10_byte_key", |b| {
+        b.iter(|| {
+            let mut hasher = secret.build_hasher();
+            hasher.write(black_box(b"client-key"));
+            hasher.finish()
+        })
+    });
+    for (name, policy) in [
+        ("rate_only", rate_only()),
+        ("default", Policy::published_default()),
+    ] {
+        let mut spent = State::default();
+        while policy.decide(&mut spent, 0, ONE).unwrap().is_allowed() {}
+        group.bench_function(format!("decide_refused_{name}"), |b| {
+            b.iter(|| policy.decide(&mut black_box(spent), black_box(1), ONE))
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
         .sample_size(30);
-    targets = hot_key, hot_key_two_threads, million_keys
+    targets = hot_key, hot_key_two_threads, million_keys, parts
 }
 
 fn main() {

@@ -44,10 +44,10 @@ load() {
     wrk -t1 -c16 -d"$1"s -s "$root/bench/keys.lua" "http://127.0.0.1:$port/v1/candidates" -- 1000
 }
 load 3 >/dev/null
-callgrind_control -i on $vg >/dev/null
-callgrind_control -z $vg >/dev/null
+callgrind_control -i on $vg >/dev/null 2>&1
+callgrind_control -z $vg >/dev/null 2>&1
 out=$(load 5)
-callgrind_control -d $vg >/dev/null
+callgrind_control -d $vg >/dev/null 2>&1
 requests=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
 total=$(callgrind_annotate "$work/callgrind.out.1" | sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
 echo "requests: $requests  instructions: $total  per request: $((total / requests))"

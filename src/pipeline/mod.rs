@@ -151,7 +151,8 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         forward::prepare(app, peer, client, id, &mut parts);
         auth::identify_upstream(&app.config.auth, &app.keys, who, &mut parts.headers);
-        let res = forward::send(self, r, route, parts, body).await?;
+        // Boxed, so that requests answered before this point (a 429) move a small future.
+        let res = Box::pin(forward::send(self, r, route, parts, body)).await?;
         rec.upstream_status = Some(res.status());
         Ok(forward::client_response(res))
     }

@@ -85,7 +85,6 @@ pub async fn send(
     let unfinished = || progress.as_ref().is_some_and(|p| !p.complete());
     let shard = app.metrics.shard(proxy.worker);
     let sending = Instant::now();
-    // The sending future made in place: bound to a variable first, it would be stored twice.
     let req = Request::from_parts(parts, body);
     let outcome = timeout_at(
         deadline,

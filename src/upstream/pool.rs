@@ -112,9 +112,7 @@ impl Pool {
                 },
             }
         }
-        // Boxed: connecting is rare, and its future inline would enlarge every request's.
-        let connecting = Box::pin(connect(ups.target(u, t), ups.connect_timeout(u)));
-        let Ok(mut sender) = connecting.await else {
+        let Ok(mut sender) = connect(ups.target(u, t), ups.connect_timeout(u)).await else {
             return Err(Attempt::Unreachable(req));
         };
         match sender.try_send_request(req).await {

@@ -7,7 +7,7 @@
 //! (about 8 ns, against about 30 for `Instant::now()`), scaled to nanoseconds by a calibration
 //! made once per process; where the counter is not invariant, `quanta` falls back to the OS's
 //! monotonic clock. Either way each thread sees time go forward; two threads may read it a few
-//! nanoseconds apart and take the key's lock in the other order, which the algorithms tolerate
+//! nanoseconds apart and update the key in the other order, which the algorithms tolerate
 //! (a reading older than the key's state is treated as no earlier than that state).
 
 use std::sync::Arc;

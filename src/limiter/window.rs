@@ -182,7 +182,7 @@ impl Window {
 
     /// The slot `now` falls in and the counters as of that slot (age 0 is that slot; slots that
     /// have left are dropped). A reading up to `k + 1` slots older than the state (another
-    /// thread read the clock earlier but took the key's lock later) counts as in the state's
+    /// thread read the clock earlier but updated the key later) counts as in the state's
     /// slot, so a request is never counted in a slot that has already left.
     #[inline]
     fn position(&self, word: u64, now: Nanos) -> (u64, u64) {

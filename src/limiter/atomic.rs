@@ -60,13 +60,10 @@ impl AtomicState {
         let single = policy.limits().len() == 1;
         let mut spins = 0u32;
         loop {
-            let first = self.0[0].load(Ordering::Acquire);
-            if first & LOCKED != 0 {
+            let Some((first, mut next)) = self.words() else {
                 spins = wait(spins);
                 continue;
-            }
-            let seen = [first, self.0[1].load(Ordering::Relaxed)];
-            let mut next = seen;
+            };
             let decision = policy.decide(&mut next, now, cost)?;
             if !decision.is_allowed() {
                 if single || self.unchanged(first) {
@@ -95,9 +92,15 @@ impl AtomicState {
 
     /// Both words as of one instant, or `None` if a writer was at work.
     fn read(&self) -> Option<State> {
+        let (first, state) = self.words()?;
+        self.unchanged(first).then_some(state)
+    }
+
+    /// The first word, then both, unless a writer holds the lock. Not yet checked for a
+    /// writer that came and went in between: see [`AtomicState::unchanged`].
+    fn words(&self) -> Option<(u64, State)> {
         let first = self.0[0].load(Ordering::Acquire);
-        let state = [first, self.0[1].load(Ordering::Relaxed)];
-        (first & LOCKED == 0 && self.unchanged(first)).then_some(state)
+        (first & LOCKED == 0).then(|| (first, [first, self.0[1].load(Ordering::Relaxed)]))
     }
 
     /// Whether the first word still reads `first`, so what was read after it is consistent.

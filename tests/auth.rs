@@ -9,40 +9,6 @@ use http::Method;
 use http_body_util::Full;
 use support::*;
 
-const WRITER_KEY: &str = "sk-writer-7f3a9c";
-const READER_KEY: &str = "sk-reader-2b81de";
-
-/// Two keys (`writer` with read and write, `reader` with read only), a route that needs the
-/// write scope and one that needs none. `extra` goes under `[auth]`.
-fn keys_config(extra: &str) -> String {
-    format!(
-        r#"
-[upstreams.api]
-targets = ["{{upstream}}"]
-[[routes]]
-path = "/v1/write/"
-policy = "none"
-scopes = ["write"]
-[[routes]]
-path = "/"
-policy = "none"
-[auth]
-mode = "api_keys"
-{extra}
-[[auth.keys]]
-name = "writer"
-sha256 = "{}"
-scopes = ["read", "write"]
-[[auth.keys]]
-name = "reader"
-sha256 = "{}"
-scopes = ["read"]
-"#,
-        sha256_hex(WRITER_KEY),
-        sha256_hex(READER_KEY)
-    )
-}
-
 /// A GET of `path` with the given headers.
 async fn get_with(sluice: &Sluice, path: &str, headers: &[(&str, &str)]) -> Answer {
     let mut b = request(Method::GET, path);

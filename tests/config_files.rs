@@ -57,27 +57,26 @@ fn check_names_the_key_and_line_of_an_error_and_exits_1() {
     let dir = std::env::temp_dir().join(format!("sluice-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("bad.toml");
-    std::fs::write(&file, "[upstreams.api]\ntargets = [\"http://127.0.0.1:3000\"]\n\n[policies.default]\nrate = \"lots\"\nburst = 5\n").unwrap();
-    let out = sluice()
-        .arg("check")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    // `sluice check` on `toml`: its exit code and what it printed on stderr.
+    let check = |toml: &str| {
+        std::fs::write(&file, toml).unwrap();
+        let out = sluice()
+            .arg("check")
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, stderr) = check(
+        "[upstreams.api]\ntargets = [\"http://127.0.0.1:3000\"]\n\n[policies.default]\nrate = \"lots\"\nburst = 5\n",
+    );
+    assert_eq!(code, Some(1));
     assert!(stderr.contains("line 5"), "{stderr}");
     assert!(stderr.contains("policies.default.rate"), "{stderr}");
 
-    std::fs::write(&file, "[server]\nlisten_on = \"0.0.0.0:80\"\n").unwrap();
-    let out = sluice()
-        .arg("check")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let (code, stderr) = check("[server]\nlisten_on = \"0.0.0.0:80\"\n");
+    assert_eq!(code, Some(1));
     assert!(
         stderr.contains("line 2") && stderr.contains("listen_on"),
         "{stderr}"

@@ -301,6 +301,40 @@ pub fn sha256_hex(key: &str) -> String {
         .collect()
 }
 
+pub const WRITER_KEY: &str = "sk-writer-7f3a9c";
+pub const READER_KEY: &str = "sk-reader-2b81de";
+
+/// API keys mode with two keys (`writer` with read and write, `reader` with read only), a route
+/// that needs the write scope and one that needs none, no limits. `extra` goes under `[auth]`.
+pub fn keys_config(extra: &str) -> String {
+    format!(
+        r#"
+[upstreams.api]
+targets = ["{{upstream}}"]
+[[routes]]
+path = "/v1/write/"
+policy = "none"
+scopes = ["write"]
+[[routes]]
+path = "/"
+policy = "none"
+[auth]
+mode = "api_keys"
+{extra}
+[[auth.keys]]
+name = "writer"
+sha256 = "{}"
+scopes = ["read", "write"]
+[[auth.keys]]
+name = "reader"
+sha256 = "{}"
+scopes = ["read"]
+"#,
+        sha256_hex(WRITER_KEY),
+        sha256_hex(READER_KEY)
+    )
+}
+
 /// A free loopback port (bound and released; the binary under test binds it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

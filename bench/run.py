@@ -133,19 +133,24 @@ def group_pids(p):
 # ---------------------------------------------------------------------------- configurations
 
 
-def upstream_conf(port, work):
+def nginx_head(name, workers, work):
+    """What the upstream's and the proxy's nginx configs share, up to inside `http {`."""
     return f"""
-worker_processes 1;
+worker_processes {workers};
 daemon off;
 user root;
-pid {work}/upstream.pid;
+pid {work}/{name}.pid;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
   keepalive_requests 10000000;
   keepalive_timeout 75s;
   client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;
-  uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+  uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;"""
+
+
+def upstream_conf(port, work):
+    return nginx_head("upstream", 1, work) + f"""
   server {{
     listen 127.0.0.1:{port};
     location / {{ default_type application/json; return 200 '{BODY}'; }}
@@ -159,18 +164,7 @@ def nginx_conf(port, up, workers, work, scenario):
     # window, so the 60-s window is left out (in the reject scenario it changes nothing).
     rate, burst = (f"{PASS_RATE}r/s", PASS_RATE) if scenario == "pass" else ("1r/s", 100)
     zone = "160m" if scenario == "manykeys" else "16m"
-    return f"""
-worker_processes {workers};
-daemon off;
-user root;
-pid {work}/nginx.pid;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 75s;
-  client_body_temp_path {work}/tmp; proxy_temp_path {work}/tmp; fastcgi_temp_path {work}/tmp;
-  uwsgi_temp_path {work}/tmp; scgi_temp_path {work}/tmp;
+    return nginx_head("nginx", workers, work) + f"""
   limit_req_zone $http_x_api_key zone=keys:{zone} rate={rate};
   limit_req_status 429;
   upstream api {{

@@ -1,9 +1,10 @@
 //! The limiter against governor's keyed DashMap limiter on the same workloads.
 //!
 //! `cargo bench --bench limiter` prints bytes per key at a million keys for both (from a
-//! counting allocator), then times a check: one hot key on 1 and 2 threads, and a million keys
-//! round robin. Two-thread figures are wall time per check with both threads busy. Last, the
-//! parts of a check alone: the clock, the key's hash, and the decision.
+//! counting allocator) and a hot-key check of each taking turns in short rounds (robust to a
+//! busy machine), then times a check with criterion: one hot key on 1 and 2 threads, and a
+//! million keys round robin. Two-thread figures are wall time per check with both threads
+//! busy. Last, the parts of a check alone: the clock, the key's hash, and the decision.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -94,6 +95,43 @@ fn report_memory() {
     });
     assert_eq!(ours.tracked_keys(), KEYS as usize);
     println!("memory at {KEYS} keys: sluice {sluice:.1} B/key, governor {governor:.1} B/key");
+}
+
+/// One hot key, all four checks taking turns in short rounds, so that a busy or shared machine
+/// slows each of them alike; prints the fastest and the median round of each.
+fn report_side_by_side() {
+    const ROUNDS: usize = 300;
+    const CHECKS: u32 = 20_000;
+    let (ours, default, rate) = (store(), Policy::published_default(), rate_only());
+    let (by_u64, by_bytes, key) = (governor(), governor_bytes(), b"client-key".to_vec());
+    let checks: [(&str, &dyn Fn()); 4] = [
+        ("sluice, default policy", &|| {
+            black_box(ours.check_now(&default, black_box(b"client-key"), ONE)).ok();
+        }),
+        ("sluice, rate only", &|| {
+            black_box(ours.check_now(&rate, black_box(b"client-key"), ONE)).ok();
+        }),
+        ("governor, u64 key", &|| {
+            black_box(by_u64.check_key(black_box(&7))).ok();
+        }),
+        ("governor, byte key", &|| {
+            black_box(by_bytes.check_key(black_box(&key))).ok();
+        }),
+    ];
+    let mut rounds = vec![Vec::with_capacity(ROUNDS); checks.len()];
+    for _ in 0..ROUNDS {
+        for ((_, check), times) in checks.iter().zip(&mut rounds) {
+            let start = Instant::now();
+            (0..CHECKS).for_each(|_| check());
+            times.push(start.elapsed().as_secs_f64() * 1e9 / f64::from(CHECKS));
+        }
+    }
+    println!("hot key, 1 thread, taking turns ({ROUNDS} rounds of {CHECKS} checks):");
+    for ((name, _), mut times) in checks.iter().zip(rounds) {
+        times.sort_by(f64::total_cmp);
+        let (fastest, median) = (times[0], times[ROUNDS / 2]);
+        println!("  {name:24} fastest round {fastest:5.1} ns, median {median:5.1} ns");
+    }
 }
 
 fn hot_key(c: &mut Criterion) {
@@ -227,6 +265,7 @@ criterion_group! {
 
 fn main() {
     report_memory();
+    report_side_by_side();
     benches();
     Criterion::default().configure_from_args().final_summary();
 }

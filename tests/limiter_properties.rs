@@ -112,8 +112,16 @@ proptest! {
             let cost = nz(cost.min(policy.capacity()));
             let before = state;
             let decision = policy.decide(&mut state, now, cost).unwrap();
-            let Some(wait) = decision.retry_after() else { continue };
+            let Some(wait) = decision.retry_after(&policy) else { continue };
             prop_assert_eq!(state, before);
+            // The limits named as refusing are exactly those that refuse on their own.
+            let report = decision.limits(&policy);
+            prop_assert!(report.violated().count() > 0);
+            for ((limit, item), word) in policy.limits().iter().zip(report.iter()).zip(state) {
+                let alone = Policy::new("alone", &[*limit]).unwrap();
+                let verdict = alone.decide(&mut [word, 0], now, cost);
+                prop_assert_eq!(item.refused, !verdict.unwrap().is_allowed());
+            }
             let wait = wait.as_nanos() as u64;
             prop_assert!(wait > 0);
             let early = policy.decide(&mut state.clone(), now + wait - 1, cost).unwrap();

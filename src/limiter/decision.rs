@@ -1,12 +1,13 @@
 //! What a check answers: admitted or not, and per limit what the rate-limit headers say.
 //!
-//! Everything here is `Copy` and fixed-size, so reporting on a policy (at most
+//! Everything here is `Copy` and fixed-size, so deciding and reporting on a policy (at most
 //! [`MAX_LIMITS`] limits) never allocates.
 
 use std::ops::Deref;
 use std::time::Duration;
 
 use super::clock::Nanos;
+use super::policy::{Policy, State};
 
 /// The most limits a policy may have: one state word each, two words per key.
 pub const MAX_LIMITS: usize = 2;
@@ -103,62 +104,77 @@ impl Deref for Report {
     }
 }
 
-/// The answer to a check: a value, not an error.
+/// The answer to a check: admitted or not, and the key's state after it (as it was, if
+/// refused). A check works out only the verdict, stopping at the first limit that refuses;
+/// the wait, which limits refused and the header figures all follow from the state, and are
+/// derived only when asked for, from the policy that decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Every limit admitted the request; its cost has been taken from each.
-    Allow {
-        /// Per limit, in the policy's order.
-        limits: Report,
-    },
-    /// At least one limit refused; nothing was taken from any limit.
-    Deny {
-        /// The exact wait after which the same request is admitted (if nothing else is spent
-        /// meanwhile); never early.
-        retry_after: Duration,
-        /// Per limit, in the policy's order; refusing limits have `refused` set.
-        limits: Report,
-    },
+pub struct Decision {
+    state: State,
+    now: Nanos,
+    cost: u32,
+    allowed: bool,
 }
 
 impl Decision {
-    /// Whether the request was admitted.
+    pub(crate) fn new(state: State, now: Nanos, cost: u32, allowed: bool) -> Decision {
+        Decision {
+            state,
+            now,
+            cost,
+            allowed,
+        }
+    }
+
+    /// Whether the request was admitted: its cost has been taken from every limit (else
+    /// nothing was taken from any).
     pub fn is_allowed(&self) -> bool {
-        matches!(self, Decision::Allow { .. })
+        self.allowed
     }
 
-    /// Per-limit reports, in the policy's order.
-    pub fn limits(&self) -> &[LimitReport] {
-        match self {
-            Decision::Allow { limits } | Decision::Deny { limits, .. } => limits,
-        }
-    }
-
-    /// The wait before retrying, for a refusal.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Decision::Allow { .. } => None,
-            Decision::Deny { retry_after, .. } => Some(*retry_after),
-        }
+    /// For a refusal, the exact wait after which the same request is admitted (if nothing
+    /// else is spent meanwhile); never early. `policy` is the one that decided.
+    pub fn retry_after(&self, policy: &Policy) -> Option<Duration> {
+        let longest = self.waits(policy).into_iter().max().unwrap_or(0);
+        (!self.allowed).then(|| Duration::from_nanos(longest))
     }
 
     /// `Retry-After` in whole seconds, rounded up so a client is never early.
-    pub fn retry_after_secs(&self) -> Option<u64> {
-        self.retry_after().map(ceil_secs)
+    pub fn retry_after_secs(&self, policy: &Policy) -> Option<u64> {
+        self.retry_after(policy).map(ceil_secs)
+    }
+
+    /// Per limit of `policy` (the one that decided), in its order: what the headers say, and
+    /// whether it refused.
+    pub fn limits(&self, policy: &Policy) -> Report {
+        policy.report(&self.state, self.now, &self.waits(policy))
+    }
+
+    /// Per limit, the wait before this request fits: zero for each if it was admitted.
+    fn waits(&self, policy: &Policy) -> [Nanos; MAX_LIMITS] {
+        if self.allowed {
+            return [0; MAX_LIMITS];
+        }
+        policy.waits(&self.state, self.now, self.cost)
+    }
+}
+
+impl Report {
+    /// The set of limits that refused: bit `i` for limit `i`.
+    pub fn refused_set(&self) -> usize {
+        self.violated().fold(0, |set, (i, _)| set | 1 << i)
     }
 
     /// Indexes (in the policy's order) and reports of the limits that refused.
     pub fn violated(&self) -> impl Iterator<Item = (usize, &LimitReport)> {
-        self.limits().iter().enumerate().filter(|(_, l)| l.refused)
+        self.iter().enumerate().filter(|(_, l)| l.refused)
     }
 
     /// The limit with the least left (then the longest reset), for `X-RateLimit-*`.
     pub fn tightest(&self) -> &LimitReport {
-        let limits = self.limits();
-        limits
-            .iter()
+        self.iter()
             .min_by_key(|l| (l.remaining, std::cmp::Reverse(l.reset)))
-            .unwrap_or(&limits[0])
+            .unwrap_or(&self.items[0])
     }
 }
 
@@ -193,25 +209,19 @@ mod tests {
     }
 
     #[test]
-    fn deny_names_the_refusing_limits_and_the_tightest() {
+    fn a_report_names_the_refusing_limits_and_the_tightest() {
         let mut limits = Report::new();
         limits.push(report(LimitKind::Window, 0, 60_000, true));
         limits.push(report(LimitKind::Rate, 3, 97_000, false));
-        let decision = Decision::Deny {
-            retry_after: Duration::from_millis(1_500),
-            limits,
-        };
-        assert!(!decision.is_allowed());
-        assert_eq!(decision.retry_after_secs(), Some(2));
-        let violated: Vec<usize> = decision.violated().map(|(i, _)| i).collect();
+        let violated: Vec<usize> = limits.violated().map(|(i, _)| i).collect();
         assert_eq!(violated, [0]);
-        assert_eq!(decision.tightest().kind, LimitKind::Window);
-        assert_eq!(decision.limits().len(), 2);
+        assert_eq!(limits.refused_set(), 0b01);
+        assert_eq!(limits.tightest().kind, LimitKind::Window);
     }
 
     #[test]
-    fn report_is_small_and_copy() {
-        // Two limits inline: headers for any policy are built without allocating.
-        assert!(std::mem::size_of::<Decision>() <= 96);
+    fn a_decision_is_small_and_copy() {
+        // The state and three numbers: a check returns four words.
+        assert!(std::mem::size_of::<Decision>() <= 32);
     }
 }

@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::clock::{Interval, Nanos, nanos};
-use super::policy::{Figures, Verdict};
+use super::policy::Figures;
 
 /// A sustained rate: `count` requests per `per`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,18 +89,24 @@ impl Gcra {
         self.capacity
     }
 
-    /// Admits `cost` (≤ burst) at `now` against state `tat`, or says how long to wait; with
-    /// the figures once that verdict is applied.
+    /// The state once `cost` (≤ burst) is taken at `now` from state `tat`, if it fits.
     #[inline]
-    pub(crate) fn check(&self, tat: Nanos, now: Nanos, cost: u32) -> (Verdict, Figures) {
+    pub(crate) fn admit(&self, tat: Nanos, now: Nanos, cost: u32) -> Option<Nanos> {
+        let next = self.taken(tat, now, cost);
+        (next <= now.saturating_add(self.capacity)).then_some(next)
+    }
+
+    /// The exact wait before `cost` fits state `tat` at `now`: zero if it fits now.
+    pub(crate) fn wait(&self, tat: Nanos, now: Nanos, cost: u32) -> Nanos {
+        let next = self.taken(tat, now, cost);
+        next.saturating_sub(now.saturating_add(self.capacity))
+    }
+
+    /// The TAT with `cost` taken, whether or not that fits.
+    #[inline]
+    fn taken(&self, tat: Nanos, now: Nanos, cost: u32) -> Nanos {
         debug_assert!(cost <= self.burst);
-        let next = tat.max(now) + u64::from(cost) * self.emission.nanos();
-        let latest = now.saturating_add(self.capacity);
-        if next <= latest {
-            (Verdict::Admit(next), self.figures(next, now))
-        } else {
-            (Verdict::Refuse(next - latest), self.figures(tat, now))
-        }
+        tat.max(now) + u64::from(cost) * self.emission.nanos()
     }
 
     /// The header figures for state `tat` at `now`.
@@ -142,13 +148,18 @@ mod tests {
         Gcra::new(Rate::per_second(nz(1)), nz(100)).unwrap()
     }
 
-    /// Sends `cost` at `now`, keeping the state when admitted.
-    fn send(gcra: &Gcra, tat: &mut Nanos, now: Nanos, cost: u32) -> Verdict {
-        let (verdict, _) = gcra.check(*tat, now, cost);
-        if let Verdict::Admit(next) = verdict {
-            *tat = next;
+    /// Sends `cost` at `now`, keeping the state when admitted; a refusal says how long to
+    /// wait.
+    fn send(gcra: &Gcra, tat: &mut Nanos, now: Nanos, cost: u32) -> Result<(), Nanos> {
+        let wait = gcra.wait(*tat, now, cost);
+        match gcra.admit(*tat, now, cost) {
+            Some(next) if wait == 0 => {
+                *tat = next;
+                Ok(())
+            }
+            None if wait > 0 => Err(wait),
+            verdict => panic!("admitted {verdict:?} but a wait of {wait}"),
         }
-        verdict
     }
 
     #[test]
@@ -156,24 +167,24 @@ mod tests {
         let gcra = default_rate();
         let (mut tat, now) = (0, 10 * SEC);
         for _ in 0..100 {
-            assert!(send(&gcra, &mut tat, now, 1).is_admitted());
+            assert!(send(&gcra, &mut tat, now, 1).is_ok());
         }
         let refused = send(&gcra, &mut tat, now, 1);
-        assert!(!refused.is_admitted());
-        assert_eq!(refused.wait(), SEC);
-        assert!(!send(&gcra, &mut tat, now + SEC - 1, 1).is_admitted());
-        assert!(send(&gcra, &mut tat, now + SEC, 1).is_admitted());
-        assert!(!send(&gcra, &mut tat, now + SEC, 1).is_admitted());
+        assert!(refused.is_err());
+        assert_eq!(refused.unwrap_err(), SEC);
+        assert!(send(&gcra, &mut tat, now + SEC - 1, 1).is_err());
+        assert!(send(&gcra, &mut tat, now + SEC, 1).is_ok());
+        assert!(send(&gcra, &mut tat, now + SEC, 1).is_err());
     }
 
     #[test]
     fn cost_takes_that_many_tokens() {
         let gcra = default_rate();
         let mut tat = 0;
-        assert!(send(&gcra, &mut tat, 0, 60).is_admitted());
+        assert!(send(&gcra, &mut tat, 0, 60).is_ok());
         let refused = send(&gcra, &mut tat, 0, 41);
-        assert_eq!(refused.wait(), SEC);
-        assert!(send(&gcra, &mut tat, SEC, 41).is_admitted());
+        assert_eq!(refused.unwrap_err(), SEC);
+        assert!(send(&gcra, &mut tat, SEC, 41).is_ok());
     }
 
     #[test]
@@ -190,7 +201,7 @@ mod tests {
         assert_eq!(gcra.capacity(), 100 * SEC);
         let mut tat = 0;
         for _ in 0..2 {
-            send(&gcra, &mut tat, 5 * SEC, 1);
+            send(&gcra, &mut tat, 5 * SEC, 1).unwrap();
         }
         assert_eq!(
             gcra.figures(tat, 5 * SEC),
@@ -199,7 +210,7 @@ mod tests {
                 reset: 2 * SEC
             }
         );
-        send(&gcra, &mut tat, 5 * SEC, 1);
+        send(&gcra, &mut tat, 5 * SEC, 1).unwrap();
         assert_eq!(
             gcra.figures(tat, 5 * SEC),
             Figures {

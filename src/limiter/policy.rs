@@ -46,10 +46,17 @@ impl Limit {
     }
 
     #[inline]
-    fn check(&self, word: u64, now: Nanos, cost: u32) -> (Verdict, Figures) {
+    fn admit(&self, word: u64, now: Nanos, cost: u32) -> Option<u64> {
         match self {
-            Limit::Rate(gcra) => gcra.check(word, now, cost),
-            Limit::Window(window) => window.check(word, now, cost),
+            Limit::Rate(gcra) => gcra.admit(word, now, cost),
+            Limit::Window(window) => window.admit(word, now, cost),
+        }
+    }
+
+    fn wait(&self, word: u64, now: Nanos, cost: u32) -> Nanos {
+        match self {
+            Limit::Rate(gcra) => gcra.wait(word, now, cost),
+            Limit::Window(window) => window.wait(word, now, cost),
         }
     }
 
@@ -92,29 +99,6 @@ pub(crate) struct Figures {
     pub(crate) reset: Nanos,
 }
 
-/// One limit's verdict on a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
-    /// Admitted: the limit's state word once the request is taken.
-    Admit(u64),
-    /// Refused: the exact wait before the request fits.
-    Refuse(Nanos),
-}
-
-#[cfg(test)]
-impl Verdict {
-    pub(crate) fn is_admitted(&self) -> bool {
-        matches!(self, Verdict::Admit(_))
-    }
-
-    pub(crate) fn wait(&self) -> Nanos {
-        match self {
-            Verdict::Admit(_) => 0,
-            Verdict::Refuse(wait) => *wait,
-        }
-    }
-}
-
 /// A key's state under a policy: one word per limit; all zeros is a fresh key.
 pub type State = [u64; MAX_LIMITS];
 
@@ -140,7 +124,7 @@ pub struct Policy {
     limits: [Limit; MAX_LIMITS],
     /// The smallest quota.
     capacity: u32,
-    /// The reports with every limit's fixed part filled in, copied on each check.
+    /// The reports with every limit's fixed part filled in, copied for each report.
     blank: Report,
 }
 
@@ -197,9 +181,6 @@ impl Policy {
 
     /// Checks a request of `cost` at `now` against a key's `state`, taking the cost from every
     /// limit if all admit it and from none otherwise.
-    ///
-    /// Each limit's figures describe the state after the check: what is left once the request
-    /// is taken, or as it was if any limit refused.
     #[inline(always)]
     pub fn decide(
         &self,
@@ -212,44 +193,44 @@ impl Policy {
             let capacity = self.capacity;
             return Err(InsufficientCapacity { cost, capacity });
         }
-        let mut limits = self.blank;
-        let (mut next, mut refused, mut retry_after) = (*state, false, 0);
-        let checks = self.limits().iter().zip(limits.items_mut()).zip(&mut next);
-        for ((limit, report), word) in checks {
-            let (verdict, Figures { remaining, reset }) = limit.check(*word, now, cost);
-            (report.remaining, report.reset) = (remaining, reset);
-            match verdict {
-                Verdict::Admit(taken) => *word = taken,
-                Verdict::Refuse(wait) => {
-                    (report.refused, refused) = (true, true);
-                    // Each limit admits at any time after its own wait: the longest is exact.
-                    retry_after = retry_after.max(wait);
-                }
-            }
+        // The first refusal decides; which limits refused, and for how long, is worked out
+        // only if asked (`Decision::retry_after`, `Decision::limits`). Written out rather
+        // than looped, so a one-limit policy runs only its own limit's code.
+        let refused = Decision::new(*state, now, cost, false);
+        let Some(first) = self.limits[0].admit(state[0], now, cost) else {
+            return Ok(refused);
+        };
+        let second = match self.len {
+            1 => state[1],
+            _ => match self.limits[1].admit(state[1], now, cost) {
+                Some(second) => second,
+                None => return Ok(refused),
+            },
+        };
+        *state = [first, second];
+        Ok(Decision::new(*state, now, cost, true))
+    }
+
+    /// Per limit, for a key in `state` at `now`: the exact wait before a request of `cost`
+    /// fits (zero if it fits now).
+    pub(crate) fn waits(&self, state: &State, now: Nanos, cost: u32) -> [Nanos; MAX_LIMITS] {
+        let mut waits = [0; MAX_LIMITS];
+        for ((limit, &word), wait) in self.limits().iter().zip(state).zip(&mut waits) {
+            *wait = limit.wait(word, now, cost);
         }
-        if !refused {
-            *state = next;
-        } else {
-            // A limit that admitted gave its figures with the request taken; it was not.
-            let reports = self
-                .limits()
-                .iter()
-                .zip(limits.items_mut())
-                .zip(state.iter());
-            for ((limit, report), &word) in reports.filter(|((_, r), _)| !r.refused) {
-                let Figures { remaining, reset } = limit.figures(word, now);
-                (report.remaining, report.reset) = (remaining, reset);
-            }
+        waits
+    }
+
+    /// What the headers say of each limit for a key in `state` at `now` (after a check), with
+    /// the limits whose wait is not zero marked as refusing.
+    pub(crate) fn report(&self, state: &State, now: Nanos, waits: &[Nanos; MAX_LIMITS]) -> Report {
+        let mut report = self.blank;
+        let limits = self.limits().iter().zip(state.iter().zip(waits));
+        for (item, (limit, (&word, &wait))) in report.items_mut().iter_mut().zip(limits) {
+            let Figures { remaining, reset } = limit.figures(word, now);
+            (item.remaining, item.reset, item.refused) = (remaining, reset, wait > 0);
         }
-        Ok(if refused {
-            let retry_after = Duration::from_nanos(retry_after);
-            Decision::Deny {
-                retry_after,
-                limits,
-            }
-        } else {
-            Decision::Allow { limits }
-        })
+        report
     }
 
     /// A key's `state` under policy `from`, carried over to this policy: each limit takes the
@@ -299,14 +280,15 @@ mod tests {
         for i in 0..100 {
             let decision = policy.decide(&mut state, 0, ONE).unwrap();
             assert!(decision.is_allowed(), "request {i}");
-            assert_eq!(decision.limits()[0].remaining, 99 - i);
+            assert_eq!(decision.limits(&policy)[0].remaining, 99 - i);
         }
         let refused = policy.decide(&mut state, 0, ONE).unwrap();
         assert!(!refused.is_allowed());
-        let violated: Vec<LimitKind> = refused.violated().map(|(_, l)| l.kind).collect();
+        let report = refused.limits(&policy);
+        let violated: Vec<LimitKind> = report.violated().map(|(_, l)| l.kind).collect();
         assert_eq!(violated, [LimitKind::Window, LimitKind::Rate]);
         // The window holds it longest: slot [0, 12 s) leaves at 72 s.
-        assert_eq!(refused.retry_after(), Some(Duration::from_secs(72)));
+        assert_eq!(refused.retry_after(&policy), Some(Duration::from_secs(72)));
     }
 
     #[test]
@@ -317,7 +299,7 @@ mod tests {
         for second in 1..72 {
             let decision = policy.decide(&mut state, second * SEC, ONE).unwrap();
             assert!(!decision.is_allowed(), "second {second}");
-            assert_eq!(decision.violated().count(), 1);
+            assert_eq!(decision.limits(&policy).violated().count(), 1);
         }
         assert!(
             policy
@@ -337,9 +319,9 @@ mod tests {
         let refused = policy.decide(&mut state, 5 * SEC, nz(2)).unwrap();
         assert!(!refused.is_allowed());
         assert_eq!(state, before);
-        let rate = refused.limits()[1];
+        let rate = refused.limits(&policy)[1];
         assert_eq!((rate.remaining, rate.refused), (6, false));
-        assert!(refused.limits()[0].refused);
+        assert!(refused.limits(&policy)[0].refused);
         assert!(
             policy
                 .decide(&mut state, 5 * SEC, ONE)

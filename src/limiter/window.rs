@@ -19,7 +19,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::clock::{Interval, Nanos, nanos};
-use super::policy::{Figures, Verdict};
+use super::policy::Figures;
 
 /// Bits kept for the slot number, so aliasing needs half a million idle slots.
 const MIN_EPOCH_BITS: u32 = 19;
@@ -96,32 +96,30 @@ impl Window {
         self.length
     }
 
-    /// Admits `cost` (≤ N) at `now` against state `word`, or says how long to wait; with the
-    /// figures once that verdict is applied.
+    /// The state once `cost` (≤ N) is taken at `now` from state `word`, if it fits.
     #[inline]
-    pub(crate) fn check(&self, word: u64, now: Nanos, cost: u32) -> (Verdict, Figures) {
+    pub(crate) fn admit(&self, word: u64, now: Nanos, cost: u32) -> Option<u64> {
         debug_assert!(cost <= self.max);
+        let (index, counts) = self.position(word, now);
+        (self.total(counts) + cost <= self.max).then(|| {
+            let epoch = index & self.epoch_mask();
+            (epoch << self.epoch_shift()) | (counts + u64::from(cost))
+        })
+    }
+
+    /// The exact wait before `cost` (≤ N) fits state `word` at `now`: zero if it fits now.
+    pub(crate) fn wait(&self, word: u64, now: Nanos, cost: u32) -> Nanos {
         let (index, counts) = self.position(word, now);
         let total = self.total(counts);
         if total + cost <= self.max {
-            let epoch = index & self.epoch_mask();
-            let next = (epoch << self.epoch_shift()) | (counts + u64::from(cost));
-            let taken = Figures {
-                remaining: self.max - total - cost,
-                reset: self.leaves(index, 0) - now,
-            };
-            return (Verdict::Admit(next), taken);
+            return 0;
         }
-        let kept = Figures {
-            remaining: self.max.saturating_sub(total),
-            reset: self.reset(counts, index, now),
-        };
         // Slots leave oldest first; find the first slot boundary that frees enough.
         let mut left = total;
         for age in (0..self.slots).rev() {
             left = left.saturating_sub(self.count(counts, age));
             if left + cost <= self.max {
-                return (Verdict::Refuse(self.leaves(index, age) - now), kept);
+                return self.leaves(index, age) - now;
             }
         }
         unreachable!("cost {cost} over the window's max {}", self.max)
@@ -234,12 +232,18 @@ mod tests {
         Window::new(Duration::from_secs(60), NonZeroU32::new(100).unwrap()).unwrap()
     }
 
-    fn send(window: &Window, word: &mut u64, now: Nanos, cost: u32) -> Verdict {
-        let (verdict, _) = window.check(*word, now, cost);
-        if let Verdict::Admit(next) = verdict {
-            *word = next;
+    /// Sends `cost` at `now`, keeping the state when admitted; a refusal says how long to
+    /// wait.
+    fn send(window: &Window, word: &mut u64, now: Nanos, cost: u32) -> Result<(), Nanos> {
+        let wait = window.wait(*word, now, cost);
+        match window.admit(*word, now, cost) {
+            Some(next) if wait == 0 => {
+                *word = next;
+                Ok(())
+            }
+            None if wait > 0 => Err(wait),
+            verdict => panic!("admitted {verdict:?} but a wait of {wait}"),
         }
-        verdict
     }
 
     #[test]
@@ -255,12 +259,12 @@ mod tests {
         let mut word = 0;
         let start = 30 * SEC; // slot 2 spans [24 s, 36 s)
         for _ in 0..100 {
-            assert!(send(&window, &mut word, start, 1).is_admitted());
+            assert!(send(&window, &mut word, start, 1).is_ok());
         }
         let refused = send(&window, &mut word, start, 1);
-        assert_eq!(refused.wait(), 96 * SEC - start);
-        assert!(!send(&window, &mut word, 96 * SEC - 1, 1).is_admitted());
-        assert!(send(&window, &mut word, 96 * SEC, 1).is_admitted());
+        assert_eq!(refused.unwrap_err(), 96 * SEC - start);
+        assert!(send(&window, &mut word, 96 * SEC - 1, 1).is_err());
+        assert!(send(&window, &mut word, 96 * SEC, 1).is_ok());
     }
 
     #[test]
@@ -269,12 +273,12 @@ mod tests {
         let mut word = 0;
         for slot in 0..4 {
             for _ in 0..25 {
-                assert!(send(&window, &mut word, slot * 12 * SEC, 1).is_admitted());
+                assert!(send(&window, &mut word, slot * 12 * SEC, 1).is_ok());
             }
         }
         let refused = send(&window, &mut word, 50 * SEC, 30);
         // Slots 0 and 1 must both leave (slot 1 at 84 s) before 30 more fit.
-        assert_eq!(refused.wait(), 34 * SEC);
+        assert_eq!(refused.unwrap_err(), 34 * SEC);
         assert_eq!(
             window.figures(word, 50 * SEC),
             Figures {
@@ -290,7 +294,7 @@ mod tests {
     fn an_idle_key_comes_back_fresh() {
         let window = default_window();
         let mut word = 0;
-        send(&window, &mut word, 0, 100);
+        send(&window, &mut word, 0, 100).unwrap();
         let later = 1_000_000 * SEC;
         assert_eq!(
             window.figures(word, later),
@@ -299,7 +303,7 @@ mod tests {
                 reset: 0
             }
         );
-        assert!(send(&window, &mut word, later, 100).is_admitted());
+        assert!(send(&window, &mut word, later, 100).is_ok());
         // Slot [999 996 s, 1 000 008 s) leaves 72 s after it began.
         assert_eq!(
             window.figures(word, later),
@@ -314,13 +318,13 @@ mod tests {
     fn a_clock_reading_a_little_behind_the_state_counts_in_the_state_slot() {
         let window = default_window();
         let mut word = 0;
-        send(&window, &mut word, 12 * SEC, 99);
+        send(&window, &mut word, 12 * SEC, 99).unwrap();
         // Another thread read 11.9 s, then took the lock after the request above.
         let behind = 12 * SEC - 100_000_000;
-        assert!(send(&window, &mut word, behind, 1).is_admitted());
-        assert!(!send(&window, &mut word, behind, 1).is_admitted());
-        assert!(!send(&window, &mut word, 84 * SEC - 1, 1).is_admitted());
-        assert!(send(&window, &mut word, 84 * SEC, 100).is_admitted());
+        assert!(send(&window, &mut word, behind, 1).is_ok());
+        assert!(send(&window, &mut word, behind, 1).is_err());
+        assert!(send(&window, &mut word, 84 * SEC - 1, 1).is_err());
+        assert!(send(&window, &mut word, 84 * SEC, 100).is_ok());
     }
 
     #[test]
@@ -349,12 +353,9 @@ mod tests {
             let window = Window::new(Duration::from_millis(7), max).unwrap();
             for now in [0, 1 << 40, (1 << 62) - 1] {
                 let mut word = 0;
-                send(&window, &mut word, now, max.get());
+                send(&window, &mut word, now, max.get()).unwrap();
                 assert_eq!(word >> 63, 0, "{bits} bits at {now}");
-                assert!(
-                    window.check(word, now, 1).0.wait() > 0,
-                    "the window is full"
-                );
+                assert!(window.wait(word, now, 1) > 0, "the window is full");
             }
         }
     }

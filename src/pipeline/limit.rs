@@ -41,8 +41,10 @@ impl std::fmt::Debug for Limits {
     }
 }
 
-/// A policy's limit names and the parts of its headers that never change.
+/// A policy's limits, their names and the parts of its headers that never change.
 struct Named {
+    /// The limits, to report on a decision.
+    limiter: crate::limiter::Policy,
     /// Per limit, in the policy's order: `default`, `default.rate`.
     names: Vec<Arc<str>>,
     /// `RateLimit-Policy`, complete.
@@ -85,6 +87,7 @@ impl Named {
             Vec::new()
         };
         Named {
+            limiter: p.limiter.clone(),
             refusals,
             policy_header: HeaderValue::from_str(&items.join(", "))
                 .unwrap_or(HeaderValue::from_static("")),
@@ -102,6 +105,8 @@ impl Named {
 pub struct Verdict {
     policy: usize,
     decision: Decision,
+    /// The limits that refused, bit `i` for limit `i`: none if admitted.
+    refused: usize,
 }
 
 impl Verdict {
@@ -114,9 +119,9 @@ impl Verdict {
         self.decision.is_allowed()
     }
 
-    /// Per limit of the policy, in order: whether it refused.
-    pub fn refused(&self) -> impl Iterator<Item = bool> + '_ {
-        self.decision.limits().iter().map(|l| l.refused)
+    /// Whether limit `i` of the policy (in its order) refused.
+    pub fn refused_by(&self, i: usize) -> bool {
+        self.refused >> i & 1 == 1
     }
 }
 
@@ -161,34 +166,41 @@ impl Limits {
                 );
             }
         };
-        let verdict = Verdict {
-            policy: i,
-            decision,
-        };
-        let refused = match decision {
-            Decision::Deny { .. } if policy.mode == Mode::Shadow => {
-                tracing::debug!(policy = %policy.name, "shadow policy would refuse");
-                Ok(())
-            }
-            Decision::Deny { .. } => Err(self.refusal(verdict)),
-            Decision::Allow { .. } => Ok(()),
+        let verdict = self.verdict(i, decision);
+        let refused = if decision.is_allowed() {
+            Ok(())
+        } else if policy.mode == Mode::Shadow {
+            tracing::debug!(policy = %policy.name, "shadow policy would refuse");
+            Ok(())
+        } else {
+            Err(self.refusal(verdict))
         };
         (Some(verdict), refused)
+    }
+
+    /// The verdict of policy `i`; for a refusal, which limits refused.
+    fn verdict(&self, i: usize, decision: Decision) -> Verdict {
+        let refused = match decision.is_allowed() {
+            true => 0,
+            false => decision.limits(&self.policies[i].limiter).refused_set(),
+        };
+        Verdict {
+            policy: i,
+            decision,
+            refused,
+        }
     }
 
     /// The 429 for a refused verdict.
     fn refusal(&self, v: Verdict) -> Problem {
         let named = &self.policies[v.policy];
-        let set = v
-            .decision
-            .violated()
-            .fold(0usize, |set, (i, _)| set | 1 << i);
+        let set = v.refused;
         let violated = match named.refusals.get(set) {
             Some(rendered) => rendered.clone(),
             None => violated_names(&named.names, |i| set & (1 << i) != 0),
         };
         Problem::RateLimited {
-            retry_after: v.decision.retry_after_secs().unwrap_or(1),
+            retry_after: v.decision.retry_after_secs(&named.limiter).unwrap_or(1),
             violated,
         }
     }
@@ -212,11 +224,9 @@ impl Limits {
             .peek(&policy.limiter, &key, NonZeroU32::MIN)
             .await
         {
-            Ok(decision @ Decision::Deny { .. }) if policy.mode == Mode::Enforce => Err(self
-                .refusal(Verdict {
-                    policy: i,
-                    decision,
-                })),
+            Ok(decision) if !decision.is_allowed() && policy.mode == Mode::Enforce => {
+                Err(self.refusal(self.verdict(i, decision)))
+            }
             _ => Ok(()),
         }
     }
@@ -233,7 +243,7 @@ impl Limits {
     /// Writes the rate-limit headers of `v` into `headers`.
     pub fn write_headers(&self, v: &Verdict, headers: &mut HeaderMap) {
         let named = &self.policies[v.policy];
-        let limits = v.decision.limits();
+        let limits = v.decision.limits(&named.limiter);
         if limits.is_empty() {
             return;
         }
@@ -258,7 +268,7 @@ impl Limits {
             self.style,
             RateLimitHeaders::XRatelimit | RateLimitHeaders::Both
         ) {
-            let tightest = v.decision.tightest();
+            let tightest = limits.tightest();
             headers.insert(X_LIMIT.clone(), HeaderValue::from(tightest.quota));
             headers.insert(X_REMAINING.clone(), HeaderValue::from(tightest.remaining));
             headers.insert(X_RESET.clone(), HeaderValue::from(tightest.reset_secs()));

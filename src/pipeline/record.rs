@@ -92,10 +92,11 @@ fn count_decision(app: &App, shard: &Shard, v: &Verdict) -> Decided {
         (false, true) => Decided::ShadowRefused,
         (false, false) => Decided::Refused,
     };
-    for (l, refused) in v.refused().enumerate() {
+    let limits = app.config.policies[v.policy()].limiter.limits().len();
+    for l in 0..limits {
         let decided = if v.allowed() {
             Decided::Allowed
-        } else if refused {
+        } else if v.refused_by(l) {
             overall
         } else {
             continue;

@@ -117,6 +117,7 @@ proptest! {
             // The limits named as refusing are exactly those that refuse on their own.
             let report = decision.limits(&policy);
             prop_assert!(report.violated().count() > 0);
+            prop_assert_eq!(decision.refusal(&policy).unwrap().limits, report.refused_set());
             for ((limit, item), word) in policy.limits().iter().zip(report.iter()).zip(state) {
                 let alone = Policy::new("alone", &[*limit]).unwrap();
                 let verdict = alone.decide(&mut [word, 0], now, cost);

@@ -132,30 +132,47 @@ impl Decision {
         self.allowed
     }
 
-    /// For a refusal, the exact wait after which the same request is admitted (if nothing
-    /// else is spent meanwhile); never early. `policy` is the one that decided.
-    pub fn retry_after(&self, policy: &Policy) -> Option<Duration> {
-        let longest = self.waits(policy).into_iter().max().unwrap_or(0);
-        (!self.allowed).then(|| Duration::from_nanos(longest))
+    /// For a refusal, the exact wait and the limits that refused. `policy` is the one that
+    /// decided.
+    pub fn refusal(&self, policy: &Policy) -> Option<Refusal> {
+        if self.allowed {
+            return None;
+        }
+        let waits = policy.waits(&self.state, self.now, self.cost);
+        let limits = (0..waits.len()).filter(|&i| waits[i] > 0);
+        Some(Refusal {
+            retry_after: Duration::from_nanos(waits.into_iter().max().unwrap_or(0)),
+            limits: limits.fold(0, |set, i| set | 1 << i),
+        })
     }
 
-    /// `Retry-After` in whole seconds, rounded up so a client is never early.
-    pub fn retry_after_secs(&self, policy: &Policy) -> Option<u64> {
-        self.retry_after(policy).map(ceil_secs)
+    /// For a refusal, the exact wait after which the same request is admitted (if nothing
+    /// else is spent meanwhile); never early.
+    pub fn retry_after(&self, policy: &Policy) -> Option<Duration> {
+        self.refusal(policy).map(|refusal| refusal.retry_after)
     }
 
     /// Per limit of `policy` (the one that decided), in its order: what the headers say, and
     /// whether it refused.
     pub fn limits(&self, policy: &Policy) -> Report {
-        policy.report(&self.state, self.now, &self.waits(policy))
+        policy.report(&self.state, self.now, self.cost, !self.allowed)
     }
+}
 
-    /// Per limit, the wait before this request fits: zero for each if it was admitted.
-    fn waits(&self, policy: &Policy) -> [Nanos; MAX_LIMITS] {
-        if self.allowed {
-            return [0; MAX_LIMITS];
-        }
-        policy.waits(&self.state, self.now, self.cost)
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Refusal {
+    /// The exact wait after which the same request is admitted (if nothing else is spent
+    /// meanwhile); never early.
+    pub retry_after: Duration,
+    /// The limits that refused: bit `i` for limit `i` of the policy.
+    pub limits: usize,
+}
+
+impl Refusal {
+    /// `Retry-After` in whole seconds, rounded up so a client is never early.
+    pub fn retry_after_secs(&self) -> u64 {
+        ceil_secs(self.retry_after)
     }
 }
 

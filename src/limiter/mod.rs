@@ -5,8 +5,8 @@
 //! - [`Gcra`] (`gcra.rs`): rate with burst, as a theoretical arrival time.
 //! - [`Window`] (`window.rs`): at most N in any rolling window, never overshot; may admit up
 //!   to [`Window::lateness`] later than an exact sliding log.
-//! - [`Decision`] (`decision.rs`): allow or deny, with what the rate-limit headers need per
-//!   limit, inline.
+//! - [`Decision`] (`decision.rs`): allow or deny, and the key's state after the check, from
+//!   which the wait and the rate-limit headers' figures are derived when asked.
 //! - [`Clock`] (`clock.rs`): monotonic nanoseconds; a manual clock for tests.
 //! - [`Store`] (`store.rs`): `check(policy, key, cost)` returns [`Checked`], a future that is
 //!   ready at once for the in-memory store and pending for a remote one.
@@ -23,7 +23,7 @@ mod store;
 mod window;
 
 pub use clock::{Clock, ManualClock, MonotonicClock, Nanos};
-pub use decision::{Decision, LimitKind, LimitReport, MAX_LIMITS, Report, ceil_secs};
+pub use decision::{Decision, LimitKind, LimitReport, MAX_LIMITS, Refusal, Report, ceil_secs};
 pub use gcra::{Gcra, Rate};
 pub use memory::MemoryStore;
 pub use policy::{InsufficientCapacity, Limit, Policy, State};

@@ -221,14 +221,15 @@ impl Policy {
         waits
     }
 
-    /// What the headers say of each limit for a key in `state` at `now` (after a check), with
-    /// the limits whose wait is not zero marked as refusing.
-    pub(crate) fn report(&self, state: &State, now: Nanos, waits: &[Nanos; MAX_LIMITS]) -> Report {
+    /// What the headers say of each limit for a key in `state` at `now` (after a check); if
+    /// the request of `cost` was refused, the limits that refuse it are marked.
+    pub(crate) fn report(&self, state: &State, now: Nanos, cost: u32, refused: bool) -> Report {
         let mut report = self.blank;
-        let limits = self.limits().iter().zip(state.iter().zip(waits));
-        for (item, (limit, (&word, &wait))) in report.items_mut().iter_mut().zip(limits) {
+        let limits = self.limits().iter().zip(state);
+        for (item, (limit, &word)) in report.items_mut().iter_mut().zip(limits) {
             let Figures { remaining, reset } = limit.figures(word, now);
-            (item.remaining, item.reset, item.refused) = (remaining, reset, wait > 0);
+            let refuses = refused && limit.admit(word, now, cost).is_none();
+            (item.remaining, item.reset, item.refused) = (remaining, reset, refuses);
         }
         report
     }

@@ -12,7 +12,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::auth::presented_key;
 use crate::config::{Config, KeySource, Mode, Policy, RateLimitHeaders};
-use crate::limiter::{Decision, Store};
+use crate::limiter::{Decision, Refusal, Store};
 use crate::problem::{Problem, Violated};
 
 /// Policies with up to this many limits have the 429's list of violated limits rendered for
@@ -105,8 +105,8 @@ impl Named {
 pub struct Verdict {
     policy: usize,
     decision: Decision,
-    /// The limits that refused, bit `i` for limit `i`: none if admitted.
-    refused: usize,
+    /// For a refusal, the wait and the limits that refused.
+    refusal: Option<Refusal>,
 }
 
 impl Verdict {
@@ -121,7 +121,7 @@ impl Verdict {
 
     /// Whether limit `i` of the policy (in its order) refused.
     pub fn refused_by(&self, i: usize) -> bool {
-        self.refused >> i & 1 == 1
+        self.refusal.is_some_and(|r| r.limits >> i & 1 == 1)
     }
 }
 
@@ -178,29 +178,26 @@ impl Limits {
         (Some(verdict), refused)
     }
 
-    /// The verdict of policy `i`; for a refusal, which limits refused.
+    /// The verdict of policy `i`; for a refusal, the wait and which limits refused.
     fn verdict(&self, i: usize, decision: Decision) -> Verdict {
-        let refused = match decision.is_allowed() {
-            true => 0,
-            false => decision.limits(&self.policies[i].limiter).refused_set(),
-        };
         Verdict {
             policy: i,
             decision,
-            refused,
+            refusal: decision.refusal(&self.policies[i].limiter),
         }
     }
 
     /// The 429 for a refused verdict.
     fn refusal(&self, v: Verdict) -> Problem {
         let named = &self.policies[v.policy];
-        let set = v.refused;
+        let refusal = v.refusal.unwrap_or_default();
+        let set = refusal.limits;
         let violated = match named.refusals.get(set) {
             Some(rendered) => rendered.clone(),
             None => violated_names(&named.names, |i| set & (1 << i) != 0),
         };
         Problem::RateLimited {
-            retry_after: v.decision.retry_after_secs(&named.limiter).unwrap_or(1),
+            retry_after: refusal.retry_after_secs().max(1),
             violated,
         }
     }

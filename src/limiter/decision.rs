@@ -139,10 +139,10 @@ impl Decision {
             return None;
         }
         let waits = policy.waits(&self.state, self.now, self.cost);
-        let limits = (0..waits.len()).filter(|&i| waits[i] > 0);
+        let refusing = waits.iter().enumerate().filter(|&(_, &wait)| wait > 0);
         Some(Refusal {
             retry_after: Duration::from_nanos(waits.into_iter().max().unwrap_or(0)),
-            limits: limits.fold(0, |set, i| set | 1 << i),
+            limits: refusing.fold(0, |set, (i, _)| set | 1 << i),
         })
     }
 

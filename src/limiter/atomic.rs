@@ -57,37 +57,61 @@ impl AtomicState {
         now: Nanos,
         cost: NonZeroU32,
     ) -> Result<Decision, InsufficientCapacity> {
-        let single = policy.limits().len() == 1;
+        // One attempt inline; the retries that contention needs are a loop out of line, so
+        // the common case does not pay for setting a loop up.
+        match self.attempt(policy, now, cost)? {
+            Some(decision) => Ok(decision),
+            None => self.decide_contended(policy, now, cost),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn decide_contended(
+        &self,
+        policy: &Policy,
+        now: Nanos,
+        cost: NonZeroU32,
+    ) -> Result<Decision, InsufficientCapacity> {
         let mut spins = 0u32;
         loop {
-            let Some((first, mut next)) = self.words() else {
-                spins = wait(spins);
-                continue;
-            };
-            let decision = policy.decide(&mut next, now, cost)?;
-            if !decision.is_allowed() {
-                if single || self.unchanged(first) {
-                    return Ok(decision);
-                }
-                continue;
-            }
-            debug_assert!(next[0] & LOCKED == 0, "a limit set the lock bit");
-            if single {
-                if self.swap(first, next[0]) {
-                    return Ok(decision);
-                }
-                continue;
-            }
-            // The lock is taken from the very word the decision was made on, so the second
-            // word cannot have changed since it was read.
-            if self.swap(first, first | LOCKED) {
-                // Keeps the stores below from being seen before the lock.
-                fence(Ordering::Release);
-                self.0[1].store(next[1], Ordering::Relaxed);
-                self.0[0].store(next[0], Ordering::Release);
+            if let Some(decision) = self.attempt(policy, now, cost)? {
                 return Ok(decision);
             }
+            spins = wait(spins);
         }
+    }
+
+    /// One try at [`AtomicState::decide`]; `None` if another thread got in the way.
+    #[inline(always)]
+    fn attempt(
+        &self,
+        policy: &Policy,
+        now: Nanos,
+        cost: NonZeroU32,
+    ) -> Result<Option<Decision>, InsufficientCapacity> {
+        let single = policy.limits().len() == 1;
+        let Some((first, mut next)) = self.words() else {
+            return Ok(None);
+        };
+        let decision = policy.decide(&mut next, now, cost)?;
+        let done = if !decision.is_allowed() {
+            single || self.unchanged(first)
+        } else if single {
+            self.swap(first, next[0])
+        } else if self.swap(first, first | LOCKED) {
+            // The lock is taken from the very word the decision was made on, so the second
+            // word cannot have changed since it was read. The fence keeps the stores below
+            // from being seen before the lock.
+            fence(Ordering::Release);
+            self.0[1].store(next[1], Ordering::Relaxed);
+            self.0[0].store(next[0], Ordering::Release);
+            true
+        } else {
+            false
+        };
+        debug_assert!(next[0] & LOCKED == 0, "a limit set the lock bit");
+        Ok(done.then_some(decision))
     }
 
     /// Both words as of one instant, or `None` if a writer was at work.

@@ -98,13 +98,14 @@ fn report_memory() {
 }
 
 /// One hot key, all four checks taking turns in short rounds, so that a busy or shared machine
-/// slows each of them alike; prints the fastest and the median round of each.
+/// slows each of them alike; prints the fastest and the median round of each, on one thread
+/// and on two (wall time per check, both threads checking the same key).
 fn report_side_by_side() {
     const ROUNDS: usize = 300;
-    const CHECKS: u32 = 20_000;
+    const CHECKS: u64 = 20_000;
     let (ours, default, rate) = (store(), Policy::published_default(), rate_only());
     let (by_u64, by_bytes, key) = (governor(), governor_bytes(), b"client-key".to_vec());
-    let checks: [(&str, &dyn Fn()); 4] = [
+    let checks: [(&str, &(dyn Fn() + Sync)); 4] = [
         ("sluice, default policy", &|| {
             black_box(ours.check_now(&default, black_box(b"client-key"), ONE)).ok();
         }),
@@ -118,19 +119,29 @@ fn report_side_by_side() {
             black_box(by_bytes.check_key(black_box(&key))).ok();
         }),
     ];
-    let mut rounds = vec![Vec::with_capacity(ROUNDS); checks.len()];
-    for _ in 0..ROUNDS {
-        for ((_, check), times) in checks.iter().zip(&mut rounds) {
-            let start = Instant::now();
-            (0..CHECKS).for_each(|_| check());
-            times.push(start.elapsed().as_secs_f64() * 1e9 / f64::from(CHECKS));
+    for threads in [1, 2] {
+        let mut rounds = vec![Vec::with_capacity(ROUNDS); checks.len()];
+        for _ in 0..ROUNDS {
+            for ((_, check), times) in checks.iter().zip(&mut rounds) {
+                let elapsed = match threads {
+                    1 => {
+                        let start = Instant::now();
+                        (0..CHECKS).for_each(|_| check());
+                        start.elapsed()
+                    }
+                    _ => on_two_threads(CHECKS, check),
+                };
+                times.push(elapsed.as_secs_f64() * 1e9 / CHECKS as f64);
+            }
         }
-    }
-    println!("hot key, 1 thread, taking turns ({ROUNDS} rounds of {CHECKS} checks):");
-    for ((name, _), mut times) in checks.iter().zip(rounds) {
-        times.sort_by(f64::total_cmp);
-        let (fastest, median) = (times[0], times[ROUNDS / 2]);
-        println!("  {name:24} fastest round {fastest:5.1} ns, median {median:5.1} ns");
+        println!(
+            "hot key, {threads} thread(s), taking turns ({ROUNDS} rounds of {CHECKS} checks):"
+        );
+        for ((name, _), mut times) in checks.iter().zip(rounds) {
+            times.sort_by(f64::total_cmp);
+            let (fastest, median) = (times[0], times[ROUNDS / 2]);
+            println!("  {name:24} fastest round {fastest:5.1} ns, median {median:5.1} ns");
+        }
     }
 }
 
@@ -200,6 +211,14 @@ fn hot_key_two_threads(c: &mut Criterion) {
             })
         })
     });
+    let (limiter, key) = (governor_bytes(), b"client-key".to_vec());
+    group.bench_function("governor_keyed_dashmap_byte_key", |b| {
+        b.iter_custom(|iters| {
+            on_two_threads(iters, || {
+                black_box(limiter.check_key(&key)).ok();
+            })
+        })
+    });
     group.finish();
 }
 
@@ -224,7 +243,20 @@ fn million_keys(c: &mut Criterion) {
             limiter.check_key(&next)
         })
     });
+    // Keyed by the same bytes as ours, made beforehand so no check allocates.
+    let (limiter, keys) = (governor_bytes(), byte_keys());
+    keys.iter().for_each(|key| drop(limiter.check_key(key)));
+    group.bench_function("governor_keyed_dashmap_byte_key", |b| {
+        b.iter(|| {
+            next = (next + 1) % KEYS;
+            limiter.check_key(&keys[next as usize])
+        })
+    });
     group.finish();
+}
+
+fn byte_keys() -> Vec<Vec<u8>> {
+    (0..KEYS).map(|key| key.to_le_bytes().to_vec()).collect()
 }
 
 /// The pieces of a check, each alone: what a check costs beyond governor's.

@@ -16,9 +16,8 @@
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
-use super::clock::Nanos;
 use super::decision::{Decision, MAX_LIMITS};
-use super::policy::{InsufficientCapacity, Policy, State};
+use super::policy::{At, InsufficientCapacity, Policy, State};
 
 /// The lock bit of the first word.
 pub(crate) const LOCKED: u64 = 1 << 63;
@@ -48,20 +47,20 @@ impl AtomicState {
         self.0.each_mut().map(|word| *word.get_mut())
     }
 
-    /// [`Policy::decide`] on this state, atomically: the cost is taken from every limit or
+    /// [`Policy::decide_at`] on this state, atomically: the cost is taken from every limit or
     /// from none, as if the check ran alone.
     #[inline(always)]
     pub(crate) fn decide(
         &self,
         policy: &Policy,
-        now: Nanos,
+        at: &At,
         cost: NonZeroU32,
     ) -> Result<Decision, InsufficientCapacity> {
         // One attempt inline; the retries that contention needs are a loop out of line, so
         // the common case does not pay for setting a loop up.
-        match self.attempt(policy, now, cost)? {
+        match self.attempt(policy, at, cost)? {
             Some(decision) => Ok(decision),
-            None => self.decide_contended(policy, now, cost),
+            None => self.decide_contended(policy, at, cost),
         }
     }
 
@@ -70,12 +69,12 @@ impl AtomicState {
     fn decide_contended(
         &self,
         policy: &Policy,
-        now: Nanos,
+        at: &At,
         cost: NonZeroU32,
     ) -> Result<Decision, InsufficientCapacity> {
         let mut spins = 0u32;
         loop {
-            if let Some(decision) = self.attempt(policy, now, cost)? {
+            if let Some(decision) = self.attempt(policy, at, cost)? {
                 return Ok(decision);
             }
             spins = wait(spins);
@@ -87,14 +86,14 @@ impl AtomicState {
     fn attempt(
         &self,
         policy: &Policy,
-        now: Nanos,
+        at: &At,
         cost: NonZeroU32,
     ) -> Result<Option<Decision>, InsufficientCapacity> {
         let single = policy.limits().len() == 1;
         let Some((first, mut next)) = self.words() else {
             return Ok(None);
         };
-        let decision = policy.decide(&mut next, now, cost)?;
+        let decision = policy.decide_at(&mut next, at, cost)?;
         let done = if !decision.is_allowed() {
             single || self.unchanged(first)
         } else if single {

@@ -33,7 +33,7 @@ use dashmap::mapref::one::Ref;
 
 use super::atomic::AtomicState;
 use super::clock::{Clock, MonotonicClock, Nanos};
-use super::policy::{Policy, State};
+use super::policy::{At, Policy, State};
 use super::store::{Checked, Outcome, Store};
 
 /// Policies whose tables are found with one atomic load instead of a map lookup; a process
@@ -147,13 +147,15 @@ impl<C: Clock> MemoryStore<C> {
 
     /// Checks synchronously; what [`Store::check`] answers, ready at once.
     pub fn check_now(&self, policy: &Policy, key: &[u8], cost: NonZeroU32) -> Outcome {
-        let now = self.clock.now();
+        // Everything that needs no state first: the shard's lock is shared by every key of
+        // the shard, and held only while the key's state is read and updated.
+        let at = policy.at(self.clock.now());
         let hash = self.hash(key);
         let table = self.table(policy);
         if let Some(state) = table.states.get(&hash) {
-            return Ok(state.decide(policy, now, cost)?);
+            return Ok(state.decide(policy, &at, cost)?);
         }
-        self.check_new(&table, hash, now, cost)
+        self.check_new(&table, hash, &at, cost)
     }
 
     /// Decides on a copy of the key's state: what `check_now` would answer, taking nothing.
@@ -258,20 +260,20 @@ impl<C: Clock> MemoryStore<C> {
     /// line, so a check of a known key stays small.
     #[cold]
     #[inline(never)]
-    fn check_new(&self, table: &Table, hash: u64, now: Nanos, cost: NonZeroU32) -> Outcome {
+    fn check_new(&self, table: &Table, hash: u64, at: &At, cost: NonZeroU32) -> Outcome {
         let policy = &table.policy;
         if self.tracked_keys() >= self.max_keys {
             if let Some(shared) = table.states.get(&OVERFLOW) {
-                return Ok(shared.decide(policy, now, cost)?);
+                return Ok(shared.decide(policy, at, cost)?);
             }
             let shared = table.states.entry(OVERFLOW).or_default();
-            return Ok(shared.decide(policy, now, cost)?);
+            return Ok(shared.decide(policy, at, cost)?);
         }
         match table.states.entry(hash) {
-            Entry::Occupied(state) => Ok(state.get().decide(policy, now, cost)?),
+            Entry::Occupied(state) => Ok(state.get().decide(policy, at, cost)?),
             Entry::Vacant(vacant) => {
                 let mut state = State::default();
-                let decision = policy.decide(&mut state, now, cost)?;
+                let decision = policy.decide_at(&mut state, at, cost)?;
                 if decision.is_allowed() {
                     vacant.insert(AtomicState::new(state));
                     self.tracked.fetch_add(1, Ordering::Relaxed);

@@ -45,11 +45,21 @@ impl Limit {
         (self.capacity(), window.div_ceil(1_000_000_000))
     }
 
+    /// The limit's state once `cost` is taken at `at` (limit `i` of its policy), if it fits.
     #[inline]
-    fn admit(&self, word: u64, now: Nanos, cost: u32) -> Option<u64> {
+    fn admit(&self, word: u64, at: &At, i: usize, cost: u32) -> Option<u64> {
         match self {
-            Limit::Rate(gcra) => gcra.admit(word, now, cost),
-            Limit::Window(window) => window.admit(word, now, cost),
+            Limit::Rate(gcra) => gcra.admit(word, at.now, cost),
+            Limit::Window(window) => window.admit(word, at.slots[i], cost),
+        }
+    }
+
+    /// What the limit works out from the time alone.
+    #[inline]
+    fn slot_of(&self, now: Nanos) -> u64 {
+        match self {
+            Limit::Rate(_) => 0,
+            Limit::Window(window) => window.slot_of(now),
         }
     }
 
@@ -97,6 +107,15 @@ impl Limit {
 pub(crate) struct Figures {
     pub(crate) remaining: u32,
     pub(crate) reset: Nanos,
+}
+
+/// The time of a check, with what each limit of its policy works out from the time alone (a
+/// window's slot). Made before the key's state is read, so the map's shared lock is held for
+/// as little as possible.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct At {
+    now: Nanos,
+    slots: [u64; MAX_LIMITS],
 }
 
 /// A key's state under a policy: one word per limit; all zeros is a fresh key.
@@ -188,7 +207,28 @@ impl Policy {
         now: Nanos,
         cost: NonZeroU32,
     ) -> Result<Decision, InsufficientCapacity> {
-        let cost = cost.get();
+        self.decide_at(state, &self.at(now), cost)
+    }
+
+    /// `now`, with what each limit works out from it alone.
+    #[inline(always)]
+    pub(crate) fn at(&self, now: Nanos) -> At {
+        let mut slots = [0; MAX_LIMITS];
+        for (slot, limit) in slots.iter_mut().zip(self.limits()) {
+            *slot = limit.slot_of(now);
+        }
+        At { now, slots }
+    }
+
+    /// [`Policy::decide`] at a time made by [`Policy::at`] of this policy.
+    #[inline(always)]
+    pub(crate) fn decide_at(
+        &self,
+        state: &mut State,
+        at: &At,
+        cost: NonZeroU32,
+    ) -> Result<Decision, InsufficientCapacity> {
+        let (now, cost) = (at.now, cost.get());
         if cost > self.capacity {
             let capacity = self.capacity;
             return Err(InsufficientCapacity { cost, capacity });
@@ -197,12 +237,12 @@ impl Policy {
         // only if asked (`Decision::retry_after`, `Decision::limits`). Written out rather
         // than looped, so a one-limit policy runs only its own limit's code.
         let refused = Decision::new(*state, now, cost, false);
-        let Some(first) = self.limits[0].admit(state[0], now, cost) else {
+        let Some(first) = self.limits[0].admit(state[0], at, 0, cost) else {
             return Ok(refused);
         };
         let second = match self.len {
             1 => state[1],
-            _ => match self.limits[1].admit(state[1], now, cost) {
+            _ => match self.limits[1].admit(state[1], at, 1, cost) {
                 Some(second) => second,
                 None => return Ok(refused),
             },
@@ -225,10 +265,10 @@ impl Policy {
     /// the request of `cost` was refused, the limits that refuse it are marked.
     pub(crate) fn report(&self, state: &State, now: Nanos, cost: u32, refused: bool) -> Report {
         let mut report = self.blank;
-        let limits = self.limits().iter().zip(state);
-        for (item, (limit, &word)) in report.items_mut().iter_mut().zip(limits) {
+        let (limits, at) = (self.limits().iter().zip(state), self.at(now));
+        for (i, (item, (limit, &word))) in report.items_mut().iter_mut().zip(limits).enumerate() {
             let Figures { remaining, reset } = limit.figures(word, now);
-            let refuses = refused && limit.admit(word, now, cost).is_none();
+            let refuses = refused && limit.admit(word, &at, i, cost).is_none();
             (item.remaining, item.reset, item.refused) = (remaining, reset, refuses);
         }
         report

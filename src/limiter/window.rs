@@ -96,11 +96,12 @@ impl Window {
         self.length
     }
 
-    /// The state once `cost` (≤ N) is taken at `now` from state `word`, if it fits.
+    /// The state once `cost` (≤ N) is taken from state `word` in slot `index` (see
+    /// [`Window::slot_of`]), if it fits.
     #[inline]
-    pub(crate) fn admit(&self, word: u64, now: Nanos, cost: u32) -> Option<u64> {
+    pub(crate) fn admit(&self, word: u64, index: u64, cost: u32) -> Option<u64> {
         debug_assert!(cost <= self.max);
-        let (index, counts) = self.position(word, now);
+        let (index, counts) = self.position_in(word, index);
         (self.total(counts) + cost <= self.max).then(|| {
             let epoch = index & self.epoch_mask();
             (epoch << self.epoch_shift()) | (counts + u64::from(cost))
@@ -184,7 +185,18 @@ impl Window {
     /// slot, so a request is never counted in a slot that has already left.
     #[inline]
     fn position(&self, word: u64, now: Nanos) -> (u64, u64) {
-        let index = self.slot.count_in(now);
+        self.position_in(word, self.slot_of(now))
+    }
+
+    /// The slot `now` falls in.
+    #[inline]
+    pub(crate) fn slot_of(&self, now: Nanos) -> u64 {
+        self.slot.count_in(now)
+    }
+
+    /// [`Window::position`] with the slot of `now` worked out already.
+    #[inline]
+    fn position_in(&self, word: u64, index: u64) -> (u64, u64) {
         let counts = word & self.counts_mask();
         let stored = word >> self.epoch_shift();
         let mask = self.epoch_mask();
@@ -236,7 +248,7 @@ mod tests {
     /// wait.
     fn send(window: &Window, word: &mut u64, now: Nanos, cost: u32) -> Result<(), Nanos> {
         let wait = window.wait(*word, now, cost);
-        match window.admit(*word, now, cost) {
+        match window.admit(*word, window.slot_of(now), cost) {
             Some(next) if wait == 0 => {
                 *word = next;
                 Ok(())

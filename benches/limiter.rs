@@ -231,10 +231,11 @@ fn hot_key_two_threads(c: &mut Criterion) {
 
 fn million_keys(c: &mut Criterion) {
     let mut group = c.benchmark_group("million_keys_round_robin");
-    let (ours, default) = (store(), Policy::published_default());
+    let (ours, default, rate) = (store(), Policy::published_default(), rate_only());
     let limiter = governor();
     for key in 0..KEYS {
         ours.check_now(&default, &key.to_le_bytes(), ONE).unwrap();
+        ours.check_now(&rate, &key.to_le_bytes(), ONE).unwrap();
         let _ = limiter.check_key(&key);
     }
     let mut next = 0u64;
@@ -242,6 +243,12 @@ fn million_keys(c: &mut Criterion) {
         b.iter(|| {
             next = (next + 1) % KEYS;
             sink(ours.check_now(&default, &next.to_le_bytes(), ONE))
+        })
+    });
+    group.bench_function("sluice_rate_only", |b| {
+        b.iter(|| {
+            next = (next + 1) % KEYS;
+            sink(ours.check_now(&rate, &next.to_le_bytes(), ONE))
         })
     });
     group.bench_function("governor_keyed_dashmap", |b| {

@@ -94,6 +94,7 @@ impl AtomicState {
             return Ok(None);
         };
         let decision = policy.decide_at(&mut next, at, cost)?;
+        debug_assert!(next[0] & LOCKED == 0, "a limit set the lock bit");
         let done = if !decision.is_allowed() {
             single || self.unchanged(first)
         } else if single {
@@ -109,7 +110,6 @@ impl AtomicState {
         } else {
             false
         };
-        debug_assert!(next[0] & LOCKED == 0, "a limit set the lock bit");
         Ok(done.then_some(decision))
     }
 

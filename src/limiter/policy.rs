@@ -265,10 +265,14 @@ impl Policy {
     /// the request of `cost` was refused, the limits that refuse it are marked.
     pub(crate) fn report(&self, state: &State, now: Nanos, cost: u32, refused: bool) -> Report {
         let mut report = self.blank;
-        let (limits, at) = (self.limits().iter().zip(state), self.at(now));
+        // Only a refusal needs the limits' admission test, and so the time worked out for it.
+        let (limits, at) = (
+            self.limits().iter().zip(state),
+            refused.then(|| self.at(now)),
+        );
         for (i, (item, (limit, &word))) in report.items_mut().iter_mut().zip(limits).enumerate() {
             let Figures { remaining, reset } = limit.figures(word, now);
-            let refuses = refused && limit.admit(word, &at, i, cost).is_none();
+            let refuses = at.is_some_and(|at| limit.admit(word, &at, i, cost).is_none());
             (item.remaining, item.reset, item.refused) = (remaining, reset, refuses);
         }
         report

@@ -15,6 +15,7 @@
 //! - [`body`]: the body type that flows through, both ways.
 //! - [`cli`] and [`demo`]: the command line and the built-in demo API.
 
+pub mod alloc;
 pub mod batch;
 pub mod body;
 pub mod cli;

@@ -10,7 +10,7 @@ use sluice::{demo, server};
 /// mimalloc's per-thread heaps suit a thread-per-core server: about a sixth of a proxied
 /// request's user-space time was in the system allocator (see docs/performance.md).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: sluice::alloc::Allocator = sluice::alloc::Allocator;
 
 fn main() -> ExitCode {
     let args = Args::parse();

@@ -39,6 +39,8 @@ pub enum Problem {
     BatchDeadline,
     /// The request head is larger than `max_header_bytes`.
     HeadTooLarge,
+    /// The request head is not valid HTTP/1.1 (method, target, version or a header line).
+    MalformedHead,
     /// No route matches the path.
     NoRoute,
     /// The route exists but not for this method; `allow` lists the methods it takes.
@@ -109,7 +111,9 @@ impl Problem {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Problem::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Problem::InvalidJson { .. } | Problem::UnreadableBody => StatusCode::BAD_REQUEST,
+            Problem::InvalidJson { .. } | Problem::UnreadableBody | Problem::MalformedHead => {
+                StatusCode::BAD_REQUEST
+            }
             Problem::UpstreamTimeout { status } => *status,
             Problem::UpstreamRefused | Problem::UpstreamReset | Problem::UpstreamBadResponse => {
                 StatusCode::BAD_GATEWAY
@@ -138,6 +142,7 @@ impl Problem {
             }
             Problem::BatchDeadline => "The batch's deadline passed before this request finished.",
             Problem::HeadTooLarge => "The request head is too large.",
+            Problem::MalformedHead => "The request head is not valid HTTP/1.1.",
             Problem::NoRoute => "No route matches this path.",
             Problem::MethodNotAllowed { .. } => {
                 "This route does not accept this method; see the Allow header."
@@ -192,7 +197,8 @@ impl Problem {
     /// stream is in an unknown state, and overload and shutdown want the connection gone.
     pub fn closes_connection(&self) -> bool {
         match self {
-            Problem::HeadTimeout | Problem::HeadTooLarge | Problem::BodyTimeout => true,
+            Problem::HeadTimeout | Problem::HeadTooLarge | Problem::MalformedHead => true,
+            Problem::BodyTimeout => true,
             Problem::Overloaded | Problem::Draining => true,
             Problem::UpstreamTimeout { status } => *status == StatusCode::REQUEST_TIMEOUT,
             _ => false,

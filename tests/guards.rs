@@ -1,5 +1,5 @@
-//! What sluice refuses before a request reaches the upstream: slow and oversized heads (408,
-//! 431), idle connections, bodies over `max_body` (413), media types (415), invalid JSON (400),
+//! What sluice refuses before a request reaches the upstream: slow, oversized and unparseable
+//! heads (408, 431, 400), idle connections, bodies over `max_body` (413), media types (415), invalid JSON (400),
 //! the request deadline (408/504), the connect timeout (502), and which status wins when several
 //! apply. Clients that misbehave are played on raw sockets.
 
@@ -240,6 +240,52 @@ async fn head_timeout_and_431_problems_carry_a_request_id() {
         );
         assert_eq!(res.header("x-request-id"), id);
     }
+}
+
+#[tokio::test]
+async fn a_head_that_is_not_http_gets_a_400_problem_and_the_connection_closes() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    for head in [
+        "GET / HTTP/1.1\r\nHost: x\r\nno colon in this line\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n",
+        "GET / HTTP/7.0\r\nHost: x\r\n\r\n",
+        "G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n",
+    ] {
+        let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let res = within(Duration::from_secs(2), "400", read_answer(&mut s)).await;
+        let body = assert_problem(&res, 400);
+        assert_eq!(
+            body["detail"], "The request head is not valid HTTP/1.1.",
+            "{head:?}"
+        );
+        assert_eq!(res.header("connection"), "close", "{head:?}");
+        let rest = within(Duration::from_secs(1), "close", read_to_eof(&mut s)).await;
+        assert!(
+            rest.is_empty(),
+            "bytes after the 400 for {head:?}: {rest:?}"
+        );
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_bad_head_after_a_good_request_on_the_same_connection_gets_the_400_problem() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    s.write_all(b"GET /raw/a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let first = within(Duration::from_secs(2), "200", read_answer(&mut s)).await;
+    assert_eq!(first.status, 200);
+    s.write_all(b"GET /raw/b HTTP/1.1\r\nHost x\r\n\r\n")
+        .await
+        .unwrap();
+    let second = within(Duration::from_secs(2), "400", read_answer(&mut s)).await;
+    assert_problem(&second, 400);
+    assert_eq!(up.seen().len(), 1);
 }
 
 // ---- 2. idle keep-alive ----------------------------------------------------------------------

@@ -1,6 +1,8 @@
 //! A client connection's socket, watched between requests: the idle timeout, and the deadline
 //! and size limit of a request head (the slowloris guard). hyper has not seen a request yet at
-//! that point, so the 408 or 431 answer is written here, and the connection closed.
+//! that point, so the 408 or 431 answer is written here, and the connection closed. A head
+//! hyper cannot parse gets its 400 here too, as a problem like every other refusal, in place
+//! of the bare one hyper writes.
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +25,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 #[derive(Debug, Default)]
 pub struct ConnState {
     active: AtomicUsize,
+    /// Requests handed to the service so far.
+    started: AtomicUsize,
     /// The connection's reader, woken when the last request ends so the idle timer starts.
     reader: AtomicWaker,
 }
@@ -34,6 +38,7 @@ pub struct Active(Arc<ConnState>);
 impl Active {
     pub fn new(state: &Arc<ConnState>) -> Active {
         state.active.fetch_add(1, Ordering::Relaxed);
+        state.started.fetch_add(1, Ordering::Relaxed);
         Active(state.clone())
     }
 }
@@ -93,6 +98,11 @@ pub struct ClientIo {
     tail: [u8; 3],
     /// Set once the first bytes show an HTTP/2 connection: no head phase there.
     h2: Option<bool>,
+    /// `ConnState::started` when the current head began: a write while it is unchanged is
+    /// hyper's own answer to a head it could not parse.
+    head_started: usize,
+    /// That answer was replaced by a problem; anything more hyper writes is dropped.
+    replaced: bool,
 }
 
 impl ClientIo {
@@ -117,6 +127,8 @@ impl ClientIo {
             head_bytes: None,
             tail: [0; 3],
             h2: None,
+            head_started: 0,
+            replaced: false,
         }
     }
 
@@ -191,6 +203,7 @@ impl ClientIo {
             self.head_bytes = Some(0);
             self.tail = [0; 3];
             self.since = Instant::now();
+            self.head_started = self.state.started.load(Ordering::Relaxed);
         }
         let Some(so_far) = self.head_bytes else {
             return Ok(());
@@ -206,6 +219,33 @@ impl ClientIo {
         self.head_bytes = if complete { None } else { Some(so_far + len) };
         self.tail = last_three(&self.tail, new);
         Ok(())
+    }
+
+    /// Whether a write now comes from hyper rather than from a request: bytes of a head were
+    /// read, and no request has been handed on since.
+    fn head_unparsed(&self) -> bool {
+        self.replaced
+            || (self.h2 == Some(false)
+                && self.phase == Phase::Head
+                && self.state.started.load(Ordering::Relaxed) == self.head_started)
+    }
+
+    /// Writes a problem in place of `data`, hyper's bare answer to a head it could not parse;
+    /// false if `data` is not an answer.
+    fn replace_hypers_answer(&mut self, data: &[u8]) -> bool {
+        if self.replaced {
+            return true;
+        }
+        if !data.starts_with(b"HTTP/1.") {
+            return false;
+        }
+        let problem = match data.get(9..12) {
+            Some(b"431") => Problem::HeadTooLarge,
+            _ => Problem::MalformedHead,
+        };
+        self.answer(&problem);
+        self.replaced = true;
+        true
     }
 }
 
@@ -262,7 +302,11 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, data)
+        let this = self.get_mut();
+        if this.head_unparsed() && this.replace_hypers_answer(data) {
+            return Poll::Ready(Ok(data.len()));
+        }
+        Pin::new(&mut this.stream).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -270,7 +314,17 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if this.head_unparsed() {
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &b[..]);
+            if this.replace_hypers_answer(first) {
+                return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+            }
+        }
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -16,6 +16,7 @@ Scenarios:
 
   bench/setup.sh                 # nginx, haproxy, wrk from Debian packages
   bench/run.py                   # full run: 1 and 2 workers, pass + reject, then manykeys
+  bench/run.py --workers 1 --pin # each proxy alone on CPU 1; wrk and the upstream on CPU 0
   bench/run.py --smoke           # CI: 1 worker, one round of 2 s per proxy, few keys; asserts
 Every process started here is stopped on exit (also on Ctrl-C or SIGTERM).
 """
@@ -38,11 +39,19 @@ BODY = '{"id":42,"name":"Ada Lovelace","status":"active"}'
 PASS_RATE = 1_000_000  # requests per second per key: far above anything wrk sends here
 
 children = []  # Popen objects, each the leader of its own process group
+# With --pin: the CPUs of the proxy under test, and of the load (wrk and the upstream).
+PIN = {"proxy": None, "load": None}
 
 
-def start(cmd, log, **kw):
+def pinned(cmd, role):
+    cpus = PIN[role]
+    return ["taskset", "-c", cpus] + cmd if cpus else cmd
+
+
+def start(cmd, log, role="proxy", **kw):
     out = open(log, "ab")
-    p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kw)
+    p = subprocess.Popen(pinned(cmd, role), stdout=out, stderr=subprocess.STDOUT,
+                         start_new_session=True, **kw)
     children.append(p)
     return p
 
@@ -317,7 +326,8 @@ def wrk(port, keys, seconds, conns, first=0):
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s",
            "-s", os.path.join(ROOT, "bench", "keys.lua"),
            f"http://127.0.0.1:{port}/v1/candidates", "--", str(keys), str(first)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    out = subprocess.run(pinned(cmd, "load"), capture_output=True, text=True,
+                         timeout=seconds + 30).stdout
 
     def latency(pct):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -428,6 +438,8 @@ def main():
     ap.add_argument("--many-seconds", type=int, default=180, help="at most, per proxy")
     ap.add_argument("--port-base", type=int, default=18080)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--pin", action="store_true",
+                    help="1 worker only: the proxy on CPU 1, wrk and the upstream on CPU 0")
     ap.add_argument("--variant", action="append", default=[], type=lambda v: tuple(v.split("=", 1)),
                     metavar="NAME=BINARY", help="another sluice build to run beside the others")
     args = ap.parse_args()
@@ -437,6 +449,10 @@ def main():
     for tool in ("nginx", "haproxy", "wrk"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: run bench/setup.sh")
+    if args.pin:
+        if args.workers != "1" or (os.cpu_count() or 1) < 2:
+            raise SystemExit("--pin needs --workers 1 and at least two CPUs")
+        PIN.update(proxy="1", load="0")
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     ports = [args.port_base + i for i in range(5)]
@@ -451,10 +467,11 @@ def main():
         with open(f"{work}/upstream.conf", "w") as f:
             f.write(upstream_conf(ports[0], work))
         upstream = start(["nginx", "-p", work, "-e", f"{work}/upstream.err",
-                          "-c", f"{work}/upstream.conf"], f"{work}/upstream.log")
+                          "-c", f"{work}/upstream.conf"], f"{work}/upstream.log", role="load")
         wait_port(ports[0], upstream)
         print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
-              f"wrk -t1 -c{args.connections}, {args.seconds} s per proxy per round")
+              f"wrk -t1 -c{args.connections}, {args.seconds} s per proxy per round"
+              + ("; proxy pinned to CPU 1, wrk and upstream to CPU 0" if args.pin else ""))
         scenarios = args.scenarios.split(",")
         for workers in map(int, args.workers.split(",")):
             for scenario in (s for s in scenarios if s in ("pass", "reject")):

@@ -1,12 +1,16 @@
 //! The global allocator: mimalloc, asked for alignment only when a type needs more than every
 //! block already has.
 //!
-//! `mimalloc::MiMalloc` passes every allocation to `mi_malloc_aligned`, whose fast path only
-//! serves blocks up to 1 KiB; a larger block whose size class is not a power of two is
-//! over-allocated and aligned by hand, and its `free` has to find the block's start again.
-//! Futures, read buffers and header maps are that size, several per request. mimalloc aligns
-//! every block of 16 bytes or more to 16 bytes (and smaller ones to their size), the same rule
-//! `std`'s system allocator relies on, so most layouts can take the plain `mi_malloc`.
+//! The `mimalloc` crate's allocator passes every allocation to `mi_malloc_aligned`, whose fast
+//! path serves blocks of up to 1 KiB only. Larger ones take a slower generic path, and with
+//! mimalloc 3 a block whose size class is not a power of two is over-allocated and aligned by
+//! hand, so that its `free` has to find the block's start again. Futures, read buffers and
+//! header maps are that size, several per request. mimalloc aligns every block of 16 bytes or
+//! more to 16 bytes (and smaller ones to their size), the same rule `std`'s system allocator
+//! relies on, so most layouts can take the plain `mi_malloc`.
+//!
+//! mimalloc 2 (the `v2` feature) ran 0.5 % fewer instructions per proxied request than
+//! mimalloc 3, with no more memory after a million keys (docs/performance.md).
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::ffi::c_void;

@@ -1,14 +1,17 @@
 //! Forwarding: the request rewritten in place for the upstream, its body read or streamed
 //! within the route's deadline, and the upstream's answer made ready for the client.
 
+use std::future::{Future, poll_fn};
 use std::net::{IpAddr, SocketAddr};
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 
 use http::header::{EXPECT, HOST};
 use http::request::Parts;
 use http::uri::Uri;
 use http::{HeaderValue, Request, Response, Version};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::payload::{self, Counted, Progress};
 use super::{App, Proxy, is_trusted};
@@ -44,8 +47,9 @@ pub fn prepare(app: &App, peer: SocketAddr, client: IpAddr, id: &HeaderValue, pa
 }
 
 /// Sends the request upstream and waits for the answer's head, all within the route's
-/// `request_timeout`. A JSON body the route validates is read whole first; others stream.
-/// A body already in memory (a batch item's) is checked the same way.
+/// `request_timeout`, which the answer's body must then end by too. A JSON body the route
+/// validates is read whole first; others stream. A body already in memory (a batch item's)
+/// is checked the same way.
 pub async fn send(
     proxy: &Proxy,
     r: usize,
@@ -53,13 +57,14 @@ pub async fn send(
     parts: Parts,
     body: Body,
 ) -> Result<Response<Body>, Problem> {
-    let deadline = Instant::now() + route.request_timeout;
+    // One timer for the whole request: the body read, the answer's head, the answer's body.
+    let mut deadline = Box::pin(sleep_until(Instant::now() + route.request_timeout));
     let validate = route.validate_json && payload::is_json(&parts.headers);
     let (body, progress) = match body {
         Body::Incoming(body) if validate => {
-            let bytes = timeout_at(deadline, payload::read_whole(body, route.max_body))
+            let bytes = before(&mut deadline, payload::read_whole(body, route.max_body))
                 .await
-                .map_err(|_| Problem::BodyTimeout)??;
+                .ok_or(Problem::BodyTimeout)??;
             payload::validate_json(&bytes)?;
             (Body::full(bytes), None)
         }
@@ -86,36 +91,51 @@ pub async fn send(
     let shard = app.metrics.shard(proxy.worker);
     let sending = Instant::now();
     let req = Request::from_parts(parts, body);
-    let outcome = timeout_at(
-        deadline,
+    let outcome = before(
+        &mut deadline,
         proxy.pool.send(&app.upstreams, route.upstream, req),
     )
     .await;
     match outcome {
-        Ok(Ok(_)) => shard.upstream_latency(r, sending.elapsed()),
-        Ok(Err(e)) if !progress.as_ref().is_some_and(|p| p.too_large()) => {
+        Some(Ok(_)) => shard.upstream_latency(r, sending.elapsed()),
+        Some(Err(e)) if !progress.as_ref().is_some_and(|p| p.too_large()) => {
             shard.upstream_error(route.upstream, e as usize);
         }
-        Err(_) if !unfinished() => shard.upstream_error(route.upstream, UpstreamError::TIMEOUT),
+        None if !unfinished() => shard.upstream_error(route.upstream, UpstreamError::TIMEOUT),
         _ => {}
     }
     match outcome {
-        Ok(Ok(res)) => Ok(res),
-        Ok(Err(_)) if progress.as_ref().is_some_and(|p| p.too_large()) => {
+        Some(Ok(mut res)) => {
+            if let Body::Upstream(body) = res.body_mut() {
+                body.end_by(deadline);
+            }
+            Ok(res)
+        }
+        Some(Err(_)) if progress.as_ref().is_some_and(|p| p.too_large()) => {
             Err(Problem::BodyTooLarge {
                 limit: route.max_body,
             })
         }
-        Ok(Err(e)) => {
+        Some(Err(e)) => {
             let upstream = &app.config.upstreams[route.upstream].name;
             tracing::warn!(error = %e, %upstream, "upstream failed");
             Err(e.into())
         }
-        Err(_) if unfinished() => Err(Problem::BodyTimeout),
-        Err(_) => Err(Problem::UpstreamTimeout {
+        None if unfinished() => Err(Problem::BodyTimeout),
+        None => Err(Problem::UpstreamTimeout {
             status: app.config.server.timeout_status,
         }),
     }
+}
+
+/// `work`'s output, or `None` if `deadline` fires first.
+async fn before<T>(deadline: &mut Pin<Box<Sleep>>, work: impl Future<Output = T>) -> Option<T> {
+    let mut work = pin!(work);
+    poll_fn(|cx| match work.as_mut().poll(cx) {
+        Poll::Ready(out) => Poll::Ready(Some(out)),
+        Poll::Pending => deadline.as_mut().poll(cx).map(|()| None),
+    })
+    .await
 }
 
 /// The upstream's response for the client: untouched but for hop-by-hop headers.

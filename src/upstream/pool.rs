@@ -2,6 +2,7 @@
 //! request never waits on another core; a connection goes back to its slot when the response
 //! body has been read to the end, and is dropped (closed) otherwise.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -14,9 +15,10 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 
 use super::{UpstreamError, Upstreams};
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::config::Target;
 
 /// Idle connections kept per target and worker; beyond this a finished connection is closed.
@@ -158,6 +160,7 @@ fn wrap(res: Response<Incoming>, sender: SendRequest<Body>, slot: &Arc<Slot>) ->
         let mut body = ResponseBody {
             inner,
             release: Some((sender, slot.clone())),
+            deadline: None,
         };
         if body.inner.is_end_stream() {
             body.release();
@@ -171,10 +174,21 @@ fn wrap(res: Response<Incoming>, sender: SendRequest<Body>, slot: &Arc<Slot>) ->
 pub struct ResponseBody {
     inner: Incoming,
     release: Option<(SendRequest<Body>, Arc<Slot>)>,
+    /// The request's deadline, which the body must end by too.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl ResponseBody {
+    /// Ends the body with an error if it has not ended when `deadline` fires: an upstream
+    /// that stalls mid-body cannot hold the client's connection past the request's deadline.
+    pub fn end_by(&mut self, deadline: Pin<Box<Sleep>>) {
+        if self.release.is_some() {
+            self.deadline = Some(deadline);
+        }
+    }
+
     fn release(&mut self) {
+        self.deadline = None;
         if let Some((sender, slot)) = self.release.take() {
             slot.put(sender);
         }
@@ -183,20 +197,36 @@ impl ResponseBody {
 
 impl http_body::Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.release = None,
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.release = None,
+            Poll::Pending => {
+                if let Some(deadline) = &mut this.deadline {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        // The connection is mid-message: close it rather than reuse it.
+                        this.release = None;
+                        this.deadline = None;
+                        tracing::warn!("upstream answer cut off: it did not end in time");
+                        let timed_out = std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "the upstream's answer did not end within request_timeout",
+                        );
+                        return Poll::Ready(Some(Err(timed_out.into())));
+                    }
+                }
+            }
             _ => {}
         }
-        polled
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {

@@ -31,7 +31,11 @@ impl Record {
         Record {
             started: Instant::now(),
             method: method.clone(),
-            bytes_in: length(headers),
+            // Only the log line uses it.
+            bytes_in: match app.config.server.access_log {
+                true => length(headers),
+                false => None,
+            },
             route: app.metrics.no_route(),
             key: None,
             verdict: None,

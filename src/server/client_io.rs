@@ -98,11 +98,12 @@ pub struct ClientIo {
     tail: [u8; 3],
     /// Set once the first bytes show an HTTP/2 connection: no head phase there.
     h2: Option<bool>,
-    /// `ConnState::started` when the current head began: a write while it is unchanged is
+    /// `ConnState::started` when the current head began: a write while it is unchanged may be
     /// hyper's own answer to a head it could not parse.
     head_started: usize,
-    /// That answer was replaced by a problem; anything more hyper writes is dropped.
-    replaced: bool,
+    /// The problem written in place of that answer, and how much of it has gone out. Once
+    /// set, anything more hyper writes is dropped: the connection is closing.
+    replacement: Option<(Vec<u8>, usize)>,
 }
 
 impl ClientIo {
@@ -128,7 +129,7 @@ impl ClientIo {
             tail: [0; 3],
             h2: None,
             head_started: 0,
-            replaced: false,
+            replacement: None,
         }
     }
 
@@ -186,11 +187,14 @@ impl ClientIo {
 
     /// Writes a problem straight to the socket; best effort, as the connection ends anyway.
     fn answer(&self, problem: &Problem) {
+        let _ = self.stream.try_write(&self.problem_bytes(problem));
+    }
+
+    /// A problem as a whole HTTP/1.1 answer, with a fresh request id.
+    fn problem_bytes(&self, problem: &Problem) -> Vec<u8> {
         let id = self.proxy.new_request_id();
         let header = &self.proxy.app.config.headers.request_id;
-        let _ = self
-            .stream
-            .try_write(&problem.to_http1(header, id.to_str().unwrap_or_default()));
+        problem.to_http1(header, id.to_str().unwrap_or_default())
     }
 
     /// Accounts for bytes read while no request is being answered.
@@ -221,32 +225,62 @@ impl ClientIo {
         Ok(())
     }
 
-    /// Whether a write now comes from hyper rather than from a request: bytes of a head were
-    /// read, and no request has been handed on since.
+    /// Whether a write now may come from hyper rather than from a request: bytes of a head
+    /// were read, and no request has been handed on since. (A response whose flush waited
+    /// while the next request's bytes arrived looks the same; `bare_answer` tells them apart.)
     fn head_unparsed(&self) -> bool {
-        self.replaced
+        self.replacement.is_some()
             || (self.h2 == Some(false)
                 && self.phase == Phase::Head
                 && self.state.started.load(Ordering::Relaxed) == self.head_started)
     }
 
-    /// Writes a problem in place of `data`, hyper's bare answer to a head it could not parse;
-    /// false if `data` is not an answer.
-    fn replace_hypers_answer(&mut self, data: &[u8]) -> bool {
-        if self.replaced {
+    /// Whether `data` is to be replaced: hyper's bare answer to a head it could not parse, or
+    /// more of hyper's writes after it. Sets up the problem that goes out instead.
+    fn replaces(&mut self, data: &[u8]) -> bool {
+        if self.replacement.is_some() {
             return true;
         }
-        if !data.starts_with(b"HTTP/1.") {
-            return false;
-        }
-        let problem = match data.get(9..12) {
+        let problem = match bare_answer(data) {
+            Some(b"400") => Problem::MalformedHead,
             Some(b"431") => Problem::HeadTooLarge,
-            _ => Problem::MalformedHead,
+            _ => return false,
         };
-        self.answer(&problem);
-        self.replaced = true;
+        self.replacement = Some((self.problem_bytes(&problem), 0));
         true
     }
+
+    /// Writes what is left of the replacing problem.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some((bytes, sent)) = &mut self.replacement else {
+            return Poll::Ready(Ok(()));
+        };
+        while *sent < bytes.len() {
+            let n = ready!(Pin::new(&mut self.stream).poll_write(cx, &bytes[*sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *sent += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The status of `data` if it is exactly hyper's answer to a head it could not parse: a
+/// status line, then `connection: close`, `content-length: 0` and `date`, nothing else.
+/// Every answer that passed through the proxy carries at least a request id besides.
+fn bare_answer(data: &[u8]) -> Option<&[u8]> {
+    const HEADERS: &[u8] = b"\r\nconnection: close\r\ncontent-length: 0\r\ndate: ";
+    const DATE_AND_END: usize = "Thu, 26 Nov 2026 18:00:00 GMT\r\n\r\n".len();
+    if !data.starts_with(b"HTTP/1.") {
+        return None;
+    }
+    let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+    let rest = &data[line_end..];
+    let exact = rest.starts_with(HEADERS)
+        && rest.len() == HEADERS.len() + DATE_AND_END
+        && rest.ends_with(b"\r\n\r\n");
+    exact.then(|| data.get(9..12)).flatten()
 }
 
 /// How many bytes of `new` belong to the head, and whether the head ends in them.
@@ -303,7 +337,8 @@ impl AsyncWrite for ClientIo {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.head_unparsed() && this.replace_hypers_answer(data) {
+        if this.head_unparsed() && this.replaces(data) {
+            ready!(this.poll_replacement(cx))?;
             return Poll::Ready(Ok(data.len()));
         }
         Pin::new(&mut this.stream).poll_write(cx, data)
@@ -320,7 +355,8 @@ impl AsyncWrite for ClientIo {
                 .iter()
                 .find(|b| !b.is_empty())
                 .map_or(&[][..], |b| &b[..]);
-            if this.replace_hypers_answer(first) {
+            if this.replaces(first) {
+                ready!(this.poll_replacement(cx))?;
                 return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
             }
         }
@@ -352,6 +388,100 @@ mod tests {
         assert_eq!(head_end(b"\r\n\r", b"\nrest"), (1, true));
         assert_eq!(head_end(b"\n\r\n", b"x\r\n\r\n"), (5, true));
         assert_eq!(head_end(&[0; 3], b"\r\n"), (2, false));
+    }
+
+    #[test]
+    fn only_hypers_exact_bare_answer_counts_as_one() {
+        let bare = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 26 Nov 2026 18:00:00 GMT\r\n\r\n";
+        assert_eq!(bare_answer(bare), Some(&b"400"[..]));
+        let too_large = String::from_utf8_lossy(bare)
+            .replace("400 Bad Request", "431 Request Header Fields Too Large");
+        assert_eq!(bare_answer(too_large.as_bytes()), Some(&b"431"[..]));
+        // A proxied answer has more headers, or a body.
+        let with_id = String::from_utf8_lossy(bare).replace("date:", "x-request-id: 1\r\ndate:");
+        assert_eq!(bare_answer(with_id.as_bytes()), None);
+        let mut with_body = bare.to_vec();
+        with_body.extend_from_slice(b"{}");
+        assert_eq!(bare_answer(&with_body), None);
+        assert_eq!(
+            bare_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+            None
+        );
+        assert_eq!(bare_answer(b""), None);
+    }
+
+    fn proxy() -> Arc<Proxy> {
+        let overrides = crate::config::Overrides {
+            upstreams: vec!["http://127.0.0.1:1".into()],
+            ..Default::default()
+        };
+        let config = crate::config::Config::defaults(&overrides).unwrap();
+        Arc::new(Proxy::new(Arc::new(crate::pipeline::App::new(config)), 0))
+    }
+
+    /// One `poll_read` as hyper makes it; whether it read any bytes (false when it would wait).
+    async fn read_once(io: &mut ClientIo) -> bool {
+        let mut space = [0u8; 4096];
+        std::future::poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut space);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Ready(r) => Poll::Ready(r.map(|()| !buf.filled().is_empty()).unwrap()),
+                Poll::Pending => Poll::Ready(false),
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_response_flushed_after_the_next_head_began_goes_out_unchanged() {
+        // hyper drops a response's body (and so its `Active`) before flushing its bytes; if
+        // the flush waits on a full socket, the next request's bytes may be read first.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let state = Arc::new(ConnState::default());
+        let limits = HeadLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+        };
+        let mut io = ClientIo::new(server, proxy(), state.clone(), limits);
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(read_once(&mut io).await, "the first head");
+        let active = Active::new(&state); // handed to the service
+        assert!(!read_once(&mut io).await, "hyper's keep-alive read");
+        drop(active); // the body has ended; its bytes wait in hyper's buffer
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            read_once(&mut io).await,
+            "the next head, read while the flush waits"
+        );
+        // The proxy's own 400 (invalid JSON, say) is not hyper's bare one.
+        let answer = b"HTTP/1.1 400 Bad Request\r\nx-request-id: 1\r\ncontent-length: 2\r\n\r\n{}";
+        io.write_all(answer).await.unwrap();
+        let mut got = vec![0u8; 4096];
+        let n = within_a_second(client.read(&mut got)).await.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&got[..n]),
+            String::from_utf8_lossy(answer)
+        );
+    }
+
+    async fn within_a_second<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(1), f)
+            .await
+            .expect("timed out")
     }
 
     #[test]

@@ -45,7 +45,8 @@ pub enum Decided {
     ShadowRefused = 2,
 }
 
-/// Every metric of one process: the label values, and one shard per worker.
+/// Every metric of one config generation: the label values, one shard per worker, and what
+/// earlier generations counted under the same labels.
 #[derive(Debug)]
 pub struct Metrics {
     routes: Vec<String>,
@@ -53,7 +54,19 @@ pub struct Metrics {
     limits: Vec<(String, String)>,
     upstreams: Vec<String>,
     shards: Box<[Shard]>,
+    /// Laid out like a shard: the counts of the generations before this one, so that a
+    /// counter carries on across a reload rather than starting again from zero.
+    carried: Carried,
     config_hash: u64,
+}
+
+/// Counters laid out like a shard's, read only at scrape time.
+#[derive(Debug)]
+struct Carried {
+    requests: Vec<u64>,
+    decisions: Vec<u64>,
+    latency: Vec<u64>,
+    errors: Vec<u64>,
 }
 
 /// One worker's counters, aligned so that two workers never share a cache line.
@@ -106,6 +119,12 @@ impl Metrics {
             errors: counters(upstreams.len() * ERRORS.len()),
             in_flight: AtomicI64::new(0),
         };
+        let carried = Carried {
+            requests: vec![0; routes.len() * METHODS.len() * STATUSES],
+            decisions: vec![0; limits.len() * DECISIONS.len()],
+            latency: vec![0; config.routes.len() * (BUCKETS.len() + 2)],
+            errors: vec![0; upstreams.len() * ERRORS.len()],
+        };
         let shards = (0..workers.max(1)).map(|_| shard()).collect();
         let config_hash = config.hash;
         Metrics {
@@ -114,8 +133,67 @@ impl Metrics {
             limits,
             upstreams,
             shards,
+            carried,
             config_hash,
         }
+    }
+
+    /// The metrics of the generation after `old`: every count `old` holds (its own and those it
+    /// carried) carries on under the same labels; labels the new config no longer has end.
+    /// Requests `old` answers after this moment are not carried.
+    pub fn after(config: &Config, old: &Metrics) -> Metrics {
+        let mut new = Metrics::new(config);
+        // Each route of `old`, mapped to its index in `new` where it still exists.
+        let routes: Vec<Option<usize>> = old
+            .routes
+            .iter()
+            .map(|r| new.routes.iter().position(|n| n == r))
+            .collect();
+        let block = METHODS.len() * STATUSES;
+        for (ro, rn) in routes.iter().enumerate() {
+            let Some(rn) = *rn else { continue };
+            for i in 0..block {
+                let total = old.total(|x| &x.requests, &old.carried.requests, ro * block + i);
+                new.carried.requests[rn * block + i] += total;
+            }
+        }
+        let latency = BUCKETS.len() + 2;
+        for (ro, upstream) in old.route_upstream.iter().enumerate() {
+            let same = |rn: usize| new.route_upstream.get(rn) == Some(upstream);
+            let Some(rn) = routes[ro].filter(|&rn| same(rn)) else {
+                continue;
+            };
+            for i in 0..latency {
+                let total = old.total(|x| &x.latency, &old.carried.latency, ro * latency + i);
+                new.carried.latency[rn * latency + i] += total;
+            }
+        }
+        for (lo, labels) in old.limits.iter().enumerate() {
+            let Some(ln) = new.limits.iter().position(|n| n == labels) else {
+                continue;
+            };
+            // A one-limit policy has its name twice; its second place counts nothing.
+            let ln = if lo % 2 == 1 && new.limits.get(ln + 1) == Some(labels) {
+                ln + 1
+            } else {
+                ln
+            };
+            for d in 0..DECISIONS.len() {
+                let i = lo * DECISIONS.len() + d;
+                let total = old.total(|x| &x.decisions, &old.carried.decisions, i);
+                new.carried.decisions[ln * DECISIONS.len() + d] += total;
+            }
+        }
+        for (uo, name) in old.upstreams.iter().enumerate() {
+            let Some(un) = new.upstreams.iter().position(|n| n == name) else {
+                continue;
+            };
+            for k in 0..ERRORS.len() {
+                let total = old.total(|x| &x.errors, &old.carried.errors, uo * ERRORS.len() + k);
+                new.carried.errors[un * ERRORS.len() + k] += total;
+            }
+        }
+        new
     }
 
     /// Worker `i`'s shard.
@@ -137,6 +215,11 @@ impl Metrics {
             .iter()
             .map(|s| pick(s)[i].load(Ordering::Relaxed))
             .sum()
+    }
+
+    /// Counter `i` over the shards, plus what earlier generations counted there.
+    fn total(&self, pick: impl Fn(&Shard) -> &[AtomicU64], carried: &[u64], i: usize) -> u64 {
+        self.sum(pick, i) + carried[i]
     }
 }
 
@@ -265,7 +348,8 @@ fn encode_requests(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
     for (r, route) in m.routes.iter().enumerate() {
         for (k, method) in METHODS.iter().enumerate() {
             for s in 0..STATUSES {
-                let n = m.sum(|x| &x.requests, (r * METHODS.len() + k) * STATUSES + s);
+                let i = (r * METHODS.len() + k) * STATUSES + s;
+                let n = m.total(|x| &x.requests, &m.carried.requests, i);
                 if n > 0 {
                     let status = (s + 100).to_string();
                     let labels = [
@@ -289,7 +373,11 @@ fn encode_decisions(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
         enc.encode_descriptor("sluice_limiter_decisions", help, None, MetricType::Counter)?;
     for (l, (policy, limit)) in m.limits.iter().enumerate() {
         for (d, decision) in DECISIONS.iter().enumerate() {
-            let n = m.sum(|x| &x.decisions, l * DECISIONS.len() + d);
+            let n = m.total(
+                |x| &x.decisions,
+                &m.carried.decisions,
+                l * DECISIONS.len() + d,
+            );
             if n > 0 {
                 let labels = [
                     ("policy", policy.as_str()),
@@ -316,16 +404,17 @@ fn encode_latency(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
     )?;
     let width = BUCKETS.len() + 2;
     for (r, upstream) in m.route_upstream.iter().enumerate() {
-        let count = m.sum(|x| &x.latency, r * width + BUCKETS.len() + 1);
+        let at = |i: usize| m.total(|x| &x.latency, &m.carried.latency, r * width + i);
+        let count = at(BUCKETS.len() + 1);
         if count == 0 {
             continue;
         }
-        let sum = m.sum(|x| &x.latency, r * width + BUCKETS.len()) as f64 / 1e6;
+        let sum = at(BUCKETS.len()) as f64 / 1e6;
         // Per-bucket counts: the encoder makes them cumulative.
         let mut buckets: Vec<(f64, u64)> = BUCKETS
             .iter()
             .enumerate()
-            .map(|(b, &le)| (le, m.sum(|x| &x.latency, r * width + b)))
+            .map(|(b, &le)| (le, at(b)))
             .collect();
         let finite: u64 = buckets.iter().map(|(_, n)| n).sum();
         buckets.push((f64::INFINITY, count - finite));
@@ -346,7 +435,7 @@ fn encode_errors(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
         enc.encode_descriptor("sluice_upstream_errors", help, None, MetricType::Counter)?;
     for (u, upstream) in m.upstreams.iter().enumerate() {
         for (k, kind) in ERRORS.iter().enumerate() {
-            let n = m.sum(|x| &x.errors, u * ERRORS.len() + k);
+            let n = m.total(|x| &x.errors, &m.carried.errors, u * ERRORS.len() + k);
             if n > 0 {
                 let labels = [("upstream", upstream.as_str()), ("kind", kind)];
                 family
@@ -356,4 +445,56 @@ fn encode_errors(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    fn config(routes: &str, window: &str) -> Config {
+        let text = format!(
+            "[upstreams.api]\ntargets = [\"http://127.0.0.1:1\"]\n\
+             [policies.p]\nrate = \"1/s\"\nburst = 5\n{window}\n{routes}"
+        );
+        Config::parse(&text, &Overrides::default()).unwrap()
+    }
+
+    fn rendered(m: Metrics) -> String {
+        render(Live {
+            metrics: Arc::new(m),
+            connections: 0,
+            tracked_keys: 0,
+            reloads: [0, 0],
+        })
+    }
+
+    #[test]
+    fn a_reload_carries_counts_under_the_labels_that_remain() {
+        let routes = "[[routes]]\npath = \"/a\"\npolicy = \"p\"\n[[routes]]\npath = \"/b\"\n";
+        let before = config(routes, "");
+        let old = Metrics::new(&before);
+        let (a, b) = (0, 1);
+        old.shard(0).request(a, &Method::GET, StatusCode::OK);
+        old.shard(1).request(a, &Method::GET, StatusCode::OK);
+        old.shard(0).request(b, &Method::GET, StatusCode::OK);
+        let p = before.policies.iter().position(|p| p.name == "p").unwrap();
+        old.shard(0).decision(p * 2, Decided::Allowed);
+        // /b goes, and the policy gains a rolling window (a second limit).
+        let new = Metrics::after(
+            &config(
+                "[[routes]]\npath = \"/a\"\npolicy = \"p\"\n",
+                "window = \"60s\"\nwindow_requests = 100",
+            ),
+            &old,
+        );
+        new.shard(0).request(0, &Method::GET, StatusCode::OK);
+        let text = rendered(new);
+        let a_ok = r#"sluice_requests_total{route="/a",method="GET",status="200"} 3"#;
+        assert!(text.contains(a_ok), "{text}");
+        assert!(!text.contains(r#"route="/b""#), "{text}");
+        let allowed =
+            r#"sluice_limiter_decisions_total{policy="p",limit="p",decision="allowed"} 1"#;
+        assert!(text.contains(allowed), "{text}");
+    }
 }

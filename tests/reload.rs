@@ -297,3 +297,53 @@ async fn under_a_changed_policy_each_key_keeps_its_share_of_the_limit() {
     );
     running.shutdown();
 }
+
+/// The value of the series named in full (labels included) in a metrics text.
+fn series(text: &str, name: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with(&format!("{name} ")))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn counters_carry_on_across_a_reload() {
+    let up = spawn_upstream().await;
+    let path = config_file("counters", &toml(&up.url(), ""));
+    let running = start(&path);
+    let (addr, admin) = (running.local_addr(), running.admin_addr().unwrap());
+    let (free, keyed_ok) = (3, 2);
+    for _ in 0..free {
+        assert_eq!(get(addr, "/free/x").await.status, 200);
+    }
+    for _ in 0..keyed_ok {
+        assert_eq!(send(addr, keyed("/a", "k")).await.status, 200);
+    }
+    std::fs::write(&path, toml(&up.url(), "[[routes]]\npath = \"/other\"\n")).unwrap();
+    running.reload().unwrap();
+    for _ in 0..2 {
+        assert_eq!(get(addr, "/free/x").await.status, 200);
+    }
+    assert_eq!(send(addr, keyed("/a", "k")).await.status, 200);
+
+    let text = String::from_utf8(get(admin, "/metrics").await.body.to_vec()).unwrap();
+    let at = |name: &str| series(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    assert_eq!(
+        at(r#"sluice_requests_total{route="/free",method="GET",status="200"}"#),
+        5.0
+    );
+    assert_eq!(
+        at(r#"sluice_requests_total{route="/",method="GET",status="200"}"#),
+        3.0
+    );
+    assert_eq!(
+        at(r#"sluice_upstream_latency_seconds_count{route="/free",upstream="api"}"#),
+        5.0
+    );
+    assert_eq!(
+        at(
+            r#"sluice_limiter_decisions_total{policy="default",limit="default",decision="allowed"}"#
+        ),
+        3.0
+    );
+    assert!(!text.contains(r#"route="/other""#), "{text}");
+    running.shutdown();
+}

@@ -52,7 +52,8 @@ impl App {
             connections: AtomicUsize::new(0),
             reloads: Default::default(),
         };
-        App::build(config, Arc::new(life))
+        let metrics = Metrics::new(&config);
+        App::build(config, Arc::new(life), metrics)
     }
 
     /// The next generation, from a new config. A policy whose limits did not change keeps its
@@ -79,15 +80,16 @@ impl App {
                 tracing::info!(policy = %policy.name, keys = moved, "policy changed; standing carried over");
             }
         }
-        App::build(config, previous.life.clone())
+        let metrics = Metrics::after(&config, &previous.metrics);
+        App::build(config, previous.life.clone(), metrics)
     }
 
-    fn build(config: Config, life: Arc<Lifecycle>) -> App {
+    fn build(config: Config, life: Arc<Lifecycle>, metrics: Metrics) -> App {
         App {
             router: Router::new(&config.routes),
             upstreams: Upstreams::new(&config.upstreams),
             keys: Keys::new(&config.auth),
-            metrics: Arc::new(Metrics::new(&config)),
+            metrics: Arc::new(metrics),
             limits: Limits::new(&config, life.store.clone()),
             config,
             life,

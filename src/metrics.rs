@@ -15,6 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::config::Config;
+use crate::limiter::LimitKind;
 
 /// Method label values; anything else is `other`.
 const METHODS: [&str; 8] = [
@@ -52,6 +53,9 @@ pub struct Metrics {
     routes: Vec<String>,
     route_upstream: Vec<String>,
     limits: Vec<(String, String)>,
+    /// The algorithm behind each of `limits` (`None` for a one-limit policy's unused place):
+    /// a reload that gives a label to another algorithm does not carry its counts.
+    limit_kinds: Vec<Option<LimitKind>>,
     upstreams: Vec<String>,
     shards: Box<[Shard]>,
     /// Laid out like a shard: the counts of the generations before this one, so that a
@@ -111,6 +115,11 @@ impl Metrics {
                 (0..2).map(move |i| (p.name.clone(), names[i].clone()))
             })
             .collect();
+        let limit_kinds = config
+            .policies
+            .iter()
+            .flat_map(|p| (0..2).map(|l| p.limiter.limits().get(l).map(|limit| limit.kind())))
+            .collect();
         let upstreams: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
         let shard = || Shard {
             requests: counters(routes.len() * METHODS.len() * STATUSES),
@@ -131,6 +140,7 @@ impl Metrics {
             routes,
             route_upstream,
             limits,
+            limit_kinds,
             upstreams,
             shards,
             carried,
@@ -178,6 +188,9 @@ impl Metrics {
             } else {
                 ln
             };
+            if old.limit_kinds[lo] != new.limit_kinds[ln] {
+                continue;
+            }
             for d in 0..DECISIONS.len() {
                 let i = lo * DECISIONS.len() + d;
                 let total = old.total(|x| &x.decisions, &old.carried.decisions, i);
@@ -417,6 +430,9 @@ fn encode_latency(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
             .map(|(b, &le)| (le, at(b)))
             .collect();
         let finite: u64 = buckets.iter().map(|(_, n)| n).sum();
+        // A bucket and the count are separate counters: a read between the two increments of
+        // one request (by a scrape, or by a reload's carry) can see the bucket but not the count.
+        let count = count.max(finite);
         buckets.push((f64::INFINITY, count - finite));
         let labels = [
             ("route", m.routes[r].as_str()),
@@ -470,6 +486,44 @@ mod tests {
     }
 
     #[test]
+    fn a_limits_counts_are_not_carried_to_another_algorithm_under_its_label() {
+        // A rate-only policy counts under limit="p"; with a window added, "p" is the window.
+        let rate_only = config("[[routes]]\npath = \"/a\"\npolicy = \"p\"\n", "");
+        let p = rate_only
+            .policies
+            .iter()
+            .position(|p| p.name == "p")
+            .unwrap();
+        let old = Metrics::new(&rate_only);
+        old.shard(0).decision(p * 2, Decided::Refused);
+        let both = config(
+            "[[routes]]\npath = \"/a\"\npolicy = \"p\"\n",
+            "window = \"60s\"\nwindow_requests = 100",
+        );
+        let text = rendered(Metrics::after(&both, &old));
+        assert!(!text.contains(r#"policy="p""#), "{text}");
+        // Unchanged, the same policy carries its counts.
+        let again = Metrics::after(&rate_only, &old);
+        let refused =
+            r#"sluice_limiter_decisions_total{policy="p",limit="p",decision="refused"} 1"#;
+        assert!(rendered(again).contains(refused));
+    }
+
+    #[test]
+    fn a_latency_read_between_a_bucket_and_the_count_is_still_a_histogram() {
+        let cfg = config("[[routes]]\npath = \"/a\"\n", "");
+        let m = Metrics::new(&cfg);
+        m.shard(0).upstream_latency(0, Duration::from_micros(300));
+        // A second request's bucket counted, its count not yet.
+        m.shard(0).latency[0].fetch_add(1, Ordering::Relaxed);
+        let carried = Metrics::after(&cfg, &m);
+        for text in [rendered(m), rendered(carried)] {
+            let count = r#"sluice_upstream_latency_seconds_count{route="/a",upstream="api"} 2"#;
+            assert!(text.contains(count), "{text}");
+        }
+    }
+
+    #[test]
     fn a_reload_carries_counts_under_the_labels_that_remain() {
         let routes = "[[routes]]\npath = \"/a\"\npolicy = \"p\"\n[[routes]]\npath = \"/b\"\n";
         let before = config(routes, "");
@@ -480,12 +534,9 @@ mod tests {
         old.shard(0).request(b, &Method::GET, StatusCode::OK);
         let p = before.policies.iter().position(|p| p.name == "p").unwrap();
         old.shard(0).decision(p * 2, Decided::Allowed);
-        // /b goes, and the policy gains a rolling window (a second limit).
+        // /b goes.
         let new = Metrics::after(
-            &config(
-                "[[routes]]\npath = \"/a\"\npolicy = \"p\"\n",
-                "window = \"60s\"\nwindow_requests = 100",
-            ),
+            &config("[[routes]]\npath = \"/a\"\npolicy = \"p\"\n", ""),
             &old,
         );
         new.shard(0).request(0, &Method::GET, StatusCode::OK);

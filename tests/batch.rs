@@ -1035,3 +1035,24 @@ async fn body_size_and_media_type_are_checked_per_item() {
     got.sort();
     assert_eq!(got, ["/echo", "/json-only/fine"]);
 }
+
+#[tokio::test]
+async fn an_item_whose_upstream_stalls_mid_body_gets_the_timeout_problem_at_its_routes_deadline() {
+    let target = spawn_stalling_upstream().await;
+    let toml = "[server]\nrequest_timeout = \"5s\"\n[upstreams.api]\ntargets = [\"{upstream}\"]\n\
+                [[routes]]\npath = \"/\"\npolicy = \"none\"\nrequest_timeout = \"300ms\"\n";
+    let sluice = spawn_sluice(toml, &target);
+    let batch = json!({"requests": [{"id": "a", "method": "GET", "path": "/x"}]});
+    let started = Instant::now();
+    let res = post_batch(&sluice, &batch).await;
+    assert_eq!(res.status, 207, "{:?}", res.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let item = &res.json()["responses"][0];
+    assert_eq!(item["status"], 408, "{item}");
+    let detail = item["body"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("upstream"), "{item}");
+}

@@ -849,22 +849,7 @@ async fn after_an_upstream_timeout_the_upstream_connection_is_not_reused() {
 
 #[tokio::test]
 async fn an_upstream_that_stalls_mid_body_is_cut_off_at_request_timeout() {
-    // Announces 100 bytes, sends 12, then holds the connection open.
-    let stalling = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = format!("http://{}", stalling.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((mut s, _)) = stalling.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let head =
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
-            let _ = s
-                .write_all(format!("{head}{{\"partial\":").as_bytes())
-                .await;
-            held.push(s);
-        }
-    });
+    let target = spawn_stalling_upstream().await;
     let sluice = spawn_sluice(&config(r#"request_timeout = "300ms""#), &target);
     let mut s = TcpStream::connect(sluice.addr).await.unwrap();
     s.write_all(b"GET /raw/a HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -3,6 +3,7 @@
 //! An item whose dependency did not answer 2xx is answered 424 without running; the whole
 //! batch shares one deadline, after which unfinished items are answered 408.
 
+use std::io::{self, ErrorKind::TimedOut};
 use std::net::SocketAddr;
 
 use base64::Engine;
@@ -11,7 +12,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Map, Value, json};
 use tokio::time::Instant;
 
@@ -56,7 +57,7 @@ pub async fn run(
                     async move {
                         (
                             i,
-                            answer(&items[i].id, proxy.serve_request(peer, req).await).await,
+                            answer(proxy, &items[i].id, proxy.serve_request(peer, req).await).await,
                         )
                     }
                 },
@@ -159,14 +160,23 @@ fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
 }
 
 /// An item's response, read whole and rendered for the 207.
-async fn answer(id: &str, res: Response<Body>) -> Answer {
+async fn answer(proxy: &Proxy, id: &str, res: Response<Body>) -> Answer {
     let (parts, body) = res.into_parts();
-    let Ok(collected) = Limited::new(body, MAX_ITEM_RESPONSE).collect().await else {
-        let json = json!({ "id": id, "status": 502, "headers": {}, "body": "response too large for a batch" });
-        return Answer {
-            status: StatusCode::BAD_GATEWAY,
-            json,
-        };
+    let collected = match Limited::new(body, MAX_ITEM_RESPONSE).collect().await {
+        Ok(collected) => collected,
+        Err(e) if e.is::<LengthLimitError>() => {
+            let json = json!({ "id": id, "status": 502, "headers": {}, "body": "response too large for a batch" });
+            return Answer {
+                status: StatusCode::BAD_GATEWAY,
+                json,
+            };
+        }
+        // The upstream's answer did not end within the item's request_timeout.
+        Err(e) if e.downcast_ref::<io::Error>().map(io::Error::kind) == Some(TimedOut) => {
+            let status = proxy.app.config.server.timeout_status;
+            return problem(proxy, id, Problem::UpstreamTimeout { status });
+        }
+        Err(_) => return problem(proxy, id, Problem::UpstreamReset),
     };
     let bytes = collected.to_bytes();
     let mut headers = Map::new();

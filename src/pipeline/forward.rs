@@ -18,7 +18,7 @@ use super::{App, Proxy, is_trusted};
 use crate::body::Body;
 use crate::config::Route;
 use crate::problem::Problem;
-use crate::upstream::{UpstreamError, set_forwarded, strip_hop_by_hop};
+use crate::upstream::{UpstreamError, fired, set_forwarded, strip_hop_by_hop};
 
 /// Makes the request head ready for an HTTP/1.1 upstream: origin-form URI, `Host` kept as the
 /// client sent it, hop-by-hop headers dropped, X-Forwarded-* and the request id set.
@@ -133,7 +133,8 @@ async fn before<T>(deadline: &mut Pin<Box<Sleep>>, work: impl Future<Output = T>
     let mut work = pin!(work);
     poll_fn(|cx| match work.as_mut().poll(cx) {
         Poll::Ready(out) => Poll::Ready(Some(out)),
-        Poll::Pending => deadline.as_mut().poll(cx).map(|()| None),
+        Poll::Pending if fired(deadline, cx) => Poll::Ready(None),
+        Poll::Pending => Poll::Pending,
     })
     .await
 }
@@ -152,5 +153,30 @@ impl From<UpstreamError> for Problem {
             UpstreamError::BadResponse => Problem::UpstreamBadResponse,
             UpstreamError::NoHealthyTarget => Problem::NoHealthyUpstream,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Work that uses up the task's whole cooperative budget on every poll, and never ends.
+    fn greedy() -> impl Future<Output = ()> {
+        poll_fn(|cx| {
+            loop {
+                let unit = pin!(tokio::task::consume_budget());
+                if unit.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn the_deadline_is_seen_even_past_work_that_uses_up_the_budget() {
+        let mut deadline = Box::pin(sleep_until(Instant::now() + Duration::from_millis(20)));
+        let outer = tokio::time::timeout(Duration::from_secs(2), before(&mut deadline, greedy()));
+        assert_eq!(outer.await.expect("the deadline was not seen"), None);
     }
 }

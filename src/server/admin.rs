@@ -110,7 +110,7 @@ fn answer(reloader: &Reloader, req: &Request<Incoming>) -> Response<Body> {
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/readyz" if app.ready() => json(StatusCode::OK, r#"{"status":"ready"}"#),
         "/readyz" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
-        "/metrics" => metrics(app),
+        "/metrics" => reloader.between_reloads(metrics),
         _ => Problem::NoRoute.into_response(""),
     }
 }

@@ -104,6 +104,14 @@ impl Reloader {
         self.generations.borrow().app.clone()
     }
 
+    /// `read` of the generation in force, never in the middle of a reload: the next
+    /// generation's counters start from this one's, so a scrape between the two could count
+    /// requests that the next generation does not, and a counter would seem to go down.
+    pub fn between_reloads<R>(&self, read: impl FnOnce(&App) -> R) -> R {
+        let _no_reload = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        read(&self.current())
+    }
+
     /// Re-reads the config and, if it is valid, swaps it in. Returns the new config's hash.
     pub fn reload(&self) -> Result<u64, ReloadError> {
         let _one_at_a_time = self.busy.lock().unwrap_or_else(|e| e.into_inner());

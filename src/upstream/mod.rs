@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use headers::{set_forwarded, strip_hop_by_hop};
-pub use pool::{Pool, ResponseBody};
+pub use pool::{Pool, ResponseBody, fired};
 
 use crate::config::{self, Target};
 

@@ -3,7 +3,7 @@
 //! body has been read to the end, and is dropped (closed) otherwise.
 
 use std::future::Future;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -169,6 +169,14 @@ fn wrap(res: Response<Incoming>, sender: SendRequest<Body>, slot: &Arc<Slot>) ->
     })
 }
 
+/// Whether `deadline` has passed; if not, the task is woken when it does. Polled outside
+/// tokio's cooperative budget (as `tokio::time::timeout` does), so that work which used up the
+/// budget cannot keep the deadline from being seen.
+pub fn fired(deadline: &mut Pin<Box<Sleep>>, cx: &mut Context<'_>) -> bool {
+    let unbudgeted = pin!(tokio::task::unconstrained(deadline.as_mut()));
+    unbudgeted.poll(cx).is_ready()
+}
+
 /// An upstream response body that returns its connection to the pool once read to the end.
 #[derive(Debug)]
 pub struct ResponseBody {
@@ -211,11 +219,13 @@ impl http_body::Body for ResponseBody {
             Poll::Ready(Some(Err(_))) => this.release = None,
             Poll::Pending => {
                 if let Some(deadline) = &mut this.deadline {
-                    if deadline.as_mut().poll(cx).is_ready() {
+                    if fired(deadline, cx) {
                         // The connection is mid-message: close it rather than reuse it.
                         this.release = None;
                         this.deadline = None;
-                        tracing::warn!("upstream answer cut off: it did not end in time");
+                        tracing::warn!(
+                            "upstream answer cut off: it had not ended within request_timeout"
+                        );
                         let timed_out = std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
                             "the upstream's answer did not end within request_timeout",

@@ -69,6 +69,28 @@ pub async fn spawn_upstream() -> Upstream {
     Upstream { addr, seen }
 }
 
+/// An upstream that announces a 100-byte JSON answer, sends its first 12 bytes
+/// (`{"partial":`), then holds every connection open; its URL.
+pub async fn spawn_stalling_upstream() -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+            let _ = s
+                .write_all(format!("{head}{{\"partial\":").as_bytes())
+                .await;
+            held.push(s);
+        }
+    });
+    target
+}
+
 async fn upstream_answer(
     log: Arc<Mutex<Vec<Seen>>>,
     peer: SocketAddr,

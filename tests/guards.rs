@@ -850,7 +850,8 @@ async fn after_an_upstream_timeout_the_upstream_connection_is_not_reused() {
 #[tokio::test]
 async fn an_upstream_that_stalls_mid_body_is_cut_off_at_request_timeout() {
     let target = spawn_stalling_upstream().await;
-    let sluice = spawn_sluice(&config(r#"request_timeout = "300ms""#), &target);
+    let server = "request_timeout = \"300ms\"\nadmin_listen = \"127.0.0.1:0\"";
+    let sluice = spawn_sluice(&config(server), &target);
     let mut s = TcpStream::connect(sluice.addr).await.unwrap();
     s.write_all(b"GET /raw/a HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -878,6 +879,10 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_at_request_timeout() {
         waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
         "the connection ended after {waited:?}"
     );
+    let metrics = get(sluice.admin.unwrap(), "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    let counted = r#"sluice_upstream_errors_total{upstream="api",kind="timeout"} 1"#;
+    assert!(text.contains(counted), "{text}");
 }
 
 // ---- 10. connect_timeout ---------------------------------------------------------------------

@@ -56,7 +56,7 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(app: Arc<App>, worker: usize) -> Proxy {
         Proxy {
-            pool: Pool::new(&app.upstreams),
+            pool: Pool::new(&app.upstreams, &app.metrics, worker),
             ids: RequestIds::new(worker),
             worker,
             app,

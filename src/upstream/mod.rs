@@ -44,6 +44,7 @@ pub struct Upstreams {
 
 #[derive(Debug)]
 struct Upstream {
+    name: String,
     targets: Vec<TargetState>,
     next: AtomicUsize,
     connect_timeout: Duration,
@@ -61,6 +62,7 @@ impl Upstreams {
         let list = config
             .iter()
             .map(|u| Upstream {
+                name: u.name.clone(),
                 targets: u
                     .targets
                     .iter()
@@ -93,6 +95,10 @@ impl Upstreams {
         (0..n)
             .map(move |k| (start + k) % n)
             .filter(move |&t| up.targets[t].down_until.load(Ordering::Relaxed) <= now)
+    }
+
+    fn name(&self, u: usize) -> &str {
+        &self.list[u].name
     }
 
     fn target(&self, u: usize, t: usize) -> &Target {

@@ -20,6 +20,7 @@ use tokio::time::Sleep;
 use super::{UpstreamError, Upstreams};
 use crate::body::{Body, BoxError};
 use crate::config::Target;
+use crate::metrics::Metrics;
 
 /// Idle connections kept per target and worker; beyond this a finished connection is closed.
 const MAX_IDLE: usize = 256;
@@ -30,12 +31,27 @@ pub struct Pool {
     slots: Vec<Vec<Arc<Slot>>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Slot {
     idle: Mutex<Vec<SendRequest<Body>>>,
+    /// Where an answer cut off at its deadline is counted.
+    metrics: Arc<Metrics>,
+    worker: usize,
+    upstream: usize,
+    name: String,
 }
 
 impl Slot {
+    /// Counts and logs an answer cut off at the request's deadline.
+    fn cut_off(&self) {
+        let shard = self.metrics.shard(self.worker);
+        shard.upstream_error(self.upstream, UpstreamError::TIMEOUT);
+        tracing::warn!(
+            upstream = %self.name,
+            "upstream answer cut off: it had not ended within request_timeout"
+        );
+    }
+
     fn take(&self) -> Option<SendRequest<Body>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
@@ -58,11 +74,20 @@ enum Attempt {
 }
 
 impl Pool {
-    pub fn new(upstreams: &Upstreams) -> Pool {
+    /// Worker `worker`'s pool; it counts answers cut off at their deadline in `metrics`.
+    pub fn new(upstreams: &Upstreams, metrics: &Arc<Metrics>, worker: usize) -> Pool {
+        let slot = |upstream| Slot {
+            idle: Mutex::default(),
+            metrics: metrics.clone(),
+            worker,
+            upstream,
+            name: upstreams.name(upstream).to_string(),
+        };
         let slots = upstreams
             .shape()
             .into_iter()
-            .map(|n| (0..n).map(|_| Arc::default()).collect())
+            .enumerate()
+            .map(|(u, n)| (0..n).map(|_| Arc::new(slot(u))).collect())
             .collect();
         Pool { slots }
     }
@@ -221,11 +246,10 @@ impl http_body::Body for ResponseBody {
                 if let Some(deadline) = &mut this.deadline {
                     if fired(deadline, cx) {
                         // The connection is mid-message: close it rather than reuse it.
-                        this.release = None;
+                        if let Some((_, slot)) = this.release.take() {
+                            slot.cut_off();
+                        }
                         this.deadline = None;
-                        tracing::warn!(
-                            "upstream answer cut off: it had not ended within request_timeout"
-                        );
                         let timed_out = std::io::Error::new(
                             std::io::ErrorKind::TimedOut,
                             "the upstream's answer did not end within request_timeout",

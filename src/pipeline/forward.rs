@@ -62,7 +62,8 @@ pub async fn send(
     let validate = route.validate_json && payload::is_json(&parts.headers);
     let (body, progress) = match body {
         Body::Incoming(body) if validate => {
-            let bytes = before(&mut deadline, payload::read_whole(body, route.max_body))
+            let reading = pin!(payload::read_whole(body, route.max_body));
+            let bytes = before(&mut deadline, reading)
                 .await
                 .ok_or(Problem::BodyTimeout)??;
             payload::validate_json(&bytes)?;
@@ -91,11 +92,8 @@ pub async fn send(
     let shard = app.metrics.shard(proxy.worker);
     let sending = Instant::now();
     let req = Request::from_parts(parts, body);
-    let outcome = before(
-        &mut deadline,
-        proxy.pool.send(&app.upstreams, route.upstream, req),
-    )
-    .await;
+    let forwarding = pin!(proxy.pool.send(&app.upstreams, route.upstream, req));
+    let outcome = before(&mut deadline, forwarding).await;
     match outcome {
         Some(Ok(_)) => shard.upstream_latency(r, sending.elapsed()),
         Some(Err(e)) if !progress.as_ref().is_some_and(|p| p.too_large()) => {
@@ -128,15 +126,17 @@ pub async fn send(
     }
 }
 
-/// `work`'s output, or `None` if `deadline` fires first.
-async fn before<T>(deadline: &mut Pin<Box<Sleep>>, work: impl Future<Output = T>) -> Option<T> {
-    let mut work = pin!(work);
-    poll_fn(|cx| match work.as_mut().poll(cx) {
+/// `work`'s output, or `None` if `deadline` fires first. `work` is pinned where the caller
+/// made it: a future is copied each time it is moved, and this one can be a kilobyte.
+fn before<'a, F: Future>(
+    deadline: &'a mut Pin<Box<Sleep>>,
+    mut work: Pin<&'a mut F>,
+) -> impl Future<Output = Option<F::Output>> + 'a {
+    poll_fn(move |cx| match work.as_mut().poll(cx) {
         Poll::Ready(out) => Poll::Ready(Some(out)),
         Poll::Pending if fired(deadline, cx) => Poll::Ready(None),
         Poll::Pending => Poll::Pending,
     })
-    .await
 }
 
 /// The upstream's response for the client: untouched but for hop-by-hop headers.
@@ -176,7 +176,8 @@ mod tests {
     #[tokio::test]
     async fn the_deadline_is_seen_even_past_work_that_uses_up_the_budget() {
         let mut deadline = Box::pin(sleep_until(Instant::now() + Duration::from_millis(20)));
-        let outer = tokio::time::timeout(Duration::from_secs(2), before(&mut deadline, greedy()));
+        let work = pin!(greedy());
+        let outer = tokio::time::timeout(Duration::from_secs(2), before(&mut deadline, work));
         assert_eq!(outer.await.expect("the deadline was not seen"), None);
     }
 }

@@ -58,20 +58,23 @@ pub struct Metrics {
     limit_kinds: Vec<Option<LimitKind>>,
     upstreams: Vec<String>,
     shards: Box<[Shard]>,
-    /// Laid out like a shard: the counts of the generations before this one, so that a
-    /// counter carries on across a reload rather than starting again from zero.
-    carried: Carried,
+    /// Per family, laid out like a shard's: the counts of the generations before this one, so
+    /// that a counter carries on across a reload rather than starting again from zero.
+    carried: [Vec<u64>; 4],
     config_hash: u64,
 }
 
-/// Counters laid out like a shard's, read only at scrape time.
-#[derive(Debug)]
-struct Carried {
-    requests: Vec<u64>,
-    decisions: Vec<u64>,
-    latency: Vec<u64>,
-    errors: Vec<u64>,
+/// The counter families, laid out alike in a shard and in `Metrics::carried`.
+#[derive(Debug, Clone, Copy)]
+enum Family {
+    Requests,
+    Decisions,
+    Latency,
+    Errors,
 }
+
+/// Counters per route for the latency histogram: the buckets, the sum, the count.
+const LATENCY_WIDTH: usize = BUCKETS.len() + 2;
 
 /// One worker's counters, aligned so that two workers never share a cache line.
 #[derive(Debug)]
@@ -121,19 +124,21 @@ impl Metrics {
             .flat_map(|p| (0..2).map(|l| p.limiter.limits().get(l).map(|limit| limit.kind())))
             .collect();
         let upstreams: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
+        // In the order of `Family`.
+        let sizes = [
+            routes.len() * METHODS.len() * STATUSES,
+            limits.len() * DECISIONS.len(),
+            config.routes.len() * LATENCY_WIDTH,
+            upstreams.len() * ERRORS.len(),
+        ];
         let shard = || Shard {
-            requests: counters(routes.len() * METHODS.len() * STATUSES),
-            decisions: counters(limits.len() * DECISIONS.len()),
-            latency: counters(config.routes.len() * (BUCKETS.len() + 2)),
-            errors: counters(upstreams.len() * ERRORS.len()),
+            requests: counters(sizes[Family::Requests as usize]),
+            decisions: counters(sizes[Family::Decisions as usize]),
+            latency: counters(sizes[Family::Latency as usize]),
+            errors: counters(sizes[Family::Errors as usize]),
             in_flight: AtomicI64::new(0),
         };
-        let carried = Carried {
-            requests: vec![0; routes.len() * METHODS.len() * STATUSES],
-            decisions: vec![0; limits.len() * DECISIONS.len()],
-            latency: vec![0; config.routes.len() * (BUCKETS.len() + 2)],
-            errors: vec![0; upstreams.len() * ERRORS.len()],
-        };
+        let carried = sizes.map(|n| vec![0; n]);
         let shards = (0..workers.max(1)).map(|_| shard()).collect();
         let config_hash = config.hash;
         Metrics {
@@ -159,23 +164,15 @@ impl Metrics {
             .iter()
             .map(|r| new.routes.iter().position(|n| n == r))
             .collect();
-        let block = METHODS.len() * STATUSES;
         for (ro, rn) in routes.iter().enumerate() {
-            let Some(rn) = *rn else { continue };
-            for i in 0..block {
-                let total = old.total(|x| &x.requests, &old.carried.requests, ro * block + i);
-                new.carried.requests[rn * block + i] += total;
+            if let Some(rn) = *rn {
+                new.carry(old, Family::Requests, METHODS.len() * STATUSES, ro, rn);
             }
         }
-        let latency = BUCKETS.len() + 2;
         for (ro, upstream) in old.route_upstream.iter().enumerate() {
             let same = |rn: usize| new.route_upstream.get(rn) == Some(upstream);
-            let Some(rn) = routes[ro].filter(|&rn| same(rn)) else {
-                continue;
-            };
-            for i in 0..latency {
-                let total = old.total(|x| &x.latency, &old.carried.latency, ro * latency + i);
-                new.carried.latency[rn * latency + i] += total;
+            if let Some(rn) = routes[ro].filter(|&rn| same(rn)) {
+                new.carry(old, Family::Latency, LATENCY_WIDTH, ro, rn);
             }
         }
         for (lo, labels) in old.limits.iter().enumerate() {
@@ -188,25 +185,25 @@ impl Metrics {
             } else {
                 ln
             };
-            if old.limit_kinds[lo] != new.limit_kinds[ln] {
-                continue;
-            }
-            for d in 0..DECISIONS.len() {
-                let i = lo * DECISIONS.len() + d;
-                let total = old.total(|x| &x.decisions, &old.carried.decisions, i);
-                new.carried.decisions[ln * DECISIONS.len() + d] += total;
+            if old.limit_kinds[lo] == new.limit_kinds[ln] {
+                new.carry(old, Family::Decisions, DECISIONS.len(), lo, ln);
             }
         }
         for (uo, name) in old.upstreams.iter().enumerate() {
-            let Some(un) = new.upstreams.iter().position(|n| n == name) else {
-                continue;
-            };
-            for k in 0..ERRORS.len() {
-                let total = old.total(|x| &x.errors, &old.carried.errors, uo * ERRORS.len() + k);
-                new.carried.errors[un * ERRORS.len() + k] += total;
+            if let Some(un) = new.upstreams.iter().position(|n| n == name) {
+                new.carry(old, Family::Errors, ERRORS.len(), uo, un);
             }
         }
         new
+    }
+
+    /// Adds `old`'s counts in its block `from` of `family` (blocks of `width` counters, one
+    /// per label value) to this generation's block `to`.
+    fn carry(&mut self, old: &Metrics, family: Family, width: usize, from: usize, to: usize) {
+        let carried = &mut self.carried[family as usize][to * width..][..width];
+        for (i, slot) in carried.iter_mut().enumerate() {
+            *slot += old.total(family, from * width + i);
+        }
     }
 
     /// Worker `i`'s shard.
@@ -223,20 +220,27 @@ impl Metrics {
         self.routes.len() - 1
     }
 
-    fn sum(&self, pick: impl Fn(&Shard) -> &[AtomicU64], i: usize) -> u64 {
-        self.shards
+    /// Counter `i` of `family` over the shards, plus what earlier generations counted there.
+    fn total(&self, family: Family, i: usize) -> u64 {
+        let live: u64 = self
+            .shards
             .iter()
-            .map(|s| pick(s)[i].load(Ordering::Relaxed))
-            .sum()
-    }
-
-    /// Counter `i` over the shards, plus what earlier generations counted there.
-    fn total(&self, pick: impl Fn(&Shard) -> &[AtomicU64], carried: &[u64], i: usize) -> u64 {
-        self.sum(pick, i) + carried[i]
+            .map(|s| s.family(family)[i].load(Ordering::Relaxed))
+            .sum();
+        live + self.carried[family as usize][i]
     }
 }
 
 impl Shard {
+    fn family(&self, family: Family) -> &[AtomicU64] {
+        match family {
+            Family::Requests => &self.requests,
+            Family::Decisions => &self.decisions,
+            Family::Latency => &self.latency,
+            Family::Errors => &self.errors,
+        }
+    }
+
     pub fn request(&self, route: usize, method: &Method, status: StatusCode) {
         let m = METHODS
             .iter()
@@ -253,7 +257,7 @@ impl Shard {
 
     pub fn upstream_latency(&self, route: usize, took: Duration) {
         let secs = took.as_secs_f64();
-        let base = route * (BUCKETS.len() + 2);
+        let base = route * LATENCY_WIDTH;
         let bucket = BUCKETS
             .iter()
             .position(|&b| secs <= b)
@@ -362,7 +366,7 @@ fn encode_requests(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
         for (k, method) in METHODS.iter().enumerate() {
             for s in 0..STATUSES {
                 let i = (r * METHODS.len() + k) * STATUSES + s;
-                let n = m.total(|x| &x.requests, &m.carried.requests, i);
+                let n = m.total(Family::Requests, i);
                 if n > 0 {
                     let status = (s + 100).to_string();
                     let labels = [
@@ -386,11 +390,7 @@ fn encode_decisions(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
         enc.encode_descriptor("sluice_limiter_decisions", help, None, MetricType::Counter)?;
     for (l, (policy, limit)) in m.limits.iter().enumerate() {
         for (d, decision) in DECISIONS.iter().enumerate() {
-            let n = m.total(
-                |x| &x.decisions,
-                &m.carried.decisions,
-                l * DECISIONS.len() + d,
-            );
+            let n = m.total(Family::Decisions, l * DECISIONS.len() + d);
             if n > 0 {
                 let labels = [
                     ("policy", policy.as_str()),
@@ -415,9 +415,8 @@ fn encode_latency(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
         Some(&unit),
         MetricType::Histogram,
     )?;
-    let width = BUCKETS.len() + 2;
     for (r, upstream) in m.route_upstream.iter().enumerate() {
-        let at = |i: usize| m.total(|x| &x.latency, &m.carried.latency, r * width + i);
+        let at = |i: usize| m.total(Family::Latency, r * LATENCY_WIDTH + i);
         let count = at(BUCKETS.len() + 1);
         if count == 0 {
             continue;
@@ -451,7 +450,7 @@ fn encode_errors(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
         enc.encode_descriptor("sluice_upstream_errors", help, None, MetricType::Counter)?;
     for (u, upstream) in m.upstreams.iter().enumerate() {
         for (k, kind) in ERRORS.iter().enumerate() {
-            let n = m.total(|x| &x.errors, &m.carried.errors, u * ERRORS.len() + k);
+            let n = m.total(Family::Errors, u * ERRORS.len() + k);
             if n > 0 {
                 let labels = [("upstream", upstream.as_str()), ("kind", kind)];
                 family

@@ -32,9 +32,10 @@ impl Record {
             started: Instant::now(),
             method: method.clone(),
             // Only the log line uses it.
-            bytes_in: match app.config.server.access_log {
-                true => length(headers),
-                false => None,
+            bytes_in: if app.config.server.access_log {
+                length(headers)
+            } else {
+                None
             },
             route: app.metrics.no_route(),
             key: None,

@@ -25,8 +25,6 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 #[derive(Debug, Default)]
 pub struct ConnState {
     active: AtomicUsize,
-    /// Requests handed to the service so far.
-    started: AtomicUsize,
     /// The connection's reader, woken when the last request ends so the idle timer starts.
     reader: AtomicWaker,
 }
@@ -38,7 +36,6 @@ pub struct Active(Arc<ConnState>);
 impl Active {
     pub fn new(state: &Arc<ConnState>) -> Active {
         state.active.fetch_add(1, Ordering::Relaxed);
-        state.started.fetch_add(1, Ordering::Relaxed);
         Active(state.clone())
     }
 }
@@ -98,9 +95,6 @@ pub struct ClientIo {
     tail: [u8; 3],
     /// Set once the first bytes show an HTTP/2 connection: no head phase there.
     h2: Option<bool>,
-    /// `ConnState::started` when the current head began: a write while it is unchanged may be
-    /// hyper's own answer to a head it could not parse.
-    head_started: usize,
     /// The problem written in place of that answer, and how much of it has gone out. Once
     /// set, anything more hyper writes is dropped: the connection is closing.
     replacement: Option<(Vec<u8>, usize)>,
@@ -128,7 +122,6 @@ impl ClientIo {
             head_bytes: None,
             tail: [0; 3],
             h2: None,
-            head_started: 0,
             replacement: None,
         }
     }
@@ -207,7 +200,6 @@ impl ClientIo {
             self.head_bytes = Some(0);
             self.tail = [0; 3];
             self.since = Instant::now();
-            self.head_started = self.state.started.load(Ordering::Relaxed);
         }
         let Some(so_far) = self.head_bytes else {
             return Ok(());
@@ -225,14 +217,12 @@ impl ClientIo {
         Ok(())
     }
 
-    /// Whether a write now may come from hyper rather than from a request: bytes of a head
-    /// were read, and no request has been handed on since. (A response whose flush waited
-    /// while the next request's bytes arrived looks the same; `bare_answer` tells them apart.)
+    /// Whether a write now may be hyper's answer to a head it could not parse: bytes of an
+    /// HTTP/1 head were read since the last request. A cheap test, so that answers to requests
+    /// rarely need `bare_answer` (one whose flush waited while the next request's bytes
+    /// arrived passes this test too).
     fn head_unparsed(&self) -> bool {
-        self.replacement.is_some()
-            || (self.h2 == Some(false)
-                && self.phase == Phase::Head
-                && self.state.started.load(Ordering::Relaxed) == self.head_started)
+        self.replacement.is_some() || (self.h2 == Some(false) && self.phase == Phase::Head)
     }
 
     /// Whether `data` is to be replaced: hyper's bare answer to a head it could not parse, or

@@ -242,21 +242,17 @@ impl http_body::Body for ResponseBody {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
             Poll::Ready(Some(Err(_))) => this.release = None,
-            Poll::Pending => {
-                if let Some(deadline) = &mut this.deadline {
-                    if fired(deadline, cx) {
-                        // The connection is mid-message: close it rather than reuse it.
-                        if let Some((_, slot)) = this.release.take() {
-                            slot.cut_off();
-                        }
-                        this.deadline = None;
-                        let timed_out = std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            "the upstream's answer did not end within request_timeout",
-                        );
-                        return Poll::Ready(Some(Err(timed_out.into())));
-                    }
+            Poll::Pending if this.deadline.as_mut().is_some_and(|d| fired(d, cx)) => {
+                // The connection is mid-message: close it rather than reuse it.
+                if let Some((_, slot)) = this.release.take() {
+                    slot.cut_off();
                 }
+                this.deadline = None;
+                let timed_out = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the upstream's answer did not end within request_timeout",
+                );
+                return Poll::Ready(Some(Err(timed_out.into())));
             }
             _ => {}
         }

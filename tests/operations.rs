@@ -28,15 +28,6 @@ path = "/"
 upstream = "api"
 "#;
 
-fn line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
-    text.lines().find(|l| l.starts_with(prefix))
-}
-
-fn value(text: &str, series: &str) -> f64 {
-    let l = line(text, &format!("{series} ")).unwrap_or_else(|| panic!("no {series} in\n{text}"));
-    l.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn metrics_count_known_traffic() {
     let up = spawn_upstream().await;
@@ -60,60 +51,66 @@ async fn metrics_count_known_traffic() {
     assert!(res.header("content-type").contains("openmetrics-text"));
     let text = String::from_utf8(res.body.to_vec()).unwrap();
     assert_eq!(
-        value(
+        metric_value(
             &text,
             r#"sluice_requests_total{route="/",method="GET",status="200"}"#
         ),
         3.0
     );
     assert_eq!(
-        value(
+        metric_value(
             &text,
             r#"sluice_requests_total{route="/",method="GET",status="429"}"#
         ),
         1.0
     );
     assert_eq!(
-        value(
+        metric_value(
             &text,
             r#"sluice_requests_total{route="/",method="POST",status="429"}"#
         ),
         1.0
     );
     assert_eq!(
-        value(
+        metric_value(
             &text,
             r#"sluice_requests_total{route="/gone",method="GET",status="502"}"#
         ),
         1.0
     );
     let decisions = r#"sluice_limiter_decisions_total{policy="default",limit="default",decision="#;
-    assert_eq!(value(&text, &format!(r#"{decisions}"allowed"}}"#)), 3.0);
-    assert_eq!(value(&text, &format!(r#"{decisions}"refused"}}"#)), 2.0);
     assert_eq!(
-        value(
+        metric_value(&text, &format!(r#"{decisions}"allowed"}}"#)),
+        3.0
+    );
+    assert_eq!(
+        metric_value(&text, &format!(r#"{decisions}"refused"}}"#)),
+        2.0
+    );
+    assert_eq!(
+        metric_value(
             &text,
             r#"sluice_upstream_errors_total{upstream="gone",kind="refused"}"#
         ),
         1.0
     );
     assert_eq!(
-        value(
+        metric_value(
             &text,
             r#"sluice_upstream_latency_seconds_count{route="/",upstream="api"}"#
         ),
         3.0
     );
     assert_eq!(
-        value(
+        metric_value(
             &text,
             r#"sluice_upstream_latency_seconds_bucket{le="+Inf",route="/",upstream="api"}"#
         ),
         3.0
     );
-    assert_eq!(value(&text, "sluice_limiter_keys"), 1.0);
-    assert_eq!(value(&text, "sluice_requests_in_flight"), 0.0);
-    let hash = line(&text, "sluice_config_info{").unwrap();
+    assert_eq!(metric_value(&text, "sluice_limiter_keys"), 1.0);
+    assert_eq!(metric_value(&text, "sluice_requests_in_flight"), 0.0);
+    let hash = metric_line(&text, "sluice_config_info{").unwrap();
     assert!(!hash.contains("0000000000000000"), "{hash}");
     assert!(
         !text.contains("127.0.0.1\""),
@@ -130,8 +127,8 @@ async fn open_connections_and_in_flight_requests_are_gauged() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let text =
         String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap();
-    assert_eq!(value(&text, "sluice_requests_in_flight"), 1.0);
-    assert_eq!(value(&text, "sluice_connections_open"), 1.0);
+    assert_eq!(metric_value(&text, "sluice_requests_in_flight"), 1.0);
+    assert_eq!(metric_value(&text, "sluice_connections_open"), 1.0);
     assert_eq!(slow.await.unwrap().status, 200);
 }
 

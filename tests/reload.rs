@@ -298,12 +298,6 @@ async fn under_a_changed_policy_each_key_keeps_its_share_of_the_limit() {
     running.shutdown();
 }
 
-/// The value of the series named in full (labels included) in a metrics text.
-fn series(text: &str, name: &str) -> Option<f64> {
-    let line = text.lines().find(|l| l.starts_with(&format!("{name} ")))?;
-    line.rsplit(' ').next()?.parse().ok()
-}
-
 #[tokio::test]
 async fn counters_carry_on_across_a_reload() {
     let up = spawn_upstream().await;
@@ -325,7 +319,7 @@ async fn counters_carry_on_across_a_reload() {
     assert_eq!(send(addr, keyed("/a", "k")).await.status, 200);
 
     let text = String::from_utf8(get(admin, "/metrics").await.body.to_vec()).unwrap();
-    let at = |name: &str| series(&text, name).unwrap_or_else(|| panic!("no {name} in\n{text}"));
+    let at = |name: &str| metric_value(&text, name);
     assert_eq!(
         at(r#"sluice_requests_total{route="/free",method="GET",status="200"}"#),
         5.0

@@ -314,6 +314,18 @@ pub fn assert_problem(res: &Answer, status: u16) -> serde_json::Value {
     body
 }
 
+/// The first line of a metrics text that starts with `prefix`.
+pub fn metric_line<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    text.lines().find(|l| l.starts_with(prefix))
+}
+
+/// The value of the series named in full (labels included) in a metrics text.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    let l = metric_line(text, &format!("{series} "))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+    l.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
 /// The SHA-256 hex of an API key, as `[[auth.keys]] sha256` stores it.
 pub fn sha256_hex(key: &str) -> String {
     use sha2::{Digest, Sha256};

@@ -391,6 +391,22 @@ async fn a_head_over_max_header_bytes_gets_431_and_the_connection_closes() {
     assert_eq!(up.last().uri, "/fits");
 }
 
+#[tokio::test]
+async fn a_head_over_max_header_bytes_in_two_writes_gets_431_even_when_the_second_ends_it() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config("max_header_bytes = 2048"), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let first = format!("GET / HTTP/1.1\r\nHost: x\r\nX-A: {}\r\n", "a".repeat(1400));
+    s.write_all(first.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Each part is under the limit; together they are over it.
+    let second = format!("X-B: {}\r\n\r\n", "b".repeat(1400));
+    s.write_all(second.as_bytes()).await.unwrap();
+    let res = within(Duration::from_secs(2), "431", read_answer(&mut s)).await;
+    assert_problem(&res, 431);
+    assert!(up.seen().is_empty());
+}
+
 // ---- 4. 413 declared -------------------------------------------------------------------------
 
 #[tokio::test]

@@ -177,6 +177,35 @@ async fn a_key_without_the_routes_scope_gets_403_naming_it_and_never_reaches_ups
 }
 
 #[tokio::test]
+async fn a_path_spelled_differently_cannot_get_past_the_routes_scope() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&keys_config(""), &up.url());
+    for path in [
+        "//v1/write/things",
+        "/./v1/write/things",
+        "/v1//write/things",
+        "/v1/x/../write/things",
+        "/v1/%77rite/things",
+        "/v1/x/%2e%2e/write/things",
+        "/other/../v1/write/things",
+    ] {
+        let res = get_with(&sluice, path, &[("x-api-key", READER_KEY)]).await;
+        assert_problem(&res, 403);
+    }
+    assert!(up.seen().is_empty());
+
+    // The upstream gets the path the route and scope were decided on, query untouched.
+    let res = get_with(
+        &sluice,
+        "/v1/x/../write//things?a=/../b",
+        &[("x-api-key", WRITER_KEY)],
+    )
+    .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(up.last().uri, "/v1/write/things?a=/../b");
+}
+
+#[tokio::test]
 async fn with_auth_mode_none_keys_are_not_checked() {
     let up = spawn_upstream().await;
     // The same keys and scopes, but mode left at its default.

@@ -73,6 +73,16 @@ fn a_route_naming_a_missing_upstream_or_policy_is_refused() {
 }
 
 #[test]
+fn a_path_that_no_request_could_match_is_refused() {
+    let e = invalid("[[routes]]\npath = \"/v1/./a\"\n[batch]\npath = \"//batch\"\n");
+    let keys: Vec<&str> = e.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["routes[0].path", "batch.path"]);
+    assert_eq!(e[0].line, Some(2));
+    assert!(e[0].message.contains("\"/v1/a\""), "{}", e[0]);
+    assert!(e[1].message.contains("\"/batch\""), "{}", e[1]);
+}
+
+#[test]
 fn a_policy_needs_complete_pairs() {
     let e = invalid("[policies.half]\nrate = \"1/s\"\n");
     assert_eq!(e[0].key, "policies.half");

@@ -371,9 +371,7 @@ fn route(
     errs: &mut Errors,
 ) -> Route {
     let key = |k: &str| format!("routes[{i}].{k}");
-    if !r.path.get_ref().starts_with('/') {
-        errs.push(key("path"), r.path.span(), "must start with /");
-    }
+    request_path(key("path"), &r.path, errs);
     let upstream = match &r.upstream {
         Some(name) => ups
             .iter()
@@ -468,10 +466,21 @@ fn policy_ref(
     found
 }
 
-fn batch(b: &raw::Batch, errs: &mut Errors) -> Batch {
-    if !b.path.get_ref().starts_with('/') {
-        errs.push("batch.path", b.path.span(), "must start with /");
+/// A path requests are matched against: they are in normal form by then, so it must be too.
+fn request_path(key: String, path: &Spanned<String>, errs: &mut Errors) {
+    if !path.get_ref().starts_with('/') {
+        errs.push(key, path.span(), "must start with /");
+    } else if let Some(normal) = crate::pipeline::path::normal(path.get_ref()) {
+        errs.push(
+            key,
+            path.span(),
+            format!("never matches a request: write {normal:?}"),
+        );
     }
+}
+
+fn batch(b: &raw::Batch, errs: &mut Errors) -> Batch {
+    request_path("batch.path".into(), &b.path, errs);
     if b.max_requests == 0 {
         errs.push("batch.max_requests", 0..0, "must be at least 1");
     }

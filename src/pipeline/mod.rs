@@ -8,6 +8,7 @@ mod auth;
 mod client;
 mod forward;
 mod limit;
+pub(crate) mod path;
 mod payload;
 mod record;
 mod request_id;
@@ -117,12 +118,15 @@ impl Proxy {
         &self,
         peer: SocketAddr,
         id: &HeaderValue,
-        req: Request<Body>,
+        mut req: Request<Body>,
         rec: &mut Record,
     ) -> Result<Response<Body>, Problem> {
         let app = &*self.app;
         if app.life.draining.load(Ordering::Relaxed) {
             return Err(Problem::Draining);
+        }
+        if let Some(uri) = path::normalized(req.uri()) {
+            *req.uri_mut() = uri;
         }
         if app.config.batch.enabled && req.uri().path() == app.config.batch.path {
             rec.route = app.metrics.batch_route();

@@ -1,0 +1,152 @@
+//! A request path in normal form (RFC 3986 §6.2.2), before routing: percent-encoded unreserved
+//! characters decoded, `.` and `..` segments resolved, runs of slashes merged. Routes, scopes
+//! and the upstream then all see the same path, so `/x/../admin` or `/%61dmin` cannot reach
+//! `/admin` past the route that guards it. `%2F` stays encoded: it is data, not a separator.
+
+use http::Uri;
+use http::uri::PathAndQuery;
+
+/// `uri` with its path in normal form, or `None` if it already is (nearly every request).
+pub fn normalized(uri: &Uri) -> Option<Uri> {
+    let mut clean = normal(uri.path())?;
+    if let Some(query) = uri.query() {
+        clean.push('?');
+        clean.push_str(query);
+    }
+    let mut parts = uri.clone().into_parts();
+    // Only characters that were already in the path come out, so this cannot fail.
+    parts.path_and_query = Some(PathAndQuery::try_from(clean).ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+/// `path` in normal form, or `None` if it already is.
+pub fn normal(path: &str) -> Option<String> {
+    if !needs_normalizing(path.as_bytes()) {
+        return None;
+    }
+    Some(normal_path(path)).filter(|clean| clean != path)
+}
+
+/// Whether the path has a percent escape, an empty segment or a dot segment.
+fn needs_normalizing(path: &[u8]) -> bool {
+    if path.first() != Some(&b'/') {
+        return false; // `*`, or no path: nothing to resolve
+    }
+    let separator = |i: usize| path.get(i).is_none_or(|&b| b == b'/');
+    path.iter().enumerate().any(|(i, &b)| match b {
+        b'%' => true,
+        b'/' => match path.get(i + 1) {
+            Some(b'/') => true,
+            Some(b'.') => separator(i + 2) || (path[i + 2] == b'.' && separator(i + 3)),
+            _ => false,
+        },
+        _ => false,
+    })
+}
+
+/// `path` (starting with `/`) with unreserved characters decoded, then dot segments and empty
+/// segments removed; a path that ended in a directory still does.
+fn normal_path(path: &str) -> String {
+    let decoded = decode_unreserved(path);
+    let mut segments: Vec<&str> = Vec::new();
+    let mut directory = false;
+    for segment in decoded[1..].split('/') {
+        directory = matches!(segment, "" | "." | "..");
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(segment),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if directory || segments.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Decodes `%XX` where it stands for an unreserved character (RFC 3986 §2.3); other escapes
+/// mean something else decoded, so they stay as they are.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            if let Some(c) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    out.push(c);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    // Only ASCII was decoded, and the rest was a `str` already.
+    String::from_utf8(out).unwrap_or_else(|_| path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(path: &str) -> String {
+        let uri: Uri = path.parse().unwrap();
+        normalized(&uri).map_or(path.to_string(), |u| u.to_string())
+    }
+
+    #[test]
+    fn paths_already_normal_are_left_alone() {
+        for path in [
+            "/",
+            "/v1/candidates",
+            "/a/b/",
+            "/a.b/.c/..d/",
+            "/a?x=/../y",
+            "*",
+        ] {
+            let uri: Uri = path.parse().unwrap();
+            assert_eq!(normalized(&uri), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn dot_and_empty_segments_are_resolved() {
+        assert_eq!(norm("//admin/x"), "/admin/x");
+        assert_eq!(norm("/./admin/x"), "/admin/x");
+        assert_eq!(norm("/x/../admin/x"), "/admin/x");
+        assert_eq!(norm("/../admin"), "/admin");
+        assert_eq!(norm("/a/b/.."), "/a/");
+        assert_eq!(norm("/a/."), "/a/");
+        assert_eq!(norm("/a//"), "/a/");
+        assert_eq!(norm("/.."), "/");
+        assert_eq!(norm("/x/..?q=1&r=/../"), "/?q=1&r=/../");
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_others_kept() {
+        assert_eq!(norm("/%61dmin/x"), "/admin/x");
+        assert_eq!(norm("/%2e%2E/admin"), "/admin");
+        assert_eq!(norm("/x/%2e%2e/admin"), "/admin");
+        assert_eq!(norm("/a%7Eb"), "/a~b");
+        assert_eq!(norm("/a%2Fb/%20c"), "/a%2Fb/%20c");
+        assert_eq!(norm("/a%2"), "/a%2");
+        assert_eq!(norm("/a%zz"), "/a%zz");
+    }
+
+    #[test]
+    fn an_absolute_form_uri_keeps_its_scheme_and_authority() {
+        assert_eq!(norm("http://h:81//a/./b"), "http://h:81/a/b");
+    }
+}

@@ -27,21 +27,20 @@ pub fn normal(path: &str) -> Option<String> {
     Some(normal_path(path)).filter(|clean| clean != path)
 }
 
-/// Whether the path has a percent escape, an empty segment or a dot segment.
+/// Whether the path may need normalizing: it has a percent escape, or a slash followed by a
+/// slash or a dot (a false alarm for `/.well-known`, which costs only the slower check).
 fn needs_normalizing(path: &[u8]) -> bool {
     if path.first() != Some(&b'/') {
         return false; // `*`, or no path: nothing to resolve
     }
-    let separator = |i: usize| path.get(i).is_none_or(|&b| b == b'/');
-    path.iter().enumerate().any(|(i, &b)| match b {
-        b'%' => true,
-        b'/' => match path.get(i + 1) {
-            Some(b'/') => true,
-            Some(b'.') => separator(i + 2) || (path[i + 2] == b'.' && separator(i + 3)),
-            _ => false,
-        },
-        _ => false,
-    })
+    let mut after_slash = false;
+    for &b in path {
+        if b == b'%' || (after_slash && (b == b'/' || b == b'.')) {
+            return true;
+        }
+        after_slash = b == b'/';
+    }
+    false
 }
 
 /// `path` (starting with `/`) with unreserved characters decoded, then dot segments and empty

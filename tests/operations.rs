@@ -132,6 +132,31 @@ async fn open_connections_and_in_flight_requests_are_gauged() {
     assert_eq!(slow.await.unwrap().status, 200);
 }
 
+#[tokio::test]
+async fn a_request_its_client_abandons_leaves_no_one_in_flight_and_counts_as_499() {
+    use tokio::io::AsyncWriteExt;
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(SMALL, &up.url());
+    let mut client = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    client
+        .write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(client); // before the upstream answers
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let text =
+        String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap();
+    assert_eq!(metric_value(&text, "sluice_requests_in_flight"), 0.0);
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"sluice_requests_total{route="/",method="GET",status="499"}"#
+        ),
+        1.0
+    );
+}
+
 /// Runs the binary with JSON logs, sends the requests, and returns the access-log lines.
 async fn access_lines(extra: &[&str], requests: usize) -> Vec<serde_json::Value> {
     let up = spawn_upstream().await;

@@ -39,7 +39,7 @@ use crate::body::Body;
 use crate::config::{AuthMode, Route};
 use crate::problem::Problem;
 use crate::upstream::Pool;
-use record::Record;
+use record::{Record, Tracked};
 
 /// One request's cost under its limits (a batch costs one per item).
 const ONE: NonZeroU32 = NonZeroU32::MIN;
@@ -78,11 +78,11 @@ impl Proxy {
     pub async fn serve_request(&self, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
         let id = self.request_id(&req);
         let shard = self.app.metrics.shard(self.worker);
-        shard.in_flight(1);
-        let mut rec = Record::new(&self.app, req.method(), req.headers());
+        let rec = Record::new(&self.app, req.method(), req.headers());
+        let mut tracked = Tracked::new(&self.app, shard, &id, rec);
         // Boxed: a future is moved (copied) once into each future that awaits it, and this
         // one is kilobytes; inline, every level above it would copy it again per request.
-        let handling = Box::pin(self.handle(peer, &id, req, &mut rec));
+        let handling = Box::pin(self.handle(peer, &id, req, &mut tracked.rec));
         let mut res = contain_panic(
             async {
                 match handling.await {
@@ -93,11 +93,10 @@ impl Proxy {
             &id,
         )
         .await;
-        if let Some(v) = &rec.verdict {
+        if let Some(v) = &tracked.rec.verdict {
             self.app.limits.write_headers(v, res.headers_mut());
         }
-        rec.finish(&self.app, shard, &id, &res);
-        shard.in_flight(-1);
+        tracked.answered(&res);
         res.headers_mut()
             .insert(self.app.config.headers.request_id.clone(), id);
         res

@@ -44,16 +44,26 @@ impl Record {
         }
     }
 
-    /// Counts the answered request and writes its access log line.
-    pub fn finish(&self, app: &App, shard: &Shard, id: &HeaderValue, res: &Response<Body>) {
-        shard.request(self.route, &self.method, res.status());
+    /// Counts the request and writes its access log line; `res` is the answer's head, if the
+    /// request got one.
+    fn finish(&self, app: &App, shard: &Shard, id: &HeaderValue, res: Option<&Response<Body>>) {
+        let status = res.map_or(CLIENT_CLOSED, Response::status);
+        shard.request(self.route, &self.method, status);
         let decision = self.verdict.as_ref().map(|v| count_decision(app, shard, v));
         if app.config.server.access_log {
-            self.log(app, id, res, decision);
+            let bytes_out = res.and_then(|res| length(res.headers()));
+            self.log(app, id, status, bytes_out, decision);
         }
     }
 
-    fn log(&self, app: &App, id: &HeaderValue, res: &Response<Body>, decision: Option<Decided>) {
+    fn log(
+        &self,
+        app: &App,
+        id: &HeaderValue,
+        status: StatusCode,
+        bytes_out: Option<u64>,
+        decision: Option<Decided>,
+    ) {
         let route = app
             .config
             .routes
@@ -79,13 +89,58 @@ impl Record {
             client,
             method = self.method.as_str(),
             route,
-            status = res.status().as_u16(),
+            status = status.as_u16(),
             upstream_status = self.upstream_status.map(|s| s.as_u16()),
             duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
             bytes_in = self.bytes_in,
-            bytes_out = length(res.headers()),
+            bytes_out,
             limit,
         );
+    }
+}
+
+/// The status nginx logs for a request its client abandoned before the answer.
+const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => unreachable!(),
+};
+
+/// A request from its start until it is answered or dropped: counted in flight meanwhile, then
+/// counted and logged either way. One dropped unanswered (its client went away, or its batch's
+/// deadline passed) is counted and logged as 499.
+pub struct Tracked<'a> {
+    pub rec: Record,
+    app: &'a App,
+    shard: &'a Shard,
+    id: &'a HeaderValue,
+    answered: bool,
+}
+
+impl<'a> Tracked<'a> {
+    pub fn new(app: &'a App, shard: &'a Shard, id: &'a HeaderValue, rec: Record) -> Tracked<'a> {
+        shard.in_flight(1);
+        Tracked {
+            rec,
+            app,
+            shard,
+            id,
+            answered: false,
+        }
+    }
+
+    /// The request got `res`.
+    pub fn answered(mut self, res: &Response<Body>) {
+        self.rec.finish(self.app, self.shard, self.id, Some(res));
+        self.answered = true;
+    }
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.rec.finish(self.app, self.shard, self.id, None);
+        }
+        self.shard.in_flight(-1);
     }
 }
 

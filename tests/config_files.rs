@@ -52,33 +52,89 @@ fn check_prints_a_summary_for_a_good_config() {
     assert!(stdout.contains("config OK"), "{stdout}");
 }
 
-#[test]
-fn check_names_the_key_and_line_of_an_error_and_exits_1() {
+/// `sluice check` on `toml`, written to a file `name` of its own: its exit code and stderr.
+fn check(name: &str, toml: &str) -> (Option<i32>, String) {
     let dir = std::env::temp_dir().join(format!("sluice-check-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("bad.toml");
-    // `sluice check` on `toml`: its exit code and what it printed on stderr.
-    let check = |toml: &str| {
-        std::fs::write(&file, toml).unwrap();
-        let out = sluice()
-            .arg("check")
-            .arg("--config")
-            .arg(&file)
-            .output()
-            .unwrap();
-        (out.status.code(), String::from_utf8(out.stderr).unwrap())
-    };
+    let file = dir.join(name);
+    std::fs::write(&file, toml).unwrap();
+    let out = sluice()
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[test]
+fn check_names_the_key_and_line_of_an_error_and_exits_1() {
     let (code, stderr) = check(
+        "bad.toml",
         "[upstreams.api]\ntargets = [\"http://127.0.0.1:3000\"]\n\n[policies.default]\nrate = \"lots\"\nburst = 5\n",
     );
     assert_eq!(code, Some(1));
     assert!(stderr.contains("line 5"), "{stderr}");
     assert!(stderr.contains("policies.default.rate"), "{stderr}");
 
-    let (code, stderr) = check("[server]\nlisten_on = \"0.0.0.0:80\"\n");
+    let (code, stderr) = check("bad.toml", "[server]\nlisten_on = \"0.0.0.0:80\"\n");
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("line 2") && stderr.contains("listen_on"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_names_the_line_of_a_zero_limit_and_of_what_needs_a_missing_table() {
+    let upstream = "[upstreams.api]\ntargets = [\"http://127.0.0.1:3000\"]\n\n";
+    let cases = [
+        (
+            "max_connections",
+            "[server]\nmax_connections = 0\n",
+            5,
+            "server.max_connections",
+        ),
+        (
+            "max_requests",
+            "[batch]\nmax_requests = 0\n",
+            5,
+            "batch.max_requests",
+        ),
+        (
+            "max_concurrency",
+            "[batch]\nenabled = true\nmax_concurrency = 0\n",
+            6,
+            "batch.max_concurrency",
+        ),
+        (
+            "api_keys",
+            "[auth]\nforward_credentials = false\nmode = \"api_keys\"\n",
+            6,
+            "auth.keys",
+        ),
+        (
+            "several",
+            "[upstreams.web]\ntargets = [\"http://127.0.0.1:3001\"]\n",
+            4,
+            "routes",
+        ),
+    ];
+    for (name, toml, line, key) in cases {
+        let (code, stderr) = check(&format!("{name}.toml"), &format!("{upstream}{toml}"));
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("line {line}: `{key}`")),
+            "{name}: {stderr}"
+        );
+    }
+    let (code, stderr) = check(
+        "no_targets.toml",
+        "[server]\nlisten = \"127.0.0.1:8080\"\n\n[upstreams.api]\ntargets = []\n",
+    );
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("line 5: `upstreams.api.targets`"),
         "{stderr}"
     );
 }

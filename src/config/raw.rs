@@ -14,7 +14,7 @@ pub struct File {
     #[serde(default)]
     pub server: Server,
     #[serde(default)]
-    pub upstreams: BTreeMap<String, Upstream>,
+    pub upstreams: BTreeMap<String, Spanned<Upstream>>,
     #[serde(default)]
     pub policies: BTreeMap<String, Spanned<Policy>>,
     #[serde(default)]
@@ -33,7 +33,7 @@ pub struct Server {
     pub listen: Spanned<String>,
     pub admin_listen: Spanned<String>,
     pub workers: usize,
-    pub max_connections: usize,
+    pub max_connections: Spanned<usize>,
     pub header_read_timeout: Dur,
     pub request_timeout: Dur,
     pub timeout_status: Spanned<u16>,
@@ -52,7 +52,7 @@ impl Default for Server {
             listen: Spanned::new(0..0, "0.0.0.0:8080".into()),
             admin_listen: Spanned::new(0..0, "127.0.0.1:9090".into()),
             workers: 0,
-            max_connections: 10_000,
+            max_connections: Spanned::new(0..0, 10_000),
             header_read_timeout: secs(10),
             request_timeout: secs(60),
             timeout_status: Spanned::new(0..0, 408),
@@ -69,7 +69,7 @@ impl Default for Server {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
-    pub targets: Vec<Spanned<String>>,
+    pub targets: Spanned<Vec<Spanned<String>>>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
 }
@@ -144,8 +144,8 @@ fn yes() -> bool {
 pub struct Batch {
     pub enabled: bool,
     pub path: Spanned<String>,
-    pub max_requests: usize,
-    pub max_concurrency: usize,
+    pub max_requests: Spanned<usize>,
+    pub max_concurrency: Spanned<usize>,
     pub max_body: Size,
 }
 
@@ -154,8 +154,8 @@ impl Default for Batch {
         Batch {
             enabled: true,
             path: Spanned::new(0..0, "/batch".into()),
-            max_requests: 100,
-            max_concurrency: 8,
+            max_requests: Spanned::new(0..0, 100),
+            max_concurrency: Spanned::new(0..0, 8),
             max_body: Size(8 << 20),
         }
     }
@@ -164,8 +164,8 @@ impl Default for Batch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
-    #[serde(default)]
-    pub mode: AuthMode,
+    #[serde(default = "no_auth")]
+    pub mode: Spanned<AuthMode>,
     #[serde(default)]
     pub keys: Vec<ApiKey>,
     #[serde(default = "yes")]
@@ -175,11 +175,15 @@ pub struct Auth {
 impl Default for Auth {
     fn default() -> Self {
         Auth {
-            mode: AuthMode::None,
+            mode: no_auth(),
             keys: Vec::new(),
             forward_credentials: true,
         }
     }
+}
+
+fn no_auth() -> Spanned<AuthMode> {
+    Spanned::new(0..0, AuthMode::None)
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]

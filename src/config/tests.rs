@@ -183,3 +183,64 @@ sha256 = "abc"
         ]
     );
 }
+
+/// The key and line of every error `source` gets, with no flags.
+fn located(source: &str) -> Vec<(String, Option<usize>)> {
+    Config::parse(source, &Overrides::default())
+        .expect_err("config should be refused")
+        .invalid()
+        .iter()
+        .map(|i| (i.key.clone(), i.line))
+        .collect()
+}
+
+fn at(key: &str, line: usize) -> (String, Option<usize>) {
+    (key.to_string(), Some(line))
+}
+
+#[test]
+fn zero_limits_and_empty_targets_name_their_line() {
+    let src = r#"
+[server]
+max_connections = 0
+
+[upstreams.api]
+targets = []
+
+[batch]
+max_requests = 0
+max_concurrency = 0
+"#;
+    assert_eq!(
+        located(src),
+        [
+            at("server.max_connections", 3),
+            at("upstreams.api.targets", 6),
+            at("batch.max_requests", 9),
+            at("batch.max_concurrency", 10),
+        ]
+    );
+}
+
+#[test]
+fn a_missing_table_is_reported_at_the_key_that_needs_it() {
+    let api = "[upstreams.api]\ntargets = [\"http://127.0.0.1:3000\"]\n";
+    let keys = format!("{api}[auth]\nmode = \"api_keys\"\n");
+    assert_eq!(located(&keys), [at("auth.keys", 4)]);
+    let several = format!("{api}[upstreams.web]\ntargets = [\"http://127.0.0.1:3001\"]\n");
+    assert_eq!(located(&several), [at("routes", 3)]);
+    assert_eq!(
+        located(""),
+        [("upstreams".to_string(), None)],
+        "nothing in the file to point at"
+    );
+}
+
+#[test]
+fn a_route_left_without_its_default_policy_names_the_route() {
+    let src = "[upstreams.api]\ntargets = [\"http://127.0.0.1:3000\"]\n[policies.default]\nrate = \"1/s\"\n[[routes]]\npath = \"/v1\"\n";
+    assert_eq!(
+        located(src),
+        [at("policies.default", 3), at("routes[0].policy", 6)]
+    );
+}

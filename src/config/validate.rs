@@ -51,18 +51,18 @@ pub(super) fn apply(file: &mut raw::File, o: &Overrides) -> Result<(), ConfigErr
         .iter()
         .map(|t| Spanned::new(0..0, t.clone()))
         .collect();
-    match file.upstreams.len() {
+    let upstreams = &mut file.upstreams;
+    match upstreams.len() {
         0 => {
             let upstream = raw::Upstream {
-                targets,
+                targets: Spanned::new(0..0, targets),
                 connect_timeout: super::Dur(std::time::Duration::from_secs(5)),
             };
-            file.upstreams.insert("api".into(), upstream);
+            upstreams.insert("api".into(), Spanned::new(0..0, upstream));
         }
-        1 => file
-            .upstreams
-            .values_mut()
-            .for_each(|u| u.targets = std::mem::take(&mut targets)),
+        1 => upstreams.values_mut().for_each(|u| {
+            u.get_mut().targets = Spanned::new(0..0, std::mem::take(&mut targets));
+        }),
         _ => {
             return Err(ConfigError::Invalid(Invalid {
                 key: "--upstream".into(),
@@ -125,8 +125,13 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
             "must be 408 or 504",
         );
     }
-    if s.max_connections == 0 {
-        errs.push("server.max_connections", 0..0, "must be at least 1");
+    let max_connections = *s.max_connections.get_ref();
+    if max_connections == 0 {
+        errs.push(
+            "server.max_connections",
+            s.max_connections.span(),
+            "must be at least 1",
+        );
     }
     let workers = match s.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -136,7 +141,7 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
         listen,
         admin_listen,
         workers,
-        max_connections: s.max_connections,
+        max_connections,
         header_read_timeout: s.header_read_timeout.0,
         request_timeout: s.request_timeout.0,
         timeout_status: StatusCode::from_u16(status).unwrap_or(StatusCode::REQUEST_TIMEOUT),
@@ -150,17 +155,19 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
 }
 
 fn upstreams(
-    raw: &std::collections::BTreeMap<String, raw::Upstream>,
+    raw: &std::collections::BTreeMap<String, Spanned<raw::Upstream>>,
     errs: &mut Errors,
 ) -> Vec<Upstream> {
     let mut out = Vec::new();
     for (name, u) in raw {
+        let u = u.get_ref();
         let key = format!("upstreams.{name}.targets");
-        if u.targets.is_empty() {
-            errs.push(&key, 0..0, "needs at least one target");
+        if u.targets.get_ref().is_empty() {
+            errs.push(&key, u.targets.span(), "needs at least one target");
         }
         let targets = u
             .targets
+            .get_ref()
             .iter()
             .filter_map(|t| {
                 target(t.get_ref())
@@ -325,7 +332,7 @@ fn routes(
         if ups.len() > 1 {
             errs.push(
                 "routes",
-                0..0,
+                second_upstream(file),
                 "with several upstreams, [[routes]] must say where each path goes",
             );
         } else if ups.is_empty() {
@@ -360,6 +367,13 @@ fn routes(
         }
     }
     out
+}
+
+/// Where the file's second upstream starts: the one that makes `[[routes]]` necessary.
+fn second_upstream(file: &raw::File) -> Range<usize> {
+    let mut spans: Vec<Range<usize>> = file.upstreams.values().map(|u| u.span()).collect();
+    spans.sort_by_key(|s| s.start);
+    spans.get(1).cloned().unwrap_or(0..0)
 }
 
 fn route(
@@ -432,11 +446,16 @@ fn route(
                 .collect(),
         )
     };
+    // The default policy has no line of its own; the route's path stands in for it.
+    let policy_span = match r.policy.span() {
+        s if s.is_empty() => r.path.span(),
+        s => s,
+    };
     Route {
         path: r.path.get_ref().clone(),
         methods,
         upstream,
-        policy: policy_ref(&key("policy"), &r.policy, pols, errs),
+        policy: policy_ref(&key("policy"), r.policy.get_ref(), policy_span, pols, errs),
         max_body: r.max_body.0,
         content_types,
         validate_json: r.validate_json,
@@ -448,20 +467,17 @@ fn route(
 /// Resolves a policy name to its index; `"none"` is no policy.
 fn policy_ref(
     key: &str,
-    name: &Spanned<String>,
+    name: &str,
+    span: Range<usize>,
     pols: &[Policy],
     errs: &mut Errors,
 ) -> Option<usize> {
-    if name.get_ref() == "none" {
+    if name == "none" {
         return None;
     }
-    let found = pols.iter().position(|p| &p.name == name.get_ref());
+    let found = pols.iter().position(|p| p.name == name);
     if found.is_none() {
-        errs.push(
-            key,
-            name.span(),
-            format!("no [policies.{}] (or \"none\")", name.get_ref()),
-        );
+        errs.push(key, span, format!("no [policies.{name}] (or \"none\")"));
     }
     found
 }
@@ -481,26 +497,30 @@ fn request_path(key: String, path: &Spanned<String>, errs: &mut Errors) {
 
 fn batch(b: &raw::Batch, errs: &mut Errors) -> Batch {
     request_path("batch.path".into(), &b.path, errs);
-    if b.max_requests == 0 {
-        errs.push("batch.max_requests", 0..0, "must be at least 1");
-    }
-    if b.max_concurrency == 0 {
-        errs.push("batch.max_concurrency", 0..0, "must be at least 1");
+    for (key, n) in [
+        ("batch.max_requests", &b.max_requests),
+        ("batch.max_concurrency", &b.max_concurrency),
+    ] {
+        if *n.get_ref() == 0 {
+            errs.push(key, n.span(), "must be at least 1");
+        }
     }
     Batch {
         enabled: b.enabled,
         path: b.path.get_ref().clone(),
-        max_requests: b.max_requests,
-        max_concurrency: b.max_concurrency,
+        max_requests: *b.max_requests.get_ref(),
+        max_concurrency: *b.max_concurrency.get_ref(),
         max_body: b.max_body.0,
     }
 }
 
 fn auth(a: &raw::Auth, pols: &[Policy], errs: &mut Errors) -> Auth {
-    if a.mode == raw::AuthMode::ApiKeys && a.keys.is_empty() {
+    let mode = *a.mode.get_ref();
+    if mode == raw::AuthMode::ApiKeys && a.keys.is_empty() {
+        // Nothing to point at but the key that asks for them.
         errs.push(
             "auth.keys",
-            0..0,
+            a.mode.span(),
             "auth.mode = \"api_keys\" needs at least one [[auth.keys]]",
         );
     }
@@ -514,10 +534,10 @@ fn auth(a: &raw::Auth, pols: &[Policy], errs: &mut Errors) -> Auth {
             );
             [0; 32]
         });
-        let policy = k
-            .policy
-            .as_ref()
-            .and_then(|p| policy_ref(&format!("auth.keys[{i}].policy"), p, pols, errs));
+        let policy = k.policy.as_ref().and_then(|p| {
+            let key = format!("auth.keys[{i}].policy");
+            policy_ref(&key, p.get_ref(), p.span(), pols, errs)
+        });
         ApiKey {
             name: k.name.clone(),
             sha256,
@@ -526,7 +546,7 @@ fn auth(a: &raw::Auth, pols: &[Policy], errs: &mut Errors) -> Auth {
         }
     });
     Auth {
-        mode: a.mode,
+        mode,
         keys: keys.collect(),
         forward_credentials: a.forward_credentials,
     }

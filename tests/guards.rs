@@ -687,6 +687,29 @@ async fn without_validate_json_invalid_json_goes_through() {
     assert_eq!(up.last().body, "{not json");
 }
 
+#[tokio::test]
+async fn a_streamed_body_the_client_breaks_off_gets_400_and_is_not_an_upstream_error() {
+    let server = "admin_listen = \"127.0.0.1:0\"";
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(server), &up.url());
+    // A malformed chunk, then a body cut short by the client closing its side.
+    let heads = [
+        "POST /raw/a HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n",
+        "POST /raw/b HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\nabc",
+    ];
+    for head in heads {
+        let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.shutdown().await.unwrap();
+        let res = within(Duration::from_secs(2), "400", read_answer(&mut s)).await;
+        let body = assert_problem(&res, 400);
+        assert!(body["detail"].as_str().unwrap().contains("body"), "{body}");
+    }
+    let metrics = get(sluice.admin.unwrap(), "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(!text.contains("sluice_upstream_errors_total{"), "{text}");
+}
+
 // ---- 8. body deadline ------------------------------------------------------------------------
 
 /// Sends a head declaring 10 body bytes and only 3 of them, then waits for the answer.

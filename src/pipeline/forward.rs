@@ -89,6 +89,7 @@ pub async fn send(
     };
     let app = &*proxy.app;
     let unfinished = || progress.as_ref().is_some_and(|p| !p.complete());
+    let client_fault = || progress.as_ref().and_then(|p| p.fault(route.max_body));
     let shard = app.metrics.shard(proxy.worker);
     let sending = Instant::now();
     let req = Request::from_parts(parts, body);
@@ -96,7 +97,7 @@ pub async fn send(
     let outcome = before(&mut deadline, forwarding).await;
     match outcome {
         Some(Ok(_)) => shard.upstream_latency(r, sending.elapsed()),
-        Some(Err(e)) if !progress.as_ref().is_some_and(|p| p.too_large()) => {
+        Some(Err(e)) if client_fault().is_none() => {
             shard.upstream_error(route.upstream, e as usize);
         }
         None if !unfinished() => shard.upstream_error(route.upstream, UpstreamError::TIMEOUT),
@@ -109,16 +110,11 @@ pub async fn send(
             }
             Ok(res)
         }
-        Some(Err(_)) if progress.as_ref().is_some_and(|p| p.too_large()) => {
-            Err(Problem::BodyTooLarge {
-                limit: route.max_body,
-            })
-        }
-        Some(Err(e)) => {
+        Some(Err(e)) => Err(client_fault().unwrap_or_else(|| {
             let upstream = &app.config.upstreams[route.upstream].name;
             tracing::warn!(error = %e, %upstream, "upstream failed");
-            Err(e.into())
-        }
+            e.into()
+        })),
         None if unfinished() => Err(Problem::BodyTimeout),
         None => Err(Problem::UpstreamTimeout {
             status: app.config.server.timeout_status,

@@ -162,14 +162,21 @@ impl Default for Progress {
 const STREAMING: u8 = 0;
 const COMPLETE: u8 = 1;
 const TOO_LARGE: u8 = 2;
+const UNREADABLE: u8 = 3;
 
 impl Progress {
     pub fn complete(&self) -> bool {
         self.0.load(Ordering::Relaxed) == COMPLETE
     }
 
-    pub fn too_large(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == TOO_LARGE
+    /// The client's fault, if the body broke off on its side: over `limit`, or unreadable
+    /// (the client closed its connection mid-body, or sent a malformed chunk).
+    pub fn fault(&self, limit: u64) -> Option<Problem> {
+        match self.0.load(Ordering::Relaxed) {
+            TOO_LARGE => Some(Problem::BodyTooLarge { limit }),
+            UNREADABLE => Some(Problem::UnreadableBody),
+            _ => None,
+        }
     }
 }
 
@@ -226,7 +233,10 @@ impl http_body::Body for Counted {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Some(Err(e)) => {
+                this.progress.0.store(UNREADABLE, Ordering::Relaxed);
+                Poll::Ready(Some(Err(e.into())))
+            }
         }
     }
 

@@ -21,14 +21,17 @@ use crate::problem::Problem;
 use crate::upstream::{UpstreamError, fired, set_forwarded, strip_hop_by_hop};
 
 /// Makes the request head ready for an HTTP/1.1 upstream: origin-form URI, `Host` kept as the
-/// client sent it, hop-by-hop headers dropped, X-Forwarded-* and the request id set.
+/// client named it, hop-by-hop headers dropped, X-Forwarded-* and the request id set.
 pub fn prepare(app: &App, peer: SocketAddr, client: IpAddr, id: &HeaderValue, parts: &mut Parts) {
     if let Some(authority) = parts.uri.authority() {
-        // HTTP/2 and absolute-form requests carry the host in the URI rather than in Host.
-        if !parts.headers.contains_key(HOST) {
-            if let Ok(host) = HeaderValue::from_str(authority.as_str()) {
-                parts.headers.insert(HOST, host);
-            }
+        // HTTP/2 and absolute-form requests carry the host in the URI, and it wins over a Host
+        // header (RFC 9112 §3.2.2); any user info stays out.
+        let host = match authority.port() {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.host().to_string(),
+        };
+        if let Ok(host) = HeaderValue::try_from(host) {
+            parts.headers.insert(HOST, host);
         }
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));

@@ -98,6 +98,20 @@ async fn a_garbage_answer_is_502() {
 }
 
 #[tokio::test]
+async fn an_answer_head_of_more_than_100_fields_is_502() {
+    fn answer(fields: usize) -> &'static [u8] {
+        let fields: String = (0..fields).map(|i| format!("x-{i}: 1\r\n")).collect();
+        let head = format!("HTTP/1.1 200 OK\r\n{fields}content-length: 2\r\n\r\n{{}}");
+        Box::leak(head.into_bytes().into_boxed_slice())
+    }
+    let sluice = spawn_default(&raw_upstream(answer(90)).await);
+    assert_eq!(get(sluice.addr, "/").await.status, 200);
+    let sluice = spawn_default(&raw_upstream(answer(100)).await);
+    let body = assert_problem(&get(sluice.addr, "/").await, 502);
+    assert!(body["detail"].as_str().unwrap().contains("invalid"));
+}
+
+#[tokio::test]
 async fn a_connection_closed_before_answering_is_502() {
     let sluice = spawn_default(&raw_upstream(b"").await);
     let body = assert_problem(&get(sluice.addr, "/").await, 502);

@@ -407,6 +407,19 @@ async fn a_head_over_max_header_bytes_in_two_writes_gets_431_even_when_the_secon
     assert!(up.seen().is_empty());
 }
 
+#[tokio::test]
+async fn a_head_of_more_than_100_fields_gets_431_however_small() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let fields: String = (0..100).map(|i| format!("x-{i}: 1\r\n")).collect();
+    let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{fields}\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let res = within(Duration::from_secs(2), "431", read_answer(&mut s)).await;
+    assert_problem(&res, 431);
+    assert!(up.seen().is_empty());
+}
+
 // ---- 4. 413 declared -------------------------------------------------------------------------
 
 #[tokio::test]

@@ -228,3 +228,85 @@ async fn with_auth_mode_none_keys_are_not_checked() {
     }
     assert_eq!(up.seen().len(), 3);
 }
+
+#[tokio::test]
+async fn answers_that_cost_nothing_still_carry_the_clients_standing() {
+    let up = spawn_upstream().await;
+    let toml = format!(
+        r#"
+[upstreams.api]
+targets = ["{{upstream}}"]
+[policies.default]
+rate = "1/s"
+burst = 5
+[[routes]]
+path = "/v1/write/"
+methods = ["POST"]
+scopes = ["write"]
+[[routes]]
+path = "/v1/"
+[auth]
+mode = "api_keys"
+[[auth.keys]]
+name = "reader"
+sha256 = "{}"
+scopes = ["read"]
+"#,
+        sha256_hex(READER_KEY)
+    );
+    let sluice = spawn_sluice(&toml, &up.url());
+    let reader = [("x-api-key", READER_KEY)];
+    let json = [
+        ("x-api-key", READER_KEY),
+        ("content-type", "application/json"),
+    ];
+    let post = |path: &str| {
+        let mut b = request(Method::POST, path);
+        for (name, value) in json {
+            b = b.header(name, value);
+        }
+        b.body(Full::new(Bytes::from_static(b"{}"))).unwrap()
+    };
+    let answers = [
+        (get_with(&sluice, "/v1/x", &[]).await, 401),
+        (get_with(&sluice, "/v1/write/x", &reader).await, 405),
+        (send(sluice.addr, post("/v1/write/x")).await, 403),
+    ];
+    for (res, status) in &answers {
+        assert_problem(res, *status);
+        assert_eq!(res.header("ratelimit-policy"), r#""default";q=5;w=5"#);
+        // Nothing was taken: the key still has its whole burst.
+        assert!(
+            res.header("ratelimit").starts_with(r#""default";r=5;"#),
+            "{status}: {}",
+            res.header("ratelimit")
+        );
+    }
+    let res = get_with(&sluice, "/other", &reader).await;
+    assert_problem(&res, 404);
+    assert!(
+        res.headers.get("ratelimit").is_none(),
+        "no route, no policy"
+    );
+    let res = get_with(&sluice, "/v1/x", &reader).await;
+    assert_eq!(res.status, 200);
+    assert!(res.header("ratelimit").starts_with(r#""default";r=4;"#));
+
+    // Too many failed credentials: the guard's own standing comes with its 429.
+    let mut last = None;
+    for _ in 0..11 {
+        last = Some(get_with(&sluice, "/v1/x", &[("x-api-key", "sk-guess")]).await);
+    }
+    let res = last.unwrap();
+    assert_problem(&res, 429);
+    assert!(
+        res.header("ratelimit-policy").contains("auth_failures"),
+        "{:?}",
+        res.headers
+    );
+    assert!(
+        res.header("ratelimit").contains(";r=0;"),
+        "{:?}",
+        res.headers
+    );
+}

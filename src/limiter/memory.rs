@@ -33,6 +33,7 @@ use dashmap::mapref::one::Ref;
 
 use super::atomic::AtomicState;
 use super::clock::{Clock, MonotonicClock, Nanos};
+use super::decision::Decision;
 use super::policy::{At, Policy, State};
 use super::store::{Checked, Outcome, Store};
 
@@ -161,9 +162,20 @@ impl<C: Clock> MemoryStore<C> {
     /// Decides on a copy of the key's state: what `check_now` would answer, taking nothing.
     pub fn peek_now(&self, policy: &Policy, key: &[u8], cost: NonZeroU32) -> Outcome {
         let now = self.clock.now();
-        let hash = self.hash(key);
+        let mut state = self.state_of(policy, key);
+        Ok(policy.decide(&mut state, now, cost)?)
+    }
+
+    /// Where the key stands now, as an admission that took nothing.
+    pub fn standing_now(&self, policy: &Policy, key: &[u8]) -> Decision {
+        let now = self.clock.now();
+        Decision::new(self.state_of(policy, key), now, 1, true)
+    }
+
+    /// A copy of the key's state (the shared one for a key over `max_keys`).
+    fn state_of(&self, policy: &Policy, key: &[u8]) -> State {
         let table = self.table(policy);
-        let mut state = match table.states.get(&hash) {
+        match table.states.get(&self.hash(key)) {
             Some(state) => state.load(),
             None if self.tracked_keys() >= self.max_keys => table
                 .states
@@ -171,8 +183,7 @@ impl<C: Clock> MemoryStore<C> {
                 .map(|s| s.load())
                 .unwrap_or_default(),
             None => State::default(),
-        };
-        Ok(policy.decide(&mut state, now, cost)?)
+        }
     }
 
     /// Drops every key whose state is that of a fresh key; returns how many were dropped.
@@ -293,6 +304,10 @@ impl<C: Clock> Store for MemoryStore<C> {
         Checked::ready(self.peek_now(policy, key, cost))
     }
 
+    fn standing<'a>(&'a self, policy: &'a Policy, key: &'a [u8]) -> Checked<'a> {
+        Checked::ready(Ok(self.standing_now(policy, key)))
+    }
+
     fn tracked_keys(&self) -> usize {
         MemoryStore::tracked_keys(self)
     }
@@ -343,6 +358,21 @@ mod tests {
         let checked = store.check_now(&policy, b"k", ONE).unwrap();
         assert_eq!(peeked, checked);
         assert!(!peeked.is_allowed());
+    }
+
+    #[test]
+    fn standing_reports_what_is_left_and_takes_nothing() {
+        let store = store(100);
+        let policy = Policy::published_default();
+        let left = |d: Decision| d.limits(&policy).iter().map(|l| l.remaining).min();
+        assert_eq!(left(store.standing_now(&policy, b"k")), Some(100));
+        assert_eq!(store.tracked_keys(), 0, "standing stores nothing");
+        store.check_now(&policy, b"k", ONE).unwrap();
+        store.check_now(&policy, b"k", ONE).unwrap();
+        let standing = store.standing_now(&policy, b"k");
+        assert!(standing.is_allowed());
+        assert_eq!(left(standing), Some(98));
+        assert_eq!(left(store.standing_now(&policy, b"k")), Some(98));
     }
 
     fn sized(burst: u32) -> Policy {

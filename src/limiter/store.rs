@@ -70,6 +70,10 @@ pub trait Store: Send + Sync {
     /// before it knows whether the request will count).
     fn peek<'a>(&'a self, policy: &'a Policy, key: &'a [u8], cost: NonZeroU32) -> Checked<'a>;
 
+    /// Where `key` stands under `policy` now, as an admission that took nothing: what its
+    /// rate-limit headers say on an answer that cost it nothing.
+    fn standing<'a>(&'a self, policy: &'a Policy, key: &'a [u8]) -> Checked<'a>;
+
     /// How many keys hold state now (for metrics).
     fn tracked_keys(&self) -> usize;
 

@@ -228,6 +228,28 @@ impl Limits {
         }
     }
 
+    /// Where the client stands under policy `i`, taking nothing: for the headers of an answer
+    /// that cost it nothing (a 401, 403 or 405 on a limited route).
+    pub async fn standing(
+        &self,
+        config: &Config,
+        i: Option<usize>,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> Option<Verdict> {
+        let i = i?;
+        let policy = &config.policies[i];
+        let mut buf = [0u8; 17];
+        let key = client_key(&policy.key, headers, client, &mut buf);
+        let decision = self.store.standing(&policy.limiter, &key).await.ok()?;
+        Some(self.verdict(i, decision))
+    }
+
+    /// The policy that refuses clients with too many failed credential checks.
+    pub fn auth_failures(&self) -> Option<usize> {
+        self.auth_failures
+    }
+
     /// Counts a failed credential check against the client.
     pub async fn auth_failed(&self, config: &Config, headers: &HeaderMap, client: IpAddr) {
         if let Some(i) = self.auth_failures {

@@ -93,7 +93,12 @@ impl Proxy {
             &id,
         )
         .await;
-        if let Some(v) = &tracked.rec.verdict {
+        if let Some(v) = tracked
+            .rec
+            .verdict
+            .as_ref()
+            .or(tracked.rec.standing.as_ref())
+        {
             self.app.limits.write_headers(v, res.headers_mut());
         }
         tracked.answered(&res);
@@ -132,12 +137,36 @@ impl Proxy {
             // Boxed: kept inline, the batch's future would enlarge every request's.
             return Box::pin(crate::batch::handle(self, peer, req)).await;
         }
-        let (r, route) = self.route(&req)?;
-        rec.route = r;
         let client = client_ip(peer.ip(), req.headers(), &app.config.server.trusted_proxies);
-        let who = self
+        let (r, route) = match self.route(&req) {
+            Ok(found) => found,
+            Err((policy, p)) => {
+                rec.standing = app
+                    .limits
+                    .standing(&app.config, policy, req.headers(), client)
+                    .await;
+                return Err(p);
+            }
+        };
+        rec.route = r;
+        let who = match self
             .authenticate(&route.scopes, req.headers(), client)
-            .await?;
+            .await
+        {
+            Ok(who) => who,
+            Err(p) => {
+                // A 429 here is the failed-credentials guard's; its standing is what counts.
+                let policy = match p {
+                    Problem::RateLimited { .. } => app.limits.auth_failures(),
+                    _ => route.policy,
+                };
+                rec.standing = app
+                    .limits
+                    .standing(&app.config, policy, req.headers(), client)
+                    .await;
+                return Err(p);
+            }
+        };
         rec.key = who;
         let policy = who
             .and_then(|k| app.config.auth.keys[k].policy)
@@ -182,17 +211,19 @@ impl Proxy {
         }
     }
 
-    fn route<B>(&self, req: &Request<B>) -> Result<(usize, &Route), Problem> {
+    /// The request's route; on a refusal, with the policy of the route it matched, if any.
+    fn route<B>(&self, req: &Request<B>) -> Result<(usize, &Route), (Option<usize>, Problem)> {
         let app = &*self.app;
-        match app
-            .router
-            .route(&app.config.routes, req.method(), req.uri().path())
-        {
-            Routed::Route(i) => Ok((i, &app.config.routes[i])),
-            Routed::NotFound => Err(Problem::NoRoute),
-            Routed::MethodNotAllowed(_, allow) => Err(Problem::MethodNotAllowed {
-                allow: allow.clone(),
-            }),
+        let routes = &app.config.routes;
+        match app.router.route(routes, req.method(), req.uri().path()) {
+            Routed::Route(i) => Ok((i, &routes[i])),
+            Routed::NotFound => Err((None, Problem::NoRoute)),
+            Routed::MethodNotAllowed(i, allow) => Err((
+                routes[i].policy,
+                Problem::MethodNotAllowed {
+                    allow: allow.clone(),
+                },
+            )),
         }
     }
 

@@ -23,6 +23,9 @@ pub struct Record {
     /// The `[[auth.keys]]` entry that presented itself.
     pub key: Option<usize>,
     pub verdict: Option<Verdict>,
+    /// The client's standing, looked at without a check, for the headers of an answer that
+    /// cost it nothing; not counted as a decision.
+    pub standing: Option<Verdict>,
     pub upstream_status: Option<StatusCode>,
 }
 
@@ -40,6 +43,7 @@ impl Record {
             route: app.metrics.no_route(),
             key: None,
             verdict: None,
+            standing: None,
             upstream_status: None,
         }
     }

@@ -22,15 +22,14 @@ fn main() -> ExitCode {
         },
         Some(Command::Check) => match args.load_config() {
             Ok(config) => {
-                print!("{}", config.summary());
-                println!("config OK");
+                say(&format!("{}config OK\n", config.summary()));
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),
         },
         Some(Command::HashKey) => match cli::hash_key(std::io::stdin()) {
             Ok(hex) => {
-                println!("{hex}");
+                say(&format!("{hex}\n"));
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),
@@ -68,11 +67,11 @@ fn demo(args: &Args) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
-    println!(
-        "sluice demo: proxy on http://{} in front of a demo API on http://{api}",
-        config.server.listen
-    );
-    println!("try:\n{}\n", demo::curl_lines(config.server.listen));
+    say(&format!(
+        "sluice demo: proxy on http://{} in front of a demo API on http://{api}\ntry:\n{}\n\n",
+        config.server.listen,
+        demo::curl_lines(config.server.listen)
+    ));
     let source = args
         .config
         .clone()
@@ -100,6 +99,13 @@ fn serve(config: Config, source: Option<server::Source>) -> ExitCode {
     running.join();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Writes to standard output. A reader that stopped early (`sluice check | head -1`) is no
+/// reason to fail, nor to panic as `println!` does.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 fn config_error(e: &sluice::config::ConfigError) -> ExitCode {

@@ -52,6 +52,22 @@ fn check_prints_a_summary_for_a_good_config() {
     assert!(stdout.contains("config OK"), "{stdout}");
 }
 
+#[test]
+fn check_into_a_closed_pipe_does_not_panic() {
+    // As `sluice check | head -0` would: the reader is gone before anything is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = sluice()
+        .args(["check", "--config", "config/sluice.toml"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// `sluice check` on `toml`, written to a file `name` of its own: its exit code and stderr.
 fn check(name: &str, toml: &str) -> (Option<i32>, String) {
     let dir = std::env::temp_dir().join(format!("sluice-check-{}", std::process::id()));

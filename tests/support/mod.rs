@@ -237,7 +237,12 @@ where
 }
 
 /// Sends one request over a new HTTP/2 (prior knowledge, h2c) connection.
-pub async fn send_h2(addr: SocketAddr, req: Request<Full<Bytes>>) -> Answer {
+pub async fn send_h2<B>(addr: SocketAddr, req: Request<B>) -> Answer
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))

@@ -633,6 +633,23 @@ async fn a_body_that_is_not_json_gets_415_naming_the_accepted_types() {
 }
 
 #[tokio::test]
+async fn a_refusal_of_a_small_body_that_has_arrived_keeps_the_connection() {
+    // As with a 429 to a client that posts too often: the connection stays usable.
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let head =
+        "POST /x HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello";
+    for _ in 0..2 {
+        s.write_all(head.as_bytes()).await.unwrap();
+        let res = within(Duration::from_secs(2), "415", read_answer(&mut s)).await;
+        assert_problem(&res, 415);
+        assert!(res.headers.get("connection").is_none());
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
 async fn json_media_types_and_bodiless_requests_pass_the_media_type_check() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(&config(""), &up.url());

@@ -11,6 +11,7 @@ use http::header::{EXPECT, HOST};
 use http::request::Parts;
 use http::uri::Uri;
 use http::{HeaderValue, Request, Response, Version};
+use http_body::Body as _;
 use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::payload::{self, Counted, Progress};
@@ -72,6 +73,8 @@ pub async fn send(
             payload::validate_json(&bytes)?;
             (Body::full(bytes), None)
         }
+        // No body at all (a GET): nothing to count, and an empty body can be sent again.
+        Body::Incoming(body) if body.is_end_stream() => (Body::Empty, None),
         Body::Incoming(body) => {
             let progress = Arc::new(Progress::default());
             let counted = Counted::new(body, route.max_body, progress.clone());
@@ -96,7 +99,11 @@ pub async fn send(
     let shard = app.metrics.shard(proxy.worker);
     let sending = Instant::now();
     let req = Request::from_parts(parts, body);
-    let forwarding = pin!(proxy.pool.send(&app.upstreams, route.upstream, req));
+    let forwarding = pin!(
+        proxy
+            .pool
+            .send(&app.upstreams, route.upstream, req, sending.into_std())
+    );
     let outcome = before(&mut deadline, forwarding).await;
     match outcome {
         Some(Ok(_)) => shard.upstream_latency(r, sending.elapsed()),

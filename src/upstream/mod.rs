@@ -3,6 +3,7 @@
 
 mod headers;
 mod pool;
+mod retry;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

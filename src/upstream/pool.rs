@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use super::{UpstreamError, Upstreams};
+use super::{UpstreamError, Upstreams, retry};
 use crate::body::{Body, BoxError};
 use crate::config::Target;
 use crate::metrics::Metrics;
@@ -33,12 +33,21 @@ pub struct Pool {
 
 #[derive(Debug)]
 struct Slot {
-    idle: Mutex<Vec<SendRequest<Body>>>,
+    idle: Mutex<Idle>,
     /// Where an answer cut off at its deadline is counted.
     metrics: Arc<Metrics>,
     worker: usize,
     upstream: usize,
     name: String,
+}
+
+#[derive(Debug, Default)]
+struct Idle {
+    /// Connections, each with the time it will have rested long enough to be suspect
+    /// (`retry::rested`); the last one put back is taken first.
+    stack: Vec<(SendRequest<Body>, Instant)>,
+    /// What this worker has seen of the target closing kept-alive connections.
+    trust: retry::Trust,
 }
 
 impl Slot {
@@ -52,15 +61,52 @@ impl Slot {
         );
     }
 
-    fn take(&self) -> Option<SendRequest<Body>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An idle connection for a request sent at `now`, and whether the request is worth a copy
+    /// to send again (`retry::Trust::wary`).
+    fn take(&self, now: Instant) -> Option<(SendRequest<Body>, bool)> {
+        let mut idle = self.idle();
+        let (sender, rested) = idle.stack.pop()?;
+        Some((sender, idle.trust.wary(now, rested)))
     }
 
     fn put(&self, sender: SendRequest<Body>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < MAX_IDLE {
-            idle.push(sender);
+        if sender.is_closed() {
+            // hyper has closed it already, as the answer asked (`Connection: close`): not a
+            // connection the upstream closed unannounced (`closed`).
+            return;
         }
+        let rested = retry::rested(Instant::now());
+        let mut idle = self.idle();
+        if idle.stack.len() < MAX_IDLE {
+            idle.stack.push((sender, rested));
+        }
+    }
+
+    /// What follows a request lost on a connection taken from here: its `copy`, to send on a
+    /// new connection, if the upstream had closed the connection unanswered; else the failure.
+    fn retry(
+        &self,
+        e: hyper::Error,
+        copy: Option<Request<Body>>,
+        now: Instant,
+    ) -> Result<Request<Body>, UpstreamError> {
+        if !retry::closed_unanswered(&e) {
+            return Err(classify(&e));
+        }
+        self.closed(now);
+        let copy = copy.ok_or(UpstreamError::Reset)?;
+        let upstream = &self.name;
+        tracing::debug!(%upstream, error = %e, "reused connection found closed; sending again");
+        Ok(copy)
+    }
+
+    /// Notes that the upstream closed a connection taken from here by itself.
+    fn closed(&self, at: Instant) {
+        self.idle().trust.closed(at);
     }
 }
 
@@ -92,18 +138,19 @@ impl Pool {
         Pool { slots }
     }
 
-    /// Sends `req` to upstream `u`: round robin over its targets, moving on to the next target
-    /// while connections are refused. The request must already be in origin form.
+    /// Sends `req` to upstream `u` at `now`: round robin over its targets, moving on to the
+    /// next target while connections are refused. The request must already be in origin form.
     pub async fn send(
         &self,
         ups: &Upstreams,
         u: usize,
         mut req: Request<Body>,
+        now: Instant,
     ) -> Result<Response<Body>, UpstreamError> {
         let mut tried = false;
         for t in ups.plan(u) {
             tried = true;
-            match self.send_to(ups, u, t, req).await {
+            match self.send_to(ups, u, t, req, now).await {
                 Ok(res) => return Ok(res),
                 Err(Attempt::Failed(e)) => return Err(e),
                 Err(Attempt::Unreachable(back)) => {
@@ -125,17 +172,31 @@ impl Pool {
         u: usize,
         t: usize,
         mut req: Request<Body>,
+        now: Instant,
     ) -> Result<Response<Body>, Attempt> {
         let slot = &self.slots[u][t];
-        while let Some(mut sender) = slot.take() {
+        while let Some((mut sender, wary)) = slot.take(now) {
             if sender.ready().await.is_err() {
-                continue; // closed by the upstream while idle
+                slot.closed(now); // while idle
+                continue;
             }
+            let copy = if wary { retry::replayable(&req) } else { None };
             match sender.try_send_request(req).await {
-                Ok(res) => return Ok(wrap(res, sender, slot)),
+                Ok(res) => {
+                    if wary {
+                        slot.idle().trust.kept_alive(); // only then: no second lock per request
+                    }
+                    return Ok(wrap(res, sender, slot));
+                }
                 Err(mut e) => match e.take_message() {
                     Some(back) => req = back, // never written: safe to try another connection
-                    None => return Err(Attempt::Failed(classify(&e.into_error()))),
+                    None => {
+                        // Written and lost: only a copy can go again, on a new connection.
+                        req = slot
+                            .retry(e.into_error(), copy, now)
+                            .map_err(Attempt::Failed)?;
+                        break;
+                    }
                 },
             }
         }

@@ -1,0 +1,267 @@
+//! A request lost on a kept-alive connection that the upstream had closed is sent once more, on
+//! a new connection, if it may be repeated: a GET gets its answer instead of a 502; a POST or a
+//! streamed body is never sent twice.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Method;
+use http_body_util::Full;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Longer than sluice lets a pooled connection rest before a request on it is worth a copy.
+const REST: Duration = Duration::from_millis(300);
+
+/// A request the upstream read: on which of its connections (counted from 1), and whether it
+/// answered it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hit {
+    conn: usize,
+    request: String,
+    answered: bool,
+}
+
+fn answered(conn: usize, request: &str) -> Hit {
+    Hit {
+        conn,
+        request: request.to_string(),
+        answered: true,
+    }
+}
+
+fn dropped(conn: usize, request: &str) -> Hit {
+    Hit {
+        answered: false,
+        ..answered(conn, request)
+    }
+}
+
+/// How the test upstream ends its connections.
+#[derive(Clone, Copy)]
+struct Closing {
+    /// Requests answered on a connection before it is closed; never with `Connection: close`.
+    answers: usize,
+    /// How long the connection may then stay idle before the upstream closes it. A request that
+    /// comes sooner is read and left unanswered, and the connection closed: as when the
+    /// upstream's keep-alive timeout fires just as sluice writes to the connection.
+    keep_alive: Duration,
+    /// An RST rather than a FIN.
+    reset: bool,
+}
+
+/// Closed after one answer, as soon as the next request comes.
+const AFTER_ONE: Closing = Closing {
+    answers: 1,
+    keep_alive: Duration::from_secs(60),
+    reset: false,
+};
+
+struct Upstream {
+    url: String,
+    hits: Arc<Mutex<Vec<Hit>>>,
+}
+
+impl Upstream {
+    fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+/// A raw HTTP/1.1 upstream on loopback that closes its connections as `closing` says.
+async fn closing_upstream(closing: Closing) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+    let log = hits.clone();
+    tokio::spawn(async move {
+        let mut conn = 0;
+        while let Ok((s, _)) = listener.accept().await {
+            conn += 1;
+            tokio::spawn(serve(s, conn, closing, log.clone()));
+        }
+    });
+    Upstream { url, hits }
+}
+
+async fn serve(mut s: TcpStream, conn: usize, closing: Closing, log: Arc<Mutex<Vec<Hit>>>) {
+    let mut buf = Vec::new();
+    for _ in 0..closing.answers {
+        let Some(req) = read_request(&mut s, &mut buf).await else {
+            return;
+        };
+        log.lock().unwrap().push(answered(conn, &req));
+        let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                      content-length: 11\r\n\r\n{\"ok\":true}";
+        s.write_all(answer.as_bytes()).await.unwrap();
+    }
+    let next = tokio::time::timeout(closing.keep_alive, read_request(&mut s, &mut buf));
+    if let Ok(Some(req)) = next.await {
+        log.lock().unwrap().push(dropped(conn, &req));
+    }
+    if closing.reset {
+        s.set_zero_linger().unwrap();
+    }
+}
+
+/// Reads one request (head and `Content-Length` body); returns "METHOD PATH".
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .map_or(0, |(_, v)| v.trim().parse().unwrap());
+    while buf.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    buf.drain(..head_end + length);
+    let mut words = head.split(' ');
+    Some(format!("{} {}", words.next()?, words.next()?))
+}
+
+async fn metrics(sluice: &Sluice) -> String {
+    let res = get(sluice.admin.unwrap(), "/metrics").await;
+    String::from_utf8(res.body.to_vec()).unwrap()
+}
+
+const RESETS: &str = r#"sluice_upstream_errors_total{upstream="api",kind="reset"}"#;
+
+/// Two GETs in a row, the second on the connection the first used, which the upstream closes.
+async fn second_get_is_sent_again(closing: Closing) {
+    let up = closing_upstream(closing).await;
+    let sluice = spawn_default(&up.url);
+    assert_eq!(get(sluice.addr, "/first").await.status, 200);
+    let res = get(sluice.addr, "/v1/x").await;
+    assert_eq!(res.status, 200, "body: {:?}", res.body);
+    assert_eq!(res.json()["ok"], true);
+    assert_eq!(
+        up.hits(),
+        [
+            answered(1, "GET /first"),
+            dropped(1, "GET /v1/x"),
+            answered(2, "GET /v1/x"),
+        ]
+    );
+    let text = metrics(&sluice).await;
+    assert_eq!(metric_line(&text, RESETS), None, "{text}");
+}
+
+#[tokio::test]
+async fn a_get_lost_on_a_connection_closed_after_an_answer_is_sent_again_on_a_new_one() {
+    second_get_is_sent_again(AFTER_ONE).await;
+}
+
+#[tokio::test]
+async fn a_get_lost_on_a_connection_reset_after_an_answer_is_sent_again_on_a_new_one() {
+    let reset = Closing {
+        reset: true,
+        ..AFTER_ONE
+    };
+    second_get_is_sent_again(reset).await;
+}
+
+#[tokio::test]
+async fn a_get_lost_on_a_connection_that_had_rested_is_sent_again_on_a_new_one() {
+    let up = closing_upstream(Closing {
+        answers: 2,
+        ..AFTER_ONE
+    })
+    .await;
+    let sluice = spawn_default(&up.url);
+    // The second answer on the connection shows sluice the upstream keeps connections open.
+    assert_eq!(get(sluice.addr, "/a").await.status, 200);
+    assert_eq!(get(sluice.addr, "/b").await.status, 200);
+    tokio::time::sleep(REST).await;
+    let res = get(sluice.addr, "/c").await;
+    assert_eq!(res.status, 200, "body: {:?}", res.body);
+    assert_eq!(
+        up.hits(),
+        [
+            answered(1, "GET /a"),
+            answered(1, "GET /b"),
+            dropped(1, "GET /c"),
+            answered(2, "GET /c"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn once_the_upstream_closed_an_idle_connection_a_get_on_another_is_covered_too() {
+    let up = closing_upstream(Closing {
+        answers: 2,
+        keep_alive: Duration::from_millis(250),
+        reset: false,
+    })
+    .await;
+    let sluice = spawn_default(&up.url);
+    assert_eq!(get(sluice.addr, "/a").await.status, 200);
+    assert_eq!(get(sluice.addr, "/b").await.status, 200);
+    // The upstream closes the idle connection; sluice finds it closed and makes a new one.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(get(sluice.addr, "/c").await.status, 200);
+    assert_eq!(get(sluice.addr, "/d").await.status, 200);
+    // At once, on the connection /c and /d used: it has not rested, but its target is suspect.
+    let res = get(sluice.addr, "/e").await;
+    assert_eq!(res.status, 200, "body: {:?}", res.body);
+    assert_eq!(
+        up.hits(),
+        [
+            answered(1, "GET /a"),
+            answered(1, "GET /b"),
+            answered(2, "GET /c"),
+            answered(2, "GET /d"),
+            dropped(2, "GET /e"),
+            answered(3, "GET /e"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_post_lost_on_a_closed_connection_is_a_502_and_never_sent_twice() {
+    let up = closing_upstream(AFTER_ONE).await;
+    let sluice = spawn_default(&up.url);
+    assert_eq!(get(sluice.addr, "/first").await.status, 200);
+    let res = send(sluice.addr, post_json("/v1/x", r#"{"n":1}"#)).await;
+    assert_problem(&res, 502);
+    assert_eq!(
+        up.hits(),
+        [answered(1, "GET /first"), dropped(1, "POST /v1/x")]
+    );
+    assert_eq!(metric_value(&metrics(&sluice).await, RESETS), 1.0);
+}
+
+#[tokio::test]
+async fn a_put_with_a_streamed_body_lost_on_a_closed_connection_is_a_502() {
+    let up = closing_upstream(AFTER_ONE).await;
+    let streaming = "[upstreams.api]\ntargets = [\"{upstream}\"]\n[[routes]]\npath = \"/\"\nvalidate_json = false\n";
+    let sluice = spawn_sluice(streaming, &up.url);
+    assert_eq!(get(sluice.addr, "/first").await.status, 200);
+    let put = request(Method::PUT, "/v1/x")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\"n\":1}")))
+        .unwrap();
+    assert_problem(&send(sluice.addr, put).await, 502);
+    assert_eq!(
+        up.hits(),
+        [answered(1, "GET /first"), dropped(1, "PUT /v1/x")]
+    );
+}

@@ -216,6 +216,21 @@ async fn an_absolute_form_target_names_the_host_whatever_host_says() {
 }
 
 #[tokio::test]
+async fn an_http_1_0_request_without_host_gets_the_upstreams_own() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    let mut s = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    s.write_all(b"GET /v1/old HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");
+    let seen = up.last();
+    assert_eq!(seen.uri, "/v1/old");
+    assert_eq!(seen.headers["host"], up.addr.to_string());
+}
+
+#[tokio::test]
 async fn an_h2c_request_reaches_an_http1_upstream() {
     let up = spawn_upstream().await;
     let sluice = spawn_default(&up.url());

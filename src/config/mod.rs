@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use http::{HeaderName, Method, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 
 pub use error::{ConfigError, Invalid};
@@ -57,6 +57,9 @@ pub struct Upstream {
     pub name: String,
     pub targets: Vec<Target>,
     pub connect_timeout: Duration,
+    /// The `Host` sent for a request that named none (HTTP/1.0 allows that, HTTP/1.1
+    /// upstreams need one): the first target's `host:port`.
+    pub host: HeaderValue,
 }
 
 /// One upstream address, plain HTTP.
@@ -68,9 +71,20 @@ pub struct Target {
     pub addr: Option<SocketAddr>,
 }
 
+impl Target {
+    /// `host:port`, an IPv6 address in brackets.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}:{}", self.host, self.port)
+        write!(f, "http://{}", self.authority())
     }
 }
 

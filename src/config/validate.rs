@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::ops::Range;
 
-use http::{HeaderName, Method, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use toml::Spanned;
 
 use super::error::{Errors, Invalid, line_of};
@@ -174,9 +174,11 @@ fn upstreams(
                     .map_err(|m| errs.push(&key, t.span(), m))
                     .ok()
             })
-            .collect();
+            .collect::<Vec<Target>>();
+        let host = targets.first().map(Target::authority).unwrap_or_default();
         out.push(Upstream {
             name: name.clone(),
+            host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("localhost")),
             targets,
             connect_timeout: u.connect_timeout.0,
         });

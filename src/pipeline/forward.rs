@@ -23,7 +23,14 @@ use crate::upstream::{UpstreamError, fired, set_forwarded, strip_hop_by_hop};
 
 /// Makes the request head ready for an HTTP/1.1 upstream: origin-form URI, `Host` kept as the
 /// client named it, hop-by-hop headers dropped, X-Forwarded-* and the request id set.
-pub fn prepare(app: &App, peer: SocketAddr, client: IpAddr, id: &HeaderValue, parts: &mut Parts) {
+pub fn prepare(
+    app: &App,
+    route: &Route,
+    peer: SocketAddr,
+    client: IpAddr,
+    id: &HeaderValue,
+    parts: &mut Parts,
+) {
     if let Some(authority) = parts.uri.authority() {
         // HTTP/2 and absolute-form requests carry the host in the URI, and it wins over a Host
         // header (RFC 9112 §3.2.2); any user info stays out.
@@ -36,6 +43,9 @@ pub fn prepare(app: &App, peer: SocketAddr, client: IpAddr, id: &HeaderValue, pa
         }
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+    } else if !parts.headers.contains_key(HOST) {
+        let host = app.config.upstreams[route.upstream].host.clone();
+        parts.headers.insert(HOST, host);
     }
     parts.version = Version::HTTP_11;
     // Room for the headers added below at once, rather than a rehash of the map midway.

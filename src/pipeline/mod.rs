@@ -181,7 +181,7 @@ impl Proxy {
         }
         payload::check_head(route, req.headers(), !req.body().is_end_stream())?;
         let (mut parts, body) = req.into_parts();
-        forward::prepare(app, peer, client, id, &mut parts);
+        forward::prepare(app, route, peer, client, id, &mut parts);
         auth::identify_upstream(&app.config.auth, &app.keys, who, &mut parts.headers);
         // Boxed, so that requests answered before this point (a 429) move a small future.
         let res = Box::pin(forward::send(self, r, route, parts, body)).await?;

@@ -20,27 +20,59 @@ pub fn normalized(uri: &Uri) -> Option<Uri> {
 }
 
 /// `path` in normal form, or `None` if it already is.
+#[inline]
 pub fn normal(path: &str) -> Option<String> {
     if !needs_normalizing(path.as_bytes()) {
         return None;
     }
+    rewritten(path)
+}
+
+/// The rare case, kept out of line so that the common one sets up no frame for it.
+#[cold]
+#[inline(never)]
+fn rewritten(path: &str) -> Option<String> {
     Some(normal_path(path)).filter(|clean| clean != path)
 }
 
 /// Whether the path may need normalizing: it has a percent escape, or a slash followed by a
 /// slash or a dot (a false alarm for `/.well-known`, which costs only the slower check).
+/// Eight bytes at a time, as every request's path goes through here.
+#[inline]
 fn needs_normalizing(path: &[u8]) -> bool {
     if path.first() != Some(&b'/') {
         return false; // `*`, or no path: nothing to resolve
     }
-    let mut after_slash = false;
-    for &b in path {
-        if b == b'%' || (after_slash && (b == b'/' || b == b'.')) {
+    if path.len() < 8 {
+        let mut padded = [0u8; 8];
+        padded[..path.len()].copy_from_slice(path);
+        return suspect(u64::from_le_bytes(padded));
+    }
+    // Words overlap by a byte, so that every two neighbouring bytes are in one word; the last
+    // word ends where the path does.
+    let word = |at: usize| u64::from_le_bytes(path[at..at + 8].try_into().unwrap_or_default());
+    let last = path.len() - 8;
+    let mut at = 0;
+    while at < last {
+        if suspect(word(at)) {
             return true;
         }
-        after_slash = b == b'/';
+        at += 7;
     }
-    false
+    suspect(word(last))
+}
+
+/// Whether eight bytes (the first in the low bits) hold a `%`, or a `/` followed by a `/` or
+/// a `.`. Byte tests that may flag a byte in error only do so next to a byte rightly flagged.
+fn suspect(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // The top bit of every byte that is zero.
+    let zeros = |x: u64| x.wrapping_sub(ONES) & !x & (ONES << 7);
+    let percent = zeros(word ^ (ONES * u64::from(b'%')));
+    let slash = zeros(word ^ (ONES * u64::from(b'/')));
+    // `.` is 0x2e and `/` 0x2f: with the low bit set, both are 0x2f.
+    let slash_or_dot = zeros((word | ONES) ^ (ONES * u64::from(b'/')));
+    percent != 0 || slash & (slash_or_dot >> 8) != 0
 }
 
 /// `path` (starting with `/`) with unreserved characters decoded, then dot segments and empty
@@ -142,6 +174,17 @@ mod tests {
         assert_eq!(norm("/a%2Fb/%20c"), "/a%2Fb/%20c");
         assert_eq!(norm("/a%2"), "/a%2");
         assert_eq!(norm("/a%zz"), "/a%zz");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_word_scan_finds_what_a_byte_scan_finds(tail in "[/.%a-z]{0,40}") {
+            let path = format!("/{tail}");
+            let bytes = path.as_bytes();
+            let simple = bytes.contains(&b'%')
+                || bytes.windows(2).any(|w| w[0] == b'/' && matches!(w[1], b'/' | b'.'));
+            proptest::prop_assert_eq!(needs_normalizing(bytes), simple, "{}", path);
+        }
     }
 
     #[test]

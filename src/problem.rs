@@ -41,6 +41,8 @@ pub enum Problem {
     HeadTooLarge,
     /// The request head is not valid HTTP/1.1 (method, target, version or a header line).
     MalformedHead,
+    /// The path has a `%` that does not begin an escape (`%` and two hex digits).
+    MalformedPath,
     /// No route matches the path.
     NoRoute,
     /// The route exists but not for this method; `allow` lists the methods it takes.
@@ -50,7 +52,8 @@ pub enum Problem {
     /// The presented key is not one of `[[auth.keys]]`.
     UnknownCredentials,
     /// The key is valid but lacks a scope the route requires.
-    MissingScope { scope: String },
+    /// Key `key` of `[[auth.keys]]` lacks `scope`.
+    MissingScope { scope: String, key: usize },
     /// Over the rate limit: retry after `retry_after` seconds; `violated` names the limits.
     RateLimited {
         retry_after: u64,
@@ -111,9 +114,10 @@ impl Problem {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Problem::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Problem::InvalidJson { .. } | Problem::UnreadableBody | Problem::MalformedHead => {
-                StatusCode::BAD_REQUEST
-            }
+            Problem::InvalidJson { .. }
+            | Problem::UnreadableBody
+            | Problem::MalformedHead
+            | Problem::MalformedPath => StatusCode::BAD_REQUEST,
             Problem::UpstreamTimeout { status } => *status,
             Problem::UpstreamRefused | Problem::UpstreamReset | Problem::UpstreamBadResponse => {
                 StatusCode::BAD_GATEWAY
@@ -143,6 +147,7 @@ impl Problem {
             Problem::BatchDeadline => "The batch's deadline passed before this request finished.",
             Problem::HeadTooLarge => "The request head is too large.",
             Problem::MalformedHead => "The request head is not valid HTTP/1.1.",
+            Problem::MalformedPath => "The path has a % that does not begin an escape (%XX).",
             Problem::NoRoute => "No route matches this path.",
             Problem::MethodNotAllowed { .. } => {
                 "This route does not accept this method; see the Allow header."
@@ -151,7 +156,7 @@ impl Problem {
                 "An API key is required: Authorization: Bearer KEY, or X-Api-Key: KEY."
             }
             Problem::UnknownCredentials => "The API key is not valid.",
-            Problem::MissingScope { scope } => {
+            Problem::MissingScope { scope, .. } => {
                 return format!("The API key lacks the scope {scope:?} this route requires.")
                     .into();
             }

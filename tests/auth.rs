@@ -192,6 +192,11 @@ async fn a_path_spelled_differently_cannot_get_past_the_routes_scope() {
         let res = get_with(&sluice, path, &[("x-api-key", READER_KEY)]).await;
         assert_problem(&res, 403);
     }
+    // A `%` that begins no escape could make one of what is decoded after it: refused.
+    for path in ["/%%37%37rite/things", "/v1/%2%65%2%65/v1/write/things"] {
+        let res = get_with(&sluice, path, &[("x-api-key", READER_KEY)]).await;
+        assert_problem(&res, 400);
+    }
     assert!(up.seen().is_empty());
 
     // The upstream gets the path the route and scope were decided on, query untouched.
@@ -251,8 +256,17 @@ mode = "api_keys"
 name = "reader"
 sha256 = "{}"
 scopes = ["read"]
+[[auth.keys]]
+name = "partner"
+sha256 = "{}"
+scopes = ["read"]
+policy = "partner"
+[policies.partner]
+rate = "1/s"
+burst = 7
 "#,
-        sha256_hex(READER_KEY)
+        sha256_hex(READER_KEY),
+        sha256_hex(WRITER_KEY)
     );
     let sluice = spawn_sluice(&toml, &up.url());
     let reader = [("x-api-key", READER_KEY)];
@@ -282,6 +296,15 @@ scopes = ["read"]
             res.header("ratelimit")
         );
     }
+    // A key with a policy of its own is shown that policy's standing.
+    let partner = request(Method::POST, "/v1/write/x")
+        .header("x-api-key", WRITER_KEY)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let res = send(sluice.addr, partner).await;
+    assert_problem(&res, 403);
+    assert_eq!(res.header("ratelimit-policy"), r#""partner";q=7;w=7"#);
     let res = get_with(&sluice, "/other", &reader).await;
     assert_problem(&res, 404);
     assert!(
@@ -309,4 +332,34 @@ scopes = ["read"]
         "{:?}",
         res.headers
     );
+}
+
+#[tokio::test]
+async fn a_401_shows_no_standing_under_a_policy_keyed_by_a_header_the_client_names() {
+    let up = spawn_upstream().await;
+    let toml = format!(
+        r#"
+[upstreams.api]
+targets = ["{{upstream}}"]
+[policies.default]
+rate = "1/s"
+burst = 5
+key = "header:x-tenant"
+[auth]
+mode = "api_keys"
+[[auth.keys]]
+name = "reader"
+sha256 = "{}"
+"#,
+        sha256_hex(READER_KEY)
+    );
+    let sluice = spawn_sluice(&toml, &up.url());
+    let tenant = [("x-tenant", "victim")];
+    let res = get_with(&sluice, "/x", &tenant).await;
+    assert_problem(&res, 401);
+    assert!(res.headers.get("ratelimit").is_none(), "{:?}", res.headers);
+    let known = [("x-tenant", "victim"), ("x-api-key", READER_KEY)];
+    let res = get_with(&sluice, "/x", &known).await;
+    assert_eq!(res.status, 200);
+    assert!(res.header("ratelimit").starts_with(r#""default";r=4;"#));
 }

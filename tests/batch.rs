@@ -700,7 +700,14 @@ async fn a_dependency_cycle_is_422_naming_the_cycle() {
 async fn an_item_aimed_at_the_batch_endpoint_is_422_at_its_path() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(OPEN, &up.url());
-    for path in ["/batch", "/batch?nested=1"] {
+    for path in [
+        "/batch",
+        "/batch?nested=1",
+        "//batch",
+        "/./batch",
+        "/%62atch",
+        "/x/../batch",
+    ] {
         let batch = json!({"requests": [
             {"id": "a", "method": "GET", "path": "/x"},
             {"id": "inner", "method": "POST", "path": path, "body": {"requests": []}}
@@ -1055,4 +1062,26 @@ async fn an_item_whose_upstream_stalls_mid_body_gets_the_timeout_problem_at_its_
     assert_eq!(item["status"], 408, "{item}");
     let detail = item["body"]["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("upstream"), "{item}");
+}
+
+#[tokio::test]
+async fn items_take_the_host_the_batch_named_in_an_absolute_form_target() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(OPEN, &up.url());
+    let body = json!({"requests": [{"id": "a", "method": "GET", "path": "/v1/x"}]}).to_string();
+    let head = format!(
+        "POST http://api.example:99/batch HTTP/1.1\r\nHost: other\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut s = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    s.write_all(format!("{head}{body}").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 207 "), "{answer}");
+    let seen = up.last();
+    assert_eq!(seen.uri, "/v1/x");
+    assert_eq!(seen.headers["host"], "api.example:99");
 }

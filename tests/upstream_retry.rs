@@ -265,3 +265,42 @@ async fn a_put_with_a_streamed_body_lost_on_a_closed_connection_is_a_502() {
         [answered(1, "GET /first"), dropped(1, "PUT /v1/x")]
     );
 }
+
+#[tokio::test]
+async fn a_request_sent_again_moves_on_to_the_next_target_when_its_own_refuses() {
+    // The first target takes one connection, answers once, then is gone: the GET sent again
+    // finds it refusing, and goes to the second target, as a refused request does.
+    let first = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let first_url = format!("http://{}", first.local_addr().unwrap());
+    let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
+    let log = hits.clone();
+    tokio::spawn(async move {
+        let (s, _) = first.accept().await.unwrap();
+        drop(first);
+        serve(s, 1, AFTER_ONE, log).await;
+    });
+    let second = closing_upstream(AFTER_ONE).await;
+    let toml = format!(
+        "[upstreams.api]\ntargets = [\"{first_url}\", \"{}\"]\n[server]\nworkers = 1\n",
+        second.url
+    );
+    let sluice = spawn_sluice(&toml, &first_url);
+    // Round robin: send until a request is lost on the first target's closed connection.
+    let mut lost = None;
+    for i in 0..4 {
+        let res = get(sluice.addr, &format!("/r{i}")).await;
+        if let Some(h) = hits.lock().unwrap().iter().find(|h| !h.answered) {
+            lost = Some((res, h.request.clone()));
+            break;
+        }
+    }
+    let (res, request) = lost.expect("a request was lost on the first target's connection");
+    assert_eq!(res.status, 200, "body: {:?}", res.body);
+    let answered_by_second = second
+        .hits()
+        .iter()
+        .filter(|h| h.request == request && h.answered)
+        .count();
+    assert_eq!(answered_by_second, 1, "{:?}", second.hits());
+    assert_eq!(metric_line(&metrics(&sluice).await, RESETS), None);
+}

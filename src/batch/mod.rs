@@ -41,7 +41,9 @@ pub async fn handle(
         });
     }
     let deadline = Instant::now() + app.config.server.request_timeout;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // The items take the batch's Host, so it must be the one the batch named.
+    crate::pipeline::host_from_authority(&mut parts);
     let bytes = match body {
         Body::Incoming(body) => timeout_at(deadline, read_whole(body, batch.max_body))
             .await

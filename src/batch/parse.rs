@@ -138,6 +138,11 @@ fn path(value: Option<&Value>, batch_path: &str) -> Result<Uri, &'static str> {
         return Err("is required and must be a path starting with /");
     };
     let uri: Uri = p.parse().map_err(|_| "is not a valid path")?;
+    // In the normal form the item will be routed by, so that no spelling reaches the batch.
+    let uri = match crate::pipeline::path::normalized(&uri) {
+        Ok(normal) => normal.unwrap_or(uri),
+        Err(_) => return Err("has a % that does not begin an escape"),
+    };
     if uri.path() == batch_path {
         return Err("cannot be the batch endpoint itself");
     }

@@ -487,13 +487,16 @@ fn policy_ref(
 /// A path requests are matched against: they are in normal form by then, so it must be too.
 fn request_path(key: String, path: &Spanned<String>, errs: &mut Errors) {
     if !path.get_ref().starts_with('/') {
-        errs.push(key, path.span(), "must start with /");
-    } else if let Some(normal) = crate::pipeline::path::normal(path.get_ref()) {
-        errs.push(
+        return errs.push(key, path.span(), "must start with /");
+    }
+    match crate::pipeline::path::normal(path.get_ref()) {
+        Ok(None) => {}
+        Ok(Some(normal)) => errs.push(
             key,
             path.span(),
             format!("never matches a request: write {normal:?}"),
-        );
+        ),
+        Err(_) => errs.push(key, path.span(), "has a % that does not begin an escape"),
     }
 }
 

@@ -97,14 +97,15 @@ pub fn authenticate(
         .by_digest
         .get(&digest)
         .ok_or(Problem::UnknownCredentials)?;
-    check_scopes(&auth.keys[i], scopes)?;
+    check_scopes(i, &auth.keys[i], scopes)?;
     Ok(Some(i))
 }
 
-fn check_scopes(key: &ApiKey, scopes: &[String]) -> Result<(), Problem> {
+fn check_scopes(i: usize, key: &ApiKey, scopes: &[String]) -> Result<(), Problem> {
     match scopes.iter().find(|s| !key.scopes.contains(s)) {
         Some(missing) => Err(Problem::MissingScope {
             scope: missing.clone(),
+            key: i,
         }),
         None => Ok(()),
     }

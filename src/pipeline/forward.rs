@@ -31,16 +31,7 @@ pub fn prepare(
     id: &HeaderValue,
     parts: &mut Parts,
 ) {
-    if let Some(authority) = parts.uri.authority() {
-        // HTTP/2 and absolute-form requests carry the host in the URI, and it wins over a Host
-        // header (RFC 9112 §3.2.2); any user info stays out.
-        let host = match authority.port() {
-            Some(port) => format!("{}:{port}", authority.host()),
-            None => authority.host().to_string(),
-        };
-        if let Ok(host) = HeaderValue::try_from(host) {
-            parts.headers.insert(HOST, host);
-        }
+    if host_from_authority(parts) {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
     } else if !parts.headers.contains_key(HOST) {
@@ -58,6 +49,23 @@ pub fn prepare(
     parts
         .headers
         .insert(app.config.headers.request_id.clone(), id.clone());
+}
+
+/// Sets `Host` from the URI's authority, if it has one: HTTP/2 and absolute-form requests
+/// carry the host there, and it wins over a Host header (RFC 9112 §3.2.2); any user info stays
+/// out. Whether there was one.
+pub fn host_from_authority(parts: &mut Parts) -> bool {
+    let Some(authority) = parts.uri.authority() else {
+        return false;
+    };
+    let host = match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_string(),
+    };
+    if let Ok(host) = HeaderValue::try_from(host) {
+        parts.headers.insert(HOST, host);
+    }
+    true
 }
 
 /// Sends the request upstream and waits for the answer's head, all within the route's

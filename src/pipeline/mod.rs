@@ -29,6 +29,7 @@ pub use app::{App, Lifecycle};
 pub use auth::X_API_KEY;
 pub use auth::{Keys, presented_key};
 pub use client::{client_ip, is_trusted};
+pub use forward::host_from_authority;
 pub use limit::{Limits, Verdict};
 pub use payload::Counted;
 pub use payload::{is_json, read_whole, validate_json};
@@ -36,7 +37,7 @@ pub use request_id::RequestIds;
 pub use route::{Routed, Router};
 
 use crate::body::Body;
-use crate::config::{AuthMode, Route};
+use crate::config::{AuthMode, KeySource, Route};
 use crate::problem::Problem;
 use crate::upstream::Pool;
 use record::{Record, Tracked};
@@ -129,8 +130,10 @@ impl Proxy {
         if app.life.draining.load(Ordering::Relaxed) {
             return Err(Problem::Draining);
         }
-        if let Some(uri) = path::normalized(req.uri()) {
-            *req.uri_mut() = uri;
+        match path::normalized(req.uri()) {
+            Ok(None) => {}
+            Ok(Some(uri)) => *req.uri_mut() = uri,
+            Err(_) => return Err(Problem::MalformedPath),
         }
         if app.config.batch.enabled && req.uri().path() == app.config.batch.path {
             rec.route = app.metrics.batch_route();
@@ -138,12 +141,20 @@ impl Proxy {
             return Box::pin(crate::batch::handle(self, peer, req)).await;
         }
         let client = client_ip(peer.ip(), req.headers(), &app.config.server.trusted_proxies);
+        // Standing shown to a client not known (yet) under `api_keys`: not under a policy keyed
+        // by a header, which would show the standing of whatever value the client names.
+        let shown = |i: Option<usize>| {
+            i.filter(|&i| {
+                app.config.auth.mode == AuthMode::None
+                    || !matches!(app.config.policies[i].key, KeySource::Header(_))
+            })
+        };
         let (r, route) = match self.route(&req) {
             Ok(found) => found,
             Err((policy, p)) => {
                 rec.standing = app
                     .limits
-                    .standing(&app.config, policy, req.headers(), client)
+                    .standing(&app.config, shown(policy), req.headers(), client)
                     .await;
                 return Err(p);
             }
@@ -155,10 +166,14 @@ impl Proxy {
         {
             Ok(who) => who,
             Err(p) => {
-                // A 429 here is the failed-credentials guard's; its standing is what counts.
                 let policy = match p {
+                    // The failed-credentials guard's 429: its own standing is what counts.
                     Problem::RateLimited { .. } => app.limits.auth_failures(),
-                    _ => route.policy,
+                    // A known key: the policy its requests count under.
+                    Problem::MissingScope { key, .. } => {
+                        app.config.auth.keys[key].policy.or(route.policy)
+                    }
+                    _ => shown(route.policy),
                 };
                 rec.standing = app
                     .limits

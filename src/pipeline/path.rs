@@ -6,24 +6,31 @@
 use http::Uri;
 use http::uri::PathAndQuery;
 
+/// A `%` in a path that does not begin an escape. Kept as it is, it could form a new escape
+/// with characters decoded after it (`%%36%31` would become `%61`), so such a path is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StrayPercent;
+
 /// `uri` with its path in normal form, or `None` if it already is (nearly every request).
-pub fn normalized(uri: &Uri) -> Option<Uri> {
-    let mut clean = normal(uri.path())?;
+pub fn normalized(uri: &Uri) -> Result<Option<Uri>, StrayPercent> {
+    let Some(mut clean) = normal(uri.path())? else {
+        return Ok(None);
+    };
     if let Some(query) = uri.query() {
         clean.push('?');
         clean.push_str(query);
     }
     let mut parts = uri.clone().into_parts();
     // Only characters that were already in the path come out, so this cannot fail.
-    parts.path_and_query = Some(PathAndQuery::try_from(clean).ok()?);
-    Uri::from_parts(parts).ok()
+    parts.path_and_query = PathAndQuery::try_from(clean).ok();
+    Ok(Uri::from_parts(parts).ok())
 }
 
 /// `path` in normal form, or `None` if it already is.
 #[inline]
-pub fn normal(path: &str) -> Option<String> {
+pub fn normal(path: &str) -> Result<Option<String>, StrayPercent> {
     if !needs_normalizing(path.as_bytes()) {
-        return None;
+        return Ok(None);
     }
     rewritten(path)
 }
@@ -31,8 +38,17 @@ pub fn normal(path: &str) -> Option<String> {
 /// The rare case, kept out of line so that the common one sets up no frame for it.
 #[cold]
 #[inline(never)]
-fn rewritten(path: &str) -> Option<String> {
-    Some(normal_path(path)).filter(|clean| clean != path)
+fn rewritten(path: &str) -> Result<Option<String>, StrayPercent> {
+    let bytes = path.as_bytes();
+    let escape = |i: usize| {
+        bytes
+            .get(i + 1..i + 3)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    };
+    if (0..bytes.len()).any(|i| bytes[i] == b'%' && !escape(i)) {
+        return Err(StrayPercent);
+    }
+    Ok(Some(normal_path(path)).filter(|clean| clean != path))
 }
 
 /// Whether the path may need normalizing: it has a percent escape, or a slash followed by a
@@ -103,7 +119,8 @@ fn normal_path(path: &str) -> String {
 }
 
 /// Decodes `%XX` where it stands for an unreserved character (RFC 3986 §2.3); other escapes
-/// mean something else decoded, so they stay as they are.
+/// mean something else decoded, so they stay as they are. Every `%` begins an escape here, so
+/// nothing decoded can form a new one.
 fn decode_unreserved(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -134,7 +151,9 @@ mod tests {
 
     fn norm(path: &str) -> String {
         let uri: Uri = path.parse().unwrap();
-        normalized(&uri).map_or(path.to_string(), |u| u.to_string())
+        normalized(&uri)
+            .unwrap()
+            .map_or(path.to_string(), |u| u.to_string())
     }
 
     #[test]
@@ -148,7 +167,7 @@ mod tests {
             "*",
         ] {
             let uri: Uri = path.parse().unwrap();
-            assert_eq!(normalized(&uri), None, "{path}");
+            assert_eq!(normalized(&uri), Ok(None), "{path}");
         }
     }
 
@@ -172,8 +191,22 @@ mod tests {
         assert_eq!(norm("/x/%2e%2e/admin"), "/admin");
         assert_eq!(norm("/a%7Eb"), "/a~b");
         assert_eq!(norm("/a%2Fb/%20c"), "/a%2Fb/%20c");
-        assert_eq!(norm("/a%2"), "/a%2");
-        assert_eq!(norm("/a%zz"), "/a%zz");
+        assert_eq!(norm("/%2536"), "/%2536");
+    }
+
+    #[test]
+    fn a_percent_that_begins_no_escape_is_refused() {
+        for path in [
+            "/a%2",
+            "/a%zz",
+            "/%",
+            "/%%36%31dmin",
+            "/%2%65%2%65/admin",
+            "/a%2/%2e",
+        ] {
+            let uri: Uri = path.parse().unwrap();
+            assert_eq!(normalized(&uri), Err(StrayPercent), "{path}");
+        }
     }
 
     proptest::proptest! {
@@ -184,6 +217,14 @@ mod tests {
             let simple = bytes.contains(&b'%')
                 || bytes.windows(2).any(|w| w[0] == b'/' && matches!(w[1], b'/' | b'.'));
             proptest::prop_assert_eq!(needs_normalizing(bytes), simple, "{}", path);
+        }
+
+        #[test]
+        fn the_normal_form_is_normal(tail in "[/.%0-9a-fA-F]{0,24}") {
+            let path = format!("/{tail}");
+            if let Ok(Some(clean)) = normal(&path) {
+                proptest::prop_assert_eq!(normal(&clean), Ok(None), "{} -> {}", path, clean);
+            }
         }
     }
 

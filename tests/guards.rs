@@ -650,6 +650,31 @@ async fn a_refusal_of_a_small_body_that_has_arrived_keeps_the_connection() {
 }
 
 #[tokio::test]
+async fn an_early_refusal_over_http2_reaches_the_client_while_it_is_still_sending() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    for _ in 0..20 {
+        // One chunk, then the body stays open until the answer has come.
+        type Chunk = Result<http_body::Frame<Bytes>, std::io::Error>;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Chunk>();
+        tx.send(Ok(http_body::Frame::data(Bytes::from_static(b"hello"))))
+            .unwrap();
+        let rx = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        let rx = Box::pin(rx);
+        let req = request(Method::POST, "/x")
+            .header("content-type", "text/plain")
+            .body(StreamBody::new(rx))
+            .unwrap();
+        let res = within(Duration::from_secs(2), "415", send_h2(sluice.addr, req)).await;
+        assert_problem(&res, 415);
+        drop(tx);
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
 async fn json_media_types_and_bodiless_requests_pass_the_media_type_check() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(&config(""), &up.url());

@@ -36,6 +36,33 @@ async fn an_in_flight_request_finishes_after_shutdown_begins() {
 }
 
 #[tokio::test]
+async fn a_batch_accepted_before_shutdown_runs_all_its_items() {
+    let up = spawn_upstream().await;
+    let toml = "[upstreams.api]\ntargets = [\"{upstream}\"]\n[batch]\nmax_concurrency = 1\n";
+    let sluice = spawn_sluice(toml, &up.url());
+    let addr = sluice.addr;
+    // One item at a time: the later ones start after shutdown has begun.
+    let batch = r#"{"requests": [
+        {"id": "a", "method": "GET", "path": "/slow/300"},
+        {"id": "b", "method": "GET", "path": "/slow/100"},
+        {"id": "c", "method": "GET", "path": "/x", "depends_on": ["b"]}
+    ]}"#;
+    let running = tokio::spawn(async move { send(addr, post_json("/batch", batch)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopped = sluice.shutdown();
+    let res = running.await.unwrap();
+    assert_eq!(res.status, 207);
+    let statuses: Vec<u64> = res.json()["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 200, 200]);
+    stopped.await.unwrap();
+}
+
+#[tokio::test]
 async fn drain_timeout_bounds_the_wait() {
     let up = spawn_upstream().await;
     let toml = "[server]\ndrain_timeout = \"300ms\"\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";

@@ -16,6 +16,11 @@ use tokio::time::{Instant, timeout_at};
 
 pub use parse::{Item, parse};
 
+/// Marks a request made from a batch item: it belongs to a batch already accepted, so it runs
+/// even once the proxy has begun to drain.
+#[derive(Debug, Clone, Copy)]
+pub struct FromBatch;
+
 use crate::body::Body;
 use crate::pipeline::{Proxy, client_ip, is_json, read_whole};
 use crate::problem::Problem;

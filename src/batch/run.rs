@@ -156,6 +156,7 @@ fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
     *req.method_mut() = item.method.clone();
     *req.uri_mut() = item.uri.clone();
     *req.headers_mut() = headers;
+    req.extensions_mut().insert(super::FromBatch);
     req
 }
 

@@ -127,7 +127,8 @@ impl Proxy {
         rec: &mut Record,
     ) -> Result<Response<Body>, Problem> {
         let app = &*self.app;
-        if app.life.draining.load(Ordering::Relaxed) {
+        let draining = app.life.draining.load(Ordering::Relaxed);
+        if draining && req.extensions().get::<crate::batch::FromBatch>().is_none() {
             return Err(Problem::Draining);
         }
         match path::normalized(req.uri()) {

@@ -216,6 +216,48 @@ async fn post_reload_on_the_admin_listener_swaps_the_config_and_rebinds_a_change
 }
 
 #[tokio::test]
+async fn once_shutdown_has_begun_a_reload_is_refused_with_503() {
+    let up = spawn_upstream().await;
+    let path = config_file("draining", &toml(&up.url(), ""));
+    let running = start(&path);
+    let (addr, admin) = (running.local_addr(), running.admin_addr().unwrap());
+    let slow = tokio::spawn(async move { get(addr, "/free/slow/500").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    running.shutdown();
+    let res = send(
+        admin,
+        request(Method::POST, "/reload")
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await;
+    assert_problem(&res, 503);
+    assert!(matches!(
+        running.reload(),
+        Err(server::ReloadError::Draining)
+    ));
+    assert_eq!(slow.await.unwrap().status, 200);
+}
+
+#[tokio::test]
+async fn a_changed_max_keys_waits_for_a_restart() {
+    let up = spawn_upstream().await;
+    let path = config_file(
+        "max-keys",
+        &toml(&up.url(), "").replace("workers = 2", "workers = 1\nmax_keys = 5"),
+    );
+    let running = start(&path);
+    std::fs::write(
+        &path,
+        toml(&up.url(), "").replace("workers = 2", "workers = 1\nmax_keys = 50"),
+    )
+    .unwrap();
+    running.reload().unwrap();
+    assert_eq!(running.app().config.server.max_keys, 5);
+    running.shutdown();
+}
+
+#[tokio::test]
 async fn without_a_config_file_a_reload_is_refused() {
     let up = spawn_upstream().await;
     let sluice = spawn_default(&up.url());

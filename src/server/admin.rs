@@ -124,6 +124,7 @@ fn reload(reloader: &Reloader) -> Response<Body> {
                 Body::full(format!(r#"{{"status":"reloaded","hash":"{hash:016x}"}}"#));
             res
         }
+        Err(ReloadError::Draining) => Problem::Draining.into_response(""),
         Err(e) => {
             let errors = match &e {
                 ReloadError::Config(c) if !c.invalid().is_empty() => c

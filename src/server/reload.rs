@@ -33,6 +33,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("cannot bind the new address: {0}")]
     Bind(#[from] io::Error),
+    #[error("sluice is shutting down; the config in force stays")]
+    Draining,
 }
 
 /// What the admin listener becomes in a new generation.
@@ -133,6 +135,10 @@ impl Reloader {
     }
 
     fn next(&self, previous: &App) -> Result<Arc<Generation>, ReloadError> {
+        // The workers have stopped taking new connections: a new listener would go unserved.
+        if previous.life.draining.load(Ordering::Relaxed) {
+            return Err(ReloadError::Draining);
+        }
         let source = self.source.as_ref().ok_or(ReloadError::NoFile)?;
         let mut config = Config::load(&source.path, &source.overrides)?;
         let old = &previous.config.server;
@@ -142,6 +148,11 @@ impl Reloader {
                 "the number of workers changes only on restart"
             );
             config.server.workers = old.workers;
+        }
+        if config.server.max_keys != old.max_keys {
+            // The limiter's table, and with it its cap, lives on across reloads.
+            tracing::warn!(max_keys = old.max_keys, "max_keys changes only on restart");
+            config.server.max_keys = old.max_keys;
         }
         let listeners = match config.server.listen == old.listen {
             true => Vec::new(),

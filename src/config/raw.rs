@@ -34,33 +34,34 @@ pub struct Server {
     pub admin_listen: Spanned<String>,
     pub workers: usize,
     pub max_connections: Spanned<usize>,
-    pub header_read_timeout: Dur,
-    pub request_timeout: Dur,
+    pub header_read_timeout: Spanned<Dur>,
+    pub request_timeout: Spanned<Dur>,
     pub timeout_status: Spanned<u16>,
-    pub idle_timeout: Dur,
-    pub max_header_bytes: Size,
+    pub idle_timeout: Spanned<Dur>,
+    pub max_header_bytes: Spanned<Size>,
     pub trusted_proxies: Vec<Cidr>,
     pub drain_timeout: Dur,
-    pub max_keys: usize,
+    pub max_keys: Spanned<usize>,
     pub access_log: bool,
 }
 
 impl Default for Server {
     fn default() -> Self {
         let secs = |s| Dur(std::time::Duration::from_secs(s));
+        let spanned_secs = |s| Spanned::new(0..0, secs(s));
         Server {
             listen: Spanned::new(0..0, "0.0.0.0:8080".into()),
             admin_listen: Spanned::new(0..0, "127.0.0.1:9090".into()),
             workers: 0,
             max_connections: Spanned::new(0..0, 10_000),
-            header_read_timeout: secs(10),
-            request_timeout: secs(60),
+            header_read_timeout: spanned_secs(10),
+            request_timeout: spanned_secs(60),
             timeout_status: Spanned::new(0..0, 408),
-            idle_timeout: secs(75),
-            max_header_bytes: Size(16 * 1024),
+            idle_timeout: spanned_secs(75),
+            max_header_bytes: Spanned::new(0..0, Size(16 * 1024)),
             trusted_proxies: Vec::new(),
             drain_timeout: secs(30),
-            max_keys: 1_000_000,
+            max_keys: Spanned::new(0..0, 1_000_000),
             access_log: true,
         }
     }
@@ -120,7 +121,7 @@ pub struct Route {
     pub validate_json: bool,
     #[serde(default)]
     pub scopes: Vec<String>,
-    pub request_timeout: Option<Dur>,
+    pub request_timeout: Option<Spanned<Dur>>,
 }
 
 fn default_policy() -> Spanned<String> {

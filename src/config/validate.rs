@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::error::{Errors, Invalid, line_of};
 use super::{ApiKey, Auth, Batch, Config, ConfigError, Headers, KeySource, Overrides, raw};
-use super::{Policy, Rate, Route, Server, Target, Upstream};
+use super::{Dur, Policy, Rate, Route, Server, Target, Upstream};
 use crate::limiter::{self, Gcra, Limit, Window};
 
 /// Parses TOML into the raw structs; type errors and unknown keys name their key and line.
@@ -137,21 +137,42 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let header_read_timeout = positive("server.header_read_timeout", &s.header_read_timeout, errs);
+    let request_timeout = positive("server.request_timeout", &s.request_timeout, errs);
+    let idle_timeout = positive("server.idle_timeout", &s.idle_timeout, errs);
+    // Less than this cannot hold a request line and a Host header.
+    const MIN_HEAD: u64 = 256;
+    if s.max_header_bytes.get_ref().0 < MIN_HEAD {
+        let msg = format!("must be at least {MIN_HEAD}");
+        errs.push("server.max_header_bytes", s.max_header_bytes.span(), msg);
+    }
+    let max_keys = *s.max_keys.get_ref();
+    if max_keys == 0 {
+        errs.push("server.max_keys", s.max_keys.span(), "must be at least 1");
+    }
     Server {
         listen,
         admin_listen,
         workers,
         max_connections,
-        header_read_timeout: s.header_read_timeout.0,
-        request_timeout: s.request_timeout.0,
+        header_read_timeout,
+        request_timeout,
         timeout_status: StatusCode::from_u16(status).unwrap_or(StatusCode::REQUEST_TIMEOUT),
-        idle_timeout: s.idle_timeout.0,
-        max_header_bytes: usize::try_from(s.max_header_bytes.0).unwrap_or(usize::MAX),
+        idle_timeout,
+        max_header_bytes: usize::try_from(s.max_header_bytes.get_ref().0).unwrap_or(usize::MAX),
         trusted_proxies: s.trusted_proxies.iter().map(|c| c.0).collect(),
         drain_timeout: s.drain_timeout.0,
-        max_keys: s.max_keys,
+        max_keys,
         access_log: s.access_log,
     }
+}
+
+/// A duration that must not be zero: a zero timeout would refuse every request.
+fn positive(key: &str, d: &Spanned<Dur>, errs: &mut Errors) -> std::time::Duration {
+    if d.get_ref().0.is_zero() {
+        errs.push(key, d.span(), "must be more than 0");
+    }
+    d.get_ref().0
 }
 
 fn upstreams(
@@ -248,6 +269,11 @@ fn policy(name: &str, p: &raw::Policy, span: Range<usize>, errs: &mut Errors) ->
     let mut fail = |msg: &str| errs.push(&key, span.clone(), msg);
     if name == "none" {
         fail("\"none\" is reserved for routes without a policy");
+    }
+    // The name is written into RateLimit headers as a quoted string, and into metric labels.
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !name.chars().all(plain) {
+        fail("a policy name is letters, digits, '-', '_' and '.' only");
     }
     let rate = match (p.rate, p.burst) {
         (Some(r), Some(b)) => {
@@ -462,7 +488,12 @@ fn route(
         content_types,
         validate_json: r.validate_json,
         scopes: r.scopes.clone(),
-        request_timeout: r.request_timeout.map_or(server.request_timeout, |d| d.0),
+        request_timeout: r
+            .request_timeout
+            .as_ref()
+            .map_or(server.request_timeout, |d| {
+                positive(&format!("routes[{i}].request_timeout"), d, errs)
+            }),
     }
 }
 

@@ -57,6 +57,10 @@ pub struct Gcra {
     burst: u32,
     /// `burst · T`: how far ahead of now the TAT may run.
     capacity: Nanos,
+    /// `burst · per / count` exactly, rounded up only at the end: the header's `w`. `capacity`
+    /// can be a few nanoseconds more (`T` is rounded up), which would round `3/s` with a burst
+    /// of 3 up to a window of 2 s.
+    window: Nanos,
 }
 
 /// The longest a bucket may take to refill (about 73 years), so times never overflow.
@@ -67,10 +71,13 @@ impl Gcra {
     pub fn new(rate: Rate, burst: NonZeroU32) -> Option<Gcra> {
         let emission = nanos(rate.per).div_ceil(u64::from(rate.count.get()));
         let capacity = emission.checked_mul(u64::from(burst.get()))?;
+        let exact = u128::from(nanos(rate.per)) * u128::from(burst.get());
+        let window = exact.div_ceil(u128::from(rate.count.get())) as Nanos; // ≤ capacity
         (capacity <= MAX_CAPACITY).then_some(Gcra {
             emission: Interval::new(emission),
             burst: burst.get(),
             capacity,
+            window,
         })
     }
 
@@ -84,9 +91,15 @@ impl Gcra {
         Duration::from_nanos(self.emission.nanos())
     }
 
-    /// `burst · T`: the time a fresh bucket holds, the header's `w`.
-    pub(crate) fn capacity(&self) -> Nanos {
+    /// `burst · T`: the time a fresh bucket holds.
+    #[cfg(test)]
+    fn capacity(&self) -> Nanos {
         self.capacity
+    }
+
+    /// The time the burst is worth at the configured rate: the header's `w`.
+    pub(crate) fn window(&self) -> Nanos {
+        self.window
     }
 
     /// The state once `cost` (≤ burst) is taken at `now` from state `tat`, if it fits.
@@ -188,6 +201,21 @@ mod tests {
     }
 
     #[test]
+    fn the_window_is_exact_where_the_emission_interval_is_rounded() {
+        let three = NonZeroU32::new(3).unwrap();
+        let gcra = Gcra::new(Rate::per_second(three), three).unwrap();
+        assert_eq!(
+            gcra.window(),
+            SEC,
+            "3/s with a burst of 3 is worth one second"
+        );
+        assert!(
+            gcra.capacity() > SEC,
+            "T is rounded up, so the rate is never exceeded"
+        );
+    }
+
+    #[test]
     fn figures_count_down_and_refill() {
         let gcra = default_rate();
         let fresh = gcra.figures(0, 5 * SEC);
@@ -199,6 +227,7 @@ mod tests {
             }
         );
         assert_eq!(gcra.capacity(), 100 * SEC);
+        assert_eq!(gcra.window(), 100 * SEC);
         let mut tat = 0;
         for _ in 0..2 {
             send(&gcra, &mut tat, 5 * SEC, 1).unwrap();

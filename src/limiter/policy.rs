@@ -39,7 +39,7 @@ impl Limit {
     /// `q` and `w` (whole seconds, rounded up) of the limit's `RateLimit-Policy` item.
     pub fn quota_and_window_secs(&self) -> (u32, u64) {
         let window = match self {
-            Limit::Rate(gcra) => gcra.capacity(),
+            Limit::Rate(gcra) => gcra.window(),
             Limit::Window(window) => window.length_nanos(),
         };
         (self.capacity(), window.div_ceil(1_000_000_000))
@@ -81,7 +81,7 @@ impl Limit {
     /// The report's fixed part: what the limit is, not how much is left.
     fn blank_report(&self) -> LimitReport {
         let window = match self {
-            Limit::Rate(gcra) => gcra.capacity(),
+            Limit::Rate(gcra) => gcra.window(),
             Limit::Window(window) => window.length_nanos(),
         };
         LimitReport {

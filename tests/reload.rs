@@ -258,6 +258,43 @@ async fn a_changed_max_keys_waits_for_a_restart() {
 }
 
 #[tokio::test]
+async fn a_kept_alive_connection_reads_its_next_head_under_the_reloaded_limits() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn status_of_next_answer(s: &mut tokio::net::TcpStream) -> String {
+        let mut buf = Vec::new();
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 4096];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8_lossy(&buf[9..12]).to_string()
+    }
+    let up = spawn_upstream().await;
+    let path = config_file("head-limits", &toml(&up.url(), ""));
+    let running = start(&path);
+    let mut kept = tokio::net::TcpStream::connect(running.local_addr())
+        .await
+        .unwrap();
+    kept.write_all(b"GET /free/a HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of_next_answer(&mut kept).await, "200");
+
+    let smaller =
+        toml(&up.url(), "").replace("workers = 2", "workers = 2\nmax_header_bytes = 1024");
+    std::fs::write(&path, smaller).unwrap();
+    running.reload().unwrap();
+    let big = format!(
+        "GET /free/b HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2000)
+    );
+    kept.write_all(big.as_bytes()).await.unwrap();
+    assert_eq!(status_of_next_answer(&mut kept).await, "431");
+    running.shutdown();
+}
+
+#[tokio::test]
 async fn without_a_config_file_a_reload_is_refused() {
     let up = spawn_upstream().await;
     let sluice = spawn_default(&up.url());

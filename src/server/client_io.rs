@@ -16,8 +16,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::config;
 use crate::pipeline::Proxy;
 use crate::problem::Problem;
+
+/// A worker's proxy for the generation in force, swapped on reload; each request takes the
+/// current one, so a reload reaches connections that are already open.
+pub type Current = Arc<arc_swap::ArcSwap<Proxy>>;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
@@ -57,6 +62,14 @@ pub struct HeadLimits {
 }
 
 impl HeadLimits {
+    pub fn new(server: &config::Server) -> HeadLimits {
+        HeadLimits {
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            max_header_bytes: server.max_header_bytes,
+        }
+    }
+
     /// The shortest time any phase may last.
     fn shortest(&self) -> Duration {
         self.header_read_timeout.min(self.idle_timeout)
@@ -76,7 +89,9 @@ enum Phase {
 /// The socket, with the timers and counters of the phase between requests.
 pub struct ClientIo {
     stream: TcpStream,
-    /// For the request id of an answer written here.
+    /// The generation in force, swapped at a reload.
+    current: Current,
+    /// The generation the current head is read under: its request ids, and `limits`.
     proxy: Arc<Proxy>,
     state: Arc<ConnState>,
     limits: HeadLimits,
@@ -101,17 +116,15 @@ pub struct ClientIo {
 }
 
 impl ClientIo {
-    pub fn new(
-        stream: TcpStream,
-        proxy: Arc<Proxy>,
-        state: Arc<ConnState>,
-        limits: HeadLimits,
-    ) -> ClientIo {
+    pub fn new(stream: TcpStream, current: Current, state: Arc<ConnState>) -> ClientIo {
+        let proxy = current.load_full();
+        let limits = HeadLimits::new(&proxy.app.config.server);
         // A new connection must send its first head within header_read_timeout.
         let since = Instant::now();
         let timer = Box::pin(tokio::time::sleep_until(since + limits.shortest()));
         ClientIo {
             stream,
+            current,
             proxy,
             state,
             limits,
@@ -200,6 +213,7 @@ impl ClientIo {
             self.head_bytes = Some(0);
             self.tail = [0; 3];
             self.since = Instant::now();
+            self.follow_reload();
         }
         let Some(so_far) = self.head_bytes else {
             return Ok(());
@@ -221,6 +235,21 @@ impl ClientIo {
         self.head_bytes = if complete { None } else { Some(so_far + len) };
         self.tail = last_three(&self.tail, new);
         Ok(())
+    }
+
+    /// A head begins: if the config was reloaded since the last one, it is read under the new
+    /// limits, and its deadline may be nearer than the timer.
+    fn follow_reload(&mut self) {
+        let now = self.current.load();
+        if Arc::ptr_eq(&now, &self.proxy) {
+            return;
+        }
+        self.proxy = arc_swap::Guard::into_inner(now);
+        self.limits = HeadLimits::new(&self.proxy.app.config.server);
+        let deadline = self.since + self.limits.header_read_timeout;
+        if deadline < self.timer.deadline() {
+            self.timer.as_mut().reset(deadline);
+        }
     }
 
     /// Whether a write now may be hyper's answer to a head it could not parse: bytes of an
@@ -439,12 +468,8 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let state = Arc::new(ConnState::default());
-        let limits = HeadLimits {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(10),
-            max_header_bytes: 16 * 1024,
-        };
-        let mut io = ClientIo::new(server, proxy(), state.clone(), limits);
+        let current = Arc::new(arc_swap::ArcSwap::new(proxy()));
+        let mut io = ClientIo::new(server, current, state.clone());
         client
             .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
             .await

@@ -21,7 +21,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::client_io::{Active, ClientIo, ConnState, HeadLimits};
+use super::client_io::{Active, ClientIo, ConnState, Current};
 use super::reload::Generation;
 use crate::body::{Body, BoxError};
 use crate::config;
@@ -30,10 +30,6 @@ use crate::pipeline::{Lifecycle, Proxy};
 /// hyper's own read buffer limit, kept well above `max_header_bytes` so that the head limit is
 /// enforced (with a problem body) by `ClientIo` rather than by hyper's bare 431.
 const READ_BUF: usize = 400 * 1024;
-
-/// A worker's proxy for the generation in force, swapped on reload; each request takes the
-/// current one, so a reload reaches connections that are already open.
-type Current = Arc<ArcSwap<Proxy>>;
 
 pub fn spawn(
     i: usize,
@@ -128,12 +124,7 @@ fn connection(
     let guard = ConnectionGuard::new(&proxy.app.life);
     let over_limit = guard.open > proxy.app.config.server.max_connections;
     let state = Arc::new(ConnState::default());
-    let io = ClientIo::new(
-        stream,
-        proxy.clone(),
-        state.clone(),
-        head_limits(&proxy.app.config.server),
-    );
+    let io = ClientIo::new(stream, current.clone(), state.clone());
     let current = current.clone();
     let service = service_fn(move |req| {
         let (proxy, active) = (current.load_full(), Active::new(&state));
@@ -159,14 +150,6 @@ fn connection(
         }
         drop(guard);
     });
-}
-
-fn head_limits(server: &config::Server) -> HeadLimits {
-    HeadLimits {
-        header_read_timeout: server.header_read_timeout,
-        idle_timeout: server.idle_timeout,
-        max_header_bytes: server.max_header_bytes,
-    }
 }
 
 /// A response body that keeps its request marked in progress on the connection until hyper

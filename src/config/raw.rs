@@ -72,11 +72,11 @@ impl Default for Server {
 pub struct Upstream {
     pub targets: Spanned<Vec<Spanned<String>>>,
     #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: Dur,
+    pub connect_timeout: Spanned<Dur>,
 }
 
-fn default_connect_timeout() -> Dur {
-    Dur(std::time::Duration::from_secs(5))
+fn default_connect_timeout() -> Spanned<Dur> {
+    Spanned::new(0..0, Dur(std::time::Duration::from_secs(5)))
 }
 
 #[derive(Debug, Deserialize)]

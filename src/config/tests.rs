@@ -158,7 +158,7 @@ fn overrides_replace_file_values() {
 #[test]
 fn zero_timeouts_tiny_heads_and_no_keys_are_refused_at_their_line() {
     let e = invalid(
-        "[server]\nheader_read_timeout = \"0s\"\nrequest_timeout = \"0ms\"\nidle_timeout = \"0s\"\nmax_header_bytes = 0\nmax_keys = 0\n[[routes]]\npath = \"/\"\nrequest_timeout = \"0s\"\n",
+        "[server]\nheader_read_timeout = \"0s\"\nrequest_timeout = \"0ms\"\nidle_timeout = \"0s\"\nmax_header_bytes = 0\nmax_keys = 0\n[[routes]]\npath = \"/\"\nrequest_timeout = \"0s\"\n[upstreams.api]\ntargets = [\"http://127.0.0.1:1\"]\nconnect_timeout = \"0s\"\n",
     );
     let got: Vec<(&str, Option<usize>)> = e.iter().map(|i| (i.key.as_str(), i.line)).collect();
     assert_eq!(
@@ -169,6 +169,7 @@ fn zero_timeouts_tiny_heads_and_no_keys_are_refused_at_their_line() {
             ("server.idle_timeout", Some(4)),
             ("server.max_header_bytes", Some(5)),
             ("server.max_keys", Some(6)),
+            ("upstreams.api.connect_timeout", Some(12)),
             ("routes[0].request_timeout", Some(9)),
         ]
     );
@@ -178,8 +179,18 @@ fn zero_timeouts_tiny_heads_and_no_keys_are_refused_at_their_line() {
 fn a_policy_name_that_a_header_cannot_carry_is_refused() {
     let e = invalid("[policies.\"we\\\"ird\"]\nrate = \"1/s\"\nburst = 3\n");
     assert_eq!(e[0].key, "policies.we\"ird");
-    assert!(e[0].message.contains("letters, digits"), "{}", e[0]);
-    let ok = "[policies.\"gold-tier_2.v1\"]\nrate = \"1/s\"\nburst = 3\n";
+    assert!(e[0].message.contains("printable ASCII"), "{}", e[0]);
+    for bad in ["", "caf\u{e9}", "a\\\\b"] {
+        let e = invalid(&format!(
+            "[policies.\"{bad}\"]\nrate = \"1/s\"\nburst = 3\n"
+        ));
+        assert!(
+            e[0].message.contains("printable ASCII"),
+            "{bad:?}: {}",
+            e[0]
+        );
+    }
+    let ok = "[policies.\"partner tier/2 gold-tier_2.v1\"]\nrate = \"1/s\"\nburst = 3\n";
     assert!(Config::parse(ok, &upstream()).is_ok());
 }
 

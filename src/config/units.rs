@@ -43,6 +43,9 @@ impl fmt::Display for Rate {
     }
 }
 
+/// The longest duration a config may name.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl FromStr for Dur {
     type Err = String;
 
@@ -70,6 +73,10 @@ impl FromStr for Dur {
             };
             total = total.saturating_add(unit);
             rest = &rest[unit_len..];
+        }
+        // Deadlines are `now + duration`: keep them far from the clock's end.
+        if total > MAX_DURATION {
+            return Err(format!("duration {s:?} is longer than a year"));
         }
         Ok(Dur(total))
     }
@@ -183,7 +190,17 @@ mod tests {
         assert_eq!("1500ms".parse(), Ok(Dur(Duration::from_millis(1500))));
         assert_eq!("1m30s".parse(), Ok(Dur(Duration::from_secs(90))));
         assert_eq!("2h".parse(), Ok(Dur(Duration::from_secs(7200))));
-        for bad in ["", "60", "s", "10x", "-1s", "1.5s"] {
+        assert_eq!("8760h".parse(), Ok(Dur(Duration::from_secs(8760 * 3600))));
+        for bad in [
+            "",
+            "60",
+            "s",
+            "10x",
+            "-1s",
+            "1.5s",
+            "8761h",
+            "9999999999999999h",
+        ] {
             assert!(bad.parse::<Dur>().is_err(), "{bad:?} should not parse");
         }
     }

@@ -56,7 +56,7 @@ pub(super) fn apply(file: &mut raw::File, o: &Overrides) -> Result<(), ConfigErr
         0 => {
             let upstream = raw::Upstream {
                 targets: Spanned::new(0..0, targets),
-                connect_timeout: super::Dur(std::time::Duration::from_secs(5)),
+                connect_timeout: Spanned::new(0..0, Dur(std::time::Duration::from_secs(5))),
             };
             upstreams.insert("api".into(), Spanned::new(0..0, upstream));
         }
@@ -201,7 +201,11 @@ fn upstreams(
             name: name.clone(),
             host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("localhost")),
             targets,
-            connect_timeout: u.connect_timeout.0,
+            connect_timeout: positive(
+                &format!("upstreams.{name}.connect_timeout"),
+                &u.connect_timeout,
+                errs,
+            ),
         });
     }
     out
@@ -270,10 +274,11 @@ fn policy(name: &str, p: &raw::Policy, span: Range<usize>, errs: &mut Errors) ->
     if name == "none" {
         fail("\"none\" is reserved for routes without a policy");
     }
-    // The name is written into RateLimit headers as a quoted string, and into metric labels.
-    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-    if !name.chars().all(plain) {
-        fail("a policy name is letters, digits, '-', '_' and '.' only");
+    // The name is written into RateLimit headers as a Structured Field string: printable
+    // ASCII, where `"` and `\` would need escapes.
+    let printable = |c: char| (' '..='~').contains(&c) && c != '"' && c != '\\';
+    if name.is_empty() || !name.chars().all(printable) {
+        fail("a policy name is printable ASCII, without '\"' or '\\'");
     }
     let rate = match (p.rate, p.burst) {
         (Some(r), Some(b)) => {

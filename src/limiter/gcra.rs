@@ -129,7 +129,9 @@ impl Gcra {
         Figures {
             // At most `burst`, so the cast is lossless.
             remaining: self.emission.count_in(self.capacity - used) as u32,
-            reset: used,
+            // Measured against `window`, like `w`: `T`'s rounding (at most `burst` ns) would
+            // make a whole bucket's `t` a second more than its `w`.
+            reset: used.saturating_sub(self.capacity - self.window),
         }
     }
 
@@ -212,6 +214,13 @@ mod tests {
         assert!(
             gcra.capacity() > SEC,
             "T is rounded up, so the rate is never exceeded"
+        );
+        let mut tat = 0;
+        send(&gcra, &mut tat, 0, 3).unwrap();
+        assert_eq!(
+            gcra.figures(tat, 0).reset,
+            SEC,
+            "t matches w for a whole bucket"
         );
     }
 

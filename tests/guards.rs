@@ -202,6 +202,25 @@ async fn a_head_trickled_byte_by_byte_gets_408_at_the_deadline_not_per_read() {
 }
 
 #[tokio::test]
+async fn the_first_heads_time_runs_from_the_connection_not_from_its_first_byte() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(r#"header_read_timeout = "400ms""#), &up.url());
+    let started = Instant::now();
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    // Nearly the whole timeout in silence, then one byte: it must not buy a second timeout.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.write_all(b"G").await.unwrap();
+    let mut raw = Vec::new();
+    within(Duration::from_secs(2), "408", s.read_to_end(&mut raw))
+        .await
+        .expect("a clean close");
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 408 "), "{text}");
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(600), "took {waited:?}");
+}
+
+#[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_silently_after_header_read_timeout() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(&config(r#"header_read_timeout = "300ms""#), &up.url());

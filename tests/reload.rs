@@ -221,7 +221,7 @@ async fn once_shutdown_has_begun_a_reload_is_refused_with_503() {
     let path = config_file("draining", &toml(&up.url(), ""));
     let running = start(&path);
     let (addr, admin) = (running.local_addr(), running.admin_addr().unwrap());
-    let slow = tokio::spawn(async move { get(addr, "/free/slow/500").await });
+    let slow = tokio::spawn(async move { get(addr, "/slow/500").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     running.shutdown();
     let res = send(
@@ -291,6 +291,35 @@ async fn a_kept_alive_connection_reads_its_next_head_under_the_reloaded_limits()
     );
     kept.write_all(big.as_bytes()).await.unwrap();
     assert_eq!(status_of_next_answer(&mut kept).await, "431");
+    running.shutdown();
+}
+
+#[tokio::test]
+async fn a_connection_busy_during_a_reload_goes_idle_under_the_new_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = spawn_upstream().await;
+    let long = toml(&up.url(), "").replace("workers = 2", "workers = 1\nidle_timeout = \"30s\"");
+    let path = config_file("idle", &long);
+    let running = start(&path);
+    let mut s = tokio::net::TcpStream::connect(running.local_addr())
+        .await
+        .unwrap();
+    s.write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let short = long.replace("idle_timeout = \"30s\"", "idle_timeout = \"200ms\"");
+    std::fs::write(&path, short).unwrap();
+    running.reload().unwrap();
+    // The answer, then the connection closes once idle for the new 200 ms, not the old 30 s.
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut raw)).await;
+    assert!(
+        read.is_ok(),
+        "still open after 3 s: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200 "));
     running.shutdown();
 }
 

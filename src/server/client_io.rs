@@ -145,6 +145,7 @@ impl ClientIo {
             (Phase::Busy, false) => {
                 self.phase = Phase::Idle;
                 self.since = Instant::now();
+                self.follow_reload();
             }
             (Phase::Idle | Phase::Head, true) => {
                 self.phase = Phase::Busy;
@@ -212,7 +213,10 @@ impl ClientIo {
             self.phase = Phase::Head;
             self.head_bytes = Some(0);
             self.tail = [0; 3];
-            self.since = Instant::now();
+            // The first head's time runs from the connection's start, not from its first byte.
+            if !self.first {
+                self.since = Instant::now();
+            }
             self.follow_reload();
         }
         let Some(so_far) = self.head_bytes else {
@@ -237,8 +241,9 @@ impl ClientIo {
         Ok(())
     }
 
-    /// A head begins: if the config was reloaded since the last one, it is read under the new
-    /// limits, and its deadline may be nearer than the timer.
+    /// A phase begins (idle, or a head): if the config was reloaded since, it runs under the
+    /// new limits, and its deadline may be nearer than the timer. This also lets go of the old
+    /// generation, and with it the old upstream pool.
     fn follow_reload(&mut self) {
         let now = self.current.load();
         if Arc::ptr_eq(&now, &self.proxy) {
@@ -246,8 +251,7 @@ impl ClientIo {
         }
         self.proxy = arc_swap::Guard::into_inner(now);
         self.limits = HeadLimits::new(&self.proxy.app.config.server);
-        let deadline = self.since + self.limits.header_read_timeout;
-        if deadline < self.timer.deadline() {
+        if let Some(deadline) = self.deadline().filter(|&d| d < self.timer.deadline()) {
             self.timer.as_mut().reset(deadline);
         }
     }

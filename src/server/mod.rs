@@ -28,7 +28,6 @@ use reload::Reloader;
 pub struct Running {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
-    app: Arc<App>,
     reloader: Arc<Reloader>,
     stop: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
@@ -60,7 +59,6 @@ pub fn start_with(config: Config, source: Option<Source>) -> io::Result<Running>
     Ok(Running {
         addr,
         admin_addr,
-        app,
         reloader,
         stop,
         workers,
@@ -92,7 +90,10 @@ impl Running {
 
     /// Begins shutdown: readiness fails, listeners close, in-flight requests may finish.
     pub fn shutdown(&self) {
-        self.app.life.draining.store(true, Ordering::Relaxed);
+        // Never in the middle of a reload: one that began before is swapped in while the
+        // workers still serve, and one after sees the draining and is refused.
+        self.reloader
+            .between_reloads(|app| app.life.draining.store(true, Ordering::Relaxed));
         let _ = self.stop.send(true);
     }
 

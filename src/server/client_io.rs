@@ -89,8 +89,8 @@ enum Phase {
 /// The socket, with the timers and counters of the phase between requests.
 pub struct ClientIo {
     stream: TcpStream,
-    /// The generation in force, swapped at a reload.
-    current: Current,
+    /// The generation in force, swapped at a reload; seeing whether it changed is one load.
+    current: arc_swap::Cache<Current, Arc<Proxy>>,
     /// The generation the current head is read under: its request ids, and `limits`.
     proxy: Arc<Proxy>,
     state: Arc<ConnState>,
@@ -117,7 +117,8 @@ pub struct ClientIo {
 
 impl ClientIo {
     pub fn new(stream: TcpStream, current: Current, state: Arc<ConnState>) -> ClientIo {
-        let proxy = current.load_full();
+        let mut current = arc_swap::Cache::new(current);
+        let proxy = current.load().clone();
         let limits = HeadLimits::new(&proxy.app.config.server);
         // A new connection must send its first head within header_read_timeout.
         let since = Instant::now();
@@ -246,10 +247,10 @@ impl ClientIo {
     /// generation, and with it the old upstream pool.
     fn follow_reload(&mut self) {
         let now = self.current.load();
-        if Arc::ptr_eq(&now, &self.proxy) {
+        if Arc::ptr_eq(now, &self.proxy) {
             return;
         }
-        self.proxy = arc_swap::Guard::into_inner(now);
+        self.proxy = now.clone();
         self.limits = HeadLimits::new(&self.proxy.app.config.server);
         if let Some(deadline) = self.deadline().filter(|&d| d < self.timer.deadline()) {
             self.timer.as_mut().reset(deadline);

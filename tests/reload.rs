@@ -54,6 +54,17 @@ fn start(path: &Path) -> Running {
     server::start_with(config, Some(source)).unwrap()
 }
 
+/// `POST /reload` on the admin listener.
+async fn post_reload(admin: std::net::SocketAddr) -> Answer {
+    send(
+        admin,
+        request(Method::POST, "/reload")
+            .body(Full::<Bytes>::default())
+            .unwrap(),
+    )
+    .await
+}
+
 fn keyed(path: &str, key: &str) -> http::Request<Full<Bytes>> {
     request(Method::GET, path)
         .header("x-api-key", key)
@@ -151,13 +162,7 @@ async fn an_invalid_reload_is_refused_and_changes_nothing() {
     )
     .unwrap();
 
-    let res = send(
-        admin,
-        request(Method::POST, "/reload")
-            .body(Full::<Bytes>::default())
-            .unwrap(),
-    )
-    .await;
+    let res = post_reload(admin).await;
     assert_eq!(res.status, 422);
     assert_eq!(res.header("content-type"), "application/problem+json");
     let errors = &res.json()["errors"];
@@ -196,13 +201,7 @@ async fn post_reload_on_the_admin_listener_swaps_the_config_and_rebinds_a_change
     );
     std::fs::write(&path, moved).unwrap();
 
-    let res = send(
-        admin,
-        request(Method::POST, "/reload")
-            .body(Full::<Bytes>::default())
-            .unwrap(),
-    )
-    .await;
+    let res = post_reload(admin).await;
     assert_eq!(res.status, 200, "{:?}", res.body);
     assert_eq!(res.json()["status"], "reloaded");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -224,13 +223,7 @@ async fn once_shutdown_has_begun_a_reload_is_refused_with_503() {
     let slow = tokio::spawn(async move { get(addr, "/slow/500").await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     running.shutdown();
-    let res = send(
-        admin,
-        request(Method::POST, "/reload")
-            .body(Full::<Bytes>::default())
-            .unwrap(),
-    )
-    .await;
+    let res = post_reload(admin).await;
     assert_problem(&res, 503);
     assert!(matches!(
         running.reload(),

@@ -40,12 +40,7 @@ pub fn normal(path: &str) -> Result<Option<String>, StrayPercent> {
 #[inline(never)]
 fn rewritten(path: &str) -> Result<Option<String>, StrayPercent> {
     let bytes = path.as_bytes();
-    let escape = |i: usize| {
-        bytes
-            .get(i + 1..i + 3)
-            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
-    };
-    if (0..bytes.len()).any(|i| bytes[i] == b'%' && !escape(i)) {
+    if (0..bytes.len()).any(|i| bytes[i] == b'%' && escaped(bytes, i).is_none()) {
         return Err(StrayPercent);
     }
     Ok(Some(normal_path(path)).filter(|clean| clean != path))
@@ -125,24 +120,27 @@ fn decode_unreserved(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
+    let unreserved = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
     while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            if let Some(c) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
-                    out.push(c);
-                    i += 3;
-                    continue;
-                }
-            }
+        if let Some(c) = escaped(bytes, i).filter(unreserved) {
+            out.push(c);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
         }
-        out.push(bytes[i]);
-        i += 1;
     }
     // Only ASCII was decoded, and the rest was a `str` already.
     String::from_utf8(out).unwrap_or_else(|_| path.to_string())
+}
+
+/// The byte the escape at `bytes[i]` stands for, if one begins there: `%` and two hex digits.
+fn escaped(bytes: &[u8], i: usize) -> Option<u8> {
+    if bytes.get(i) != Some(&b'%') {
+        return None;
+    }
+    let digit = |at: usize| char::from(*bytes.get(at)?).to_digit(16);
+    Some((digit(i + 1)? * 16 + digit(i + 2)?) as u8)
 }
 
 #[cfg(test)]

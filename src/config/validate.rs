@@ -125,14 +125,7 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
             "must be 408 or 504",
         );
     }
-    let max_connections = *s.max_connections.get_ref();
-    if max_connections == 0 {
-        errs.push(
-            "server.max_connections",
-            s.max_connections.span(),
-            "must be at least 1",
-        );
-    }
+    let max_connections = at_least_one("server.max_connections", &s.max_connections, errs);
     let workers = match s.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -146,10 +139,7 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
         let msg = format!("must be at least {MIN_HEAD}");
         errs.push("server.max_header_bytes", s.max_header_bytes.span(), msg);
     }
-    let max_keys = *s.max_keys.get_ref();
-    if max_keys == 0 {
-        errs.push("server.max_keys", s.max_keys.span(), "must be at least 1");
-    }
+    let max_keys = at_least_one("server.max_keys", &s.max_keys, errs);
     Server {
         listen,
         admin_listen,
@@ -165,6 +155,14 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
         max_keys,
         access_log: s.access_log,
     }
+}
+
+/// A count that must not be zero.
+fn at_least_one(key: &str, n: &Spanned<usize>, errs: &mut Errors) -> usize {
+    if *n.get_ref() == 0 {
+        errs.push(key, n.span(), "must be at least 1");
+    }
+    *n.get_ref()
 }
 
 /// A duration that must not be zero: a zero timeout would refuse every request.
@@ -497,7 +495,7 @@ fn route(
             .request_timeout
             .as_ref()
             .map_or(server.request_timeout, |d| {
-                positive(&format!("routes[{i}].request_timeout"), d, errs)
+                positive(&key("request_timeout"), d, errs)
             }),
     }
 }
@@ -538,19 +536,11 @@ fn request_path(key: String, path: &Spanned<String>, errs: &mut Errors) {
 
 fn batch(b: &raw::Batch, errs: &mut Errors) -> Batch {
     request_path("batch.path".into(), &b.path, errs);
-    for (key, n) in [
-        ("batch.max_requests", &b.max_requests),
-        ("batch.max_concurrency", &b.max_concurrency),
-    ] {
-        if *n.get_ref() == 0 {
-            errs.push(key, n.span(), "must be at least 1");
-        }
-    }
     Batch {
         enabled: b.enabled,
         path: b.path.get_ref().clone(),
-        max_requests: *b.max_requests.get_ref(),
-        max_concurrency: *b.max_concurrency.get_ref(),
+        max_requests: at_least_one("batch.max_requests", &b.max_requests, errs),
+        max_concurrency: at_least_one("batch.max_concurrency", &b.max_concurrency, errs),
         max_body: b.max_body.0,
     }
 }

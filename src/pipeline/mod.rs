@@ -150,35 +150,40 @@ impl Proxy {
                     || !matches!(app.config.policies[i].key, KeySource::Header(_))
             })
         };
-        let (r, route) = match self.route(&req) {
-            Ok(found) => found,
-            Err((policy, p)) => {
-                rec.standing = app
-                    .limits
-                    .standing(&app.config, shown(policy), req.headers(), client)
-                    .await;
-                return Err(p);
+        // Routing and credentials; a refusal here costs nothing, and its answer shows the
+        // client's standing under the policy named with it.
+        let admitted = 'admit: {
+            let (r, route) = match self.route(&req) {
+                Ok(found) => found,
+                Err((policy, p)) => break 'admit Err((shown(policy), p)),
+            };
+            rec.route = r;
+            match self
+                .authenticate(&route.scopes, req.headers(), client)
+                .await
+            {
+                Ok(who) => Ok((r, route, who)),
+                Err(p) => {
+                    let policy = match p {
+                        // The failed-credentials guard's 429: its own standing is what counts.
+                        Problem::RateLimited { .. } => app.limits.auth_failures(),
+                        // A known key: the policy its requests count under.
+                        Problem::MissingScope { key, .. } => {
+                            app.config.auth.keys[key].policy.or(route.policy)
+                        }
+                        _ => shown(route.policy),
+                    };
+                    Err((policy, p))
+                }
             }
         };
-        rec.route = r;
-        let who = match self
-            .authenticate(&route.scopes, req.headers(), client)
-            .await
-        {
-            Ok(who) => who,
-            Err(p) => {
-                let policy = match p {
-                    // The failed-credentials guard's 429: its own standing is what counts.
-                    Problem::RateLimited { .. } => app.limits.auth_failures(),
-                    // A known key: the policy its requests count under.
-                    Problem::MissingScope { key, .. } => {
-                        app.config.auth.keys[key].policy.or(route.policy)
-                    }
-                    _ => shown(route.policy),
-                };
+        let (r, route, who) = match admitted {
+            Ok(admitted) => admitted,
+            Err((policy, p)) => {
+                let headers = req.headers();
                 rec.standing = app
                     .limits
-                    .standing(&app.config, policy, req.headers(), client)
+                    .standing(&app.config, policy, headers, client)
                     .await;
                 return Err(p);
             }

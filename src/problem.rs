@@ -51,8 +51,8 @@ pub enum Problem {
     MissingCredentials,
     /// The presented key is not one of `[[auth.keys]]`.
     UnknownCredentials,
-    /// The key is valid but lacks a scope the route requires.
-    /// Key `key` of `[[auth.keys]]` lacks `scope`.
+    /// The key is valid (`key`, its place in `[[auth.keys]]`) but lacks `scope`, which the
+    /// route requires.
     MissingScope { scope: String, key: usize },
     /// Over the rate limit: retry after `retry_after` seconds; `violated` names the limits.
     RateLimited {

@@ -43,6 +43,10 @@ pub enum Problem {
     MalformedHead,
     /// The path has a `%` that does not begin an escape (`%` and two hex digits).
     MalformedPath,
+    /// Two `Host` headers, or none in an HTTP/1.1 request whose target names no host.
+    MalformedHost,
+    /// `Transfer-Encoding` names a coding other than `chunked`.
+    UnknownTransferCoding,
     /// No route matches the path.
     NoRoute,
     /// The route exists but not for this method; `allow` lists the methods it takes.
@@ -117,7 +121,9 @@ impl Problem {
             Problem::InvalidJson { .. }
             | Problem::UnreadableBody
             | Problem::MalformedHead
-            | Problem::MalformedPath => StatusCode::BAD_REQUEST,
+            | Problem::MalformedPath
+            | Problem::MalformedHost
+            | Problem::UnknownTransferCoding => StatusCode::BAD_REQUEST,
             Problem::UpstreamTimeout { status } => *status,
             Problem::UpstreamRefused | Problem::UpstreamReset | Problem::UpstreamBadResponse => {
                 StatusCode::BAD_GATEWAY
@@ -148,6 +154,10 @@ impl Problem {
             Problem::HeadTooLarge => "The request head is too large.",
             Problem::MalformedHead => "The request head is not valid HTTP/1.1.",
             Problem::MalformedPath => "The path has a % that does not begin an escape (%XX).",
+            Problem::MalformedHost => "An HTTP/1.1 request must have exactly one Host header.",
+            Problem::UnknownTransferCoding => {
+                "Transfer-Encoding may name only chunked; other codings are not supported."
+            }
             Problem::NoRoute => "No route matches this path.",
             Problem::MethodNotAllowed { .. } => {
                 "This route does not accept this method; see the Allow header."

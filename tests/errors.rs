@@ -112,6 +112,68 @@ async fn an_answer_head_of_more_than_100_fields_is_502() {
 }
 
 #[tokio::test]
+async fn an_answer_with_transfer_encoding_loses_its_content_length() {
+    // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3): passed on, the 2 would cut
+    // the body short and the client would take it as complete.
+    let url = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n\
+          1e\r\n{\"padding\":\"xxxxxxxxxxxxxxxx\"}\r\n0\r\n\r\n",
+    )
+    .await;
+    let sluice = spawn_default(&url);
+    let res = get(sluice.addr, "/").await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.json()["padding"], "xxxxxxxxxxxxxxxx");
+    let req = http::Request::get("http://api.example/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = send_h2(sluice.addr, req).await;
+    assert_eq!(res.body.len(), 30);
+    assert_eq!(res.header("content-length"), "");
+}
+
+#[tokio::test]
+async fn an_answer_sluice_cannot_pass_on_as_meant_is_502() {
+    for reply in [
+        // A coding sluice would drop, leaving the body gzip with nothing to say so.
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"[..],
+        // sluice never asks for an upgrade.
+        b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n",
+    ] {
+        let sluice = spawn_default(&raw_upstream(reply).await);
+        let body = assert_problem(&get(sluice.addr, "/").await, 502);
+        assert!(body["detail"].as_str().unwrap().contains("invalid"));
+    }
+}
+
+#[tokio::test]
+async fn an_http_1_0_answer_goes_to_the_client_as_http_1_1() {
+    let url = raw_upstream(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
+    let sluice = spawn_default(&url);
+    let mut s = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    // Two requests on one connection: sluice keeps it open, so it must say HTTP/1.1.
+    let head =
+        "GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{answer}");
+    assert!(!answer.contains("HTTP/1.0"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_204_goes_out_without_content_length_on_h2_too() {
+    let url = raw_upstream(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n").await;
+    let sluice = spawn_default(&url);
+    let req = http::Request::get("http://api.example/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = send_h2(sluice.addr, req).await;
+    assert_eq!(res.status, 204);
+    assert_eq!(res.header("content-length"), "");
+}
+
+#[tokio::test]
 async fn a_connection_closed_before_answering_is_502() {
     let sluice = spawn_default(&raw_upstream(b"").await);
     let body = assert_problem(&get(sluice.addr, "/").await, 502);

@@ -179,6 +179,24 @@ async fn behind_a_trusted_proxy_the_client_is_the_rightmost_untrusted_address() 
 }
 
 #[tokio::test]
+async fn every_x_forwarded_for_line_counts() {
+    // A proxy in front may add a line of its own rather than append to the client's.
+    let up = spawn_upstream().await;
+    let toml = "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
+    let sluice = spawn_sluice(toml, &up.url());
+    let req = request(Method::GET, "/")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-forwarded-for", "203.0.113.5")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(sluice.addr, req).await;
+    let seen = up.last();
+    assert_eq!(seen.headers["x-real-ip"], "203.0.113.5");
+    let lines: Vec<_> = seen.headers.get_all("x-forwarded-for").iter().collect();
+    assert_eq!(lines, ["6.6.6.6, 203.0.113.5, 127.0.0.1"]);
+}
+
+#[tokio::test]
 async fn the_request_id_is_kept_or_generated_and_sent_both_ways() {
     let up = spawn_upstream().await;
     let sluice = spawn_default(&up.url());
@@ -213,6 +231,70 @@ async fn an_absolute_form_target_names_the_host_whatever_host_says() {
     assert_eq!(seen.uri, "/v1/abs?x=1");
     assert_eq!(seen.headers["host"], "api.example:99");
     assert_eq!(seen.headers.get_all("host").iter().count(), 1);
+}
+
+/// Writes `head` on a new connection and reads until sluice closes it.
+async fn exchange(addr: std::net::SocketAddr, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test]
+async fn an_http_1_1_request_needs_exactly_one_host() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    for head in [
+        "GET /v1/x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        "GET /v1/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = exchange(sluice.addr, head).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert!(answer.contains("exactly one Host"), "{answer}");
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_header_cannot_take_host_away() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    let head = "GET /v1/x HTTP/1.1\r\nHost: api.example\r\nConnection: host, close\r\n\r\n";
+    let answer = exchange(sluice.addr, head).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(up.last().headers["host"], "api.example");
+}
+
+#[tokio::test]
+async fn a_transfer_coding_other_than_chunked_is_400() {
+    // sluice frames the body itself: a gzip coding would reach the upstream undeclared.
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    let head = "POST /v1/x HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n\
+        Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+    let answer = exchange(sluice.addr, head).await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("only chunked"), "{answer}");
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn an_h2_clients_cookie_fields_reach_an_http1_upstream_as_one() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_default(&up.url());
+    let req = http::Request::get("http://api.example/v1/x")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .header("cookie", "c=3")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send_h2(sluice.addr, req).await.status, 200);
+    let seen = up.last();
+    let lines: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+    assert_eq!(lines, ["a=1; b=2; c=3"]);
 }
 
 #[tokio::test]

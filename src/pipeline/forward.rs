@@ -7,10 +7,10 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 
-use http::header::{EXPECT, HOST};
+use http::header::{CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap};
 use http::request::Parts;
 use http::uri::Uri;
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use tokio::time::{Instant, Sleep, sleep_until};
 
@@ -30,7 +30,7 @@ pub fn prepare(
     client: IpAddr,
     id: &HeaderValue,
     parts: &mut Parts,
-) {
+) -> Result<(), Problem> {
     if host_from_authority(parts) {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
@@ -38,10 +38,13 @@ pub fn prepare(
         let host = app.config.upstreams[route.upstream].host.clone();
         parts.headers.insert(HOST, host);
     }
+    if parts.version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
     parts.version = Version::HTTP_11;
     // Room for the headers added below at once, rather than a rehash of the map midway.
     parts.headers.reserve(5);
-    strip_hop_by_hop(&mut parts.headers);
+    strip_hop_by_hop(&mut parts.headers).map_err(|_| Problem::UnknownTransferCoding)?;
     // sluice already answered any `Expect: 100-continue` when it read the body.
     parts.headers.remove(EXPECT);
     let trusted = is_trusted(peer.ip(), &app.config.server.trusted_proxies);
@@ -49,6 +52,24 @@ pub fn prepare(
     parts
         .headers
         .insert(app.config.headers.request_id.clone(), id.clone());
+    Ok(())
+}
+
+/// Joins the `Cookie` fields an HTTP/2 client may send one per cookie into the one line that
+/// HTTP/1.1 takes (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(COOKIE).iter();
+    let (Some(first), Some(_)) = (lines.next(), lines.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for line in headers.get_all(COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(line.as_bytes());
+    }
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, joined);
+    }
 }
 
 /// Sets `Host` from the URI's authority, if it has one: HTTP/2 and absolute-form requests
@@ -122,7 +143,9 @@ pub async fn send(
             .pool
             .send(&app.upstreams, route.upstream, req, sending.into_std())
     );
-    let outcome = before(&mut deadline, forwarding).await;
+    let outcome = before(&mut deadline, forwarding)
+        .await
+        .map(|answer| answer.and_then(for_client));
     match outcome {
         Some(Ok(_)) => shard.upstream_latency(r, sending.elapsed()),
         Some(Err(e)) if client_fault().is_none() => {
@@ -163,10 +186,20 @@ fn before<'a, F: Future>(
     })
 }
 
-/// The upstream's response for the client: untouched but for hop-by-hop headers.
-pub fn client_response(mut res: Response<Body>) -> Response<Body> {
-    strip_hop_by_hop(res.headers_mut());
-    res
+/// The upstream's answer for the client: untouched but for hop-by-hop headers and the framing
+/// sluice gives it. One that cannot be passed on as it was meant is a bad response.
+fn for_client(mut res: Response<Body>) -> Result<Response<Body>, UpstreamError> {
+    // sluice never sends `Upgrade` upstream, so a 101 answers nothing it asked.
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(UpstreamError::BadResponse);
+    }
+    strip_hop_by_hop(res.headers_mut()).map_err(|_| UpstreamError::BadResponse)?;
+    if res.status() == StatusCode::NO_CONTENT {
+        res.headers_mut().remove(CONTENT_LENGTH); // RFC 9110 §8.6; hyper drops it on HTTP/1.1 only
+    }
+    // sluice speaks its own HTTP version to the client, whatever the upstream's.
+    *res.version_mut() = Version::HTTP_11;
+    Ok(res)
 }
 
 impl From<UpstreamError> for Problem {

@@ -131,6 +131,9 @@ impl Proxy {
         if draining && req.extensions().get::<crate::batch::FromBatch>().is_none() {
             return Err(Problem::Draining);
         }
+        if !one_host(&req) {
+            return Err(Problem::MalformedHost);
+        }
         match path::normalized(req.uri()) {
             Ok(None) => {}
             Ok(Some(uri)) => *req.uri_mut() = uri,
@@ -202,12 +205,12 @@ impl Proxy {
         }
         payload::check_head(route, req.headers(), !req.body().is_end_stream())?;
         let (mut parts, body) = req.into_parts();
-        forward::prepare(app, route, peer, client, id, &mut parts);
+        forward::prepare(app, route, peer, client, id, &mut parts)?;
         auth::identify_upstream(&app.config.auth, &app.keys, who, &mut parts.headers);
         // Boxed, so that requests answered before this point (a 429) move a small future.
         let res = Box::pin(forward::send(self, r, route, parts, body)).await?;
         rec.upstream_status = Some(res.status());
-        Ok(forward::client_response(res))
+        Ok(res)
     }
 
     /// Credentials (401/403), behind the guard that makes guessing keys slow: a client that
@@ -273,6 +276,21 @@ fn contain_panic<'a>(
                 problem(Problem::Internal, id)
             })
         })
+}
+
+/// One `Host`, as RFC 9112 §3.2 asks, and an HTTP/1.1 request names it unless its target does.
+/// A batch item has its batch's, checked with the batch.
+fn one_host(req: &Request<Body>) -> bool {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), None) => true,
+        (Some(_), Some(_)) => false,
+        (None, _) => {
+            req.version() != http::Version::HTTP_11
+                || req.uri().authority().is_some()
+                || req.extensions().get::<crate::batch::FromBatch>().is_some()
+        }
+    }
 }
 
 fn problem(p: Problem, id: &HeaderValue) -> Response<Body> {

@@ -23,8 +23,15 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authorization",
 ];
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// A message whose `Transfer-Encoding` names a coding other than `chunked`. sluice frames each
+/// body itself, so such a coding would reach the other side undeclared.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UnknownCoding;
+
+/// Removes hop-by-hop headers, including those the `Connection` header names (but never
+/// `Host`). A message with `Transfer-Encoding` also loses its `Content-Length`, which the
+/// coding overrides (RFC 9112 §6.3) and which no longer describes the body sent on.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), UnknownCoding> {
     // One pass over the names finds the few present; removing only those saves hashing all
     // nine names for every message.
     let mut present = 0u16;
@@ -34,14 +41,22 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if present == 0 {
-        return;
+        return Ok(());
+    }
+    if present & 1 << TRANSFER_ENCODING != 0 {
+        if !only_chunked(headers) {
+            return Err(UnknownCoding);
+        }
+        headers.remove(header::CONTENT_LENGTH);
     }
     // Vec::new does not allocate; only a Connection header naming a custom header does.
     let mut named = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         for token in value.to_str().unwrap_or_default().split(',') {
             let token = token.trim();
-            if token.is_empty() || HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(token)) {
+            let listed = HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(token));
+            // The client's Host must reach the upstream whatever the client names.
+            if token.is_empty() || listed || token.eq_ignore_ascii_case("host") {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
@@ -57,6 +72,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    Ok(())
+}
+
+/// [`HOP_BY_HOP`]'s place of `transfer-encoding`.
+const TRANSFER_ENCODING: usize = 4;
+
+/// Whether every coding that `Transfer-Encoding` names is `chunked`.
+fn only_chunked(headers: &HeaderMap) -> bool {
+    let values = headers.get_all(header::TRANSFER_ENCODING);
+    values.iter().all(|v| {
+        let text = v.to_str().unwrap_or("?");
+        text.split(',')
+            .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
+    })
 }
 
 /// The name's place in [`HOP_BY_HOP`]. Comparing text checks lengths first, and most names
@@ -80,9 +109,20 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, 
     } else {
         format_ip(peer, &mut peer_buf)
     };
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => HeaderValue::try_from(format!("{prior}, {ip}")),
-        _ => HeaderValue::try_from(ip),
+    // Every line counts: a proxy in front may add its own line rather than append to one.
+    let mut prior = String::new();
+    for line in headers.get_all(&X_FORWARDED_FOR) {
+        let line = line.to_str().map_or("", str::trim);
+        if !line.is_empty() {
+            prior.push_str(line);
+            prior.push_str(", ");
+        }
+    }
+    let xff = if prior.is_empty() {
+        HeaderValue::try_from(ip)
+    } else {
+        prior.push_str(ip);
+        HeaderValue::try_from(prior)
     };
     if let Ok(xff) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -152,9 +192,34 @@ mod tests {
             ("proxy-authorization", "Basic x"),
             ("x-kept", "yes"),
         ]);
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h).unwrap();
         assert_eq!(h.len(), 1);
         assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn host_stays_even_when_connection_names_it() {
+        let mut h = map(&[
+            ("connection", "host, x-private"),
+            ("host", "api"),
+            ("x-private", "1"),
+        ]);
+        strip_hop_by_hop(&mut h).unwrap();
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["host"], "api");
+    }
+
+    #[test]
+    fn transfer_encoding_takes_content_length_with_it() {
+        for coding in ["chunked", "Chunked", "chunked, chunked"] {
+            let mut h = map(&[("transfer-encoding", coding), ("content-length", "2")]);
+            strip_hop_by_hop(&mut h).unwrap();
+            assert!(h.is_empty(), "{coding}: {h:?}");
+        }
+        for coding in ["gzip, chunked", "gzip", "chunked;q=1", ""] {
+            let mut h = map(&[("transfer-encoding", coding), ("content-length", "2")]);
+            assert_eq!(strip_hop_by_hop(&mut h), Err(UnknownCoding), "{coding}");
+        }
     }
 
     #[test]
@@ -176,10 +241,10 @@ mod tests {
     fn messages_without_hop_by_hop_headers_are_left_alone() {
         let mut h = map(&[("host", "a"), ("x-api-key", "k"), ("accept", "*/*")]);
         let before = h.clone();
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h).unwrap();
         assert_eq!(h, before);
         let mut h = map(&[("host", "a"), ("transfer-encoding", "chunked")]);
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h).unwrap();
         assert_eq!(h.len(), 1);
     }
 
@@ -198,6 +263,19 @@ mod tests {
             "an untrusted peer's proto is replaced"
         );
         assert_eq!(h["x-forwarded-host"], "api.example");
+    }
+
+    #[test]
+    fn forwarded_for_keeps_every_line() {
+        let mut h = map(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", " "),
+            ("x-forwarded-for", "203.0.113.9, 192.0.2.7"),
+        ]);
+        let peer = "10.1.2.3".parse().unwrap();
+        set_forwarded(&mut h, peer, false, peer);
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["198.51.100.1, 203.0.113.9, 192.0.2.7, 10.1.2.3"]);
     }
 
     #[test]

@@ -346,7 +346,10 @@ fn rate_limited_body(retry_after: u64, violated: &Violated, request_id: &str) ->
     let mut secs = itoa::Buffer::new();
     let secs = secs.format(retry_after);
     let mut s = String::with_capacity(240 + request_id.len() + violated.0.len());
-    s.push_str("{\"detail\":\"Rate limit exceeded; retry after ");
+    s.push_str("{\"type\":\"");
+    s.push_str(QUOTA_EXCEEDED);
+    s.push_str("\",\"title\":\"Too Many Requests\",\"status\":429,");
+    s.push_str("\"detail\":\"Rate limit exceeded; retry after ");
     s.push_str(secs);
     s.push_str(if retry_after == 1 {
         " second"
@@ -357,9 +360,7 @@ fn rate_limited_body(retry_after: u64, violated: &Violated, request_id: &str) ->
     push_json_str(&mut s, request_id);
     s.push_str(",\"retry_after\":");
     s.push_str(secs);
-    s.push_str(",\"status\":429,\"title\":\"Too Many Requests\",\"type\":\"");
-    s.push_str(QUOTA_EXCEEDED);
-    s.push_str("\",\"violated-policies\":");
+    s.push_str(",\"violated-policies\":");
     s.push_str(&violated.0);
     s.push('}');
     s

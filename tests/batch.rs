@@ -364,6 +364,49 @@ async fn an_item_body_is_sent_as_json_unless_its_headers_name_another_content_ty
     assert_eq!(list[3]["body"], "just a string");
 }
 
+#[tokio::test]
+async fn json_crosses_a_batch_as_written_both_ways() {
+    // Digits a float cannot hold, exponents, trailing zeros and key order all stay as sent.
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(OPEN, &up.url());
+    let body = r#"{"z":1,"id":123456789012345678901234567890,"a":[1e+2,0.10,-0],"huge":1e+400}"#;
+    let batch = format!(
+        r#"{{"requests": [{{"id": "n", "method": "POST", "path": "/echo", "body": {body}}}]}}"#
+    );
+    let res = send(sluice.addr, post_json("/batch", &batch)).await;
+    assert_eq!(res.status, 207);
+    assert_eq!(up.last().body, body.as_bytes());
+    let text = std::str::from_utf8(&res.body).unwrap();
+    assert!(text.contains(&format!(r#""body":{body}"#)), "{text}");
+}
+
+#[tokio::test]
+async fn a_batch_that_json_values_cannot_hold_is_400() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(OPEN, &up.url());
+    let item = |body: &[u8]| {
+        let mut batch =
+            br#"{"requests": [{"id": "a", "method": "POST", "path": "/echo", "body": "#.to_vec();
+        batch.extend_from_slice(body);
+        batch.extend_from_slice(b"}]}");
+        batch
+    };
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for batch in [
+        item(b"\"\xff\""),     // not UTF-8
+        item(br#""\ud800""#),  // a lone surrogate
+        item(deep.as_bytes()), // nested deeper than 128
+    ] {
+        let req = request(Method::POST, "/batch")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(batch)))
+            .unwrap();
+        let body = assert_problem(&send(sluice.addr, req).await, 400);
+        assert!(body["position"]["column"].is_u64(), "{body}");
+    }
+    assert!(up.seen().is_empty(), "{:?}", uris(&up));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dependencies and concurrency
 

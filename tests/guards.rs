@@ -761,6 +761,22 @@ async fn invalid_json_gets_400_naming_line_and_column_and_never_reaches_upstream
 }
 
 #[tokio::test]
+async fn json_that_is_not_utf8_gets_400_and_never_reaches_upstream() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let req = request(Method::POST, "/x")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{\n \"a\": \"\xff\"}")))
+        .unwrap();
+    let body = assert_problem(&send(sluice.addr, req).await, 400);
+    assert_eq!(
+        body["position"],
+        serde_json::json!({"line": 2, "column": 8})
+    );
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
 async fn without_validate_json_invalid_json_goes_through() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(&config(""), &up.url());

@@ -6,7 +6,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Uri};
 use serde_json::{Map, Value};
 
-use crate::pipeline::validate_json;
+use crate::pipeline::{invalid_json, validate_json};
 use crate::problem::{FieldError, Problem};
 
 /// The most errors one 422 lists; the rest are left for the next attempt.
@@ -27,7 +27,9 @@ pub struct Item {
 /// Parses and checks a batch body.
 pub fn parse(bytes: &[u8], batch_path: &str, max_requests: usize) -> Result<Vec<Item>, Problem> {
     validate_json(bytes)?;
-    let doc: Value = serde_json::from_slice(bytes).map_err(|_| Problem::Internal)?;
+    // Stricter than the check above: it also refuses what a value cannot hold (a lone
+    // surrogate, nesting over 128 levels).
+    let doc: Value = serde_json::from_slice(bytes).map_err(invalid_json)?;
     let mut errors = Errors::default();
     let Some(requests) = requests(&doc, &mut errors) else {
         return Err(errors.into_problem());

@@ -128,27 +128,45 @@ pub async fn read_whole(mut body: Incoming, limit: u64) -> Result<Bytes, Problem
     })
 }
 
-/// Parses without building anything: only whether the bytes are one valid JSON value.
+/// Parses without building anything: only whether the bytes are one valid JSON value, in
+/// UTF-8 as RFC 8259 §8.1 asks (the parse alone skips over the bytes inside strings).
 pub fn validate_json(bytes: &[u8]) -> Result<(), Problem> {
     if bytes.is_empty() {
         return Ok(());
     }
+    if let Err(e) = std::str::from_utf8(bytes) {
+        let before = &bytes[..e.valid_up_to()];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = before.len()
+            - before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+        return Err(Problem::InvalidJson {
+            line,
+            column: column + 1,
+            reason: "invalid UTF-8".into(),
+        });
+    }
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
         .map(drop)
-        .map_err(|e| {
-            let reason = e.to_string();
-            // serde_json appends " at line L column C"; the position has members of its own.
-            let reason = reason
-                .split(" at line ")
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            Problem::InvalidJson {
-                line: e.line(),
-                column: e.column(),
-                reason,
-            }
-        })
+        .map_err(invalid_json)
+}
+
+/// A JSON parse error as the 400 it answers.
+pub fn invalid_json(e: serde_json::Error) -> Problem {
+    let reason = e.to_string();
+    // serde_json appends " at line L column C"; the position has members of its own.
+    let reason = reason
+        .split(" at line ")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Problem::InvalidJson {
+        line: e.line(),
+        column: e.column(),
+        reason,
+    }
 }
 
 /// How a streamed body is doing, shared between the body and the request that sent it.

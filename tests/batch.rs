@@ -1109,7 +1109,6 @@ async fn an_item_whose_upstream_stalls_mid_body_gets_the_timeout_problem_at_its_
 
 #[tokio::test]
 async fn items_take_the_host_the_batch_named_in_an_absolute_form_target() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(OPEN, &up.url());
     let body = json!({"requests": [{"id": "a", "method": "GET", "path": "/v1/x"}]}).to_string();
@@ -1117,12 +1116,7 @@ async fn items_take_the_host_the_batch_named_in_an_absolute_form_target() {
         "POST http://api.example:99/batch HTTP/1.1\r\nHost: other\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let mut s = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
-    s.write_all(format!("{head}{body}").as_bytes())
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
+    let answer = exchange(sluice.addr, &format!("{head}{body}")).await;
     assert!(answer.starts_with("HTTP/1.1 207 "), "{answer}");
     let seen = up.last();
     assert_eq!(seen.uri, "/v1/x");

@@ -150,13 +150,10 @@ async fn an_answer_sluice_cannot_pass_on_as_meant_is_502() {
 async fn an_http_1_0_answer_goes_to_the_client_as_http_1_1() {
     let url = raw_upstream(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
     let sluice = spawn_default(&url);
-    let mut s = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
     // Two requests on one connection: sluice keeps it open, so it must say HTTP/1.1.
     let head =
         "GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
+    let answer = exchange(sluice.addr, head).await;
     assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{answer}");
     assert!(!answer.contains("HTTP/1.0"), "{answer}");
 }

@@ -217,30 +217,16 @@ async fn the_request_id_is_kept_or_generated_and_sent_both_ways() {
 
 #[tokio::test]
 async fn an_absolute_form_target_names_the_host_whatever_host_says() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = spawn_upstream().await;
     let sluice = spawn_default(&up.url());
-    let mut s = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
     let head =
         "GET http://api.example:99/v1/abs?x=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n";
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
+    let answer = exchange(sluice.addr, head).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     let seen = up.last();
     assert_eq!(seen.uri, "/v1/abs?x=1");
     assert_eq!(seen.headers["host"], "api.example:99");
     assert_eq!(seen.headers.get_all("host").iter().count(), 1);
-}
-
-/// Writes `head` on a new connection and reads until sluice closes it.
-async fn exchange(addr: std::net::SocketAddr, head: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
-    answer
 }
 
 #[tokio::test]
@@ -299,13 +285,9 @@ async fn an_h2_clients_cookie_fields_reach_an_http1_upstream_as_one() {
 
 #[tokio::test]
 async fn an_http_1_0_request_without_host_gets_the_upstreams_own() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = spawn_upstream().await;
     let sluice = spawn_default(&up.url());
-    let mut s = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
-    s.write_all(b"GET /v1/old HTTP/1.0\r\n\r\n").await.unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
+    let answer = exchange(sluice.addr, "GET /v1/old HTTP/1.0\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");
     let seen = up.last();
     assert_eq!(seen.uri, "/v1/old");

@@ -32,7 +32,7 @@ pub struct File {
 pub struct Server {
     pub listen: Spanned<String>,
     pub admin_listen: Spanned<String>,
-    pub workers: usize,
+    pub workers: Spanned<usize>,
     pub max_connections: Spanned<usize>,
     pub header_read_timeout: Spanned<Dur>,
     pub request_timeout: Spanned<Dur>,
@@ -52,7 +52,7 @@ impl Default for Server {
         Server {
             listen: Spanned::new(0..0, "0.0.0.0:8080".into()),
             admin_listen: Spanned::new(0..0, "127.0.0.1:9090".into()),
-            workers: 0,
+            workers: Spanned::new(0..0, 0),
             max_connections: Spanned::new(0..0, 10_000),
             header_read_timeout: spanned_secs(10),
             request_timeout: spanned_secs(60),
@@ -120,7 +120,7 @@ pub struct Route {
     #[serde(default = "yes")]
     pub validate_json: bool,
     #[serde(default)]
-    pub scopes: Vec<String>,
+    pub scopes: Vec<Spanned<String>>,
     pub request_timeout: Option<Spanned<Dur>>,
 }
 
@@ -147,7 +147,7 @@ pub struct Batch {
     pub path: Spanned<String>,
     pub max_requests: Spanned<usize>,
     pub max_concurrency: Spanned<usize>,
-    pub max_body: Size,
+    pub max_body: Spanned<Size>,
 }
 
 impl Default for Batch {
@@ -157,7 +157,7 @@ impl Default for Batch {
             path: Spanned::new(0..0, "/batch".into()),
             max_requests: Spanned::new(0..0, 100),
             max_concurrency: Spanned::new(0..0, 8),
-            max_body: Size(8 << 20),
+            max_body: Spanned::new(0..0, Size(8 << 20)),
         }
     }
 }

@@ -283,3 +283,68 @@ fn a_route_left_without_its_default_policy_names_the_route() {
         [at("policies.default", 3), at("routes[0].policy", 6)]
     );
 }
+
+#[test]
+fn values_that_would_be_silently_ignored_or_misread_are_refused() {
+    let key = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+    let src = format!(
+        r#"
+[server]
+workers = 1025
+[upstreams.api]
+targets = ["http://127.0.0.1:99999", "http://user:pw@h:1", "http://h:0"]
+[[routes]]
+path = "/admin"
+scopes = ["admin"]
+content_types = ["application/json; charset=utf-8"]
+methods = ["GET", "FOO BAR"]
+[batch]
+max_body = 0
+[headers]
+request_id = "Content-Length"
+[[auth.keys]]
+name = "a"
+sha256 = "{key}"
+[[auth.keys]]
+name = "a"
+sha256 = "{}"
+"#,
+        key.to_uppercase()
+    );
+    assert_eq!(
+        located(&src),
+        [
+            at("server.workers", 3),
+            at("upstreams.api.targets", 5),
+            at("upstreams.api.targets", 5),
+            at("upstreams.api.targets", 5),
+            at("routes[0].methods", 10),
+            at("routes[0].content_types", 9),
+            at("batch.max_body", 12),
+            at("auth.keys[1].sha256", 20),
+            at("auth.keys[1].name", 20),
+            at("headers.request_id", 14),
+        ]
+    );
+}
+
+#[test]
+fn scopes_without_any_key_are_refused() {
+    let src = "[upstreams.api]\ntargets = [\"http://127.0.0.1:3000\"]\n[[routes]]\npath = \"/admin\"\nscopes = [\"admin\"]\n";
+    assert_eq!(located(src), [at("routes[0].scopes", 5)]);
+}
+
+#[test]
+fn a_number_too_large_to_read_names_the_key_written_on_its_line() {
+    let e = invalid("[server]\nworkers = 99999999999999999999999\n");
+    assert_eq!((e[0].key.as_str(), e[0].line), ("workers", Some(2)));
+}
+
+#[test]
+fn the_window_limit_names_the_real_maximum() {
+    let n = crate::limiter::Window::MAX_REQUESTS;
+    let src = |n: u32| format!("[policies.default]\nwindow = \"60s\"\nwindow_requests = {n}\n");
+    assert!(Config::parse(&src(n), &upstream()).is_ok());
+    let e = invalid(&src(n + 1));
+    assert!(e[0].message.contains(&n.to_string()), "{}", e[0]);
+}

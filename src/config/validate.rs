@@ -1,6 +1,7 @@
 //! From the raw file to a checked `Config`: every cross-key rule lives here, and every error
 //! names its key.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::ops::Range;
@@ -24,12 +25,30 @@ pub(super) fn deserialize(source: &str) -> Result<raw::File, ConfigError> {
             .replace(".$__serde_spanned_private_value", "");
         let inner = e.into_inner();
         let line = inner.span().and_then(|s| line_of(source, s));
+        // Errors in reading a value (a number too large) come before any key is known: the
+        // key is then the one written on that line.
+        let key = match (key.as_str(), line) {
+            (".", Some(line)) => written_key(source, line),
+            (".", None) => String::new(),
+            _ => key,
+        };
         ConfigError::Invalid(Invalid {
-            key: if key == "." { String::new() } else { key },
+            key,
             line,
             message: inner.message().trim().to_string(),
         })
     })
+}
+
+/// The key on the 1-based `line`, as written (`workers` in `workers = 99…`), if it has one.
+fn written_key(source: &str, line: usize) -> String {
+    let text = source.lines().nth(line - 1).unwrap_or_default();
+    match text.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() && !key.contains(['[', '"', '#']) => {
+            key.trim().to_string()
+        }
+        _ => String::new(),
+    }
 }
 
 /// Applies flag and environment overrides to the raw file.
@@ -41,7 +60,7 @@ pub(super) fn apply(file: &mut raw::File, o: &Overrides) -> Result<(), ConfigErr
         file.server.admin_listen = Spanned::new(0..0, admin.clone());
     }
     if let Some(workers) = o.workers {
-        file.server.workers = workers;
+        file.server.workers = Spanned::new(0..0, workers);
     }
     if o.upstreams.is_empty() {
         return Ok(());
@@ -83,7 +102,15 @@ pub(super) fn check(file: raw::File, source: &str) -> Result<Config, ConfigError
     let routes = routes(&file, &server, &upstreams, &policies, &mut errs);
     let batch = batch(&file.batch, &mut errs);
     let auth = auth(&file.auth, &policies, &mut errs);
+    scopes_need_keys(&file, &mut errs);
     let request_id = header_name("headers.request_id", &file.headers.request_id, &mut errs);
+    if let Some(name) = request_id
+        .as_ref()
+        .filter(|n| RESERVED.contains(&n.as_str()))
+    {
+        let msg = format!("{name:?} already means something to HTTP or to sluice");
+        errs.push("headers.request_id", file.headers.request_id.span(), msg);
+    }
     errs.finish()?;
     Ok(Config {
         hash: 0,
@@ -126,8 +153,13 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
         );
     }
     let max_connections = at_least_one("server.max_connections", &s.max_connections, errs);
-    let workers = match s.workers {
+    let workers = match *s.workers.get_ref() {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n if n > MAX_WORKERS => {
+            let msg = format!("at most {MAX_WORKERS} (one thread each; 0 is one per core)");
+            errs.push("server.workers", s.workers.span(), msg);
+            n
+        }
         n => n,
     };
     let header_read_timeout = positive("server.header_read_timeout", &s.header_read_timeout, errs);
@@ -156,6 +188,9 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
         access_log: s.access_log,
     }
 }
+
+/// Far more threads than any machine has cores: a typo, not a plan.
+const MAX_WORKERS: usize = 1024;
 
 /// A count that must not be zero.
 fn at_least_one(key: &str, n: &Spanned<usize>, errs: &mut Errors) -> usize {
@@ -223,11 +258,26 @@ fn target(s: &str) -> Result<Target, String> {
         ));
     }
     let host = uri.host().ok_or_else(|| format!("{s:?} has no host"))?;
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(format!("{s:?}: a target has no user info"));
+    }
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
-    let port = uri.port_u16().unwrap_or(80);
+    // Read by hand: `Uri::port` is `None` for a port out of range, which would mean 80.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let after_host = authority
+        .rfind(']')
+        .map_or(authority, |i| &authority[i + 1..]);
+    let port = match after_host.rsplit_once(':') {
+        None => 80,
+        Some((_, p)) => p
+            .parse()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{s:?}: the port must be 1 to 65535"))?,
+    };
     let addr = host
         .parse::<IpAddr>()
         .ok()
@@ -296,7 +346,10 @@ fn policy(name: &str, p: &raw::Policy, span: Range<usize>, errs: &mut Errors) ->
             Some(limit) => Some((w.0, n, limit)),
             None => pair_error(
                 &mut fail,
-                "window must be above 0 and window_requests 1 to 1000000",
+                &format!(
+                    "window must be above 0 and window_requests 1 to {}",
+                    Window::MAX_REQUESTS
+                ),
             ),
         },
         (None, None) => None,
@@ -446,7 +499,8 @@ fn route(
             |m| match Method::from_bytes(m.get_ref().to_ascii_uppercase().as_bytes()) {
                 Ok(method) => Some(method),
                 Err(_) => {
-                    errs.push(key("methods"), m.span(), "not an HTTP method");
+                    let msg = format!("{:?} is not an HTTP method", m.get_ref());
+                    errs.push(key("methods"), m.span(), msg);
                     None
                 }
             },
@@ -456,7 +510,14 @@ fn route(
         None
     } else {
         for c in &r.content_types {
-            if c.get_ref()
+            if c.get_ref().contains(';') {
+                let msg = format!(
+                    "{:?}: name the media type without parameters (a JSON charset is checked anyway)",
+                    c.get_ref()
+                );
+                errs.push(key("content_types"), c.span(), msg);
+            } else if c
+                .get_ref()
                 .split_once('/')
                 .is_none_or(|(t, s)| t.is_empty() || s.is_empty())
             {
@@ -490,7 +551,7 @@ fn route(
         max_body: r.max_body.0,
         content_types,
         validate_json: r.validate_json,
-        scopes: r.scopes.clone(),
+        scopes: r.scopes.iter().map(|s| s.get_ref().clone()).collect(),
         request_timeout: r
             .request_timeout
             .as_ref()
@@ -536,12 +597,19 @@ fn request_path(key: String, path: &Spanned<String>, errs: &mut Errors) {
 
 fn batch(b: &raw::Batch, errs: &mut Errors) -> Batch {
     request_path("batch.path".into(), &b.path, errs);
+    if b.max_body.get_ref().0 == 0 {
+        errs.push(
+            "batch.max_body",
+            b.max_body.span(),
+            "must be at least 1 byte",
+        );
+    }
     Batch {
         enabled: b.enabled,
         path: b.path.get_ref().clone(),
         max_requests: at_least_one("batch.max_requests", &b.max_requests, errs),
         max_concurrency: at_least_one("batch.max_concurrency", &b.max_concurrency, errs),
-        max_body: b.max_body.0,
+        max_body: b.max_body.get_ref().0,
     }
 }
 
@@ -576,10 +644,54 @@ fn auth(a: &raw::Auth, pols: &[Policy], errs: &mut Errors) -> Auth {
             policy,
         }
     });
+    let keys: Vec<ApiKey> = keys.collect();
+    // Which key a client is must not depend on the order of the list.
+    let (mut hashes, mut names) = (HashSet::new(), HashSet::new());
+    for (i, (k, raw)) in keys.iter().zip(&a.keys).enumerate() {
+        if k.sha256 != [0; 32] && !hashes.insert(k.sha256) {
+            let key = format!("auth.keys[{i}].sha256");
+            errs.push(key, raw.sha256.span(), "another key has the same sha256");
+        }
+        if !names.insert(k.name.as_str()) {
+            let key = format!("auth.keys[{i}].name");
+            errs.push(key, raw.sha256.span(), "another key has the same name");
+        }
+    }
     Auth {
         mode,
-        keys: keys.collect(),
+        keys,
         forward_credentials: a.forward_credentials,
+    }
+}
+
+/// Headers that frame, route or authenticate a message: a request id written into one of them
+/// would break the message or the credentials.
+const RESERVED: [&str; 12] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "authorization",
+    "x-api-key",
+    "cookie",
+];
+
+/// Scopes are checked against a key's: with no keys at all, a route's scopes would guard
+/// nothing. (Keys listed with the mode left at `none` is auth switched off, on purpose.)
+fn scopes_need_keys(file: &raw::File, errs: &mut Errors) {
+    if !file.auth.keys.is_empty() {
+        return;
+    }
+    for (i, r) in file.routes.iter().enumerate() {
+        if let Some(scope) = r.scopes.first() {
+            let msg = "scopes need [[auth.keys]] and auth.mode = \"api_keys\"";
+            errs.push(format!("routes[{i}].scopes"), scope.span(), msg);
+        }
     }
 }
 

@@ -50,8 +50,12 @@ pub struct Window {
 }
 
 impl Window {
+    /// The most requests a window can count: two counters of `b` bits must fit beside the
+    /// epoch in one word.
+    pub const MAX_REQUESTS: u32 = (1 << ((WORD_BITS - MIN_EPOCH_BITS) / 2)) - 1;
+
     /// At most `max` requests in any window of `length`; `None` if that cannot be kept in one
-    /// word (over about four million requests) or the window is empty or absurdly long.
+    /// word (over [`Window::MAX_REQUESTS`]) or the window is empty or absurdly long.
     pub fn new(length: Duration, max: NonZeroU32) -> Option<Window> {
         let length = nanos(length);
         let bits = u32::BITS - max.get().leading_zeros();

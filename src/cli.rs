@@ -66,7 +66,13 @@ impl Args {
         Overrides {
             listen: self.listen.clone(),
             admin_listen: self.admin_listen.clone(),
-            upstreams: self.upstream.clone(),
+            // `SLUICE_UPSTREAM="http://a:1, http://b:2"` reads as two targets.
+            upstreams: self
+                .upstream
+                .iter()
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect(),
             workers: self.workers,
         }
     }
@@ -111,16 +117,19 @@ pub fn init_tracing(filter: &str, format: LogFormat) {
     };
 }
 
-/// The SHA-256 hex of a key read from `input`, without its trailing newline.
+/// The SHA-256 hex of a key read from `input`, without the whitespace around it: a header
+/// value loses that too, so a key hashed with it could never match.
 pub fn hash_key(mut input: impl Read) -> Result<String, String> {
     let mut key = String::new();
     input
         .read_to_string(&mut key)
         .map_err(|e| format!("cannot read stdin: {e}"))?;
-    let key = key.strip_suffix('\n').unwrap_or(&key);
-    let key = key.strip_suffix('\r').unwrap_or(key);
+    let key = key.trim();
     if key.is_empty() {
         return Err("no key on stdin".into());
+    }
+    if key.chars().any(char::is_control) {
+        return Err("a key is one line without control characters".into());
     }
     Ok(Sha256::digest(key.as_bytes())
         .iter()
@@ -142,7 +151,9 @@ pub fn health_url(admin: SocketAddr) -> String {
 pub fn probe(url: &str) -> Result<(), String> {
     let uri: http::Uri = url
         .parse()
-        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+        .ok()
+        .filter(|u: &http::Uri| u.scheme_str() == Some("http"))
+        .ok_or_else(|| format!("{url:?} is not a URL like http://127.0.0.1:9090/healthz"))?;
     let host = uri
         .host()
         .ok_or("URL has no host")?
@@ -157,7 +168,7 @@ pub fn probe(url: &str) -> Result<(), String> {
         let ask = async {
             let stream = tokio::net::TcpStream::connect((host.as_str(), port))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("{url}: {e}"))?;
             let (mut send, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                     .await
@@ -170,7 +181,10 @@ pub fn probe(url: &str) -> Result<(), String> {
                 )
                 .body(http_body_util::Empty::<bytes::Bytes>::new())
                 .map_err(|e| e.to_string())?;
-            let res = send.send_request(req).await.map_err(|e| e.to_string())?;
+            let res = send
+                .send_request(req)
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
             match res.status().is_success() {
                 true => Ok(()),
                 false => Err(format!("{url} answered {}", res.status())),
@@ -206,6 +220,25 @@ pub async fn until_shutdown(reload: impl Fn()) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_key_refuses_what_a_header_cannot_carry() {
+        let expected = hash_key("secret".as_bytes()).unwrap();
+        assert_eq!(hash_key(" secret \r\n\n".as_bytes()).unwrap(), expected);
+        assert!(hash_key("a\nb".as_bytes()).is_err());
+        assert!(hash_key("a\u{7f}b".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_probe_names_its_url_when_it_fails() {
+        let e = probe("localhost:9").unwrap_err();
+        assert!(e.contains("http://"), "{e}");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/healthz", closed.local_addr().unwrap());
+        drop(closed);
+        let e = probe(&url).unwrap_err();
+        assert!(e.starts_with(&url), "{e}");
+    }
 
     #[test]
     fn hash_key_ignores_the_trailing_newline() {

@@ -88,13 +88,20 @@ fn serve(config: Config, source: Option<server::Source>) -> ExitCode {
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
-    match signals {
-        Ok(rt) => rt.block_on(cli::until_shutdown(|| {
-            let _ = running.reload(); // logged and counted either way
-        })),
+    let rt = match signals {
+        Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot wait for signals: {e}")),
-    }
-    tracing::info!("shutting down: draining in-flight requests");
+    };
+    rt.block_on(cli::until_shutdown(|| {
+        let _ = running.reload(); // logged and counted either way
+    }));
+    tracing::info!("shutting down: draining in-flight requests (a second signal stops at once)");
+    // Waiting out a long drain is the operator's choice: a second SIGTERM or Ctrl-C cuts it.
+    std::thread::spawn(move || {
+        rt.block_on(cli::until_shutdown(|| {}));
+        tracing::warn!("second signal: stopping without waiting for the drain");
+        std::process::exit(1);
+    });
     running.shutdown();
     running.join();
     tracing::info!("stopped");

@@ -127,3 +127,47 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_second_sigterm_cuts_the_drain_short() {
+    let up = spawn_upstream().await;
+    let (port, admin) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("sluice-drain-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("sluice.toml");
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+         workers = 1\ndrain_timeout = \"30s\"\n[upstreams.api]\ntargets = [\"{}\"]\n",
+        up.url()
+    );
+    std::fs::write(&config, toml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--config", config.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_listener(format!("127.0.0.1:{admin}").parse().unwrap()).await;
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Holds the drain open for 20 s, far longer than the test waits.
+    let _slow = tokio::spawn(async move { get(addr, "/slow/20000").await });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let pid = child.id().to_string();
+    let term = || {
+        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(kill.success());
+    };
+    term();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the first signal drains"
+    );
+    term();
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(dir);
+}

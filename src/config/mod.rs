@@ -205,6 +205,16 @@ impl Config {
     }
 
     /// A few lines describing what this config does, for `sluice check`.
+    /// Every upstream and its targets on one line, for the startup log.
+    pub fn summary_of_upstreams(&self) -> String {
+        let all: Vec<String> = self
+            .upstreams
+            .iter()
+            .map(|u| format!("{}: {}", u.name, u.describe()))
+            .collect();
+        all.join("; ")
+    }
+
     pub fn summary(&self) -> String {
         use std::fmt::Write;
         let mut out = String::new();
@@ -216,18 +226,32 @@ impl Config {
             s.listen, s.workers
         );
         for u in &self.upstreams {
-            let targets: Vec<String> = u.targets.iter().map(|t| t.to_string()).collect();
-            let _ = writeln!(out, "upstream {}: {}", u.name, targets.join(", "));
+            let _ = writeln!(out, "upstream {}: {}", u.name, u.describe());
         }
         for p in &self.policies {
             let _ = writeln!(out, "policy {}: {}", p.name, p.describe());
         }
+        let _ = match (self.auth.mode, self.auth.keys.len()) {
+            (AuthMode::ApiKeys, n) => writeln!(out, "auth api_keys: {n} key(s)"),
+            (AuthMode::None, 0) => writeln!(out, "auth none"),
+            (AuthMode::None, n) => {
+                writeln!(out, "auth none: {n} key(s) and route scopes not checked")
+            }
+        };
         for r in &self.routes {
             let policy = r.policy.map_or("none", |i| self.policies[i].name.as_str());
             let upstream = &self.upstreams[r.upstream].name;
             let _ = writeln!(out, "route {} -> {upstream}, policy {policy}", r.path);
         }
         out
+    }
+}
+
+impl Upstream {
+    /// The targets, as written.
+    pub fn describe(&self) -> String {
+        let targets: Vec<String> = self.targets.iter().map(|t| t.to_string()).collect();
+        targets.join(", ")
     }
 }
 

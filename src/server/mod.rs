@@ -55,7 +55,10 @@ pub fn start_with(config: Config, source: Option<Source>) -> io::Result<Running>
         .map(|(i, l)| worker::spawn(i, reloader.subscribe(), l, stopped.clone()))
         .collect::<io::Result<_>>()?;
     let control = Some(admin::spawn(reloader.clone(), admin)?);
-    tracing::info!(%addr, admin = ?admin_addr, workers = app.config.server.workers, "sluice listening");
+    let admin = admin_addr.map_or("off".into(), |a| a.to_string());
+    let upstreams = app.config.summary_of_upstreams();
+    let n = app.config.server.workers;
+    tracing::info!(%addr, %admin, workers = n, %upstreams, "sluice listening");
     Ok(Running {
         addr,
         admin_addr,

@@ -91,6 +91,20 @@ async fn a_refused_connection_is_502_then_503_while_the_target_is_down() {
 }
 
 #[tokio::test]
+async fn readiness_waits_for_the_upstream_to_listen_before_any_request() {
+    let port = free_port();
+    let sluice = spawn_default(&format!("http://127.0.0.1:{port}"));
+    let admin = sluice.admin.unwrap();
+    assert_eq!(
+        get(admin, "/readyz").await.status,
+        503,
+        "nothing listens yet"
+    );
+    let _app = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+}
+
+#[tokio::test]
 async fn a_garbage_answer_is_502() {
     let sluice = spawn_default(&raw_upstream(b"this is not http\r\n\r\n").await);
     let body = assert_problem(&get(sluice.addr, "/").await, 502);

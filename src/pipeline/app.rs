@@ -11,6 +11,9 @@ use crate::limiter::{MemoryStore, Store};
 use crate::metrics::Metrics;
 use crate::upstream::Upstreams;
 
+/// The longest a readiness probe waits for an upstream target to accept a connection.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What outlives a config reload.
 pub struct Lifecycle {
     pub store: Arc<dyn Store>,
@@ -96,9 +99,17 @@ impl App {
         }
     }
 
-    /// Ready for traffic: not draining, and every upstream has a target not known to fail.
-    pub fn ready(&self) -> bool {
-        !self.life.draining.load(Ordering::Relaxed)
-            && (0..self.config.upstreams.len()).all(|u| self.upstreams.healthy(u))
+    /// Ready for traffic: not draining, and every upstream has a target that accepts a
+    /// connection now.
+    pub async fn ready(&self) -> bool {
+        if self.life.draining.load(Ordering::Relaxed) {
+            return false;
+        }
+        for u in 0..self.config.upstreams.len() {
+            if !self.upstreams.reachable(u, READY_WAIT).await {
+                return false;
+            }
+        }
+        true
     }
 }

@@ -90,9 +90,15 @@ async fn accept(listener: Option<&TcpListener>) -> Option<TcpStream> {
 
 fn serve(reloader: &Arc<Reloader>, stream: TcpStream) {
     let reloader = reloader.clone();
-    let service = service_fn(move |req| {
-        let res = answer(&reloader, &req);
-        async move { Ok::<_, Infallible>(res) }
+    let service = service_fn(move |req: Request<Incoming>| {
+        let reloader = reloader.clone();
+        async move {
+            let res = match req.uri().path() {
+                "/readyz" => readyz(&reloader.current()).await,
+                _ => answer(&reloader, &req),
+            };
+            Ok::<_, Infallible>(res)
+        }
     });
     let conn =
         hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
@@ -100,7 +106,6 @@ fn serve(reloader: &Arc<Reloader>, stream: TcpStream) {
 }
 
 fn answer(reloader: &Reloader, req: &Request<Incoming>) -> Response<Body> {
-    let app = &*reloader.current();
     match req.uri().path() {
         "/reload" if req.method() == Method::POST => reload(reloader),
         "/reload" => Problem::MethodNotAllowed {
@@ -108,10 +113,16 @@ fn answer(reloader: &Reloader, req: &Request<Incoming>) -> Response<Body> {
         }
         .into_response(""),
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
-        "/readyz" if app.ready() => json(StatusCode::OK, r#"{"status":"ready"}"#),
-        "/readyz" => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
         "/metrics" => reloader.between_reloads(metrics),
         _ => Problem::NoRoute.into_response(""),
+    }
+}
+
+/// `GET /readyz`: 200 while sluice takes requests and every upstream accepts connections.
+async fn readyz(app: &App) -> Response<Body> {
+    match app.ready().await {
+        true => json(StatusCode::OK, r#"{"status":"ready"}"#),
+        false => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
     }
 }
 

@@ -11,6 +11,12 @@ const BACKLOG: i32 = 1024;
 
 /// `n` listeners on `addr`; port 0 is resolved once so all of them share the chosen port.
 pub fn bind_workers(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
+    if n > 1 && addr.port() != 0 {
+        // Any process of the same user may join a group of `SO_REUSEPORT` listeners, and a
+        // second sluice would then take half the traffic, with limits of its own. A listener
+        // without the option cannot bind beside one, so a held port shows here.
+        drop(bound(addr, false)?);
+    }
     let first = bind_reuse(addr, n > 1)?;
     let actual = first.local_addr()?;
     let mut all = vec![first];
@@ -26,17 +32,39 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 fn bind_reuse(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    let socket = bound(addr, reuse_port)?;
+    socket.set_nodelay(true)?;
+    socket.set_nonblocking(true)?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// A socket bound to `addr`, not yet listening.
+fn bound(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     #[cfg(unix)]
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
-    socket.set_nodelay(true)?;
-    socket.set_nonblocking(true)?;
     socket
         .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_held_by_another_group_of_workers_is_refused() {
+        let held = bind_workers("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = held[0].local_addr().unwrap();
+        let e = bind_workers(addr, 2).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
+        assert!(bind_workers(addr, 1).is_err());
+        drop(held);
+        assert_eq!(bind_workers(addr, 2).unwrap().len(), 2);
+    }
 }

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub use headers::{set_forwarded, strip_hop_by_hop};
 pub use pool::{Pool, ResponseBody, fired};
 
+use tokio::net::TcpStream;
+
 use crate::config::{self, Target};
 
 /// How long a target that refused a connection is skipped. Short, because a sidecar's only
@@ -117,9 +119,19 @@ impl Upstreams {
             .store(until, Ordering::Relaxed);
     }
 
-    /// Whether upstream `u` has a target that is not skipped right now.
-    pub fn healthy(&self, u: usize) -> bool {
-        self.plan(u).next().is_some()
+    /// Whether upstream `u` has a target that accepts a connection now (within its
+    /// `connect_timeout`, at most `wait`). Tried, not remembered: an app that is not
+    /// listening yet has had no request fail. Targets that refuse are marked down, as a
+    /// failed request would mark them.
+    pub async fn reachable(&self, u: usize, wait: Duration) -> bool {
+        let wait = wait.min(self.connect_timeout(u));
+        for t in 0..self.list[u].targets.len() {
+            if open(self.target(u, t), wait).await.is_ok() {
+                return true;
+            }
+            self.mark_down(u, t);
+        }
+        false
     }
 
     /// The number of targets of each upstream, to size a worker's pool.
@@ -130,4 +142,17 @@ impl Upstreams {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
+}
+
+/// A TCP connection to `target`, or an error if it is refused or takes longer than `timeout`.
+async fn open(target: &Target, timeout: Duration) -> std::io::Result<TcpStream> {
+    let connecting = async {
+        match target.addr {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect((target.host.as_str(), target.port)).await,
+        }
+    };
+    tokio::time::timeout(timeout, connecting)
+        .await
+        .map_err(|_| std::io::ErrorKind::TimedOut)?
 }

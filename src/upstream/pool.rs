@@ -14,7 +14,6 @@ use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
 use super::{UpstreamError, Upstreams, retry};
@@ -211,15 +210,7 @@ impl Pool {
 }
 
 async fn connect(target: &Target, timeout: Duration) -> std::io::Result<SendRequest<Body>> {
-    let connecting = async {
-        match target.addr {
-            Some(addr) => TcpStream::connect(addr).await,
-            None => TcpStream::connect((target.host.as_str(), target.port)).await,
-        }
-    };
-    let stream = tokio::time::timeout(timeout, connecting)
-        .await
-        .map_err(|_| std::io::ErrorKind::TimedOut)??;
+    let stream = super::open(target, timeout).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))

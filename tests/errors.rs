@@ -151,6 +151,9 @@ async fn an_answer_sluice_cannot_pass_on_as_meant_is_502() {
     for reply in [
         // A coding sluice would drop, leaving the body gzip with nothing to say so.
         &b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"[..],
+        // Chunked twice: the inner chunks would reach the client as if they were the body.
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n\
+          7\r\n2\r\n{}\r\n\r\n0\r\n\r\n0\r\n\r\n",
         // sluice never asks for an upgrade.
         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n",
     ] {
@@ -158,6 +161,18 @@ async fn an_answer_sluice_cannot_pass_on_as_meant_is_502() {
         let body = assert_problem(&get(sluice.addr, "/").await, 502);
         assert!(body["detail"].as_str().unwrap().contains("invalid"));
     }
+}
+
+#[tokio::test]
+async fn an_unknown_coding_on_an_answer_without_a_body_passes() {
+    let url = raw_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n").await;
+    let sluice = spawn_default(&url);
+    let req = request(Method::HEAD, "/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = send(sluice.addr, req).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.header("transfer-encoding"), "");
 }
 
 #[tokio::test]

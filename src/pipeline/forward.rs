@@ -193,7 +193,11 @@ fn for_client(mut res: Response<Body>) -> Result<Response<Body>, UpstreamError> 
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(UpstreamError::BadResponse);
     }
-    strip_hop_by_hop(res.headers_mut()).map_err(|_| UpstreamError::BadResponse)?;
+    let framing = strip_hop_by_hop(res.headers_mut());
+    // A coding sluice would drop matters only where a body follows (not HEAD, 204, 304).
+    if framing.is_err() && !res.body().is_end_stream() {
+        return Err(UpstreamError::BadResponse);
+    }
     if res.status() == StatusCode::NO_CONTENT {
         res.headers_mut().remove(CONTENT_LENGTH); // RFC 9110 §8.6; hyper drops it on HTTP/1.1 only
     }

@@ -30,7 +30,8 @@ pub struct UnknownCoding;
 
 /// Removes hop-by-hop headers, including those the `Connection` header names (but never
 /// `Host`). A message with `Transfer-Encoding` also loses its `Content-Length`, which the
-/// coding overrides (RFC 9112 §6.3) and which no longer describes the body sent on.
+/// coding overrides (RFC 9112 §6.3) and which no longer describes the body sent on. All are
+/// removed either way; the error says that the coding was not `chunked` alone.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), UnknownCoding> {
     // One pass over the names finds the few present; removing only those saves hashing all
     // nine names for every message.
@@ -43,9 +44,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), UnknownCoding> {
     if present == 0 {
         return Ok(());
     }
+    let mut framing = Ok(());
     if present & 1 << TRANSFER_ENCODING != 0 {
         if !only_chunked(headers) {
-            return Err(UnknownCoding);
+            framing = Err(UnknownCoding);
         }
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -72,20 +74,27 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), UnknownCoding> {
             headers.remove(name);
         }
     }
-    Ok(())
+    framing
 }
 
 /// [`HOP_BY_HOP`]'s place of `transfer-encoding`.
 const TRANSFER_ENCODING: usize = 4;
 
-/// Whether every coding that `Transfer-Encoding` names is `chunked`.
+/// Whether `Transfer-Encoding` names `chunked` and nothing else: once (twice would hide a
+/// second layer of chunks), and last, as the body was framed. Empty list elements do not
+/// count (RFC 9110 §5.6.1), but a trailing one leaves a body read to the close.
 fn only_chunked(headers: &HeaderMap) -> bool {
-    let values = headers.get_all(header::TRANSFER_ENCODING);
-    values.iter().all(|v| {
-        let text = v.to_str().unwrap_or("?");
-        text.split(',')
-            .all(|c| c.trim().eq_ignore_ascii_case("chunked"))
-    })
+    let (mut codings, mut last) = (0, "");
+    for line in headers.get_all(header::TRANSFER_ENCODING) {
+        let Ok(text) = line.to_str() else {
+            return false;
+        };
+        for coding in text.split(',').map(str::trim) {
+            codings += usize::from(!coding.is_empty());
+            last = coding;
+        }
+    }
+    codings == 1 && last.eq_ignore_ascii_case("chunked")
 }
 
 /// The name's place in [`HOP_BY_HOP`]. Comparing text checks lengths first, and most names
@@ -114,6 +123,7 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, 
     for line in headers.get_all(&X_FORWARDED_FOR) {
         let line = line.to_str().map_or("", str::trim);
         if !line.is_empty() {
+            prior.reserve(line.len() + 2 + ip.len()); // once, for the usual single line
             prior.push_str(line);
             prior.push_str(", ");
         }
@@ -211,15 +221,33 @@ mod tests {
 
     #[test]
     fn transfer_encoding_takes_content_length_with_it() {
-        for coding in ["chunked", "Chunked", "chunked, chunked"] {
+        for coding in ["chunked", "Chunked ", ", chunked", " ,chunked"] {
             let mut h = map(&[("transfer-encoding", coding), ("content-length", "2")]);
             strip_hop_by_hop(&mut h).unwrap();
             assert!(h.is_empty(), "{coding}: {h:?}");
         }
-        for coding in ["gzip, chunked", "gzip", "chunked;q=1", ""] {
+        let unknown = [
+            "gzip, chunked",
+            "gzip",
+            "chunked, chunked",
+            "chunked,",
+            "chunked;q=1",
+            "",
+        ];
+        for coding in unknown {
             let mut h = map(&[("transfer-encoding", coding), ("content-length", "2")]);
             assert_eq!(strip_hop_by_hop(&mut h), Err(UnknownCoding), "{coding}");
+            assert!(h.is_empty(), "stripped all the same: {h:?}");
         }
+        let mut h = map(&[
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        assert_eq!(
+            strip_hop_by_hop(&mut h),
+            Err(UnknownCoding),
+            "twice, on two lines"
+        );
     }
 
     #[test]

@@ -83,7 +83,10 @@ impl<'a> Errors<'a> {
         });
     }
 
+    /// The errors found, in the order of the file's lines (those about a key the file does
+    /// not set come last).
     pub(crate) fn finish(mut self) -> Result<(), ConfigError> {
+        self.found.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
         match self.found.len() {
             0 => Ok(()),
             1 => Err(ConfigError::Invalid(self.found.remove(0))),

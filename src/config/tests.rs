@@ -169,8 +169,8 @@ fn zero_timeouts_tiny_heads_and_no_keys_are_refused_at_their_line() {
             ("server.idle_timeout", Some(4)),
             ("server.max_header_bytes", Some(5)),
             ("server.max_keys", Some(6)),
-            ("upstreams.api.connect_timeout", Some(12)),
             ("routes[0].request_timeout", Some(9)),
+            ("upstreams.api.connect_timeout", Some(12)),
         ]
     );
 }
@@ -318,12 +318,12 @@ sha256 = "{}"
             at("upstreams.api.targets", 5),
             at("upstreams.api.targets", 5),
             at("upstreams.api.targets", 5),
-            at("routes[0].methods", 10),
             at("routes[0].content_types", 9),
+            at("routes[0].methods", 10),
             at("batch.max_body", 12),
+            at("headers.request_id", 14),
             at("auth.keys[1].sha256", 20),
             at("auth.keys[1].name", 20),
-            at("headers.request_id", 14),
         ]
     );
 }

@@ -32,7 +32,7 @@ pub use client::{client_ip, is_trusted};
 pub use forward::host_from_authority;
 pub use limit::{Limits, Verdict};
 pub use payload::Counted;
-pub use payload::{invalid_json, is_json, read_whole, validate_json};
+pub use payload::{invalid_json, invalid_json_at, is_json, read_whole, validate_json};
 pub use request_id::RequestIds;
 pub use route::{Routed, Router};
 

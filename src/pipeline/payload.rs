@@ -135,22 +135,25 @@ pub fn validate_json(bytes: &[u8]) -> Result<(), Problem> {
         return Ok(());
     }
     if let Err(e) = std::str::from_utf8(bytes) {
-        let before = &bytes[..e.valid_up_to()];
-        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-        let column = before.len()
-            - before
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i + 1);
-        return Err(Problem::InvalidJson {
-            line,
-            column: column + 1,
-            reason: "invalid UTF-8".into(),
-        });
+        return Err(invalid_json_at(bytes, e.valid_up_to(), "invalid UTF-8"));
     }
     serde_json::from_slice::<serde::de::IgnoredAny>(bytes)
         .map(drop)
         .map_err(invalid_json)
+}
+
+/// The 400 for JSON refused at byte `offset`, with its line and column counted from 1.
+pub fn invalid_json_at(bytes: &[u8], offset: usize, reason: &str) -> Problem {
+    let before = &bytes[..offset];
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    Problem::InvalidJson {
+        line: before.iter().filter(|&&b| b == b'\n').count() + 1,
+        column: offset - line_start + 1,
+        reason: reason.into(),
+    }
 }
 
 /// A JSON parse error as the 400 it answers.

@@ -134,21 +134,30 @@ const BLOB: &[u8] = &[0x00, 0x9f, 0x92, 0x96, 0xff, b'a', 0xc3];
 /// An upstream whose `/blob` answers `BLOB` and whose other paths answer text, both as
 /// `application/octet-stream`: the support upstream can only echo what JSON can carry.
 async fn spawn_binary_upstream() -> SocketAddr {
+    spawn_fixed_upstream(|path| match path {
+        "/blob" => ("application/octet-stream", BLOB),
+        _ => ("application/octet-stream", b"plain text, octet-stream"),
+    })
+    .await
+}
+
+/// An upstream that answers each request with the media type and body `answer` picks for its
+/// path, whatever was sent.
+async fn spawn_fixed_upstream(answer: fn(&str) -> (&'static str, &'static [u8])) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let service = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                let body = match req.uri().path() {
-                    "/blob" => Bytes::from_static(BLOB),
-                    _ => Bytes::from_static(b"plain text, octet-stream"),
-                };
-                let res = http::Response::builder()
-                    .header("content-type", "application/octet-stream")
-                    .body(Full::new(body))
-                    .unwrap();
-                Ok::<_, Infallible>(res)
-            });
+            let service = service_fn(
+                move |req: http::Request<hyper::body::Incoming>| async move {
+                    let (content_type, body) = answer(req.uri().path());
+                    let res = http::Response::builder()
+                        .header("content-type", content_type)
+                        .body(Full::new(Bytes::from_static(body)))
+                        .unwrap();
+                    Ok::<_, Infallible>(res)
+                },
+            );
             tokio::spawn(
                 hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service),
@@ -364,20 +373,52 @@ async fn an_item_body_is_sent_as_json_unless_its_headers_name_another_content_ty
     assert_eq!(list[3]["body"], "just a string");
 }
 
+/// What serde_json's `arbitrary_precision` reads as the number 12345, not as an object.
+const NUMBER_LOOKALIKE: &str = r#"{"$serde_json::private::Number":"12345"}"#;
+
 #[tokio::test]
 async fn json_crosses_a_batch_as_written_both_ways() {
-    // Digits a float cannot hold, exponents, trailing zeros and key order all stay as sent.
+    // Digits a float cannot hold, exponents, trailing zeros and key order all stay as sent, and
+    // so does an object that serde_json's arbitrary_precision would read as a number.
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(OPEN, &up.url());
-    let body = r#"{"z":1,"id":123456789012345678901234567890,"a":[1e+2,0.10,-0],"huge":1e+400}"#;
+    let body =
+        r#"{"z":1,"id":123456789012345678901234567890,"a":[1e2,1E5,1e+2,0.10,-0],"huge":1e+400}"#;
     let batch = format!(
-        r#"{{"requests": [{{"id": "n", "method": "POST", "path": "/echo", "body": {body}}}]}}"#
+        r#"{{"requests": [{{"id": "n", "method": "POST", "path": "/echo?n", "body": {body}}},
+            {{"id": "m", "method": "POST", "path": "/echo?m", "body": {NUMBER_LOOKALIKE}}}]}}"#
     );
     let res = send(sluice.addr, post_json("/batch", &batch)).await;
-    assert_eq!(res.status, 207);
-    assert_eq!(up.last().body, body.as_bytes());
     let text = std::str::from_utf8(&res.body).unwrap();
+    assert_eq!(res.status, 207, "{text}");
+    assert_eq!(seen_at(&up, "/echo?n").body, body.as_bytes());
+    assert_eq!(seen_at(&up, "/echo?m").body, NUMBER_LOOKALIKE.as_bytes());
     assert!(text.contains(&format!(r#""body":{body}"#)), "{text}");
+    assert!(
+        text.contains(&format!(r#""body":{NUMBER_LOOKALIKE}"#)),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_answer_shaped_like_a_serde_json_number_comes_back_as_written() {
+    const TEXT: &str = r#"{"$serde_json::private::Number":"text"}"#;
+    let up = spawn_fixed_upstream(|path| match path {
+        "/text" => ("application/json", TEXT.as_bytes()),
+        _ => ("application/json", NUMBER_LOOKALIKE.as_bytes()),
+    })
+    .await;
+    let sluice = spawn_sluice(OPEN, &format!("http://{up}"));
+    let batch = json!({"requests": [
+        {"id": "number", "method": "GET", "path": "/number"},
+        {"id": "text", "method": "GET", "path": "/text"}
+    ]});
+    let res = post_batch(&sluice, &batch).await;
+    let text = std::str::from_utf8(&res.body).unwrap();
+    assert_eq!(res.status, 207, "{text}");
+    for body in [NUMBER_LOOKALIKE, TEXT] {
+        assert!(text.contains(&format!(r#""body":{body}}}"#)), "{text}");
+    }
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 //! their own (routes, the batch's credentials, limits at one unit each, body checks), called
 //! in-process; `depends_on` orders them, and a failed dependency answers `424`.
 
+mod document;
 mod parse;
 mod run;
 
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::time::{Instant, timeout_at};
 
 pub use parse::{Item, parse};
@@ -24,6 +25,12 @@ pub struct FromBatch;
 use crate::body::Body;
 use crate::pipeline::{Proxy, client_ip, is_json, read_whole};
 use crate::problem::Problem;
+
+/// The 207's body.
+#[derive(Serialize)]
+struct Responses<'a> {
+    responses: Vec<run::Answer<'a>>,
+}
 
 /// Answers a request to the batch endpoint.
 pub async fn handle(
@@ -66,8 +73,9 @@ pub async fn handle(
         deadline,
     )
     .await;
-    let responses: Vec<Value> = answers.into_iter().map(|a| a.json).collect();
-    let mut res = Response::new(Body::full(json!({ "responses": responses }).to_string()));
+    let body =
+        serde_json::to_vec(&Responses { responses: answers }).map_err(|_| Problem::Internal)?;
+    let mut res = Response::new(Body::full(body));
     *res.status_mut() = StatusCode::MULTI_STATUS;
     res.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

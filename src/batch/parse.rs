@@ -4,32 +4,34 @@
 
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Uri};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::pipeline::{invalid_json, validate_json};
+use super::document::{self, Document};
 use crate::problem::{FieldError, Problem};
 
 /// The most errors one 422 lists; the rest are left for the next attempt.
 const MAX_ERRORS: usize = 50;
 
-/// One request of a batch, ready to run.
+/// One request of a batch, ready to run; its body is the text the batch holds.
 #[derive(Debug, Clone)]
-pub struct Item {
+pub struct Item<'a> {
     pub id: String,
     pub method: Method,
     pub uri: Uri,
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Option<Value>,
+    pub body: Option<&'a RawValue>,
     /// Indexes of the items this one waits for.
     pub depends_on: Vec<usize>,
 }
 
 /// Parses and checks a batch body.
-pub fn parse(bytes: &[u8], batch_path: &str, max_requests: usize) -> Result<Vec<Item>, Problem> {
-    validate_json(bytes)?;
-    // Stricter than the check above: it also refuses what a value cannot hold (a lone
-    // surrogate, nesting over 128 levels).
-    let doc: Value = serde_json::from_slice(bytes).map_err(invalid_json)?;
+pub fn parse<'a>(
+    bytes: &'a [u8],
+    batch_path: &str,
+    max_requests: usize,
+) -> Result<Vec<Item<'a>>, Problem> {
+    let Document { value: doc, bodies } = document::read(bytes)?;
     let mut errors = Errors::default();
     let Some(requests) = requests(&doc, &mut errors) else {
         return Err(errors.into_problem());
@@ -40,7 +42,10 @@ pub fn parse(bytes: &[u8], batch_path: &str, max_requests: usize) -> Result<Vec<
     let mut items: Vec<Item> = requests
         .iter()
         .enumerate()
-        .map(|(i, r)| item(i, r, batch_path, &mut errors))
+        .map(|(i, r)| {
+            let body = bodies.get(i).copied().flatten();
+            item(i, r, body, batch_path, &mut errors)
+        })
         .collect();
     resolve_dependencies(requests, &mut items, &mut errors);
     if errors.0.is_empty() {
@@ -89,7 +94,13 @@ fn requests<'a>(doc: &'a Value, errors: &mut Errors) -> Option<&'a Vec<Value>> {
 
 const MEMBERS: [&str; 6] = ["id", "method", "path", "headers", "body", "depends_on"];
 
-fn item(i: usize, value: &Value, batch_path: &str, errors: &mut Errors) -> Item {
+fn item<'a>(
+    i: usize,
+    value: &Value,
+    body: Option<&'a RawValue>,
+    batch_path: &str,
+    errors: &mut Errors,
+) -> Item<'a> {
     let at = |member: &str| format!("/requests/{i}/{member}");
     let empty = Map::new();
     let obj = value.as_object().unwrap_or_else(|| {
@@ -130,7 +141,7 @@ fn item(i: usize, value: &Value, batch_path: &str, errors: &mut Errors) -> Item 
         method,
         uri,
         headers: headers(i, obj.get("headers"), errors),
-        body: obj.get("body").cloned(),
+        body,
         depends_on: Vec::new(),
     }
 }

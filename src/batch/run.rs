@@ -7,13 +7,14 @@ use std::io::{self, ErrorKind::TimedOut};
 use std::net::SocketAddr;
 
 use base64::Engine;
-use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use serde_json::{Map, Value, json};
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::parse::Item;
@@ -24,22 +25,45 @@ use crate::problem::Problem;
 /// The largest item response a batch carries; beyond it the item is answered 502.
 const MAX_ITEM_RESPONSE: usize = 8 << 20;
 
-/// One item's answer, as it appears in the 207.
-#[derive(Debug, Clone)]
-pub struct Answer {
+/// One item's answer, as it appears in the 207 (members in this order).
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer<'a> {
+    id: &'a str,
+    #[serde(serialize_with = "code")]
     pub status: StatusCode,
-    pub json: Value,
+    headers: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_encoding: Option<&'static str>,
+    /// `null` for an empty body.
+    body: Option<Payload>,
+}
+
+/// An answer's body in the 207.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+enum Payload {
+    /// JSON from the upstream, as it wrote it.
+    Json(Box<RawValue>),
+    /// Text, or base64 with `body_encoding`.
+    Text(String),
+    /// A problem document sluice wrote for the item.
+    Problem(Value),
+}
+
+/// A status is written as its number.
+fn code<S: Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u16(status.as_u16())
 }
 
 /// Runs every item; the answers come back in request order.
-pub async fn run(
+pub async fn run<'a>(
     proxy: &Proxy,
     peer: SocketAddr,
     batch: &HeaderMap,
-    items: &[Item],
+    items: &'a [Item<'_>],
     max_concurrency: usize,
     deadline: Instant,
-) -> Vec<Answer> {
+) -> Vec<Answer<'a>> {
     let mut answers: Vec<Option<Answer>> = vec![None; items.len()];
     let schedule = async {
         let mut started = vec![false; items.len()];
@@ -85,10 +109,10 @@ pub async fn run(
 
 /// Starts every item whose dependencies have all answered, while slots are free; answers 424
 /// at once for an item with a dependency that did not succeed (which may unblock others).
-fn start_ready<F: Future>(
+fn start_ready<'a, F: Future>(
     proxy: &Proxy,
-    items: &[Item],
-    answers: &mut [Option<Answer>],
+    items: &'a [Item<'_>],
+    answers: &mut [Option<Answer<'a>>],
     started: &mut [bool],
     running: &mut FuturesUnordered<F>,
     max: usize,
@@ -142,15 +166,15 @@ fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
             headers.insert(name, v.clone());
         }
     }
-    let body = item.body.as_ref().map_or(Body::Empty, |value| {
+    let body = item.body.map_or(Body::Empty, |raw| {
         if !headers.contains_key(CONTENT_TYPE) {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
-        match value {
-            // A string sent as another media type is that text, not a JSON string.
-            Value::String(text) if !is_json(&headers) => Body::full(text.clone()),
-            _ => Body::full(value.to_string()),
-        }
+        // A string sent as another media type is that text, not a JSON string.
+        let text = (!is_json(&headers))
+            .then(|| serde_json::from_str::<String>(raw.get()).ok())
+            .flatten();
+        Body::full(text.unwrap_or_else(|| raw.get().to_owned()))
     });
     let mut req = Request::new(body);
     *req.method_mut() = item.method.clone();
@@ -161,15 +185,17 @@ fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
 }
 
 /// An item's response, read whole and rendered for the 207.
-async fn answer(proxy: &Proxy, id: &str, res: Response<Body>) -> Answer {
+async fn answer<'a>(proxy: &Proxy, id: &'a str, res: Response<Body>) -> Answer<'a> {
     let (parts, body) = res.into_parts();
     let collected = match Limited::new(body, MAX_ITEM_RESPONSE).collect().await {
         Ok(collected) => collected,
         Err(e) if e.is::<LengthLimitError>() => {
-            let json = json!({ "id": id, "status": 502, "headers": {}, "body": "response too large for a batch" });
             return Answer {
+                id,
                 status: StatusCode::BAD_GATEWAY,
-                json,
+                headers: Map::new(),
+                body_encoding: None,
+                body: Some(Payload::Text("response too large for a batch".into())),
             };
         }
         // The upstream's answer did not end within the item's request_timeout.
@@ -188,46 +214,48 @@ async fn answer(proxy: &Proxy, id: &str, res: Response<Body>) -> Answer {
             _ => drop(headers.insert(name.to_string(), Value::String(value.into_owned()))),
         }
     }
-    let mut json = json!({ "id": id, "status": parts.status.as_u16(), "headers": headers });
-    render_body(&mut json, &parts.headers, bytes);
+    let (body_encoding, body) = render_body(&parts.headers, &bytes);
     Answer {
+        id,
         status: parts.status,
-        json,
+        headers,
+        body_encoding,
+        body,
     }
 }
 
-/// JSON stays JSON, other text is a string, anything else is base64.
-fn render_body(out: &mut Value, headers: &HeaderMap, bytes: Bytes) {
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else if let Some(v) = is_json(headers)
-        .then(|| serde_json::from_slice(&bytes).ok())
-        .flatten()
-    {
-        v
-    } else if let Ok(text) = std::str::from_utf8(&bytes) {
-        Value::String(text.to_string())
-    } else {
-        out["body_encoding"] = json!("base64");
-        Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes))
+/// JSON stays JSON as written, other text is a string, anything else is base64.
+fn render_body(headers: &HeaderMap, bytes: &[u8]) -> (Option<&'static str>, Option<Payload>) {
+    if bytes.is_empty() {
+        return (None, None);
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        let base64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+        return (Some("base64"), Some(Payload::Text(base64)));
     };
-    out["body"] = body;
+    // Only one JSON value is embedded; anything else under a JSON type is text.
+    let json = is_json(headers)
+        .then(|| serde_json::from_str::<&RawValue>(text).ok())
+        .flatten();
+    match json {
+        Some(raw) => (None, Some(Payload::Json(raw.to_owned()))),
+        None => (None, Some(Payload::Text(text.to_owned()))),
+    }
 }
 
 /// An answer sluice gives for an item itself (424, 408), with a request id of its own.
-fn problem(proxy: &Proxy, id: &str, p: Problem) -> Answer {
-    let status = p.status();
+fn problem<'a>(proxy: &Proxy, id: &'a str, p: Problem) -> Answer<'a> {
     let request_id = proxy.new_request_id();
     let request_id = request_id.to_str().unwrap_or_default();
     let mut headers = Map::new();
-    headers.insert("content-type".into(), json!("application/problem+json"));
+    headers.insert("content-type".into(), "application/problem+json".into());
     let id_header = proxy.app.config.headers.request_id.to_string();
-    headers.insert(id_header, json!(request_id));
-    let json = json!({
-        "id": id,
-        "status": status.as_u16(),
-        "headers": headers,
-        "body": p.body(request_id),
-    });
-    Answer { status, json }
+    headers.insert(id_header, request_id.into());
+    Answer {
+        id,
+        status: p.status(),
+        headers,
+        body_encoding: None,
+        body: Some(Payload::Problem(p.body(request_id))),
+    }
 }

@@ -340,8 +340,8 @@ impl Violated {
     }
 }
 
-/// The 429 body, byte for byte what `Problem::body` serializes (members in serde_json's
-/// sorted order), written into one string.
+/// The 429 body, byte for byte what `Problem::body` serializes (members in insertion order:
+/// type, title, status, detail, request_id, then the extensions), written into one string.
 fn rate_limited_body(retry_after: u64, violated: &Violated, request_id: &str) -> String {
     let mut secs = itoa::Buffer::new();
     let secs = secs.format(retry_after);

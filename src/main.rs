@@ -97,8 +97,13 @@ fn serve(config: Config, source: Option<server::Source>) -> ExitCode {
     }));
     tracing::info!("shutting down: draining in-flight requests (a second signal stops at once)");
     // Waiting out a long drain is the operator's choice: a second SIGTERM or Ctrl-C cuts it.
+    // Not within a second of the first: one Ctrl-C can arrive twice, from the terminal and
+    // from a wrapper that passes it on.
     std::thread::spawn(move || {
-        rt.block_on(cli::until_shutdown(|| {}));
+        rt.block_on(async {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            cli::until_shutdown(|| {}).await;
+        });
         tracing::warn!("second signal: stopping without waiting for the drain");
         std::process::exit(1);
     });

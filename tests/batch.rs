@@ -422,6 +422,17 @@ async fn an_upstream_answer_shaped_like_a_serde_json_number_comes_back_as_writte
 }
 
 #[tokio::test]
+async fn an_upstream_answer_a_batch_could_not_hold_comes_back_as_text() {
+    // A lone surrogate embedded as JSON would make the whole 207 unreadable to many parsers.
+    let up = spawn_fixed_upstream(|_| ("application/json", br#""\ud800""#.as_slice())).await;
+    let sluice = spawn_sluice(OPEN, &format!("http://{up}"));
+    let batch = json!({"requests": [{"id": "a", "method": "GET", "path": "/x"}]});
+    let res = post_batch(&sluice, &batch).await;
+    assert_eq!(res.status, 207);
+    assert_eq!(res.json()["responses"][0]["body"], r#""\ud800""#);
+}
+
+#[tokio::test]
 async fn a_batch_that_json_values_cannot_hold_is_400() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(OPEN, &up.url());

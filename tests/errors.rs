@@ -104,6 +104,47 @@ async fn readiness_waits_for_the_upstream_to_listen_before_any_request() {
     assert_eq!(get(admin, "/readyz").await.status, 200);
 }
 
+/// A target whose accept queue is full, so that a connection to it hangs (as to a host that
+/// drops SYNs), for as long as the returned sockets live.
+fn hanging_target() -> (socket2::Socket, std::net::TcpStream, String) {
+    use socket2::{Domain, Socket, Type};
+    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    l.bind(&any.into()).unwrap();
+    l.listen(0).unwrap();
+    let addr = l.local_addr().unwrap().as_socket().unwrap();
+    let filler = std::net::TcpStream::connect(addr).unwrap();
+    (l, filler, format!("http://{addr}"))
+}
+
+#[tokio::test]
+async fn readiness_tries_the_targets_at_once_and_marks_none_down() {
+    let (_l, _filler, hanging) = hanging_target();
+    let good = spawn_upstream().await;
+    let toml = format!("[upstreams.api]\ntargets = [\"{hanging}\", \"{{upstream}}\"]\n");
+    let sluice = spawn_sluice(&toml, &good.url());
+    let started = std::time::Instant::now();
+    assert_eq!(get(sluice.admin.unwrap(), "/readyz").await.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "not held up by the hanging one"
+    );
+
+    let sluice = spawn_default(&hanging);
+    let started = std::time::Instant::now();
+    assert_eq!(get(sluice.admin.unwrap(), "/readyz").await.status, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "within a kubelet's probe timeout"
+    );
+
+    // A probe's failure is not a request's: the next request still tries the target.
+    let sluice = spawn_default(&closed_port().await);
+    assert_eq!(get(sluice.admin.unwrap(), "/readyz").await.status, 503);
+    let body = assert_problem(&get(sluice.addr, "/").await, 502);
+    assert!(body["detail"].as_str().unwrap().contains("refused"));
+}
+
 #[tokio::test]
 async fn a_garbage_answer_is_502() {
     let sluice = spawn_default(&raw_upstream(b"this is not http\r\n\r\n").await);

@@ -41,7 +41,7 @@ pub fn read(bytes: &[u8]) -> Result<Document<'_>, Problem> {
 /// surrogate escape, and nesting past `MAX_DEPTH`. The bodies are never made values, but are
 /// held to the same limits, so that what a batch refuses does not depend on where it is.
 /// `bytes` must be valid JSON.
-fn holdable(bytes: &[u8]) -> Result<(), Problem> {
+pub(super) fn holdable(bytes: &[u8]) -> Result<(), Problem> {
     let (mut depth, mut in_string, mut high) = (0usize, false, false);
     let mut i = 0;
     while i < bytes.len() {

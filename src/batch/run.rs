@@ -234,9 +234,11 @@ fn render_body(headers: &HeaderMap, bytes: &[u8]) -> (Option<&'static str>, Opti
         return (Some("base64"), Some(Payload::Text(base64)));
     };
     // Only one JSON value is embedded; anything else under a JSON type is text.
+    // Held to what a batch itself may hold, so that a client's parser can read the 207.
     let json = is_json(headers)
         .then(|| serde_json::from_str::<&RawValue>(text).ok())
-        .flatten();
+        .flatten()
+        .filter(|_| super::document::holdable(bytes).is_ok());
     match json {
         Some(raw) => (None, Some(Payload::Json(raw.to_owned()))),
         None => (None, Some(Payload::Text(text.to_owned()))),

@@ -198,7 +198,7 @@ pub enum AuthMode {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
-    pub name: String,
+    pub name: Spanned<String>,
     pub sha256: Spanned<String>,
     #[serde(default)]
     pub scopes: Vec<String>,

@@ -322,8 +322,8 @@ sha256 = "{}"
             at("routes[0].methods", 10),
             at("batch.max_body", 12),
             at("headers.request_id", 14),
+            at("auth.keys[1].name", 19),
             at("auth.keys[1].sha256", 20),
-            at("auth.keys[1].name", 20),
         ]
     );
 }

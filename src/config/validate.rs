@@ -638,7 +638,7 @@ fn auth(a: &raw::Auth, pols: &[Policy], errs: &mut Errors) -> Auth {
             policy_ref(&key, p.get_ref(), p.span(), pols, errs)
         });
         ApiKey {
-            name: k.name.clone(),
+            name: k.name.get_ref().clone(),
             sha256,
             scopes: k.scopes.clone(),
             policy,
@@ -654,7 +654,7 @@ fn auth(a: &raw::Auth, pols: &[Policy], errs: &mut Errors) -> Auth {
         }
         if !names.insert(k.name.as_str()) {
             let key = format!("auth.keys[{i}].name");
-            errs.push(key, raw.sha256.span(), "another key has the same name");
+            errs.push(key, raw.name.span(), "another key has the same name");
         }
     }
     Auth {
@@ -689,7 +689,7 @@ fn scopes_need_keys(file: &raw::File, errs: &mut Errors) {
     }
     for (i, r) in file.routes.iter().enumerate() {
         if let Some(scope) = r.scopes.first() {
-            let msg = "scopes need [[auth.keys]] and auth.mode = \"api_keys\"";
+            let msg = "scopes are checked against [[auth.keys]], and there are none";
             errs.push(format!("routes[{i}].scopes"), scope.span(), msg);
         }
     }

@@ -11,8 +11,9 @@ use crate::limiter::{MemoryStore, Store};
 use crate::metrics::Metrics;
 use crate::upstream::Upstreams;
 
-/// The longest a readiness probe waits for an upstream target to accept a connection.
-const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest a readiness probe waits for the upstreams: under the kubelet's default probe
+/// timeout of 1 s.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// What outlives a config reload.
 pub struct Lifecycle {
@@ -102,14 +103,8 @@ impl App {
     /// Ready for traffic: not draining, and every upstream has a target that accepts a
     /// connection now.
     pub async fn ready(&self) -> bool {
-        if self.life.draining.load(Ordering::Relaxed) {
-            return false;
-        }
-        for u in 0..self.config.upstreams.len() {
-            if !self.upstreams.reachable(u, READY_WAIT).await {
-                return false;
-            }
-        }
-        true
+        let draining = || self.life.draining.load(Ordering::Relaxed);
+        // Draining is asked again after the probe, which a SIGTERM may have overtaken.
+        !draining() && self.upstreams.all_reachable(READY_WAIT).await && !draining()
     }
 }

@@ -10,8 +10,14 @@ use socket2::{Domain, Protocol, Socket, Type};
 const BACKLOG: i32 = 1024;
 
 /// `n` listeners on `addr`; port 0 is resolved once so all of them share the chosen port.
-pub fn bind_workers(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
-    if n > 1 && addr.port() != 0 {
+/// `held` is the address this process listens on already (at a reload), whose port it may share.
+pub fn bind_workers(
+    addr: SocketAddr,
+    n: usize,
+    held: Option<SocketAddr>,
+) -> io::Result<Vec<TcpListener>> {
+    let own_port = held.is_some_and(|h| h.port() == addr.port());
+    if n > 1 && addr.port() != 0 && !own_port {
         // Any process of the same user may join a group of `SO_REUSEPORT` listeners, and a
         // second sluice would then take half the traffic, with limits of its own. A listener
         // without the option cannot bind beside one, so a held port shows here.
@@ -59,12 +65,15 @@ mod tests {
 
     #[test]
     fn a_port_held_by_another_group_of_workers_is_refused() {
-        let held = bind_workers("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let held = bind_workers("127.0.0.1:0".parse().unwrap(), 2, None).unwrap();
         let addr = held[0].local_addr().unwrap();
-        let e = bind_workers(addr, 2).unwrap_err();
+        let e = bind_workers(addr, 2, None).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse, "{e}");
-        assert!(bind_workers(addr, 1).is_err());
+        assert!(bind_workers(addr, 1, None).is_err());
+        // At a reload, the same port on another address beside the process's own listeners.
+        let any: SocketAddr = format!("0.0.0.0:{}", addr.port()).parse().unwrap();
+        assert_eq!(bind_workers(any, 2, Some(addr)).unwrap().len(), 2);
         drop(held);
-        assert_eq!(bind_workers(addr, 2).unwrap().len(), 2);
+        assert_eq!(bind_workers(addr, 2, None).unwrap().len(), 2);
     }
 }

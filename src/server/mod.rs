@@ -42,7 +42,7 @@ pub fn start(config: Config) -> io::Result<Running> {
 
 /// `start`, able to reload its config from `source`.
 pub fn start_with(config: Config, source: Option<Source>) -> io::Result<Running> {
-    let listeners = listener::bind_workers(config.server.listen, config.server.workers)?;
+    let listeners = listener::bind_workers(config.server.listen, config.server.workers, None)?;
     let addr = listeners[0].local_addr()?;
     let admin = config.server.admin_listen.map(listener::bind).transpose()?;
     let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;

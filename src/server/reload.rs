@@ -156,7 +156,7 @@ impl Reloader {
         }
         let listeners = match config.server.listen == old.listen {
             true => Vec::new(),
-            false => listener::bind_workers(config.server.listen, old.workers)?
+            false => listener::bind_workers(config.server.listen, old.workers, Some(old.listen))?
                 .into_iter()
                 .map(Some)
                 .collect(),

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 pub use headers::{set_forwarded, strip_hop_by_hop};
 pub use pool::{Pool, ResponseBody, fired};
 
+use futures_util::future;
 use tokio::net::TcpStream;
 
 use crate::config::{self, Target};
@@ -119,19 +120,22 @@ impl Upstreams {
             .store(until, Ordering::Relaxed);
     }
 
-    /// Whether upstream `u` has a target that accepts a connection now (within its
-    /// `connect_timeout`, at most `wait`). Tried, not remembered: an app that is not
-    /// listening yet has had no request fail. Targets that refuse are marked down, as a
-    /// failed request would mark them.
-    pub async fn reachable(&self, u: usize, wait: Duration) -> bool {
-        let wait = wait.min(self.connect_timeout(u));
-        for t in 0..self.list[u].targets.len() {
-            if open(self.target(u, t), wait).await.is_ok() {
-                return true;
-            }
-            self.mark_down(u, t);
-        }
-        false
+    /// Whether every upstream has a target that accepts a connection now: all targets tried
+    /// at once, each within its upstream's `connect_timeout`, and `wait` in all. Tried, not
+    /// remembered: an app that is not listening yet has had no request fail. A probe marks no
+    /// target down; only requests do.
+    pub async fn all_reachable(&self, wait: Duration) -> bool {
+        let upstream = |u: usize| async move {
+            let timeout = self.connect_timeout(u);
+            let tries = (0..self.list[u].targets.len())
+                .map(|t| Box::pin(open(self.target(u, t), timeout)))
+                .collect::<Vec<_>>();
+            !tries.is_empty() && future::select_ok(tries).await.is_ok()
+        };
+        let all = future::join_all((0..self.list.len()).map(upstream));
+        tokio::time::timeout(wait, all)
+            .await
+            .is_ok_and(|reached| reached.into_iter().all(|ok| ok))
     }
 
     /// The number of targets of each upstream, to size a worker's pool.

@@ -1021,10 +1021,17 @@ async fn the_deadline_passing_mid_batch_answers_the_slow_item_408_and_the_rest_i
     );
     assert_eq!(list[0]["status"], 200);
     assert_eq!(list[0]["body"], json!({"ok": true}));
-    assert_item_problem(&list[1], 408);
+    let problem = assert_item_problem(&list[1], 408);
     let mut got = uris(&up);
     got.sort();
     assert_eq!(got, ["/slow/2000", "/status/200"]);
+    // The slow item's answer names the request id the upstream saw (and its log line has).
+    let seen = seen_at(&up, "/slow/2000");
+    assert_eq!(
+        problem["request_id"],
+        seen.headers["x-request-id"].to_str().unwrap()
+    );
+    assert_eq!(list[1]["headers"]["x-request-id"], problem["request_id"]);
 }
 
 /// `[server] request_timeout` of 500 ms for the batch, and a route that would wait 5 s, so

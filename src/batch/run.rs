@@ -65,6 +65,9 @@ pub async fn run<'a>(
     deadline: Instant,
 ) -> Vec<Answer<'a>> {
     let mut answers: Vec<Option<Answer>> = vec![None; items.len()];
+    // Each started item's request id, fixed before it runs: an item cut off at the deadline
+    // is answered under the id its log line carries.
+    let mut ids: Vec<Option<HeaderValue>> = vec![None; items.len()];
     let schedule = async {
         let mut started = vec![false; items.len()];
         let mut running = FuturesUnordered::new();
@@ -77,7 +80,11 @@ pub async fn run<'a>(
                 &mut running,
                 max_concurrency,
                 |i| {
-                    let req = item_request(&items[i], batch);
+                    let mut req = item_request(&items[i], batch);
+                    let id = proxy.request_id(&req);
+                    let name = proxy.app.config.headers.request_id.clone();
+                    req.headers_mut().insert(name, id.clone());
+                    ids[i] = Some(id);
                     async move {
                         (
                             i,
@@ -103,7 +110,10 @@ pub async fn run<'a>(
     answers
         .into_iter()
         .zip(items)
-        .map(|(a, item)| a.unwrap_or_else(|| problem(proxy, &item.id, Problem::BatchDeadline)))
+        .zip(ids)
+        .map(|((a, item), request_id)| {
+            a.unwrap_or_else(|| problem(proxy, &item.id, Problem::BatchDeadline, request_id))
+        })
         .collect()
 }
 
@@ -116,7 +126,7 @@ fn start_ready<'a, F: Future>(
     started: &mut [bool],
     running: &mut FuturesUnordered<F>,
     max: usize,
-    start: impl Fn(usize) -> F,
+    mut start: impl FnMut(usize) -> F,
 ) {
     let mut progress = true;
     while progress {
@@ -135,7 +145,7 @@ fn start_ready<'a, F: Future>(
                     dependency: items[d].id.clone(),
                     status,
                 };
-                answers[i] = Some(problem(proxy, &items[i].id, failed));
+                answers[i] = Some(problem(proxy, &items[i].id, failed, None));
                 started[i] = true;
                 progress = true;
             } else if running.len() < max {
@@ -187,6 +197,13 @@ fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
 /// An item's response, read whole and rendered for the 207.
 async fn answer<'a>(proxy: &Proxy, id: &'a str, res: Response<Body>) -> Answer<'a> {
     let (parts, body) = res.into_parts();
+    // A body cut off is answered under the request id the item's answer already carries.
+    let request_id = || {
+        parts
+            .headers
+            .get(&proxy.app.config.headers.request_id)
+            .cloned()
+    };
     let collected = match Limited::new(body, MAX_ITEM_RESPONSE).collect().await {
         Ok(collected) => collected,
         Err(e) if e.is::<LengthLimitError>() => {
@@ -201,9 +218,10 @@ async fn answer<'a>(proxy: &Proxy, id: &'a str, res: Response<Body>) -> Answer<'
         // The upstream's answer did not end within the item's request_timeout.
         Err(e) if e.downcast_ref::<io::Error>().map(io::Error::kind) == Some(TimedOut) => {
             let status = proxy.app.config.server.timeout_status;
-            return problem(proxy, id, Problem::UpstreamTimeout { status });
+            let p = Problem::UpstreamTimeout { status };
+            return problem(proxy, id, p, request_id());
         }
-        Err(_) => return problem(proxy, id, Problem::UpstreamReset),
+        Err(_) => return problem(proxy, id, Problem::UpstreamReset, request_id()),
     };
     let bytes = collected.to_bytes();
     let mut headers = Map::new();
@@ -245,9 +263,15 @@ fn render_body(headers: &HeaderMap, bytes: &[u8]) -> (Option<&'static str>, Opti
     }
 }
 
-/// An answer sluice gives for an item itself (424, 408), with a request id of its own.
-fn problem<'a>(proxy: &Proxy, id: &'a str, p: Problem) -> Answer<'a> {
-    let request_id = proxy.new_request_id();
+/// An answer sluice gives for an item itself, under `request_id` or, for an item that never
+/// ran, a new one.
+fn problem<'a>(
+    proxy: &Proxy,
+    id: &'a str,
+    p: Problem,
+    request_id: Option<HeaderValue>,
+) -> Answer<'a> {
+    let request_id = request_id.unwrap_or_else(|| proxy.new_request_id());
     let request_id = request_id.to_str().unwrap_or_default();
     let mut headers = Map::new();
     headers.insert("content-type".into(), "application/problem+json".into());

@@ -113,7 +113,8 @@ impl Proxy {
         self.ids.pick(None)
     }
 
-    fn request_id<B>(&self, req: &Request<B>) -> HeaderValue {
+    /// The id a request is answered and logged under: its own if it sent a usable one.
+    pub(crate) fn request_id<B>(&self, req: &Request<B>) -> HeaderValue {
         self.ids
             .pick(req.headers().get(&self.app.config.headers.request_id))
     }

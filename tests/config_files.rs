@@ -178,7 +178,7 @@ fn flags_and_environment_override_the_file() {
     assert!(stdout.contains("listen 127.0.0.1:7000"), "{stdout}");
     assert!(stdout.contains("3 worker(s)"), "{stdout}");
     assert!(
-        stdout.contains("upstream app: http://10.0.0.5:4000"),
+        stdout.contains("upstream api: http://10.0.0.5:4000"),
         "{stdout}"
     );
 }

@@ -154,7 +154,9 @@ impl Problem {
             Problem::HeadTooLarge => "The request head is too large.",
             Problem::MalformedHead => "The request head is not valid HTTP/1.1.",
             Problem::MalformedPath => "The path has a % that does not begin an escape (%XX).",
-            Problem::MalformedHost => "An HTTP/1.1 request must have exactly one Host header.",
+            Problem::MalformedHost => {
+                "A request may have one Host header only, and an HTTP/1.1 request must have one."
+            }
             Problem::UnknownTransferCoding => {
                 "Transfer-Encoding may name only chunked; other codings are not supported."
             }

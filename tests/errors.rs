@@ -205,6 +205,22 @@ async fn an_answer_sluice_cannot_pass_on_as_meant_is_502() {
 }
 
 #[tokio::test]
+async fn an_answers_trailers_stay_behind_even_those_http2_forbids() {
+    let url = raw_upstream(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n\
+          0\r\nconnection: close\r\nx-checksum: abc\r\n\r\n",
+    )
+    .await;
+    let sluice = spawn_default(&url);
+    let req = http::Request::get("http://api.example/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    // The stream ends whole: a connection field among the trailers used to reset it.
+    let res = send_h2(sluice.addr, req).await;
+    assert_eq!((res.status.as_u16(), &res.body[..]), (200, &b"ok"[..]));
+}
+
+#[tokio::test]
 async fn an_unknown_coding_on_an_answer_without_a_body_passes() {
     let url = raw_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n").await;
     let sluice = spawn_default(&url);

@@ -439,6 +439,57 @@ async fn a_head_of_more_than_100_fields_gets_431_however_small() {
     assert!(up.seen().is_empty());
 }
 
+#[tokio::test]
+async fn an_h2_head_is_held_to_the_same_limits_with_a_431_problem() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config("max_header_bytes = 2048"), &up.url());
+    let h2 = |name: &str, value: &str| {
+        http::Request::get("http://api.example/raw/h2")
+            .header(name, value)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let res = send_h2(sluice.addr, h2("x-big", &"a".repeat(4096))).await;
+    assert_eq!(assert_problem(&res, 431)["status"], 431);
+    assert!(!res.header("x-request-id").is_empty());
+    let mut many = http::Request::get("http://api.example/raw/h2");
+    for i in 0..101 {
+        many = many.header(format!("x-{i}"), "1");
+    }
+    let res = send_h2(sluice.addr, many.body(Full::new(Bytes::new())).unwrap()).await;
+    assert_problem(&res, 431);
+    assert!(up.seen().is_empty());
+    // Just under the limit, as over HTTP/1.1.
+    let res = send_h2(sluice.addr, h2("x-big", &"a".repeat(1500))).await;
+    assert_eq!(res.status, 200);
+}
+
+#[tokio::test]
+async fn a_get_body_of_unknown_length_reaches_the_upstream_and_is_counted() {
+    // Sent chunked, or over HTTP/2 without content-length: hyper's client would send a GET
+    // with no body at all unless told it is chunked.
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(""), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let head = "GET /any/get HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+                Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    let res = within(Duration::from_secs(2), "200", read_answer(&mut s)).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(&up.last().body[..], b"hello");
+
+    let frames = vec![Ok::<_, std::io::Error>(hyper::body::Frame::data(
+        Bytes::from(vec![b'a'; 1200]),
+    ))];
+    let req = http::Request::get("http://api.example/any/big")
+        .header("content-type", "text/plain")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    assert_problem(&send_h2(sluice.addr, req).await, 413);
+    let seen = up.last();
+    assert!(seen.uri != "/any/big" || seen.body.len() <= MAX_BODY);
+}
+
 // ---- 4. 413 declared -------------------------------------------------------------------------
 
 #[tokio::test]

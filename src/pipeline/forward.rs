@@ -7,7 +7,7 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 
-use http::header::{CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap};
+use http::header::{CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::uri::Uri;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -97,7 +97,7 @@ pub async fn send(
     proxy: &Proxy,
     r: usize,
     route: &Route,
-    parts: Parts,
+    mut parts: Parts,
     body: Body,
 ) -> Result<Response<Body>, Problem> {
     // One timer for the whole request: the body read, the answer's head, the answer's body.
@@ -115,6 +115,12 @@ pub async fn send(
         // No body at all (a GET): nothing to count, and an empty body can be sent again.
         Body::Incoming(body) if body.is_end_stream() => (Body::Empty, None),
         Body::Incoming(body) => {
+            // A length not given (HTTP/2, or chunked) is chunked upstream, said outright: for
+            // a GET or HEAD, hyper would otherwise send no body at all.
+            if !parts.headers.contains_key(CONTENT_LENGTH) {
+                let chunked = HeaderValue::from_static("chunked");
+                parts.headers.insert(TRANSFER_ENCODING, chunked);
+            }
             let progress = Arc::new(Progress::default());
             let counted = Counted::new(body, route.max_body, progress.clone());
             (Body::Counted(counted), Some(progress))

@@ -132,6 +132,9 @@ impl Proxy {
         if draining && req.extensions().get::<crate::batch::FromBatch>().is_none() {
             return Err(Problem::Draining);
         }
+        if req.version() == http::Version::HTTP_2 && !h2_head_fits(&req, &app.config.server) {
+            return Err(Problem::HeadTooLarge);
+        }
         if !one_host(&req) {
             return Err(Problem::MalformedHost);
         }
@@ -277,6 +280,25 @@ fn contain_panic<'a>(
                 problem(Problem::Internal, id)
             })
         })
+}
+
+/// The most header fields a request head may have, HTTP/1.1's (hyper's) and HTTP/2's alike.
+const MAX_FIELDS: usize = 100;
+
+/// Whether an HTTP/2 head is within the limits an HTTP/1.1 head is held to: 100 fields, and
+/// `max_header_bytes` counted as its HTTP/1.1 form would be.
+fn h2_head_fits(req: &Request<Body>, server: &crate::config::Server) -> bool {
+    let headers = req.headers();
+    if headers.len() > MAX_FIELDS {
+        return false;
+    }
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + " HTTP/1.1\r\n".len();
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": \r\n".len() + value.len())
+        .sum();
+    line + fields + 2 <= server.max_header_bytes
 }
 
 /// One `Host`, as RFC 9112 §3.2 asks, and an HTTP/1.1 request names it unless its target does.

@@ -289,7 +289,15 @@ impl http_body::Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // Trailers stay behind, as nginx leaves them: HTTP/1.1 clients rarely ask for them, and
+        // HTTP/2 refuses the connection fields an upstream may put there.
+        while let Poll::Ready(Some(Ok(frame))) = &polled {
+            if !frame.is_trailers() {
+                break;
+            }
+            polled = Pin::new(&mut this.inner).poll_frame(cx);
+        }
         match &polled {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),

@@ -433,6 +433,25 @@ async fn an_upstream_answer_a_batch_could_not_hold_comes_back_as_text() {
 }
 
 #[tokio::test]
+async fn a_batchs_answers_together_are_bounded_too() {
+    // Three answers of 7 MiB each fit the 8 MiB an item may have, not the 16 MiB of a batch.
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(OPEN, &up.url());
+    let big = |id: &str| json!({"id": id, "method": "GET", "path": format!("/big/{}", 7 << 20)});
+    let batch = json!({"requests": [big("a"), big("b"), big("c")]});
+    let res = post_batch(&sluice, &batch).await;
+    let list = responses(&res, &["a", "b", "c"]);
+    let statuses: Vec<u64> = list.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    let refused = list.iter().find(|r| r["status"] == 502).unwrap();
+    assert_eq!(refused["body"], "response too large for a batch");
+}
+
+#[tokio::test]
 async fn a_batch_that_json_values_cannot_hold_is_400() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(OPEN, &up.url());

@@ -490,6 +490,59 @@ async fn a_get_body_of_unknown_length_reaches_the_upstream_and_is_counted() {
     assert!(seen.uri != "/any/big" || seen.body.len() <= MAX_BODY);
 }
 
+#[tokio::test]
+async fn a_client_that_takes_none_of_its_answer_is_let_go_after_idle_timeout() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config("idle_timeout = \"1s\""), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let total = 64 << 20;
+    let head = format!("GET /big/{total} HTTP/1.1\r\nHost: x\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    // Read nothing for well over idle_timeout: the socket buffers fill, and sluice's writes wait.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = within(Duration::from_secs(5), "the cut-off", async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    let _: () = ended;
+    assert!(got > 0, "the answer had begun");
+    assert!(got < total, "the whole answer came: {got} bytes");
+}
+
+#[tokio::test]
+async fn a_client_too_slow_to_take_its_answer_within_request_timeout_is_let_go() {
+    // It reads, but so slowly that sluice's writes wait on it: hyper then reads no more of the
+    // upstream's answer, so only the writes can see the deadline pass.
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config("request_timeout = \"1s\""), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let head = format!("GET /big/{} HTTP/1.1\r\nHost: x\r\n\r\n", 256 << 20);
+    s.write_all(head.as_bytes()).await.unwrap();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 << 10];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            let _ = n;
+            tokio::time::sleep(Duration::from_millis(100)).await; // about 160 KB/s
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let text = get(sluice.admin.unwrap(), "/metrics").await;
+    let text = std::str::from_utf8(&text.body).unwrap();
+    assert_eq!(
+        metric_value(text, "sluice_connections_open"),
+        0.0,
+        "still held"
+    );
+    reader.abort();
+}
+
 // ---- 4. 413 declared -------------------------------------------------------------------------
 
 #[tokio::test]

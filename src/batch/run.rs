@@ -5,8 +5,10 @@
 
 use std::io::{self, ErrorKind::TimedOut};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
@@ -18,12 +20,16 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::parse::Item;
-use crate::body::Body;
+use crate::body::{Body, BoxError};
 use crate::pipeline::{Proxy, X_API_KEY, is_json};
 use crate::problem::Problem;
 
 /// The largest item response a batch carries; beyond it the item is answered 502.
 const MAX_ITEM_RESPONSE: usize = 8 << 20;
+
+/// What the answers of one batch may hold in all, as the 207 holds them at once (and text
+/// may grow sixfold as JSON); an answer past it is answered 502 as one too large.
+const MAX_BATCH_ANSWERS: usize = 16 << 20;
 
 /// One item's answer, as it appears in the 207 (members in this order).
 #[derive(Debug, Clone, Serialize)]
@@ -68,6 +74,8 @@ pub async fn run<'a>(
     // Each started item's request id, fixed before it runs: an item cut off at the deadline
     // is answered under the id its log line carries.
     let mut ids: Vec<Option<HeaderValue>> = vec![None; items.len()];
+    let budget = AtomicUsize::new(MAX_BATCH_ANSWERS);
+    let budget = &budget;
     let schedule = async {
         let mut started = vec![false; items.len()];
         let mut running = FuturesUnordered::new();
@@ -88,7 +96,13 @@ pub async fn run<'a>(
                     async move {
                         (
                             i,
-                            answer(proxy, &items[i].id, proxy.serve_request(peer, req).await).await,
+                            answer(
+                                proxy,
+                                &items[i].id,
+                                proxy.serve_request(peer, req).await,
+                                budget,
+                            )
+                            .await,
                         )
                     }
                 },
@@ -195,7 +209,12 @@ fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
 }
 
 /// An item's response, read whole and rendered for the 207.
-async fn answer<'a>(proxy: &Proxy, id: &'a str, res: Response<Body>) -> Answer<'a> {
+async fn answer<'a>(
+    proxy: &Proxy,
+    id: &'a str,
+    res: Response<Body>,
+    budget: &AtomicUsize,
+) -> Answer<'a> {
     let (parts, body) = res.into_parts();
     // A body cut off is answered under the request id the item's answer already carries.
     let request_id = || {
@@ -204,9 +223,9 @@ async fn answer<'a>(proxy: &Proxy, id: &'a str, res: Response<Body>) -> Answer<'
             .get(&proxy.app.config.headers.request_id)
             .cloned()
     };
-    let collected = match Limited::new(body, MAX_ITEM_RESPONSE).collect().await {
-        Ok(collected) => collected,
-        Err(e) if e.is::<LengthLimitError>() => {
+    let bytes = match read_within(body, budget).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.is::<LengthLimitError>() || e.is::<OverBudget>() => {
             return Answer {
                 id,
                 status: StatusCode::BAD_GATEWAY,
@@ -223,7 +242,6 @@ async fn answer<'a>(proxy: &Proxy, id: &'a str, res: Response<Body>) -> Answer<'
         }
         Err(_) => return problem(proxy, id, Problem::UpstreamReset, request_id()),
     };
-    let bytes = collected.to_bytes();
     let mut headers = Map::new();
     for (name, value) in &parts.headers {
         let value = String::from_utf8_lossy(value.as_bytes());
@@ -261,6 +279,48 @@ fn render_body(headers: &HeaderMap, bytes: &[u8]) -> (Option<&'static str>, Opti
         Some(raw) => (None, Some(Payload::Json(raw.to_owned()))),
         None => (None, Some(Payload::Text(text.to_owned()))),
     }
+}
+
+/// The batch's answers have used up `MAX_BATCH_ANSWERS`.
+#[derive(Debug)]
+struct OverBudget;
+
+impl std::fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the batch's answers are too large")
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+/// An item's answer body, read whole, within `MAX_ITEM_RESPONSE` and what is left of the
+/// batch's `budget`, which it takes from as it arrives (items run at once). An answer not
+/// kept gives back what it took.
+async fn read_within(body: Body, budget: &AtomicUsize) -> Result<Bytes, BoxError> {
+    let mut body = std::pin::pin!(Limited::new(body, MAX_ITEM_RESPONSE));
+    let mut read = BytesMut::new();
+    let outcome = loop {
+        let data = match body.frame().await {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue, // trailers
+            },
+        };
+        let take = |left: usize| left.checked_sub(data.len());
+        if budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take)
+            .is_err()
+        {
+            break Err(OverBudget.into());
+        }
+        read.extend_from_slice(&data);
+    };
+    if outcome.is_err() {
+        budget.fetch_add(read.len(), Ordering::Relaxed);
+    }
+    outcome.map(|()| read.freeze())
 }
 
 /// An answer sluice gives for an item itself, under `request_id` or, for an item that never

@@ -59,14 +59,19 @@ pub struct HeadLimits {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_header_bytes: usize,
+    /// The longest `request_timeout` of any route: no HTTP/1.1 answer is written for longer.
+    pub answer_timeout: Duration,
 }
 
 impl HeadLimits {
-    pub fn new(server: &config::Server) -> HeadLimits {
+    pub fn new(config: &config::Config) -> HeadLimits {
+        let server = &config.server;
+        let routes = config.routes.iter().map(|r| r.request_timeout);
         HeadLimits {
             header_read_timeout: server.header_read_timeout,
             idle_timeout: server.idle_timeout,
             max_header_bytes: server.max_header_bytes,
+            answer_timeout: routes.fold(server.request_timeout, Duration::max),
         }
     }
 
@@ -113,13 +118,18 @@ pub struct ClientIo {
     /// The problem written in place of that answer, and how much of it has gone out. Once
     /// set, anything more hyper writes is dropped: the connection is closing.
     replacement: Option<(Vec<u8>, usize)>,
+    /// Since when the client has taken none of what is written to it.
+    stalled: Option<Instant>,
+    /// Wakes the connection when a waiting write has waited too long; made only once a write
+    /// has had to wait.
+    write_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl ClientIo {
     pub fn new(stream: TcpStream, current: Current, state: Arc<ConnState>) -> ClientIo {
         let mut current = arc_swap::Cache::new(current);
         let proxy = current.load().clone();
-        let limits = HeadLimits::new(&proxy.app.config.server);
+        let limits = HeadLimits::new(&proxy.app.config);
         // A new connection must send its first head within header_read_timeout.
         let since = Instant::now();
         let timer = Box::pin(tokio::time::sleep_until(since + limits.shortest()));
@@ -137,7 +147,57 @@ impl ClientIo {
             tail: [0; 3],
             h2: None,
             replacement: None,
+            stalled: None,
+            write_timer: None,
         }
+    }
+
+    /// Keeps account of a write: a client that takes nothing for `idle_timeout` is gone, and
+    /// its connection (and the upstream answer it holds) is let go, as nginx's `send_timeout`
+    /// does. A client that reads, but too slowly to take an HTTP/1.1 answer within the longest
+    /// `request_timeout` from its head, is let go too: hyper reads no more of the answer while
+    /// a write waits, so the answer's own deadline cannot see it. Bytes of an answer that go
+    /// out after its request ended keep the connection from counting as idle.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match &polled {
+            Poll::Pending => {
+                let now = Instant::now();
+                let limit = self.limits.idle_timeout;
+                // In an HTTP/1.1 request, `since` is when its head began.
+                let answering = self.phase == Phase::Busy && self.h2 == Some(false);
+                let answer_end = answering.then(|| self.since + self.limits.answer_timeout);
+                let since = *self.stalled.get_or_insert(now);
+                if now >= since + limit || answer_end.is_some_and(|end| now >= end) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the client did not take its answer in time",
+                    )));
+                }
+                let wake = answer_end.map_or(since + limit, |end| end.min(since + limit));
+                let timer = self
+                    .write_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake)));
+                if timer.deadline() != wake {
+                    timer.as_mut().reset(wake);
+                }
+                let _ = timer.as_mut().poll(cx); // wakes this task when the limit passes
+            }
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                if self.stalled.is_some() {
+                    self.stalled = None;
+                }
+                // (HTTP/1 only: over HTTP/2 these may be answers to pings, which are no use.)
+                if self.phase == Phase::Idle && self.h2 == Some(false) {
+                    self.since = Instant::now();
+                }
+            }
+            Poll::Ready(_) => {}
+        }
+        polled
     }
 
     fn update_phase(&mut self) {
@@ -251,7 +311,7 @@ impl ClientIo {
             return;
         }
         self.proxy = now.clone();
-        self.limits = HeadLimits::new(&self.proxy.app.config.server);
+        self.limits = HeadLimits::new(&self.proxy.app.config);
         if let Some(deadline) = self.deadline().filter(|&d| d < self.timer.deadline()) {
             self.timer.as_mut().reset(deadline);
         }
@@ -371,7 +431,8 @@ impl AsyncWrite for ClientIo {
             ready!(this.poll_replacement(cx))?;
             return Poll::Ready(Ok(data.len()));
         }
-        Pin::new(&mut this.stream).poll_write(cx, data)
+        let polled = Pin::new(&mut this.stream).poll_write(cx, data);
+        this.wrote(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -390,7 +451,8 @@ impl AsyncWrite for ClientIo {
                 return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
             }
         }
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.wrote(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -111,6 +111,8 @@ fn builder(server: &config::Server) -> auto::Builder<TokioExecutor> {
     let list = READ_BUF.max(server.max_header_bytes + 64 * 1024);
     b.http2()
         .timer(TokioTimer::new())
+        // Each stream may hold an upstream connection: nginx allows 128 at once, hyper 200.
+        .max_concurrent_streams(100)
         .max_header_list_size(u32::try_from(list).unwrap_or(u32::MAX));
     b
 }

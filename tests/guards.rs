@@ -543,6 +543,39 @@ async fn a_client_too_slow_to_take_its_answer_within_request_timeout_is_let_go()
     reader.abort();
 }
 
+#[tokio::test]
+async fn a_steady_slow_reader_gets_its_whole_answer_past_idle_timeout() {
+    // A 207 of 8 MiB: hyper has all of it (and has let go of the request) long before the
+    // client has read it; the connection is not idle while the answer still goes out.
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config("idle_timeout = \"1s\""), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let total: usize = 8 << 20;
+    let body = format!(
+        r#"{{"requests": [{{"id": "a", "method": "GET", "path": "/big/{}"}}]}}"#,
+        total
+    );
+    let head = format!(
+        "POST /batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    within(Duration::from_secs(20), "the whole answer", async {
+        // Kept alive: the connection stays open after the answer, so stop once it is all in.
+        while got <= total {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // about 3 MB/s: 3 s in all
+        }
+    })
+    .await;
+    assert!(got > total, "{got} of {total} bytes and a head");
+}
+
 // ---- 4. 413 declared -------------------------------------------------------------------------
 
 #[tokio::test]

@@ -270,21 +270,17 @@ burst = 7
     );
     let sluice = spawn_sluice(&toml, &up.url());
     let reader = [("x-api-key", READER_KEY)];
-    let json = [
-        ("x-api-key", READER_KEY),
-        ("content-type", "application/json"),
-    ];
-    let post = |path: &str| {
-        let mut b = request(Method::POST, path);
-        for (name, value) in json {
-            b = b.header(name, value);
-        }
-        b.body(Full::new(Bytes::from_static(b"{}"))).unwrap()
+    let post = |key: &str| {
+        request(Method::POST, "/v1/write/x")
+            .header("x-api-key", key)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap()
     };
     let answers = [
         (get_with(&sluice, "/v1/x", &[]).await, 401),
         (get_with(&sluice, "/v1/write/x", &reader).await, 405),
-        (send(sluice.addr, post("/v1/write/x")).await, 403),
+        (send(sluice.addr, post(READER_KEY)).await, 403),
     ];
     for (res, status) in &answers {
         assert_problem(res, *status);
@@ -297,12 +293,7 @@ burst = 7
         );
     }
     // A key with a policy of its own is shown that policy's standing.
-    let partner = request(Method::POST, "/v1/write/x")
-        .header("x-api-key", WRITER_KEY)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .unwrap();
-    let res = send(sluice.addr, partner).await;
+    let res = send(sluice.addr, post(WRITER_KEY)).await;
     assert_problem(&res, 403);
     assert_eq!(res.header("ratelimit-policy"), r#""partner";q=7;w=7"#);
     let res = get_with(&sluice, "/other", &reader).await;

@@ -22,19 +22,21 @@ use crate::problem::Problem;
 use crate::upstream::{UpstreamError, fired, set_forwarded, strip_hop_by_hop};
 
 /// Makes the request head ready for an HTTP/1.1 upstream: origin-form URI, `Host` kept as the
-/// client named it, hop-by-hop headers dropped, X-Forwarded-* and the request id set.
+/// client named it (`has_host`: whether it has one), hop-by-hop headers dropped,
+/// X-Forwarded-* and the request id set.
 pub fn prepare(
     app: &App,
     route: &Route,
     peer: SocketAddr,
     client: IpAddr,
     id: &HeaderValue,
+    has_host: bool,
     parts: &mut Parts,
 ) -> Result<(), Problem> {
     if host_from_authority(parts) {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
-    } else if !parts.headers.contains_key(HOST) {
+    } else if !has_host {
         let host = app.config.upstreams[route.upstream].host.clone();
         parts.headers.insert(HOST, host);
     }
@@ -59,11 +61,11 @@ pub fn prepare(
 /// HTTP/1.1 takes (RFC 9113 §8.2.3).
 fn join_cookies(headers: &mut HeaderMap) {
     let mut lines = headers.get_all(COOKIE).iter();
-    let (Some(first), Some(_)) = (lines.next(), lines.next()) else {
+    let (Some(first), Some(second)) = (lines.next(), lines.next()) else {
         return;
     };
     let mut joined = first.as_bytes().to_vec();
-    for line in headers.get_all(COOKIE).iter().skip(1) {
+    for line in std::iter::once(second).chain(lines) {
         joined.extend_from_slice(b"; ");
         joined.extend_from_slice(line.as_bytes());
     }

@@ -135,9 +135,7 @@ impl Proxy {
         if req.version() == http::Version::HTTP_2 && !h2_head_fits(&req, &app.config.server) {
             return Err(Problem::HeadTooLarge);
         }
-        if !one_host(&req) {
-            return Err(Problem::MalformedHost);
-        }
+        let has_host = one_host(&req).ok_or(Problem::MalformedHost)?;
         match path::normalized(req.uri()) {
             Ok(None) => {}
             Ok(Some(uri)) => *req.uri_mut() = uri,
@@ -209,7 +207,7 @@ impl Proxy {
         }
         payload::check_head(route, req.headers(), !req.body().is_end_stream())?;
         let (mut parts, body) = req.into_parts();
-        forward::prepare(app, route, peer, client, id, &mut parts)?;
+        forward::prepare(app, route, peer, client, id, has_host, &mut parts)?;
         auth::identify_upstream(&app.config.auth, &app.keys, who, &mut parts.headers);
         // Boxed, so that requests answered before this point (a 429) move a small future.
         let res = Box::pin(forward::send(self, r, route, parts, body)).await?;
@@ -301,17 +299,19 @@ fn h2_head_fits(req: &Request<Body>, server: &crate::config::Server) -> bool {
     line + fields + 2 <= server.max_header_bytes
 }
 
-/// One `Host`, as RFC 9112 §3.2 asks, and an HTTP/1.1 request names it unless its target does.
-/// A batch item has its batch's, checked with the batch.
-fn one_host(req: &Request<Body>) -> bool {
+/// Whether the request has a `Host` header; `None` if it breaks RFC 9112 §3.2: more than one,
+/// or none in an HTTP/1.1 request whose target names no host. A batch item has its batch's,
+/// checked with the batch.
+fn one_host(req: &Request<Body>) -> Option<bool> {
     let mut hosts = req.headers().get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (Some(_), None) => true,
-        (Some(_), Some(_)) => false,
+        (Some(_), None) => Some(true),
+        (Some(_), Some(_)) => None,
         (None, _) => {
-            req.version() != http::Version::HTTP_11
+            let allowed = req.version() != http::Version::HTTP_11
                 || req.uri().authority().is_some()
-                || req.extensions().get::<crate::batch::FromBatch>().is_some()
+                || req.extensions().get::<crate::batch::FromBatch>().is_some();
+            allowed.then_some(false)
         }
     }
 }

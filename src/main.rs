@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use sluice::cli::{self, Args, Command};
+use sluice::cli::{self, Args, Command, LogFormat};
 use sluice::config::{Config, Overrides};
 use sluice::{demo, server};
 
@@ -17,8 +17,8 @@ fn main() -> ExitCode {
     cli::init_tracing(&args.log, args.log_format);
     match &args.command {
         None => match args.load_config() {
-            Ok(config) => serve(config, args.source()),
-            Err(e) => config_error(&e),
+            Ok(config) => serve(config, args.source(), args.log_format),
+            Err(e) => fatal(args.log_format, &format!("invalid config:\n{e}")),
         },
         Some(Command::Check) => match args.load_config() {
             Ok(config) => {
@@ -52,7 +52,7 @@ fn main() -> ExitCode {
 fn demo(args: &Args) -> ExitCode {
     let api = match demo::spawn_api() {
         Ok(addr) => addr,
-        Err(e) => return fail(&format!("cannot start the demo API: {e}")),
+        Err(e) => return fatal(args.log_format, &format!("cannot start the demo API: {e}")),
     };
     let overrides = Overrides {
         listen: Some(
@@ -65,7 +65,7 @@ fn demo(args: &Args) -> ExitCode {
     };
     let config = match args.load_with(&overrides) {
         Ok(c) => c,
-        Err(e) => return config_error(&e),
+        Err(e) => return fatal(args.log_format, &format!("invalid config:\n{e}")),
     };
     say(&format!(
         "sluice demo: proxy on http://{} in front of a demo API on http://{api}\ntry:\n{}\n\n",
@@ -76,21 +76,21 @@ fn demo(args: &Args) -> ExitCode {
         .config
         .clone()
         .map(|path| server::Source { path, overrides });
-    serve(config, source)
+    serve(config, source, args.log_format)
 }
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains and exits 0. SIGHUP reloads the config.
-fn serve(config: Config, source: Option<server::Source>) -> ExitCode {
+fn serve(config: Config, source: Option<server::Source>, log: LogFormat) -> ExitCode {
     let running = match server::start_with(config, source) {
         Ok(r) => r,
-        Err(e) => return fail(&e.to_string()),
+        Err(e) => return fatal(log, &e.to_string()),
     };
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     let rt = match signals {
         Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot wait for signals: {e}")),
+        Err(e) => return fatal(log, &format!("cannot wait for signals: {e}")),
     };
     rt.block_on(cli::until_shutdown(|| {
         let _ = running.reload(); // logged and counted either way
@@ -122,6 +122,16 @@ fn say(text: &str) {
 
 fn config_error(e: &sluice::config::ConfigError) -> ExitCode {
     fail(&format!("invalid config:\n{e}"))
+}
+
+/// Why the server could not start. With JSON logs it is a log line like any other, so that a
+/// log pipeline sees it; a filter that drops errors does not silence it.
+fn fatal(log: LogFormat, msg: &str) -> ExitCode {
+    if log == LogFormat::Json && tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!("{msg}");
+        return ExitCode::FAILURE;
+    }
+    fail(msg)
 }
 
 fn fail(msg: &str) -> ExitCode {

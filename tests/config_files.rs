@@ -68,6 +68,36 @@ fn check_into_a_closed_pipe_does_not_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+#[test]
+fn a_server_that_cannot_start_says_why_in_its_log_format() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let start = |format: &str| {
+        let out = sluice()
+            .args(["--listen", &addr, "--upstream", "http://127.0.0.1:9"])
+            .args(["--admin-listen", "", "--log-format", format])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8(out.stderr).unwrap()
+    };
+    // A log pipeline reading JSON lines gets the reason as one of them.
+    let json = start("json");
+    let line: serde_json::Value = serde_json::from_str(json.trim())
+        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {json}"));
+    assert_eq!(line["level"], "ERROR");
+    let message = line["fields"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("cannot listen on {addr}")),
+        "{json}"
+    );
+    let text = start("text");
+    assert!(
+        text.starts_with(&format!("sluice: cannot listen on {addr}")),
+        "{text}"
+    );
+}
+
 /// `sluice check` on `toml`, written to a file `name` of its own: its exit code and stderr.
 fn check(name: &str, toml: &str) -> (Option<i32>, String) {
     let dir = std::env::temp_dir().join(format!("sluice-check-{}", std::process::id()));

@@ -52,6 +52,29 @@ async fn no_matching_route_is_404_and_never_reaches_the_upstream() {
 }
 
 #[tokio::test]
+async fn a_head_request_sluice_refuses_gets_the_head_of_the_problem_and_no_body() {
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(ROUTES, &up.url());
+    let length = get(sluice.addr, "/other").await.body.len().to_string();
+    let head = || {
+        request(Method::HEAD, "http://api.example/other")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // Over HTTP/2 a body on a HEAD stream broke it: the client saw no status at all.
+    for res in [
+        send(sluice.addr, head()).await,
+        send_h2(sluice.addr, head()).await,
+    ] {
+        assert_eq!(res.status, 404);
+        assert_eq!(res.header("content-type"), "application/problem+json");
+        assert_eq!(res.header("content-length"), length);
+        assert!(res.body.is_empty());
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
 async fn a_method_the_route_does_not_take_is_405_with_allow() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(ROUTES, &up.url());

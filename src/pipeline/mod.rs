@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use futures_util::FutureExt;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderValue, Method, Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
@@ -78,6 +79,7 @@ impl Proxy {
     /// Answers one request whatever its body: a client's, or a batch item's made in memory.
     pub async fn serve_request(&self, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
         let id = self.request_id(&req);
+        let head = req.method() == Method::HEAD;
         let shard = self.app.metrics.shard(self.worker);
         let rec = Record::new(&self.app, req.method(), req.headers());
         let mut tracked = Tracked::new(&self.app, shard, &id, rec);
@@ -105,6 +107,9 @@ impl Proxy {
         tracked.answered(&res);
         res.headers_mut()
             .insert(self.app.config.headers.request_id.clone(), id);
+        if head {
+            without_body(&mut res);
+        }
         res
     }
 
@@ -260,6 +265,17 @@ impl Proxy {
         res.headers_mut()
             .insert(self.app.config.headers.request_id.clone(), id);
         res
+    }
+}
+
+/// An answer to HEAD carries no body (RFC 9110 §9.3.2), only the length a GET would get.
+/// hyper leaves the body out over HTTP/1.1, but would send it over HTTP/2, where the client
+/// then takes the stream as broken.
+fn without_body(res: &mut Response<Body>) {
+    if let Body::Full(Some(bytes)) = res.body() {
+        let len = HeaderValue::from(bytes.len());
+        res.headers_mut().entry(CONTENT_LENGTH).or_insert(len);
+        *res.body_mut() = Body::Empty;
     }
 }
 

@@ -785,6 +785,14 @@ async fn a_body_that_is_not_json_gets_415_naming_the_accepted_types() {
             "{ct:?}"
         );
     }
+    // A second line that names another type: checking the first alone let it through. The
+    // route takes any body that is not checked as JSON, so only the media type refuses it.
+    let twice = request(Method::POST, "/raw/x")
+        .header("content-type", "application/json")
+        .header("content-type", "application/xml")
+        .body(Full::new(Bytes::from_static(b"<a/>")))
+        .unwrap();
+    assert_problem(&send(sluice.addr, twice).await, 415);
     assert!(up.seen().is_empty());
 }
 

@@ -44,10 +44,18 @@ pub fn check_head(route: &Route, headers: &HeaderMap, has_body: bool) -> Result<
 
 /// Whether the body's Content-Type is JSON (`application/json` or `application/*+json`).
 pub fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| json_essence(essence(v)))
+    content_type(headers).is_some_and(|v| json_essence(essence(v)))
+}
+
+/// The one Content-Type a message has. A second line makes it none: RFC 9110 allows one, and
+/// checking only the first would let the other one through to the upstream unchecked.
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    let mut lines = headers.get_all(CONTENT_TYPE).iter();
+    let value = lines.next()?;
+    match lines.next() {
+        None => value.to_str().ok(),
+        Some(_) => None,
+    }
 }
 
 fn essence(value: &str) -> &str {
@@ -64,7 +72,7 @@ fn json_essence(essence: &str) -> bool {
 
 /// A missing Content-Type is not accepted; JSON must be UTF-8 (the only charset JSON has).
 fn media_type_accepted(accepted: &[String], headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = content_type(headers) else {
         return false;
     };
     let essence = essence(value);

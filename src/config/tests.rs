@@ -329,6 +329,23 @@ sha256 = "{}"
 }
 
 #[test]
+fn a_request_id_cannot_take_the_name_of_a_header_sluice_writes() {
+    // A client's X-Real-IP would pass as the request id it sent, and reach the upstream.
+    for name in [
+        "X-Real-IP",
+        "x-forwarded-for",
+        "x-sluice-client",
+        "RateLimit",
+        "retry-after",
+    ] {
+        let src = format!(
+            "[upstreams.api]\ntargets = [\"http://a:1\"]\n[headers]\nrequest_id = \"{name}\"\n"
+        );
+        assert_eq!(located(&src), [at("headers.request_id", 4)], "{name}");
+    }
+}
+
+#[test]
 fn scopes_without_any_key_are_refused() {
     let src = "[upstreams.api]\ntargets = [\"http://127.0.0.1:3000\"]\n[[routes]]\npath = \"/admin\"\nscopes = [\"admin\"]\n";
     assert_eq!(located(src), [at("routes[0].scopes", 5)]);

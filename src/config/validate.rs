@@ -664,9 +664,10 @@ fn auth(a: &raw::Auth, pols: &[Policy], errs: &mut Errors) -> Auth {
     }
 }
 
-/// Headers that frame, route or authenticate a message: a request id written into one of them
-/// would break the message or the credentials.
-const RESERVED: [&str; 12] = [
+/// Headers that frame, route or authenticate a message, and those sluice writes itself: a
+/// request id written into one of them would break the message or the credentials, or let a
+/// client set what the upstream trusts sluice for (`X-Real-IP`, `X-Sluice-Client`).
+const RESERVED: [&str; 27] = [
     "host",
     "content-length",
     "content-type",
@@ -677,8 +678,23 @@ const RESERVED: [&str; 12] = [
     "trailer",
     "upgrade",
     "authorization",
+    "proxy-authorization",
     "x-api-key",
     "cookie",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-sluice-client",
+    "ratelimit",
+    "ratelimit-policy",
+    "x-ratelimit-limit",
+    "x-ratelimit-remaining",
+    "x-ratelimit-reset",
+    "retry-after",
+    "www-authenticate",
+    "allow",
+    "date",
 ];
 
 /// Scopes are checked against a key's: with no keys at all, a route's scopes would guard

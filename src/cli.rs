@@ -25,7 +25,7 @@ pub struct Args {
     /// Upstream target URL (repeat, or separate with commas, for several).
     #[arg(long, env = "SLUICE_UPSTREAM", value_delimiter = ',', global = true)]
     pub upstream: Vec<String>,
-    /// Admin listen address for /healthz, /readyz and /metrics; "" turns it off.
+    /// Admin listen address for /healthz, /readyz, /metrics and POST /reload; "" turns it off.
     #[arg(long, env = "SLUICE_ADMIN_LISTEN", global = true)]
     pub admin_listen: Option<String>,
     /// Worker threads; 0 = one per core.

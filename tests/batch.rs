@@ -1186,6 +1186,21 @@ async fn an_item_whose_upstream_stalls_mid_body_gets_the_timeout_problem_at_its_
 }
 
 #[tokio::test]
+async fn an_item_past_its_routes_deadline_gets_408_without_the_connections_close() {
+    let up = spawn_upstream().await;
+    let toml = "[upstreams.api]\ntargets = [\"{upstream}\"]\n\
+                [[routes]]\npath = \"/\"\npolicy = \"none\"\nrequest_timeout = \"300ms\"\n";
+    let sluice = spawn_sluice(toml, &up.url());
+    let batch = json!({"requests": [{"id": "a", "method": "GET", "path": "/slow/2000"}]});
+    let res = post_batch(&sluice, &batch).await;
+    let item = &res.json()["responses"][0];
+    assert_item_problem(item, 408);
+    // `Connection: close` is about the client's connection, which the batch keeps.
+    assert!(item["headers"].get("connection").is_none(), "{item}");
+    assert!(res.headers.get("connection").is_none());
+}
+
+#[tokio::test]
 async fn items_take_the_host_the_batch_named_in_an_absolute_form_target() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(OPEN, &up.url());

@@ -11,7 +11,9 @@ use base64::Engine;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue};
+use http::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue,
+};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Serialize, Serializer};
@@ -243,7 +245,9 @@ async fn answer<'a>(
         Err(_) => return problem(proxy, id, Problem::UpstreamReset, request_id()),
     };
     let mut headers = Map::new();
-    for (name, value) in &parts.headers {
+    // The answer is a part of the batch's, not a message of its own: a `Connection: close`
+    // (a 408's) would speak of a connection the item does not have.
+    for (name, value) in parts.headers.iter().filter(|(n, _)| *n != CONNECTION) {
         let value = String::from_utf8_lossy(value.as_bytes());
         match headers.get_mut(name.as_str()) {
             Some(Value::String(prior)) => *prior = format!("{prior}, {value}"),

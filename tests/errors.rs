@@ -359,9 +359,23 @@ async fn connections_over_max_connections_get_503() {
     let res = get(sluice.addr, "/").await;
     assert_problem(&res, 503);
     assert_eq!(res.header("connection"), "close");
+    // Over HTTP/2 too, and to a HEAD without the body.
+    let head = request(Method::HEAD, "http://api.example/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let res = send_h2(sluice.addr, head).await;
+    assert_eq!(res.status, 503);
+    assert!(res.body.is_empty());
     assert_eq!(
         up.seen().len(),
         1,
         "the refused request never reached the upstream"
     );
+    let metrics = get(sluice.admin.unwrap(), "/metrics").await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    for method in ["GET", "HEAD"] {
+        let series =
+            format!(r#"sluice_requests_total{{route="none",method="{method}",status="503"}}"#);
+        assert_eq!(metric_value(&text, &series), 1.0, "{method}");
+    }
 }

@@ -29,6 +29,36 @@ upstream = "api"
 "#;
 
 #[tokio::test]
+async fn answers_to_heads_sluice_could_not_read_are_counted_under_no_route() {
+    let up = spawn_upstream().await;
+    let toml = "[server]\nheader_read_timeout = \"300ms\"\nmax_header_bytes = \"1KiB\"\n\
+                [upstreams.api]\ntargets = [\"{upstream}\"]\n";
+    let sluice = spawn_sluice(toml, &up.url());
+    let not_http = exchange(sluice.addr, "GET / HTTP/9.9\r\n\r\n").await;
+    assert!(not_http.starts_with("HTTP/1.1 400 "), "{not_http}");
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(2048)
+    );
+    assert!(
+        exchange(sluice.addr, &big)
+            .await
+            .starts_with("HTTP/1.1 431 ")
+    );
+    let half = exchange(sluice.addr, "GET / HTTP/1.1\r\n").await;
+    assert!(half.starts_with("HTTP/1.1 408 "), "{half}");
+
+    let text =
+        String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap();
+    for status in [400, 431, 408] {
+        let series =
+            format!(r#"sluice_requests_total{{route="none",method="other",status="{status}"}}"#);
+        assert_eq!(metric_value(&text, &series), 1.0, "{status}");
+    }
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
 async fn metrics_count_known_traffic() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(SMALL, &up.url());

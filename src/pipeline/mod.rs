@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 
 use futures_util::FutureExt;
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, HeaderValue, Method, Request, Response};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
@@ -260,11 +260,30 @@ impl Proxy {
 
     /// The answer to every request on a connection over `max_connections`.
     pub fn overloaded<B>(&self, req: &Request<B>) -> Response<Body> {
+        let started = tokio::time::Instant::now();
         let id = self.request_id(req);
         let mut res = problem(Problem::Overloaded, &id);
+        let len = res.body().size_hint().exact().unwrap_or_default();
+        self.answered_alone(Some(req.method()), &id, res.status(), len, started);
         res.headers_mut()
             .insert(self.app.config.headers.request_id.clone(), id);
+        if req.method() == Method::HEAD {
+            without_body(&mut res);
+        }
         res
+    }
+
+    /// Counts and logs an answer given outside the pipeline (see `record::answered_alone`).
+    pub fn answered_alone(
+        &self,
+        method: Option<&Method>,
+        id: &HeaderValue,
+        status: StatusCode,
+        bytes_out: u64,
+        started: tokio::time::Instant,
+    ) {
+        let shard = self.app.metrics.shard(self.worker);
+        record::answered_alone(&self.app, shard, method, id, status, bytes_out, started);
     }
 }
 

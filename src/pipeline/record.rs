@@ -52,11 +52,23 @@ impl Record {
     /// request got one.
     fn finish(&self, app: &App, shard: &Shard, id: &HeaderValue, res: Option<&Response<Body>>) {
         let status = res.map_or(CLIENT_CLOSED, Response::status);
+        self.close(app, shard, id, status, || {
+            res.and_then(|res| length(res.headers()))
+        });
+    }
+
+    fn close(
+        &self,
+        app: &App,
+        shard: &Shard,
+        id: &HeaderValue,
+        status: StatusCode,
+        bytes_out: impl FnOnce() -> Option<u64>,
+    ) {
         shard.request(self.route, &self.method, status);
         let decision = self.verdict.as_ref().map(|v| count_decision(app, shard, v));
         if app.config.server.access_log {
-            let bytes_out = res.and_then(|res| length(res.headers()));
-            self.log(app, id, status, bytes_out, decision);
+            self.log(app, id, status, bytes_out(), decision);
         }
     }
 
@@ -101,6 +113,35 @@ impl Record {
             limit,
         );
     }
+}
+
+/// Counts and logs an answer sluice gave before any request reached the pipeline: to a head
+/// that timed out, was too large or was not HTTP (method unknown: `-`), or to a request on a
+/// connection over `max_connections`. Under no route, as a 404 is.
+pub fn answered_alone(
+    app: &App,
+    shard: &Shard,
+    method: Option<&Method>,
+    id: &HeaderValue,
+    status: StatusCode,
+    bytes_out: u64,
+    started: Instant,
+) {
+    let rec = Record {
+        started,
+        method: method.cloned().unwrap_or_else(unknown_method),
+        bytes_in: None,
+        route: app.metrics.no_route(),
+        key: None,
+        verdict: None,
+        standing: None,
+        upstream_status: None,
+    };
+    rec.close(app, shard, id, status, || Some(bytes_out));
+}
+
+fn unknown_method() -> Method {
+    Method::from_bytes(b"-").expect("a token")
 }
 
 /// The status nginx logs for a request its client abandoned before the answer.

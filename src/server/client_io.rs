@@ -258,11 +258,20 @@ impl ClientIo {
         let _ = self.stream.try_write(&self.problem_bytes(problem));
     }
 
-    /// A problem as a whole HTTP/1.1 answer, with a fresh request id.
+    /// A problem as a whole HTTP/1.1 answer, with a fresh request id; counted and logged as
+    /// an answer to a request with no method.
     fn problem_bytes(&self, problem: &Problem) -> Vec<u8> {
         let id = self.proxy.new_request_id();
         let header = &self.proxy.app.config.headers.request_id;
-        problem.to_http1(header, id.to_str().unwrap_or_default())
+        let bytes = problem.to_http1(header, id.to_str().unwrap_or_default());
+        let body = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |at| bytes.len() - at - 4);
+        let status = problem.status();
+        self.proxy
+            .answered_alone(None, &id, status, body as u64, self.since);
+        bytes
     }
 
     /// Accounts for bytes read while no request is being answered.

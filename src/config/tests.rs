@@ -354,7 +354,14 @@ fn scopes_without_any_key_are_refused() {
 #[test]
 fn a_number_too_large_to_read_names_the_key_written_on_its_line() {
     let e = invalid("[server]\nworkers = 99999999999999999999999\n");
-    assert_eq!((e[0].key.as_str(), e[0].line), ("workers", Some(2)));
+    assert_eq!((e[0].key.as_str(), e[0].line), ("server.workers", Some(2)));
+    let e = invalid("[policies.default]\nrate = \"1/s\"\nburst = 99999999999999999999\n");
+    assert_eq!(e[0].key, "policies.default.burst");
+    let routes = "[[routes]]\npath = \"/a\"\n[[routes]]  # b\npath = \"/b\"\nmax_body = 99999999999999999999\n";
+    assert_eq!(invalid(routes)[0].key, "routes[1].max_body");
+    // A key given twice is named the same way.
+    let e = invalid("[server]\nworkers = 1\nworkers = 2\n");
+    assert_eq!((e[0].key.as_str(), e[0].line), ("server.workers", Some(3)));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! From the raw file to a checked `Config`: every cross-key rule lives here, and every error
 //! names its key.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::ops::Range;
@@ -40,14 +40,29 @@ pub(super) fn deserialize(source: &str) -> Result<raw::File, ConfigError> {
     })
 }
 
-/// The key on the 1-based `line`, as written (`workers` in `workers = 99…`), if it has one.
+/// The key on the 1-based `line` with the table it is in, as written: `server.workers` for
+/// `workers = 99…` under `[server]`, `routes[1].max_body` under the second `[[routes]]`.
 fn written_key(source: &str, line: usize) -> String {
     let text = source.lines().nth(line - 1).unwrap_or_default();
-    match text.split_once('=') {
-        Some((key, _)) if !key.trim().is_empty() && !key.contains(['[', '"', '#']) => {
-            key.trim().to_string()
+    let key = match text.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() && !key.contains(['[', '"', '#']) => key.trim(),
+        _ => return String::new(),
+    };
+    let mut table = String::new();
+    let mut arrays: HashMap<&str, usize> = HashMap::new();
+    for text in source.lines().take(line - 1).map(str::trim) {
+        if let Some((name, _)) = text.strip_prefix("[[").and_then(|t| t.split_once("]]")) {
+            let n = arrays.entry(name.trim()).or_insert(0);
+            table = format!("{}[{n}]", name.trim());
+            *n += 1;
+        } else if let Some((name, _)) = text.strip_prefix('[').and_then(|t| t.split_once(']')) {
+            table = name.trim().to_string();
         }
-        _ => String::new(),
+    }
+    if table.is_empty() {
+        key.to_string()
+    } else {
+        format!("{table}.{key}")
     }
 }
 

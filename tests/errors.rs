@@ -359,13 +359,27 @@ async fn connections_over_max_connections_get_503() {
     let res = get(sluice.addr, "/").await;
     assert_problem(&res, 503);
     assert_eq!(res.header("connection"), "close");
-    // Over HTTP/2 too, and to a HEAD without the body.
+    // Over HTTP/2 too, and to a HEAD without the body. Then the connection closes: HTTP/2
+    // has no `Connection: close`, so it used to stay open, answering 503 for good.
+    let stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
     let head = request(Method::HEAD, "http://api.example/")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let res = send_h2(sluice.addr, head).await;
-    assert_eq!(res.status, 503);
-    assert!(res.body.is_empty());
+    let res = h2.send_request(head).await.unwrap();
+    assert_eq!(res.status(), 503);
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap();
+    assert!(body.to_bytes().is_empty());
+    let closed = tokio::time::timeout(Duration::from_secs(2), conn).await;
+    assert!(closed.is_ok(), "the HTTP/2 connection stayed open");
     assert_eq!(
         up.seen().len(),
         1,

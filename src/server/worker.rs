@@ -19,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::client_io::{Active, ClientIo, ConnState, Current};
 use super::reload::Generation;
@@ -127,17 +127,24 @@ fn connection(
     let _ = stream.set_nodelay(true);
     let proxy = current.load_full();
     let guard = ConnectionGuard::new(&proxy.app.life);
-    let over_limit = guard.open > proxy.app.config.server.max_connections;
+    // A connection over the limit answers 503 and then closes: HTTP/1.1 by the answer's
+    // `Connection: close`, HTTP/2 (which has no such header) by a GOAWAY once it is sent.
+    let refused =
+        (guard.open > proxy.app.config.server.max_connections).then(Arc::<Notify>::default);
     let state = Arc::new(ConnState::default());
     let io = ClientIo::new(stream, current.clone(), state.clone());
     let current = current.clone();
+    let refusing = refused.clone();
     let service = service_fn(move |req| {
         let (proxy, active) = (current.load_full(), Active::new(&state));
+        let refusing = refusing.clone();
         async move {
-            let res = if over_limit {
-                proxy.overloaded(&req)
-            } else {
-                proxy.serve(peer, req).await
+            let res = match refusing {
+                Some(refused) => {
+                    refused.notify_one();
+                    proxy.overloaded(&req)
+                }
+                None => proxy.serve(peer, req).await,
             };
             Ok::<_, Infallible>(res.map(|body| Answer {
                 body,
@@ -148,10 +155,24 @@ fn connection(
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
-    let conn = graceful.watch(conn);
+    let Some(refused) = refused else {
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "client connection ended with an error");
+            }
+            drop(guard);
+        });
+        return;
+    };
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, %peer, "client connection ended with an error");
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            () = refused.notified() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
         }
         drop(guard);
     });

@@ -452,16 +452,35 @@ async fn an_h2_head_is_held_to_the_same_limits_with_a_431_problem() {
     let res = send_h2(sluice.addr, h2("x-big", &"a".repeat(4096))).await;
     assert_eq!(assert_problem(&res, 431)["status"], 431);
     assert!(!res.header("x-request-id").is_empty());
+    // 100 fields and the authority, which is the 101st line (Host) in HTTP/1.1.
     let mut many = http::Request::get("http://api.example/raw/h2");
-    for i in 0..101 {
+    for i in 0..100 {
         many = many.header(format!("x-{i}"), "1");
     }
     let res = send_h2(sluice.addr, many.body(Full::new(Bytes::new())).unwrap()).await;
     assert_problem(&res, 431);
+    // The authority is the Host line, and counts towards the bytes.
+    let far = format!("http://{}example/raw/h2", "a.".repeat(700));
+    let req = http::Request::get(far)
+        .header("x-big", "a".repeat(700))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_problem(&send_h2(sluice.addr, req).await, 431);
     assert!(up.seen().is_empty());
     // Just under the limit, as over HTTP/1.1.
     let res = send_h2(sluice.addr, h2("x-big", &"a".repeat(1500))).await;
     assert_eq!(res.status, 200);
+    // Cookie crumbs are one line in HTTP/1.1: 120 of them, 1.2 KB joined, are within limits.
+    let mut crumbs = http::Request::get("http://api.example/raw/h2");
+    for i in 0..120 {
+        crumbs = crumbs.header("cookie", format!("c{i:03}=1"));
+    }
+    let res = send_h2(sluice.addr, crumbs.body(Full::new(Bytes::new())).unwrap()).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        up.last().headers["cookie"].len(),
+        120 * "c000=1; ".len() - 2
+    );
 }
 
 #[tokio::test]

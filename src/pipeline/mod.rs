@@ -319,10 +319,19 @@ fn contain_panic<'a>(
 const MAX_FIELDS: usize = 100;
 
 /// Whether an HTTP/2 head is within the limits an HTTP/1.1 head is held to: 100 fields, and
-/// `max_header_bytes` counted as its HTTP/1.1 form would be.
+/// `max_header_bytes` counted as its HTTP/1.1 form would be. That form has `:authority` as its
+/// `Host` line, and the cookie crumbs (RFC 9113 §8.2.3) joined into one line, as sent upstream.
 fn h2_head_fits(req: &Request<Body>, server: &crate::config::Server) -> bool {
     let headers = req.headers();
-    if headers.len() > MAX_FIELDS {
+    let crumbs = headers.get_all(http::header::COOKIE).iter().count();
+    let joined = crumbs.saturating_sub(1);
+    let host = match req.uri().authority() {
+        Some(a) if !headers.contains_key(http::header::HOST) => {
+            "host: \r\n".len() + a.as_str().len()
+        }
+        _ => 0,
+    };
+    if headers.len() - joined + usize::from(host > 0) > MAX_FIELDS {
         return false;
     }
     let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
@@ -331,7 +340,9 @@ fn h2_head_fits(req: &Request<Body>, server: &crate::config::Server) -> bool {
         .iter()
         .map(|(name, value)| name.as_str().len() + ": \r\n".len() + value.len())
         .sum();
-    line + fields + 2 <= server.max_header_bytes
+    // A crumb joined to the one before it is "; " where it had a name and a line of its own.
+    let saved = joined * ("cookie: \r\n".len() - "; ".len());
+    line + fields + host - saved + 2 <= server.max_header_bytes
 }
 
 /// Whether the request has a `Host` header; `None` if it breaks RFC 9112 §3.2: more than one,

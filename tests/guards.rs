@@ -483,6 +483,83 @@ async fn an_h2_head_is_held_to_the_same_limits_with_a_431_problem() {
     );
 }
 
+/// A socket whose first `skip` bytes written were already sent by hand: the writer's first
+/// bytes are taken as written without going out again.
+struct SentAlready {
+    inner: TcpStream,
+    skip: usize,
+}
+
+impl tokio::io::AsyncRead for SentAlready {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SentAlready {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.skip > 0 {
+            let n = self.skip.min(data.len());
+            self.skip -= n;
+            return std::task::Poll::Ready(Ok(n));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn an_http2_preface_that_comes_in_pieces_is_still_http2() {
+    // Taken for HTTP/1.1 from its first piece, the connection got an HTTP/1.1 408 written
+    // into it once its frames had sat for header_read_timeout between requests.
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(r#"header_read_timeout = "300ms""#), &up.url());
+    let mut stream = TcpStream::connect(sluice.addr).await.unwrap();
+    stream.write_all(b"PRI ").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let io = SentAlready {
+        inner: stream,
+        skip: 4,
+    };
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = request(Method::GET, "http://api.example/raw/x")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let res = within(Duration::from_secs(2), "answer", h2.send_request(req)).await;
+        assert_eq!(res.unwrap().status(), 200);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+    assert_eq!(up.seen().len(), 2);
+}
+
 #[tokio::test]
 async fn a_get_body_of_unknown_length_reaches_the_upstream_and_is_counted() {
     // Sent chunked, or over HTTP/2 without content-length: hyper's client would send a GET

@@ -113,8 +113,10 @@ pub struct ClientIo {
     head_bytes: Option<usize>,
     /// The last bytes read in the head phase, to find a `\r\n\r\n` split across reads.
     tail: [u8; 3],
-    /// Set once the first bytes show an HTTP/2 connection: no head phase there.
+    /// Set once the first bytes show an HTTP/2 connection (no head phase there) or not.
     h2: Option<bool>,
+    /// How much of the HTTP/2 preface the first reads have matched, while `h2` is unknown.
+    preface: usize,
     /// The problem written in place of that answer, and how much of it has gone out. Once
     /// set, anything more hyper writes is dropped: the connection is closing.
     replacement: Option<(Vec<u8>, usize)>,
@@ -146,6 +148,7 @@ impl ClientIo {
             head_bytes: None,
             tail: [0; 3],
             h2: None,
+            preface: 0,
             replacement: None,
             stalled: None,
             write_timer: None,
@@ -274,9 +277,27 @@ impl ClientIo {
         bytes
     }
 
+    /// Whether the connection is HTTP/2, or may still be: its preface can come in pieces.
+    fn speaks_h2(&mut self, new: &[u8]) -> bool {
+        if let Some(h2) = self.h2 {
+            return h2;
+        }
+        let rest = &H2_PREFACE[self.preface..];
+        let n = rest.len().min(new.len());
+        if new[..n] != rest[..n] {
+            self.h2 = Some(false);
+            return false;
+        }
+        self.preface += n;
+        if self.preface == H2_PREFACE.len() {
+            self.h2 = Some(true);
+        }
+        true
+    }
+
     /// Accounts for bytes read while no request is being answered.
     fn saw_head_bytes(&mut self, new: &[u8]) -> io::Result<()> {
-        if *self.h2.get_or_insert_with(|| new.starts_with(H2_PREFACE)) {
+        if self.speaks_h2(new) {
             return Ok(());
         }
         if self.phase == Phase::Idle {

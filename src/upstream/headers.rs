@@ -29,7 +29,7 @@ const HOP_BY_HOP: [&str; 9] = [
 pub struct UnknownCoding;
 
 /// Removes hop-by-hop headers, including those the `Connection` header names (but never
-/// `Host`). A message with `Transfer-Encoding` also loses its `Content-Length`, which the
+/// `Host`, `Content-Type` or `Content-Length`). A message with `Transfer-Encoding` also loses its `Content-Length`, which the
 /// coding overrides (RFC 9112 §6.3) and which no longer describes the body sent on. All are
 /// removed either way; the error says that the coding was not `chunked` alone.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), UnknownCoding> {
@@ -57,8 +57,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), UnknownCoding> {
         for token in value.to_str().unwrap_or_default().split(',') {
             let token = token.trim();
             let listed = HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(token));
-            // The client's Host must reach the upstream whatever the client names.
-            if token.is_empty() || listed || token.eq_ignore_ascii_case("host") {
+            if token.is_empty()
+                || listed
+                || END_TO_END.iter().any(|h| h.eq_ignore_ascii_case(token))
+            {
                 continue;
             }
             if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
@@ -76,6 +78,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), UnknownCoding> {
     }
     framing
 }
+
+/// Headers a `Connection` header cannot remove: the upstream must get the `Host` and the
+/// body's type and length that sluice checked, or a JSON body would go on unchecked and
+/// without its type.
+const END_TO_END: [&str; 3] = ["host", "content-type", "content-length"];
 
 /// [`HOP_BY_HOP`]'s place of `transfer-encoding`.
 const TRANSFER_ENCODING: usize = 4;
@@ -208,15 +215,22 @@ mod tests {
     }
 
     #[test]
-    fn host_stays_even_when_connection_names_it() {
+    fn host_and_the_bodys_type_and_length_stay_even_when_connection_names_them() {
         let mut h = map(&[
-            ("connection", "host, x-private"),
+            (
+                "connection",
+                "host, x-private, Content-Type, content-length",
+            ),
             ("host", "api"),
             ("x-private", "1"),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
         ]);
         strip_hop_by_hop(&mut h).unwrap();
-        assert_eq!(h.len(), 1);
+        assert_eq!(h.len(), 3);
         assert_eq!(h["host"], "api");
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h["content-length"], "2");
     }
 
     #[test]

@@ -23,9 +23,12 @@ path = "/v1/"
 
 /// An address where nothing listens.
 async fn closed_port() -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    drop(l);
+    // Bound but not listening: connections are refused, and no other test's listener can be
+    // given the port while the socket is held (for the rest of the test run).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let url = format!("http://{}", socket.local_addr().unwrap());
+    std::mem::forget(socket);
     url
 }
 

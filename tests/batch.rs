@@ -1201,6 +1201,28 @@ async fn an_item_past_its_routes_deadline_gets_408_without_the_connections_close
 }
 
 #[tokio::test]
+async fn items_take_every_forwarded_for_line_of_the_batch_and_none_of_their_own() {
+    let up = spawn_upstream().await;
+    let toml = format!("[server]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{OPEN}");
+    let sluice = spawn_sluice(&toml, &up.url());
+    // The client forged the first line; the trusted proxy in front added the second.
+    let batch = json!({"requests": [{"id": "a", "method": "GET", "path": "/echo",
+        "headers": {"x-forwarded-for": "10.0.0.66"}}]});
+    let lines = [
+        ("x-forwarded-for", "10.9.9.5"),
+        ("x-forwarded-for", "203.0.113.7"),
+    ];
+    let res = post_batch_with(&sluice, &batch, &lines).await;
+    responses(&res, &["a"]);
+    let seen = up.last();
+    assert_eq!(seen.headers["x-real-ip"], "203.0.113.7");
+    assert_eq!(
+        seen.headers["x-forwarded-for"],
+        "10.9.9.5, 203.0.113.7, 127.0.0.1"
+    );
+}
+
+#[tokio::test]
 async fn items_take_the_host_the_batch_named_in_an_absolute_form_target() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(OPEN, &up.url());

@@ -12,7 +12,8 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName,
+    HeaderValue,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -175,21 +176,30 @@ fn start_ready<'a, F: Future>(
 /// The item as a request of its own: its method, path, headers and body, with the batch's
 /// credentials and client headers (which an item cannot override).
 fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
+    static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
     let mut headers = HeaderMap::with_capacity(item.headers.len() + 4);
     for (name, value) in &item.headers {
         headers.append(name.clone(), value.clone());
     }
-    for name in [&AUTHORIZATION, &X_API_KEY, &HOST, &CONTENT_LENGTH] {
+    // What says who the client is comes from the batch, every line of it: a trusted proxy may
+    // have added a line of its own after the client's.
+    let batchs = [
+        &AUTHORIZATION,
+        &X_API_KEY,
+        &HOST,
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+    ];
+    headers.remove(CONTENT_LENGTH);
+    for name in batchs {
         headers.remove(name);
     }
-    for name in [&AUTHORIZATION, &X_API_KEY, &HOST] {
+    for name in batchs {
         for value in batch.get_all(name) {
             headers.append(name.clone(), value.clone());
-        }
-    }
-    for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
-        if let Some(v) = batch.get(name) {
-            headers.insert(name, v.clone());
         }
     }
     let body = item.body.map_or(Body::Empty, |raw| {

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::pipeline::{invalid_json, invalid_json_at};
-use crate::problem::Problem;
+use crate::problem::{FieldError, Problem};
 
 /// serde_json's nesting limit for a `Value`: 127 levels pass, the 128th does not.
 const MAX_DEPTH: usize = 128;
@@ -22,19 +22,52 @@ pub struct Document<'a> {
     pub bodies: Vec<Option<&'a RawValue>>,
 }
 
-/// Reads a batch body; anything that is not JSON is a 400.
-pub fn read(bytes: &[u8]) -> Result<Document<'_>, Problem> {
+/// Reads a batch body; anything that is not JSON is a 400. More than `max_requests` items is
+/// a 413, found as soon as the item past the last is read: a body of many small items would
+/// otherwise be built whole in memory first, hundreds of megabytes for 8 MiB of `{},`.
+pub fn read(bytes: &[u8], max_requests: usize) -> Result<Document<'_>, Problem> {
     // The parse refuses what is not JSON or not UTF-8, in the bodies too.
-    let mut bodies = Vec::new();
+    let mut state = State {
+        bodies: Vec::new(),
+        values: value_budget(max_requests),
+        max_requests,
+        refused: None,
+    };
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let reader = Reader {
         at: At::Top,
-        bodies: &mut bodies,
+        state: &mut state,
     };
-    let value = reader.deserialize(&mut de).map_err(invalid_json)?;
-    de.end().map_err(invalid_json)?;
+    let read = reader
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    let value = match (read, state.refused) {
+        (Ok(value), _) => value,
+        (Err(_), Some(Refused::TooMany)) => {
+            return Err(Problem::BatchTooLarge { max: max_requests });
+        }
+        (Err(_), Some(Refused::TooBig)) => {
+            return Err(Problem::BatchInvalid {
+                errors: vec![FieldError {
+                    field: String::new(),
+                    message: format!("holds more JSON values than {max_requests} requests can use"),
+                }],
+            });
+        }
+        (Err(e), None) => return Err(invalid_json(e)),
+    };
     holdable(bytes)?;
-    Ok(Document { value, bodies })
+    Ok(Document {
+        value,
+        bodies: state.bodies,
+    })
+}
+
+/// How many values (other than item bodies, which are not built) a batch of `max_requests`
+/// may need: an item's few members and its headers, with room to spare, and `depends_on`
+/// naming every other item.
+fn value_budget(max_requests: usize) -> usize {
+    max_requests.saturating_mul(max_requests.saturating_add(256))
 }
 
 /// Refuses, anywhere in the batch, what JSON allows but a `Value` cannot hold: a lone
@@ -88,6 +121,44 @@ fn hex(digits: &[u8]) -> Option<u16> {
     u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
 }
 
+/// What reading keeps and counts across the document.
+struct State<'de> {
+    bodies: Vec<Option<&'de RawValue>>,
+    /// Values that may still be built.
+    values: usize,
+    max_requests: usize,
+    refused: Option<Refused>,
+}
+
+#[derive(Clone, Copy)]
+enum Refused {
+    TooMany,
+    TooBig,
+}
+
+impl State<'_> {
+    fn count<E: Error>(&mut self) -> Result<(), E> {
+        if self.values == 0 {
+            self.refused = Some(Refused::TooBig);
+            return Err(E::custom("too many values"));
+        }
+        self.values -= 1;
+        Ok(())
+    }
+}
+
+/// An item past `max_requests`: refused before any of it is read.
+struct PastTheLast<'r, 'de>(&'r mut State<'de>);
+
+impl<'de> DeserializeSeed<'de> for PastTheLast<'_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, _: D) -> Result<(), D::Error> {
+        self.0.refused = Some(Refused::TooMany);
+        Err(D::Error::custom("too many requests"))
+    }
+}
+
 /// Where the reader is: only an item's `body` is kept as written.
 #[derive(Clone, Copy)]
 enum At {
@@ -102,7 +173,7 @@ enum At {
 /// for the JSON text it holds.
 struct Reader<'r, 'de> {
     at: At,
-    bodies: &'r mut Vec<Option<&'de RawValue>>,
+    state: &'r mut State<'de>,
 }
 
 impl<'de> DeserializeSeed<'de> for Reader<'_, 'de> {
@@ -121,42 +192,57 @@ impl<'de> Visitor<'de> for Reader<'_, 'de> {
     }
 
     fn visit_unit<E: Error>(self) -> Result<Value, E> {
+        self.state.count()?;
         Ok(Value::Null)
     }
 
     fn visit_bool<E: Error>(self, v: bool) -> Result<Value, E> {
+        self.state.count()?;
         Ok(v.into())
     }
 
     fn visit_i64<E: Error>(self, v: i64) -> Result<Value, E> {
+        self.state.count()?;
         Ok(v.into())
     }
 
     fn visit_u64<E: Error>(self, v: u64) -> Result<Value, E> {
+        self.state.count()?;
         Ok(v.into())
     }
 
     fn visit_f64<E: Error>(self, v: f64) -> Result<Value, E> {
+        self.state.count()?;
         Ok(v.into())
     }
 
     fn visit_str<E: Error>(self, v: &str) -> Result<Value, E> {
+        self.state.count()?;
         Ok(v.into())
     }
 
     fn visit_string<E: Error>(self, v: String) -> Result<Value, E> {
+        self.state.count()?;
         Ok(v.into())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        self.state.count()?;
         let mut list = Vec::new();
         loop {
             let at = match self.at {
                 At::Requests => At::Item(list.len()),
                 _ => At::Inside,
             };
-            let bodies = &mut *self.bodies;
-            match seq.next_element_seed(Reader { at, bodies })? {
+            if let At::Item(i) = at
+                && i == self.state.max_requests
+            {
+                // Ends the array, or refuses the item there unread.
+                seq.next_element_seed(PastTheLast(&mut *self.state))?;
+                return Ok(Value::Array(list));
+            }
+            let state = &mut *self.state;
+            match seq.next_element_seed(Reader { at, state })? {
                 Some(v) => list.push(v),
                 None => return Ok(Value::Array(list)),
             }
@@ -164,27 +250,29 @@ impl<'de> Visitor<'de> for Reader<'_, 'de> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        self.state.count()?;
         let mut members = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             let value = match (self.at, key.as_str()) {
                 (At::Top, "requests") => {
                     // The last of duplicate members is the one read, as in a `Value`.
-                    self.bodies.clear();
+                    self.state.bodies.clear();
                     map.next_value_seed(Reader {
                         at: At::Requests,
-                        bodies: &mut *self.bodies,
+                        state: &mut *self.state,
                     })?
                 }
                 (At::Item(i), "body") => {
-                    if self.bodies.len() <= i {
-                        self.bodies.resize(i + 1, None);
+                    let bodies = &mut self.state.bodies;
+                    if bodies.len() <= i {
+                        bodies.resize(i + 1, None);
                     }
-                    self.bodies[i] = Some(map.next_value()?);
+                    bodies[i] = Some(map.next_value()?);
                     Value::Null
                 }
                 _ => map.next_value_seed(Reader {
                     at: At::Inside,
-                    bodies: &mut *self.bodies,
+                    state: &mut *self.state,
                 })?,
             };
             members.insert(key, value);
@@ -198,14 +286,43 @@ mod tests {
     use super::*;
 
     fn bodies(json: &str) -> Vec<Option<&str>> {
-        let doc = read(json.as_bytes()).unwrap();
+        let doc = read(json.as_bytes(), 100).unwrap();
         doc.bodies.iter().map(|b| b.map(RawValue::get)).collect()
     }
 
     fn refused(json: &str) -> String {
-        match read(json.as_bytes()) {
+        match read(json.as_bytes(), 100) {
             Err(Problem::InvalidJson { reason, .. }) => reason,
             other => panic!("expected a 400 for {json}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reading_stops_at_the_item_past_max_requests() {
+        // The rest is never read: not even the JSON error at the end is seen.
+        let json = format!("{{\"requests\": [{}{{\"id\": 1,", "{},".repeat(3));
+        match read(json.as_bytes(), 3) {
+            Err(Problem::BatchTooLarge { max: 3 }) => {}
+            other => panic!("expected a 413, got {other:?}"),
+        }
+        assert!(read(br#"{"requests": [{}, {}, {}]}"#, 3).is_ok());
+    }
+
+    #[test]
+    fn values_past_what_max_requests_can_use_are_refused_before_they_are_built() {
+        let budget = value_budget(2);
+        let within = format!(
+            r#"{{"requests": [{{"x": [{}]}}]}}"#,
+            vec!["0"; budget - 4].join(",")
+        );
+        assert!(read(within.as_bytes(), 2).is_ok());
+        let past = format!(
+            r#"{{"requests": [{{"x": [{}]}}]}}"#,
+            vec!["[]"; budget].join(",")
+        );
+        match read(past.as_bytes(), 2) {
+            Err(Problem::BatchInvalid { errors }) => assert_eq!(errors[0].field, ""),
+            other => panic!("expected a 422, got {other:?}"),
         }
     }
 
@@ -222,7 +339,7 @@ mod tests {
                 Some(r#""last""#)
             ]
         );
-        let doc = read(json.as_bytes()).unwrap();
+        let doc = read(json.as_bytes(), 100).unwrap();
         assert_eq!(doc.value["requests"][0]["body"], Value::Null);
         assert_eq!(doc.value["requests"][3]["body"], Value::Null);
         assert_eq!(doc.value["requests2"]["body"], 1);
@@ -231,11 +348,11 @@ mod tests {
     #[test]
     fn an_object_shaped_like_a_serde_json_raw_value_stays_an_object() {
         let json = r#"{"requests": [{"id": {"$serde_json::private::RawValue": "\"a\""}}]}"#;
-        let doc = read(json.as_bytes()).unwrap();
+        let doc = read(json.as_bytes(), 100).unwrap();
         let id = &doc.value["requests"][0]["id"];
         assert_eq!(id.as_object().unwrap().len(), 1, "{id}");
         let json = r#"{"requests": [{"headers": {"$serde_json::private::RawValue": 1}}]}"#;
-        assert!(read(json.as_bytes()).unwrap().value["requests"][0]["headers"].is_object());
+        assert!(read(json.as_bytes(), 100).unwrap().value["requests"][0]["headers"].is_object());
     }
 
     #[test]
@@ -271,7 +388,7 @@ mod tests {
 
     #[test]
     fn the_position_of_a_refusal_is_where_it_happened() {
-        let at = |json: &[u8]| match read(json) {
+        let at = |json: &[u8]| match read(json, 100) {
             Err(Problem::InvalidJson { line, column, .. }) => (line, column),
             other => panic!("{other:?}"),
         };

@@ -31,7 +31,7 @@ pub fn parse<'a>(
     batch_path: &str,
     max_requests: usize,
 ) -> Result<Vec<Item<'a>>, Problem> {
-    let Document { value: doc, bodies } = document::read(bytes)?;
+    let Document { value: doc, bodies } = document::read(bytes, max_requests)?;
     let mut errors = Errors::default();
     let Some(requests) = requests(&doc, &mut errors) else {
         return Err(errors.into_problem());

@@ -613,6 +613,35 @@ async fn a_client_that_takes_none_of_its_answer_is_let_go_after_idle_timeout() {
 }
 
 #[tokio::test]
+async fn an_http2_client_that_grants_its_answers_no_window_is_let_go() {
+    // Its answers cannot be sent, so nothing is ever written that could wait: the connection,
+    // and a slot of max_connections, was held for good. sluice's own refusals cost the client
+    // nothing, and have no upstream deadline to end them.
+    let up = spawn_upstream().await;
+    let server = r#"request_timeout = "300ms"
+idle_timeout = "300ms""#;
+    let sluice = spawn_sluice(&config(server), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS: INITIAL_WINDOW_SIZE = 0.
+    out.extend([0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 0x4, 0, 0, 0, 0]);
+    // HEADERS, END_STREAM | END_HEADERS, stream 1: GET http://a/%zz, in HPACK (static-table
+    // names, literal values), which sluice refuses with a 400 problem.
+    let block = [
+        0x82, 0x86, 0x04, 0x04, b'/', b'%', b'z', b'z', 0x01, 0x01, b'a',
+    ];
+    out.extend([0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);
+    out.extend(block);
+    s.write_all(&out).await.unwrap();
+    let started = Instant::now();
+    let closed = read_to_eof(&mut s);
+    within(Duration::from_secs(3), "the cut-off", closed).await;
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(550), "{took:?}");
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
 async fn a_client_too_slow_to_take_its_answer_within_request_timeout_is_let_go() {
     // It reads, but so slowly that sluice's writes wait on it: hyper then reads no more of the
     // upstream's answer, so only the writes can see the deadline pass.

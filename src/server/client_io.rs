@@ -32,6 +32,18 @@ pub struct ConnState {
     active: AtomicUsize,
     /// The connection's reader, woken when the last request ends so the idle timer starts.
     reader: AtomicWaker,
+    /// Goes up each time an answer hands on a part of its body, or ends: an HTTP/2 connection
+    /// whose answers make no progress is stuck on a client that grants them no window.
+    progress: AtomicUsize,
+}
+
+impl ConnState {
+    /// An answer handed on a part of its body. (A load and a store, not an atomic add: the
+    /// connection and its answers run on one thread.)
+    pub fn progressed(&self) {
+        let n = self.progress.load(Ordering::Relaxed);
+        self.progress.store(n.wrapping_add(1), Ordering::Relaxed);
+    }
 }
 
 /// Marks a request in progress on its connection until dropped (with the response body).
@@ -43,10 +55,16 @@ impl Active {
         state.active.fetch_add(1, Ordering::Relaxed);
         Active(state.clone())
     }
+
+    /// The request's answer handed on a part of its body.
+    pub fn progressed(&self) {
+        self.0.progressed();
+    }
 }
 
 impl Drop for Active {
     fn drop(&mut self) {
+        self.0.progressed();
         if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.0.reader.wake();
         }
@@ -125,6 +143,8 @@ pub struct ClientIo {
     /// Wakes the connection when a waiting write has waited too long; made only once a write
     /// has had to wait.
     write_timer: Option<Pin<Box<Sleep>>>,
+    /// `ConnState::progress` when last looked at.
+    progress: usize,
 }
 
 impl ClientIo {
@@ -149,6 +169,7 @@ impl ClientIo {
             tail: [0; 3],
             h2: None,
             preface: 0,
+            progress: 0,
             replacement: None,
             stalled: None,
             write_timer: None,
@@ -214,18 +235,29 @@ impl ClientIo {
             (Phase::Idle | Phase::Head, true) => {
                 self.phase = Phase::Busy;
                 self.first = false;
+                // HTTP/2: the answers' progress is measured from here (HTTP/1.1 keeps the time
+                // its head began).
+                if self.h2 == Some(true) {
+                    self.since = Instant::now();
+                }
             }
             _ => {}
         }
     }
 
-    /// The deadline of the current phase (none while a request is being answered).
+    /// The deadline of the current phase. While HTTP/1.1 answers a request there is none: a
+    /// write that waits has its own. An HTTP/2 connection whose answers hand on nothing for
+    /// longer than any answer may wait on its upstream, and then `idle_timeout`, has a client
+    /// that grants them no window (as nginx's `send_timeout` bounds such streams).
     fn deadline(&self) -> Option<Instant> {
         match self.phase {
             // Until the first request, a connection has header_read_timeout to send its head.
             Phase::Idle if self.first => Some(self.since + self.limits.header_read_timeout),
             Phase::Idle => Some(self.since + self.limits.idle_timeout),
             Phase::Head => Some(self.since + self.limits.header_read_timeout),
+            Phase::Busy if self.h2 == Some(true) => {
+                Some(self.since + self.limits.answer_timeout + self.limits.idle_timeout)
+            }
             Phase::Busy => None,
         }
     }
@@ -235,6 +267,11 @@ impl ClientIo {
     fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
+            let progress = self.state.progress.load(Ordering::Relaxed);
+            if self.phase == Phase::Busy && progress != self.progress {
+                self.progress = progress;
+                self.since = now;
+            }
             let Some(deadline) = self.deadline() else {
                 return false;
             };
@@ -247,13 +284,20 @@ impl ClientIo {
         false
     }
 
-    /// The timer ran out: an idle connection ends quietly; a half-sent head gets a 408.
+    /// The timer ran out: an idle connection ends quietly; a half-sent head gets a 408; an
+    /// HTTP/2 connection stuck on its answers is cut.
     fn expire(&mut self) -> io::Result<()> {
-        if self.phase == Phase::Head {
-            self.answer(&Problem::HeadTimeout);
-            return Err(io::ErrorKind::TimedOut.into());
+        match self.phase {
+            Phase::Head => {
+                self.answer(&Problem::HeadTimeout);
+                Err(io::ErrorKind::TimedOut.into())
+            }
+            Phase::Busy => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took none of its answers in time",
+            )),
+            Phase::Idle => Ok(()), // end of stream: hyper closes the connection cleanly
         }
-        Ok(()) // end of stream: hyper closes the connection cleanly
     }
 
     /// Writes a problem straight to the socket; best effort, as the connection ends anyway.
@@ -438,7 +482,8 @@ impl AsyncRead for ClientIo {
         this.update_phase();
         if this.phase == Phase::Busy {
             this.state.reader.register(cx.waker());
-        } else if this.timed_out(cx) {
+        }
+        if (this.phase != Phase::Busy || this.h2 == Some(true)) && this.timed_out(cx) {
             return Poll::Ready(this.expire());
         }
         let before = buf.filled().len();

@@ -146,10 +146,7 @@ fn connection(
                 }
                 None => proxy.serve(peer, req).await,
             };
-            Ok::<_, Infallible>(res.map(|body| Answer {
-                body,
-                _active: active,
-            }))
+            Ok::<_, Infallible>(res.map(|body| Answer { body, active }))
         }
     });
     let conn = builder
@@ -182,7 +179,8 @@ fn connection(
 /// has written it and dropped it; the idle timeout starts after that.
 struct Answer {
     body: Body,
-    _active: Active,
+    /// Also counts the answer's progress, for a connection's timer.
+    active: Active,
 }
 
 impl http_body::Body for Answer {
@@ -193,7 +191,12 @@ impl http_body::Body for Answer {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = polled {
+            this.active.progressed();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -279,9 +279,12 @@ fn render_body(headers: &HeaderMap, bytes: &[u8]) -> (Option<&'static str>, Opti
     if bytes.is_empty() {
         return (None, None);
     }
-    let Ok(text) = std::str::from_utf8(bytes) else {
+    let base64 = || {
         let base64 = base64::engine::general_purpose::STANDARD.encode(bytes);
-        return (Some("base64"), Some(Payload::Text(base64)));
+        (Some("base64"), Some(Payload::Text(base64)))
+    };
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return base64();
     };
     // Only one JSON value is embedded; anything else under a JSON type is text.
     // Held to what a batch itself may hold, so that a client's parser can read the 207.
@@ -291,8 +294,23 @@ fn render_body(headers: &HeaderMap, bytes: &[u8]) -> (Option<&'static str>, Opti
         .filter(|_| super::document::holdable(bytes).is_ok());
     match json {
         Some(raw) => (None, Some(Payload::Json(raw.to_owned()))),
+        // Text full of control characters would be up to six times its size as a JSON string
+        // (`\u0001`); base64 is a third more at most.
+        None if escaped_len(bytes) > bytes.len() / 3 * 4 + 4 => base64(),
         None => (None, Some(Payload::Text(text.to_owned()))),
     }
+}
+
+/// The length of `bytes` written as the inside of a JSON string.
+fn escaped_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..0x20 => 6,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// The batch's answers have used up `MAX_BATCH_ANSWERS`.
@@ -357,5 +375,37 @@ fn problem<'a>(
         headers,
         body_encoding: None,
         body: Some(Payload::Problem(p.body(request_id))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_that_would_grow_past_base64_as_a_json_string_is_base64() {
+        let plain = HeaderMap::new();
+        let lines = b"one line\ntwo lines\n\"quoted\"\n";
+        let (encoding, body) = render_body(&plain, lines);
+        assert!(encoding.is_none());
+        assert!(matches!(body, Some(Payload::Text(t)) if t.as_bytes() == lines));
+        let controls = [1u8; 300];
+        let (encoding, body) = render_body(&plain, &controls);
+        assert_eq!(encoding, Some("base64"));
+        let Some(Payload::Text(b64)) = body else {
+            panic!("{body:?}")
+        };
+        assert_eq!(b64.len(), 400);
+        assert_eq!(escaped_len(b"a\x01\"\\\n"), 1 + 6 + 2 + 2 + 2);
+        // JSON goes in as it is, however many quotes it has.
+        let mut json = HeaderMap::new();
+        json.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let list = br#"["a","b","c","d","e","f"]"#;
+        let (encoding, body) = render_body(&json, list);
+        assert!(encoding.is_none());
+        assert!(matches!(body, Some(Payload::Json(_))));
     }
 }

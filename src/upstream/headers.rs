@@ -104,6 +104,36 @@ fn only_chunked(headers: &HeaderMap) -> bool {
     codings == 1 && last.eq_ignore_ascii_case("chunked")
 }
 
+/// Removes a client's `X_Real_IP`, `X_Sluice_Client` and the like: CGI-style servers (WSGI,
+/// PHP) read `_` as `-`, so these would pose as the headers sluice sets, or join their values.
+fn remove_posing(headers: &mut HeaderMap) {
+    const SET_BY_SLUICE: [&str; 5] = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-real-ip",
+        "x-sluice-client",
+    ];
+    let posing: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let name = name.as_str();
+            name.contains('_')
+                && SET_BY_SLUICE.iter().any(|set| {
+                    set.len() == name.len()
+                        && set
+                            .bytes()
+                            .zip(name.bytes())
+                            .all(|(s, n)| s == n || (s == b'-' && n == b'_'))
+                })
+        })
+        .cloned()
+        .collect();
+    for name in posing {
+        headers.remove(name);
+    }
+}
+
 /// The name's place in [`HOP_BY_HOP`]. Comparing text checks lengths first, and most names
 /// differ from all nine in length.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
@@ -114,6 +144,9 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 /// Sets X-Forwarded-For (appending the peer), -Proto and -Host, and X-Real-IP (the client as
 /// sluice determined it). A trusted peer's own -Proto and -Host are kept: it saw the original.
 pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, client: IpAddr) {
+    if headers.keys().any(|name| name.as_str().contains('_')) {
+        remove_posing(headers);
+    }
     let mut buf = [0u8; 64];
     let ip = format_ip(client, &mut buf);
     if let Ok(real) = HeaderValue::try_from(ip) {
@@ -318,6 +351,25 @@ mod tests {
         set_forwarded(&mut h, peer, false, peer);
         let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["198.51.100.1, 203.0.113.9, 192.0.2.7, 10.1.2.3"]);
+    }
+
+    #[test]
+    fn underscore_spellings_of_what_sluice_sets_are_removed() {
+        let mut h = map(&[
+            ("x_sluice_client", "admin"),
+            ("x_real_ip", "6.6.6.6"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_request_id", "kept"),
+            ("x-sluice_clients", "kept"),
+        ]);
+        let peer = "10.1.2.3".parse().unwrap();
+        set_forwarded(&mut h, peer, false, peer);
+        assert!(h.get("x_sluice_client").is_none());
+        assert!(h.get("x_real_ip").is_none());
+        assert!(h.get("x_forwarded_for").is_none());
+        assert_eq!(h["x_request_id"], "kept");
+        assert_eq!(h["x-sluice_clients"], "kept");
+        assert_eq!(h["x-real-ip"], "10.1.2.3");
     }
 
     #[test]

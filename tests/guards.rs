@@ -427,6 +427,28 @@ async fn a_head_over_max_header_bytes_in_two_writes_gets_431_even_when_the_secon
 }
 
 #[tokio::test]
+async fn a_head_pipelined_while_a_request_is_answered_is_held_to_max_header_bytes() {
+    // Read while sluice answered the first request, it went uncounted, and past the limit.
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(r#"max_header_bytes = "2KiB""#), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    s.write_all(b"GET /slow/400 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let big = format!(
+        "GET /second HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(8000)
+    );
+    s.write_all(big.as_bytes()).await.unwrap();
+    let answers = within(Duration::from_secs(3), "both answers", read_to_eof(&mut s)).await;
+    let answers = String::from_utf8_lossy(&answers);
+    assert!(answers.starts_with("HTTP/1.1 200 "), "{answers}");
+    assert!(answers.contains("HTTP/1.1 431 "), "{answers}");
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[tokio::test]
 async fn a_head_of_more_than_100_fields_gets_431_however_small() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(&config(""), &up.url());

@@ -137,7 +137,12 @@ impl Proxy {
         if draining && req.extensions().get::<crate::batch::FromBatch>().is_none() {
             return Err(Problem::Draining);
         }
-        if req.version() == http::Version::HTTP_2 && !h2_head_fits(&req, &app.config.server) {
+        let unmeasured = req.version() == http::Version::HTTP_2
+            || req
+                .extensions()
+                .get::<crate::server::Unmeasured>()
+                .is_some();
+        if unmeasured && !head_fits(&req, &app.config.server) {
             return Err(Problem::HeadTooLarge);
         }
         let has_host = one_host(&req).ok_or(Problem::MalformedHost)?;
@@ -318,15 +323,21 @@ fn contain_panic<'a>(
 /// The most header fields a request head may have, HTTP/1.1's (hyper's) and HTTP/2's alike.
 const MAX_FIELDS: usize = 100;
 
-/// Whether an HTTP/2 head is within the limits an HTTP/1.1 head is held to: 100 fields, and
-/// `max_header_bytes` counted as its HTTP/1.1 form would be. That form has `:authority` as its
-/// `Host` line, and the cookie crumbs (RFC 9113 §8.2.3) joined into one line, as sent upstream.
-fn h2_head_fits(req: &Request<Body>, server: &crate::config::Server) -> bool {
+/// Whether a head the connection did not measure as it arrived (HTTP/2, or HTTP/1.1 read while
+/// an earlier request was answered) is within the limits of one it did: 100 fields, and
+/// `max_header_bytes` counted as its HTTP/1.1 form would be. For HTTP/2, that form has
+/// `:authority` as its `Host` line, and the cookie crumbs (RFC 9113 §8.2.3) joined into one
+/// line, as sent upstream.
+fn head_fits(req: &Request<Body>, server: &crate::config::Server) -> bool {
     let headers = req.headers();
-    let crumbs = headers.get_all(http::header::COOKIE).iter().count();
+    let h2 = req.version() == http::Version::HTTP_2;
+    let crumbs = match h2 {
+        true => headers.get_all(http::header::COOKIE).iter().count(),
+        false => 0,
+    };
     let joined = crumbs.saturating_sub(1);
     let host = match req.uri().authority() {
-        Some(a) if !headers.contains_key(http::header::HOST) => {
+        Some(a) if h2 && !headers.contains_key(http::header::HOST) => {
             "host: \r\n".len() + a.as_str().len()
         }
         _ => 0,

@@ -7,7 +7,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -35,9 +35,25 @@ pub struct ConnState {
     /// Goes up each time an answer hands on a part of its body, or ends: an HTTP/2 connection
     /// whose answers make no progress is stuck on a client that grants them no window.
     progress: AtomicUsize,
+    /// HTTP/1.1 bytes were read while a request was answered: a pipelined head among them
+    /// was not measured as it came, and is checked once parsed.
+    unmeasured: AtomicBool,
 }
 
+/// Marks a request whose head the connection could not measure as it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Unmeasured;
+
 impl ConnState {
+    /// Whether bytes were read unmeasured since the last call.
+    pub fn take_unmeasured(&self) -> bool {
+        let was = self.unmeasured.load(Ordering::Relaxed);
+        if was {
+            self.unmeasured.store(false, Ordering::Relaxed);
+        }
+        was
+    }
+
     /// An answer handed on a part of its body. (A load and a store, not an atomic add: the
     /// connection and its answers run on one thread.)
     pub fn progressed(&self) {
@@ -488,8 +504,12 @@ impl AsyncRead for ClientIo {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
-        if this.phase != Phase::Busy && buf.filled().len() > before {
-            this.saw_head_bytes(&buf.filled()[before..])?;
+        if buf.filled().len() > before {
+            if this.phase != Phase::Busy {
+                this.saw_head_bytes(&buf.filled()[before..])?;
+            } else if this.h2 == Some(false) {
+                this.state.unmeasured.store(true, Ordering::Relaxed);
+            }
         }
         Poll::Ready(Ok(()))
     }

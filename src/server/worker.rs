@@ -21,7 +21,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use super::client_io::{Active, ClientIo, ConnState, Current};
+use super::client_io::{Active, ClientIo, ConnState, Current, Unmeasured};
 use super::reload::Generation;
 use crate::body::{Body, BoxError};
 use crate::config;
@@ -135,8 +135,11 @@ fn connection(
     let io = ClientIo::new(stream, current.clone(), state.clone());
     let current = current.clone();
     let refusing = refused.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let (proxy, active) = (current.load_full(), Active::new(&state));
+        if state.take_unmeasured() {
+            req.extensions_mut().insert(Unmeasured);
+        }
         let refusing = refusing.clone();
         async move {
             let res = match refusing {

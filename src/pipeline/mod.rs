@@ -138,10 +138,7 @@ impl Proxy {
             return Err(Problem::Draining);
         }
         let unmeasured = req.version() == http::Version::HTTP_2
-            || req
-                .extensions()
-                .get::<crate::server::Unmeasured>()
-                .is_some();
+            || req.extensions().get::<Unmeasured>().is_some();
         if unmeasured && !head_fits(&req, &app.config.server) {
             return Err(Problem::HeadTooLarge);
         }
@@ -322,6 +319,11 @@ fn contain_panic<'a>(
 
 /// The most header fields a request head may have, HTTP/1.1's (hyper's) and HTTP/2's alike.
 const MAX_FIELDS: usize = 100;
+
+/// Marks an HTTP/1.1 request whose head its connection could not measure as it arrived: it
+/// was read while an earlier request was answered.
+#[derive(Debug, Clone, Copy)]
+pub struct Unmeasured;
 
 /// Whether a head the connection did not measure as it arrived (HTTP/2, or HTTP/1.1 read while
 /// an earlier request was answered) is within the limits of one it did: 100 fields, and

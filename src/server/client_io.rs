@@ -40,10 +40,6 @@ pub struct ConnState {
     unmeasured: AtomicBool,
 }
 
-/// Marks a request whose head the connection could not measure as it arrived.
-#[derive(Debug, Clone, Copy)]
-pub struct Unmeasured;
-
 impl ConnState {
     /// Whether bytes were read unmeasured since the last call.
     pub fn take_unmeasured(&self) -> bool {

@@ -17,7 +17,6 @@ use std::thread::JoinHandle;
 
 use tokio::sync::watch;
 
-pub use client_io::Unmeasured;
 pub use reload::{ReloadError, Source};
 
 use crate::config::Config;

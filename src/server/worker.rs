@@ -21,11 +21,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use super::client_io::{Active, ClientIo, ConnState, Current, Unmeasured};
+use super::client_io::{Active, ClientIo, ConnState, Current};
 use super::reload::Generation;
 use crate::body::{Body, BoxError};
 use crate::config;
-use crate::pipeline::{Lifecycle, Proxy};
+use crate::pipeline::{Lifecycle, Proxy, Unmeasured};
 
 /// hyper's own read buffer limit, kept well above `max_header_bytes` so that the head limit is
 /// enforced (with a problem body) by `ClientIo` rather than by hyper's bare 431.

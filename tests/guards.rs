@@ -940,6 +940,13 @@ async fn a_body_that_is_not_json_gets_415_naming_the_accepted_types() {
         .body(Full::new(Bytes::from_static(b"<a/>")))
         .unwrap();
     assert_problem(&send(sluice.addr, twice).await, 415);
+    // Where any type goes, a body that either line calls JSON is still checked as JSON.
+    let twice = request(Method::POST, "/any/x")
+        .header("content-type", "text/plain")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{not json")))
+        .unwrap();
+    assert_problem(&send(sluice.addr, twice).await, 400);
     assert!(up.seen().is_empty());
 }
 

@@ -295,8 +295,8 @@ fn render_body(headers: &HeaderMap, bytes: &[u8]) -> (Option<&'static str>, Opti
     match json {
         Some(raw) => (None, Some(Payload::Json(raw.to_owned()))),
         // Text full of control characters would be up to six times its size as a JSON string
-        // (`\u0001`); base64 is a third more at most.
-        None if escaped_len(bytes) > bytes.len() / 3 * 4 + 4 => base64(),
+        // (`\u0001`); quotes, tabs and newlines at most double it.
+        None if escaped_len(bytes) > bytes.len() * 2 => base64(),
         None => (None, Some(Payload::Text(text.to_owned()))),
     }
 }
@@ -385,7 +385,7 @@ mod tests {
     #[test]
     fn text_that_would_grow_past_base64_as_a_json_string_is_base64() {
         let plain = HeaderMap::new();
-        let lines = b"one line\ntwo lines\n\"quoted\"\n";
+        let lines = b"\"1\",\"a\"\n\"2\",\"b\"\n0\t0\t0\n1\t7\t3\n";
         let (encoding, body) = render_body(&plain, lines);
         assert!(encoding.is_none());
         assert!(matches!(body, Some(Payload::Text(t)) if t.as_bytes() == lines));

@@ -43,8 +43,12 @@ pub fn check_head(route: &Route, headers: &HeaderMap, has_body: bool) -> Result<
 }
 
 /// Whether the body's Content-Type is JSON (`application/json` or `application/*+json`).
+/// Any line counts: a body that one of them calls JSON is checked as JSON.
 pub fn is_json(headers: &HeaderMap) -> bool {
-    content_type(headers).is_some_and(|v| json_essence(essence(v)))
+    headers
+        .get_all(CONTENT_TYPE)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|v| json_essence(essence(v))))
 }
 
 /// The one Content-Type a message has. A second line makes it none: RFC 9110 allows one, and

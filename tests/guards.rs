@@ -446,6 +446,59 @@ async fn a_head_pipelined_while_a_request_is_answered_is_held_to_max_header_byte
     assert!(answers.starts_with("HTTP/1.1 200 "), "{answers}");
     assert!(answers.contains("HTTP/1.1 431 "), "{answers}");
     assert_eq!(up.seen().len(), 1);
+    // Behind a small one in the same write, whether a request is being answered or not.
+    let small = "GET /third HTTP/1.1\r\nHost: x\r\n\r\n";
+    for slow in [true, false] {
+        let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+        if slow {
+            s.write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s.write_all(format!("{small}{big}").as_bytes())
+            .await
+            .unwrap();
+        let answers = within(Duration::from_secs(3), "answers", read_to_eof(&mut s)).await;
+        let answers = String::from_utf8_lossy(&answers);
+        let statuses: Vec<_> = answers
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &answers[i + 9..i + 12])
+            .collect();
+        let expected: &[&str] = if slow {
+            &["200", "200", "431"]
+        } else {
+            &["200", "431"]
+        };
+        assert_eq!(statuses, expected, "{answers}");
+    }
+    assert!(up.seen().iter().all(|r| r.uri != "/second"));
+}
+
+#[tokio::test]
+async fn a_head_after_a_body_on_a_kept_alive_connection_is_measured_as_it_came() {
+    // Written without spaces after the colons, it is exactly max_header_bytes long; a
+    // re-measure from the parsed fields would take it for longer.
+    let up = spawn_upstream().await;
+    let sluice = spawn_sluice(&config(r#"max_header_bytes = "1KiB""#), &up.url());
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    s.write_all(
+        b"POST /any/a HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"ok").await.unwrap();
+    assert_eq!(read_answer(&mut s).await.status, 200);
+    let mut head = String::from("GET /b HTTP/1.1\r\nHost:x\r\n");
+    for i in 0..10 {
+        head.push_str(&format!("X-F{i}:{}\r\n", "v".repeat(80)));
+    }
+    let pad = 1024 - head.len() - "X-Pad:\r\n\r\n".len();
+    head.push_str(&format!("X-Pad:{}\r\n\r\n", "p".repeat(pad)));
+    assert_eq!(head.len(), 1024);
+    s.write_all(head.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut s).await.status, 200);
 }
 
 #[tokio::test]

@@ -349,9 +349,11 @@ fn head_fits(req: &Request<Body>, server: &crate::config::Server) -> bool {
     }
     let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
     let line = req.method().as_str().len() + target + " HTTP/1.1\r\n".len();
+    // An HTTP/1.1 field may have been written without the space after its colon.
+    let framing = if h2 { ": \r\n".len() } else { ":\r\n".len() };
     let fields: usize = headers
         .iter()
-        .map(|(name, value)| name.as_str().len() + ": \r\n".len() + value.len())
+        .map(|(name, value)| name.as_str().len() + framing + value.len())
         .sum();
     // A crumb joined to the one before it is "; " where it had a name and a line of its own.
     let saved = joined * ("cookie: \r\n".len() - "; ".len());

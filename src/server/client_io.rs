@@ -35,19 +35,16 @@ pub struct ConnState {
     /// Goes up each time an answer hands on a part of its body, or ends: an HTTP/2 connection
     /// whose answers make no progress is stuck on a client that grants them no window.
     progress: AtomicUsize,
-    /// HTTP/1.1 bytes were read while a request was answered: a pipelined head among them
-    /// was not measured as it came, and is checked once parsed.
+    /// HTTP/1.1 bytes were read that no head measure saw (while a request was answered, or
+    /// past the end of a head): the heads parsed from them are checked once parsed, until the
+    /// next head is measured as it comes.
     unmeasured: AtomicBool,
 }
 
 impl ConnState {
-    /// Whether bytes were read unmeasured since the last call.
-    pub fn take_unmeasured(&self) -> bool {
-        let was = self.unmeasured.load(Ordering::Relaxed);
-        if was {
-            self.unmeasured.store(false, Ordering::Relaxed);
-        }
-        was
+    /// Whether the request being parsed may come from bytes no head measure saw.
+    pub fn unmeasured(&self) -> bool {
+        self.unmeasured.load(Ordering::Relaxed)
     }
 
     /// An answer handed on a part of its body. (A load and a store, not an atomic add: the
@@ -360,6 +357,7 @@ impl ClientIo {
             self.phase = Phase::Head;
             self.head_bytes = Some(0);
             self.tail = [0; 3];
+            self.state.unmeasured.store(false, Ordering::Relaxed);
             // The first head's time runs from the connection's start, not from its first byte.
             if !self.first {
                 self.since = Instant::now();
@@ -367,6 +365,8 @@ impl ClientIo {
             self.follow_reload();
         }
         let Some(so_far) = self.head_bytes else {
+            // Past the end of the head: a body, or the next heads.
+            self.state.unmeasured.store(true, Ordering::Relaxed);
             return Ok(());
         };
         // Most reads end exactly at the end of a head: then it is complete, and within the
@@ -384,6 +384,9 @@ impl ClientIo {
             ));
         }
         self.head_bytes = if complete { None } else { Some(so_far + len) };
+        if complete && len < new.len() {
+            self.state.unmeasured.store(true, Ordering::Relaxed);
+        }
         self.tail = last_three(&self.tail, new);
         Ok(())
     }

@@ -137,7 +137,7 @@ fn connection(
     let refusing = refused.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let (proxy, active) = (current.load_full(), Active::new(&state));
-        if state.take_unmeasured() {
+        if state.unmeasured() {
             req.extensions_mut().insert(Unmeasured);
         }
         let refusing = refusing.clone();

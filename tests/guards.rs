@@ -305,6 +305,17 @@ async fn a_bad_head_after_a_good_request_on_the_same_connection_gets_the_400_pro
     let second = within(Duration::from_secs(2), "400", read_answer(&mut s)).await;
     assert_problem(&second, 400);
     assert_eq!(up.seen().len(), 1);
+    // Sent while the first was still being answered: hyper's bare 400 went out unreplaced.
+    let mut s = TcpStream::connect(sluice.addr).await.unwrap();
+    s.write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"GARBAGE\r\n\r\n").await.unwrap();
+    let first = within(Duration::from_secs(2), "200", read_answer(&mut s)).await;
+    assert_eq!(first.status, 200);
+    let second = within(Duration::from_secs(2), "400", read_answer(&mut s)).await;
+    assert_problem(&second, 400);
 }
 
 // ---- 2. idle keep-alive ----------------------------------------------------------------------

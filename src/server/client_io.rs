@@ -407,11 +407,13 @@ impl ClientIo {
     }
 
     /// Whether a write now may be hyper's answer to a head it could not parse: bytes of an
-    /// HTTP/1 head were read since the last request. A cheap test, so that answers to requests
+    /// HTTP/1 head were read since the last request, or bytes no head measure saw. A cheap test, so that answers to requests
     /// rarely need `bare_answer` (one whose flush waited while the next request's bytes
     /// arrived passes this test too).
     fn head_unparsed(&self) -> bool {
-        self.replacement.is_some() || (self.h2 == Some(false) && self.phase == Phase::Head)
+        self.replacement.is_some()
+            || (self.h2 == Some(false)
+                && (self.phase == Phase::Head || self.state.unmeasured.load(Ordering::Relaxed)))
     }
 
     /// Whether `data` is to be replaced: hyper's bare answer to a head it could not parse, or

@@ -315,8 +315,8 @@ impl Problem {
     }
 
     /// The problem as raw HTTP/1.1 bytes, for answers written before any request was parsed
-    /// (the connection closes right after).
-    pub fn to_http1(&self, id_header: &HeaderName, request_id: &str) -> Vec<u8> {
+    /// (the connection closes right after), and the length of its body.
+    pub fn to_http1(&self, id_header: &HeaderName, request_id: &str) -> (Vec<u8>, usize) {
         let body = self.body(request_id).to_string();
         let status = self.status();
         let head = format!(
@@ -325,7 +325,8 @@ impl Problem {
             status.canonical_reason().unwrap_or(""),
             body.len()
         );
-        [head.into_bytes(), body.into_bytes()].concat()
+        let len = body.len();
+        ([head.into_bytes(), body.into_bytes()].concat(), len)
     }
 }
 
@@ -444,7 +445,8 @@ mod tests {
     #[test]
     fn raw_http1_answers_are_complete_messages() {
         let header = HeaderName::from_static("x-request-id");
-        let raw = String::from_utf8(Problem::HeadTimeout.to_http1(&header, "id-1")).unwrap();
+        let (bytes, _) = Problem::HeadTimeout.to_http1(&header, "id-1");
+        let raw = String::from_utf8(bytes).unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 408 Request Timeout\r\n"));
         assert!(head.contains(&format!("content-length: {}", body.len())));

@@ -321,15 +321,14 @@ fn contain_panic<'a>(
 const MAX_FIELDS: usize = 100;
 
 /// Marks an HTTP/1.1 request whose head its connection could not measure as it arrived: it
-/// was read while an earlier request was answered.
+/// was read while an earlier request was answered, or behind another head in one read.
 #[derive(Debug, Clone, Copy)]
 pub struct Unmeasured;
 
-/// Whether a head the connection did not measure as it arrived (HTTP/2, or HTTP/1.1 read while
-/// an earlier request was answered) is within the limits of one it did: 100 fields, and
-/// `max_header_bytes` counted as its HTTP/1.1 form would be. For HTTP/2, that form has
-/// `:authority` as its `Host` line, and the cookie crumbs (RFC 9113 §8.2.3) joined into one
-/// line, as sent upstream.
+/// Whether a head the connection did not measure as it arrived (HTTP/2, or an `Unmeasured`
+/// HTTP/1.1 one) is within the limits of one it did: 100 fields, and `max_header_bytes`
+/// counted as its HTTP/1.1 form would be. For HTTP/2, that form has `:authority` as its
+/// `Host` line, and the cookie crumbs (RFC 9113 §8.2.3) joined into one line, as sent upstream.
 fn head_fits(req: &Request<Body>, server: &crate::config::Server) -> bool {
     let headers = req.headers();
     let h2 = req.version() == http::Version::HTTP_2;

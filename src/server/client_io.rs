@@ -319,11 +319,7 @@ impl ClientIo {
     fn problem_bytes(&self, problem: &Problem) -> Vec<u8> {
         let id = self.proxy.new_request_id();
         let header = &self.proxy.app.config.headers.request_id;
-        let bytes = problem.to_http1(header, id.to_str().unwrap_or_default());
-        let body = bytes
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(0, |at| bytes.len() - at - 4);
+        let (bytes, body) = problem.to_http1(header, id.to_str().unwrap_or_default());
         let status = problem.status();
         self.proxy
             .answered_alone(None, &id, status, body as u64, self.since);
@@ -407,9 +403,9 @@ impl ClientIo {
     }
 
     /// Whether a write now may be hyper's answer to a head it could not parse: bytes of an
-    /// HTTP/1 head were read since the last request, or bytes no head measure saw. A cheap test, so that answers to requests
-    /// rarely need `bare_answer` (one whose flush waited while the next request's bytes
-    /// arrived passes this test too).
+    /// HTTP/1 head were read since the last request, or bytes no head measure saw. A cheap
+    /// test, so that answers to requests rarely need `bare_answer` (one whose flush waited
+    /// while the next request's bytes arrived passes this test too).
     fn head_unparsed(&self) -> bool {
         self.replacement.is_some()
             || (self.h2 == Some(false)

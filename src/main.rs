@@ -18,14 +18,14 @@ fn main() -> ExitCode {
     match &args.command {
         None => match args.load_config() {
             Ok(config) => serve(config, args.source(), args.log_format),
-            Err(e) => fatal(args.log_format, &format!("invalid config:\n{e}")),
+            Err(e) => config_error(args.log_format, &e),
         },
         Some(Command::Check) => match args.load_config() {
             Ok(config) => {
                 say(&format!("{}config OK\n", config.summary()));
                 ExitCode::SUCCESS
             }
-            Err(e) => config_error(&e),
+            Err(e) => config_error(LogFormat::Text, &e),
         },
         Some(Command::HashKey) => match cli::hash_key(std::io::stdin()) {
             Ok(hex) => {
@@ -42,7 +42,7 @@ fn main() -> ExitCode {
                     cli::health_url(s.admin_listen.unwrap())
                 }
                 (None, Ok(_)) => return fail("the admin listener is off; pass --url"),
-                (None, Err(e)) => return config_error(&e),
+                (None, Err(e)) => return config_error(LogFormat::Text, &e),
             };
             cli::probe(&url).map_or_else(|e| fail(&e), |()| ExitCode::SUCCESS)
         }
@@ -65,7 +65,7 @@ fn demo(args: &Args) -> ExitCode {
     };
     let config = match args.load_with(&overrides) {
         Ok(c) => c,
-        Err(e) => return fatal(args.log_format, &format!("invalid config:\n{e}")),
+        Err(e) => return config_error(args.log_format, &e),
     };
     say(&format!(
         "sluice demo: proxy on http://{} in front of a demo API on http://{api}\ntry:\n{}\n\n",
@@ -120,8 +120,9 @@ fn say(text: &str) {
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
-fn config_error(e: &sluice::config::ConfigError) -> ExitCode {
-    fail(&format!("invalid config:\n{e}"))
+/// A config that does not validate; plain text for a person (`check`), else as `fatal`.
+fn config_error(log: LogFormat, e: &sluice::config::ConfigError) -> ExitCode {
+    fatal(log, &format!("invalid config:\n{e}"))
 }
 
 /// Why the server could not start. With JSON logs it is a log line like any other, so that a

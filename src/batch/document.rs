@@ -184,6 +184,14 @@ impl<'de> DeserializeSeed<'de> for Reader<'_, 'de> {
     }
 }
 
+impl Reader<'_, '_> {
+    /// A value with nothing inside, counted against the budget.
+    fn leaf<E: Error>(self, v: Value) -> Result<Value, E> {
+        self.state.count()?;
+        Ok(v)
+    }
+}
+
 impl<'de> Visitor<'de> for Reader<'_, 'de> {
     type Value = Value;
 
@@ -192,38 +200,31 @@ impl<'de> Visitor<'de> for Reader<'_, 'de> {
     }
 
     fn visit_unit<E: Error>(self) -> Result<Value, E> {
-        self.state.count()?;
-        Ok(Value::Null)
+        self.leaf(Value::Null)
     }
 
     fn visit_bool<E: Error>(self, v: bool) -> Result<Value, E> {
-        self.state.count()?;
-        Ok(v.into())
+        self.leaf(v.into())
     }
 
     fn visit_i64<E: Error>(self, v: i64) -> Result<Value, E> {
-        self.state.count()?;
-        Ok(v.into())
+        self.leaf(v.into())
     }
 
     fn visit_u64<E: Error>(self, v: u64) -> Result<Value, E> {
-        self.state.count()?;
-        Ok(v.into())
+        self.leaf(v.into())
     }
 
     fn visit_f64<E: Error>(self, v: f64) -> Result<Value, E> {
-        self.state.count()?;
-        Ok(v.into())
+        self.leaf(v.into())
     }
 
     fn visit_str<E: Error>(self, v: &str) -> Result<Value, E> {
-        self.state.count()?;
-        Ok(v.into())
+        self.leaf(v.into())
     }
 
     fn visit_string<E: Error>(self, v: String) -> Result<Value, E> {
-        self.state.count()?;
-        Ok(v.into())
+        self.leaf(v.into())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {

@@ -12,8 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use http::header::{
-    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName,
-    HeaderValue,
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue,
 };
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -26,12 +25,13 @@ use super::parse::Item;
 use crate::body::{Body, BoxError};
 use crate::pipeline::{Proxy, X_API_KEY, is_json};
 use crate::problem::Problem;
+use crate::upstream::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// The largest item response a batch carries; beyond it the item is answered 502.
 const MAX_ITEM_RESPONSE: usize = 8 << 20;
 
 /// What the answers of one batch may hold in all, as the 207 holds them at once (and text
-/// may grow sixfold as JSON); an answer past it is answered 502 as one too large.
+/// may double as JSON); an answer past it is answered 502 as one too large.
 const MAX_BATCH_ANSWERS: usize = 16 << 20;
 
 /// One item's answer, as it appears in the 207 (members in this order).
@@ -176,9 +176,6 @@ fn start_ready<'a, F: Future>(
 /// The item as a request of its own: its method, path, headers and body, with the batch's
 /// credentials and client headers (which an item cannot override).
 fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
-    static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-    static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
     let mut headers = HeaderMap::with_capacity(item.headers.len() + 4);
     for (name, value) in &item.headers {
         headers.append(name.clone(), value.clone());
@@ -383,7 +380,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn text_that_would_grow_past_base64_as_a_json_string_is_base64() {
+    fn text_that_would_more_than_double_as_a_json_string_is_base64() {
         let plain = HeaderMap::new();
         let lines = b"\"1\",\"a\"\n\"2\",\"b\"\n0\t0\t0\n1\t7\t3\n";
         let (encoding, body) = render_body(&plain, lines);

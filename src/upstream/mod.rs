@@ -8,7 +8,9 @@ mod retry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub use headers::{set_forwarded, strip_hop_by_hop};
+pub use headers::{
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, set_forwarded, strip_hop_by_hop,
+};
 pub use pool::{Pool, ResponseBody, fired};
 
 use futures_util::future;

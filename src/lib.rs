@@ -13,6 +13,7 @@
 //! - [`problem`]: every status sluice produces itself, as RFC 9457 problem details.
 //! - [`config`]: the TOML file, checked once into typed values.
 //! - [`body`]: the body type that flows through, both ways.
+//! - [`flat`]: small answers and requests written to their sockets as one plain write.
 //! - [`cli`] and [`demo`]: the command line and the built-in demo API.
 
 pub mod alloc;
@@ -21,6 +22,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod flat;
 pub mod limiter;
 pub mod metrics;
 pub mod pipeline;

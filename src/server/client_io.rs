@@ -543,7 +543,7 @@ impl AsyncWrite for ClientIo {
                 return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
             }
         }
-        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        let polled = crate::flat::poll_write_flat(Pin::new(&mut this.stream), cx, bufs);
         this.wrote(cx, polled)
     }
 

@@ -19,6 +19,7 @@ use tokio::time::Sleep;
 use super::{UpstreamError, Upstreams, retry};
 use crate::body::{Body, BoxError};
 use crate::config::Target;
+use crate::flat::FlatWrites;
 use crate::metrics::Metrics;
 
 /// Idle connections kept per target and worker; beyond this a finished connection is closed.
@@ -213,7 +214,7 @@ async fn connect(target: &Target, timeout: Duration) -> std::io::Result<SendRequ
     let stream = super::open(target, timeout).await?;
     stream.set_nodelay(true)?;
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(TokioIo::new(FlatWrites(stream)))
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(async move {

@@ -17,8 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Writes of up to this many bytes in all are copied into one buffer on the stack.
 const FLAT: usize = 4096;
 
-/// Writes `bufs` as `poll_write_vectored` would: one non-empty slice, or several that fit in
-/// [`FLAT`] together, as one plain write; anything larger as a vectored write, uncopied.
+/// Writes `bufs` as `poll_write_vectored` would: one non-empty slice, or several that fit in 4 KiB
+/// together, as one plain write; anything larger as a vectored write, uncopied.
 pub fn poll_write_flat<W: AsyncWrite + ?Sized>(
     io: Pin<&mut W>,
     cx: &mut Context<'_>,

@@ -23,6 +23,20 @@ const HOP_BY_HOP: [&str; 9] = [
     "proxy-authorization",
 ];
 
+/// [`HOP_BY_HOP`] as header names, in the same order, for removing those found: a name
+/// given as text would be parsed again on every removal.
+static HOP_BY_HOP_NAMES: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
 /// A message whose `Transfer-Encoding` names a coding other than `chunked`. sluice frames each
 /// body itself, so such a coding would reach the other side undeclared.
 #[derive(Debug, PartialEq, Eq)]
@@ -71,7 +85,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), UnknownCoding> {
     for name in named {
         headers.remove(name);
     }
-    for (i, &name) in HOP_BY_HOP.iter().enumerate() {
+    for (i, name) in HOP_BY_HOP_NAMES.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
@@ -220,6 +234,13 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_names_removed_are_the_names_found() {
+        for (text, name) in HOP_BY_HOP.iter().zip(&HOP_BY_HOP_NAMES) {
+            assert_eq!(name.as_str(), *text);
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -310,7 +310,7 @@ async fn a_bad_head_after_a_good_request_on_the_same_connection_gets_the_400_pro
     s.write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    up.wait_for(2).await;
     s.write_all(b"GARBAGE\r\n\r\n").await.unwrap();
     // Both answers may come in one read: take all, up to the close after the 400.
     let answers = within(Duration::from_secs(2), "answers", read_to_eof(&mut s)).await;
@@ -452,7 +452,7 @@ async fn a_head_pipelined_while_a_request_is_answered_is_held_to_max_header_byte
     s.write_all(b"GET /slow/400 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    up.wait_for(1).await;
     let big = format!(
         "GET /second HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(8000)

@@ -172,7 +172,7 @@ async fn a_request_its_client_abandons_leaves_no_one_in_flight_and_counts_as_499
         .write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    up.wait_for(1).await;
     drop(client); // before the upstream answers
     tokio::time::sleep(Duration::from_millis(400)).await;
     let text =

@@ -15,7 +15,7 @@ async fn an_in_flight_request_finishes_after_shutdown_begins() {
     let admin = sluice.admin.unwrap();
     assert_eq!(get(admin, "/readyz").await.status, 200);
     let slow = tokio::spawn(async move { get(addr, "/slow/600").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    up.wait_for(1).await;
 
     let started = Instant::now();
     let stopped = sluice.shutdown();
@@ -48,7 +48,7 @@ async fn a_batch_accepted_before_shutdown_runs_all_its_items() {
         {"id": "c", "method": "GET", "path": "/x", "depends_on": ["b"]}
     ]}"#;
     let running = tokio::spawn(async move { send(addr, post_json("/batch", batch)).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    up.wait_for(1).await;
     let stopped = sluice.shutdown();
     let res = running.await.unwrap();
     assert_eq!(res.status, 207);
@@ -77,7 +77,7 @@ async fn drain_timeout_bounds_the_wait() {
             .body(http_body_util::Empty::<bytes::Bytes>::new());
         sender.send_request(req.unwrap()).await
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    up.wait_for(1).await;
     let started = Instant::now();
     sluice.shutdown().await.unwrap();
     let waited = started.elapsed();
@@ -115,7 +115,7 @@ async fn the_binary_drains_on_sigterm_and_exits_0() {
     let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
     wait_for_listener(admin_addr).await;
     let slow = tokio::spawn(async move { get(addr, "/slow/500").await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    up.wait_for(1).await;
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -150,7 +150,7 @@ async fn a_second_sigterm_a_second_later_cuts_the_drain_short() {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     // Holds the drain open for 20 s, far longer than the test waits.
     let _slow = tokio::spawn(async move { get(addr, "/slow/20000").await });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    up.wait_for(1).await;
     let pid = child.id().to_string();
     let term = || {
         let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();

@@ -49,6 +49,18 @@ impl Upstream {
     pub fn last(&self) -> Seen {
         self.seen().pop().expect("the upstream saw no request")
     }
+
+    /// Waits (up to 5 s) until `n` requests have arrived: a request sent from another task is
+    /// then surely in flight, however late that task ran on a busy machine.
+    pub async fn wait_for(&self, n: usize) {
+        for _ in 0..500 {
+            if self.seen.lock().unwrap().len() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the upstream saw fewer than {n} requests");
+    }
 }
 
 pub async fn spawn_upstream() -> Upstream {

@@ -5,7 +5,8 @@ Everything runs on 127.0.0.1: an upstream (nginx, 1 worker, a small JSON body), 
 it sluice, nginx (limit_req keyed by X-Api-Key) and HAProxy (a stick table keyed by X-Api-Key).
 wrk loads each proxy in turn (A B C, A B C, ...) with a Lua script rotating X-Api-Key over N
 keys; the table gives per proxy the median req/s, p50 and p99 over the rounds, sluice's ratio
-to each peer, and the proxy's CPU time per request split into user and kernel (system) time.
+to each peer (of the medians, and the median of the rounds' own ratios), and the proxy's CPU
+time per request split into user and kernel (system) time.
 The pass table also has a `direct` row, wrk straight to the upstream: the most this box can do
 without a proxy in the way (its CPU column is the upstream's).
 
@@ -22,6 +23,7 @@ Every process started here is stopped on exit (also on Ctrl-C or SIGTERM).
 """
 
 import argparse
+import math
 import os
 import re
 import shutil
@@ -381,13 +383,22 @@ def summarize(scenario, workers, runs):
         med[name]["ok"] = 1 - sum(r["non2xx"] for r in rs) / max(1, sum(r["total"] for r in rs))
         med[name]["all_rps"] = [round(r["rps"]) for r in rs]
     print(f"\n### {scenario}, {workers} worker(s): median of {len(runs['sluice'])} rounds\n")
+    # Two ratios: of the medians, and the median of each round's own ratio. The proxies of a
+    # round run one after the other, so a slow spell of the machine that spans a round
+    # cancels out of the second; it is the steadier of the two on a noisy machine.
     print("| proxy | req/s | p50 ms | p99 ms | 2xx share | sluice/peer req/s "
-          "| CPU µs/req (user + sys) | rounds req/s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| sluice/peer per round | CPU µs/req (user + sys) | rounds req/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, m in med.items():
-        ratio = "" if name == "sluice" else f"{med['sluice']['rps'] / m['rps']:.2f}"
+        ratio = paired = ""
+        if name != "sluice":
+            ratio = f"{med['sluice']['rps'] / m['rps']:.2f}"
+            rounds = zip(runs["sluice"], runs[name])
+            each = [s["rps"] / r["rps"] if r["rps"] else math.inf for s, r in rounds]
+            paired = f"{statistics.median(each):.2f}"
         print(f"| {name} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | "
-              f"{m['ok']:.3f} | {ratio} | {m['cpu_us']:.1f} ({m['user_us']:.1f} + {m['sys_us']:.1f}) | "
+              f"{m['ok']:.3f} | {ratio} | {paired} | "
+              f"{m['cpu_us']:.1f} ({m['user_us']:.1f} + {m['sys_us']:.1f}) | "
               f"{' '.join(map(str, m['all_rps']))} |")
     sys.stdout.flush()
     return med

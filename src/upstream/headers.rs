@@ -43,9 +43,10 @@ static HOP_BY_HOP_NAMES: [HeaderName; 9] = [
 pub struct UnknownCoding;
 
 /// Removes hop-by-hop headers, including those the `Connection` header names (but never
-/// `Host`, `Content-Type` or `Content-Length`). A message with `Transfer-Encoding` also loses its `Content-Length`, which the
-/// coding overrides (RFC 9112 §6.3) and which no longer describes the body sent on. All are
-/// removed either way; the error says that the coding was not `chunked` alone.
+/// `Host`, `Content-Type` or `Content-Length`). A message with `Transfer-Encoding` also loses
+/// its `Content-Length`, which the coding overrides (RFC 9112 §6.3) and which no longer
+/// describes the body sent on. All are removed either way; the error says that the coding was
+/// not `chunked` alone.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Result<(), UnknownCoding> {
     // One pass over the names finds the few present; removing only those saves hashing all
     // nine names for every message.

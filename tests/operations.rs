@@ -154,7 +154,7 @@ async fn open_connections_and_in_flight_requests_are_gauged() {
     let sluice = spawn_sluice(SMALL, &up.url());
     let addr = sluice.addr;
     let slow = tokio::spawn(async move { get(addr, "/slow/500").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    up.wait_for(1).await;
     let text =
         String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap();
     assert_eq!(metric_value(&text, "sluice_requests_in_flight"), 1.0);

@@ -182,7 +182,7 @@ fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
     }
     // What says who the client is comes from the batch, every line of it: a trusted proxy may
     // have added a line of its own after the client's.
-    let batchs = [
+    let from_batch = [
         &AUTHORIZATION,
         &X_API_KEY,
         &HOST,
@@ -191,10 +191,10 @@ fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
         &X_FORWARDED_HOST,
     ];
     headers.remove(CONTENT_LENGTH);
-    for name in batchs {
+    for name in from_batch {
         headers.remove(name);
     }
-    for name in batchs {
+    for name in from_batch {
         for value in batch.get_all(name) {
             headers.append(name.clone(), value.clone());
         }

@@ -332,9 +332,10 @@ pub struct Unmeasured;
 fn head_fits(req: &Request<Body>, server: &crate::config::Server) -> bool {
     let headers = req.headers();
     let h2 = req.version() == http::Version::HTTP_2;
-    let crumbs = match h2 {
-        true => headers.get_all(http::header::COOKIE).iter().count(),
-        false => 0,
+    let crumbs = if h2 {
+        headers.get_all(http::header::COOKIE).iter().count()
+    } else {
+        0
     };
     let joined = crumbs.saturating_sub(1);
     let host = match req.uri().authority() {

@@ -31,6 +31,18 @@ pub struct Args {
     /// Worker threads; 0 = one per core.
     #[arg(long, env = "SLUICE_WORKERS", global = true)]
     pub workers: Option<usize>,
+    /// Redis URL for shared limits (`store.url`); redis:// or rediss://.
+    #[arg(long, env = "SLUICE_STORE_URL", hide_env_values = true, global = true)]
+    pub store_url: Option<String>,
+    /// The secret client keys are hashed under in Redis (`store.key_secret`); prefer the
+    /// variable to the flag, which other users of the machine can read.
+    #[arg(
+        long,
+        env = "SLUICE_STORE_KEY_SECRET",
+        hide_env_values = true,
+        global = true
+    )]
+    pub store_key_secret: Option<String>,
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "SLUICE_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -74,6 +86,8 @@ impl Args {
                 .filter(|u| !u.is_empty())
                 .collect(),
             workers: self.workers,
+            store_url: self.store_url.clone(),
+            store_key_secret: self.store_key_secret.clone(),
         }
     }
 

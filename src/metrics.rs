@@ -15,7 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::config::Config;
-use crate::limiter::LimitKind;
+use crate::limiter::{CALL_BUCKETS, Health, LimitKind};
 
 /// Method label values; anything else is `other`.
 const METHODS: [&str; 8] = [
@@ -284,6 +284,8 @@ pub struct Live {
     pub metrics: Arc<Metrics>,
     pub connections: u64,
     pub tracked_keys: u64,
+    /// The limiter's store, and its calls when it is remote.
+    pub store: Health,
     /// Reloads that took effect, and reloads refused.
     pub reloads: [u64; 2],
 }
@@ -331,6 +333,7 @@ impl Collector for Live {
             "Client keys the limiter holds state for.",
             keys,
         )?;
+        encode_store(&self.store, &mut enc)?;
         let mut reloads = enc.encode_descriptor(
             "sluice_config_reloads",
             "Config reloads by result.",
@@ -462,6 +465,63 @@ fn encode_errors(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
     Ok(())
 }
 
+/// The limiter's store: up or not, and (for Redis) its calls, their latency and fallbacks.
+fn encode_store(h: &Health, enc: &mut Enc) -> Result<(), std::fmt::Error> {
+    let mut up = enc.encode_descriptor(
+        "sluice_store_up",
+        "1 while the limiter's store answers (always, in memory).",
+        None,
+        MetricType::Gauge,
+    )?;
+    up.encode_family(&[("kind", h.kind)])?
+        .encode_gauge(&i64::from(h.up))?;
+    let help = "Calls to the shared limiter store, by result.";
+    let mut calls = enc.encode_descriptor("sluice_store_calls", help, None, MetricType::Counter)?;
+    for (i, result) in ["ok", "error", "timeout"].iter().enumerate() {
+        calls
+            .encode_family(&[("result", *result)])?
+            .encode_counter::<NoLabelSet, _, u64>(&h.calls[i], None)?;
+    }
+    let unit = prometheus_client::registry::Unit::Seconds;
+    let help = "Time a call to the shared limiter store took.";
+    let mut latency = enc.encode_descriptor(
+        "sluice_store_call_duration",
+        help,
+        Some(&unit),
+        MetricType::Histogram,
+    )?;
+    let mut buckets: Vec<(f64, u64)> = CALL_BUCKETS.iter().copied().zip(h.latency).collect();
+    let count: u64 = h.calls.iter().sum();
+    let finite: u64 = buckets.iter().map(|(_, n)| n).sum();
+    buckets.push((f64::INFINITY, count.saturating_sub(finite)));
+    let sum = h.latency[CALL_BUCKETS.len()] as f64 / 1e6;
+    latency.encode_histogram::<NoLabelSet>(sum, count.max(finite), &buckets, None)?;
+    let help = "Times the shared limiter store became unreachable (each episode once).";
+    enc.encode_descriptor("sluice_store_fallbacks", help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&h.fallbacks, None)?;
+    let help = "Checks decided by store.on_error while the shared store was unreachable.";
+    enc.encode_descriptor(
+        "sluice_store_fallback_checks",
+        help,
+        None,
+        MetricType::Counter,
+    )?
+    .encode_counter::<NoLabelSet, _, u64>(&h.fallback_checks, None)?;
+    let help = "Checks answered on this replica without a call: a held refusal or a leased token.";
+    let mut local = enc.encode_descriptor(
+        "sluice_store_local_answers",
+        help,
+        None,
+        MetricType::Counter,
+    )?;
+    for (i, answer) in ["refusal", "lease"].iter().enumerate() {
+        local
+            .encode_family(&[("answer", *answer)])?
+            .encode_counter::<NoLabelSet, _, u64>(&h.local[i], None)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +540,7 @@ mod tests {
             metrics: Arc::new(m),
             connections: 0,
             tracked_keys: 0,
+            store: Health::default(),
             reloads: [0, 0],
         })
     }

@@ -93,6 +93,8 @@ pub enum Problem {
     Overloaded,
     /// Shutdown has begun; the client should go elsewhere.
     Draining,
+    /// The shared limiter store is unreachable and `on_error = "deny"`.
+    StoreUnavailable,
     /// A fault inside sluice.
     Internal,
 }
@@ -128,9 +130,10 @@ impl Problem {
             Problem::UpstreamRefused | Problem::UpstreamReset | Problem::UpstreamBadResponse => {
                 StatusCode::BAD_GATEWAY
             }
-            Problem::NoHealthyUpstream | Problem::Overloaded | Problem::Draining => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Problem::NoHealthyUpstream
+            | Problem::Overloaded
+            | Problem::Draining
+            | Problem::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Problem::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -205,6 +208,9 @@ impl Problem {
             Problem::NoHealthyUpstream => "No healthy upstream target is available.",
             Problem::Overloaded => "Too many open connections; try again shortly.",
             Problem::Draining => "The proxy is shutting down; try again shortly.",
+            Problem::StoreUnavailable => {
+                "Rate limits cannot be checked right now; try again shortly."
+            }
             Problem::Internal => "An internal error occurred in the proxy.",
         };
         Cow::Borrowed(text)
@@ -304,6 +310,10 @@ impl Problem {
             }
             Problem::RateLimited { retry_after, .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            Problem::StoreUnavailable => {
+                // The store is probed twice a second: worth trying again after one.
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Problem::MissingCredentials | Problem::UnknownCredentials => {
                 let challenge = HeaderValue::from_static("Bearer realm=\"sluice\"");

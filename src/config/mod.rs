@@ -3,6 +3,7 @@
 
 mod error;
 mod raw;
+mod store;
 mod units;
 mod validate;
 
@@ -14,7 +15,8 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 use ipnet::IpNet;
 
 pub use error::{ConfigError, Invalid};
-pub use raw::{AuthMode, Mode, RateLimitHeaders};
+pub use raw::{AuthMode, Mode, OnError, RateLimitHeaders};
+pub use store::Store;
 pub use units::{Dur, Rate, Size};
 
 /// A complete, valid configuration.
@@ -29,6 +31,7 @@ pub struct Config {
     pub batch: Batch,
     pub auth: Auth,
     pub headers: Headers,
+    pub store: Store,
 }
 
 #[derive(Debug, Clone)]
@@ -161,13 +164,37 @@ pub struct Headers {
 }
 
 /// Values from flags or `SLUICE_*` variables; each replaces the file's.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Overrides {
     pub listen: Option<String>,
     pub admin_listen: Option<String>,
     /// Targets for the only upstream (created as `api` when the file has none).
     pub upstreams: Vec<String>,
     pub workers: Option<usize>,
+    /// `store.url` (and no `store.cluster`).
+    pub store_url: Option<String>,
+    /// `store.key_secret`.
+    pub store_key_secret: Option<String>,
+}
+
+impl std::fmt::Debug for Overrides {
+    /// Everything but the secret (its presence and a hash, so configs still tell apart).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::hash::{Hash, Hasher};
+        let secret = self.store_key_secret.as_ref().map(|s| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            s.hash(&mut h);
+            format!("hash {:016x}", h.finish())
+        });
+        f.debug_struct("Overrides")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("upstreams", &self.upstreams)
+            .field("workers", &self.workers)
+            .field("store_url", &self.store_url.as_ref().map(|_| "set"))
+            .field("store_key_secret", &secret)
+            .finish()
+    }
 }
 
 impl Config {
@@ -231,6 +258,7 @@ impl Config {
         for p in &self.policies {
             let _ = writeln!(out, "policy {}: {}", p.name, p.describe());
         }
+        let _ = writeln!(out, "store {}", self.store.describe());
         let _ = match (self.auth.mode, self.auth.keys.len()) {
             (AuthMode::ApiKeys, n) => writeln!(out, "auth api_keys: {n} key(s)"),
             (AuthMode::None, 0) => writeln!(out, "auth none"),

@@ -25,6 +25,8 @@ pub struct File {
     pub auth: Auth,
     #[serde(default)]
     pub headers: Headers,
+    #[serde(default)]
+    pub store: Store,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,4 +232,56 @@ pub enum RateLimitHeaders {
     XRatelimit,
     Both,
     None,
+}
+
+/// `[store]`: where limiter state lives.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    pub kind: Spanned<StoreKind>,
+    pub url: Spanned<String>,
+    pub cluster: Spanned<Vec<Spanned<String>>>,
+    pub timeout: Spanned<Dur>,
+    pub on_error: OnError,
+    pub sync: StoreSync,
+    pub lease: Spanned<u32>,
+    pub lease_ttl: Spanned<Dur>,
+    pub key_secret: Spanned<String>,
+    pub ready_requires_store: bool,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        let ms = |n| Spanned::new(0..0, Dur(std::time::Duration::from_millis(n)));
+        Store {
+            kind: Spanned::new(0..0, StoreKind::Memory),
+            url: Spanned::new(0..0, "redis://127.0.0.1:6379/0".into()),
+            cluster: Spanned::new(0..0, Vec::new()),
+            timeout: ms(20),
+            on_error: OnError::Local,
+            sync: StoreSync::Exact,
+            lease: Spanned::new(0..0, 10),
+            lease_ttl: ms(250),
+            key_secret: Spanned::new(0..0, String::new()),
+            ready_requires_store: false,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Memory,
+    Redis,
+}
+
+pub use crate::limiter::redis::OnError;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreSync {
+    #[default]
+    Exact,
+    Lease,
 }

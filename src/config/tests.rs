@@ -146,6 +146,7 @@ fn overrides_replace_file_values() {
         admin_listen: Some(String::new()),
         upstreams: vec!["http://127.0.0.1:4000".into()],
         workers: Some(3),
+        ..Overrides::default()
     };
     let c = Config::parse(src, &o).unwrap();
     assert_eq!(c.server.listen.port(), 2);

@@ -77,6 +77,13 @@ pub(super) fn apply(file: &mut raw::File, o: &Overrides) -> Result<(), ConfigErr
     if let Some(workers) = o.workers {
         file.server.workers = Spanned::new(0..0, workers);
     }
+    if let Some(url) = &o.store_url {
+        file.store.url = Spanned::new(0..0, url.clone());
+        file.store.cluster = Spanned::new(0..0, Vec::new());
+    }
+    if let Some(secret) = &o.store_key_secret {
+        file.store.key_secret = Spanned::new(0..0, secret.clone());
+    }
     if o.upstreams.is_empty() {
         return Ok(());
     }
@@ -117,6 +124,7 @@ pub(super) fn check(file: raw::File, source: &str) -> Result<Config, ConfigError
     let routes = routes(&file, &server, &upstreams, &policies, &mut errs);
     let batch = batch(&file.batch, &mut errs);
     let auth = auth(&file.auth, &policies, &mut errs);
+    let store = super::store::check(&file.store, &mut errs);
     scopes_need_keys(&file, &mut errs);
     let request_id = header_name("headers.request_id", &file.headers.request_id, &mut errs);
     if let Some(name) = request_id
@@ -139,6 +147,7 @@ pub(super) fn check(file: raw::File, source: &str) -> Result<Config, ConfigError
             ratelimit: file.headers.ratelimit,
             request_id: request_id.expect("checked above"),
         },
+        store,
     })
 }
 

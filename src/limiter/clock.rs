@@ -22,6 +22,12 @@ pub(crate) fn nanos(duration: Duration) -> Nanos {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// `nanos` rounded up to whole microseconds: the limits' own spans are, so that a store whose
+/// clock counts microseconds (Redis's `TIME`) works them out exactly as the in-memory one does.
+pub(crate) fn to_micros(nanos: Nanos) -> Nanos {
+    nanos.div_ceil(1_000).saturating_mul(1_000)
+}
+
 /// A fixed span of time that other spans are divided by on every check, by multiplication
 /// (Granlund–Montgomery): exact for every dividend below 2⁶³ ns (292 years).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -126,6 +126,11 @@ impl Decision {
         }
     }
 
+    /// The time the decision was made at.
+    pub(crate) fn now(&self) -> Nanos {
+        self.now
+    }
+
     /// Whether the request was admitted: its cost has been taken from every limit (else
     /// nothing was taken from any).
     pub fn is_allowed(&self) -> bool {

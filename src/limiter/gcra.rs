@@ -8,7 +8,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::clock::{Interval, Nanos, nanos};
+use super::clock::{Interval, Nanos, nanos, to_micros};
 use super::policy::Figures;
 
 /// A sustained rate: `count` requests per `per`.
@@ -52,7 +52,8 @@ impl Rate {
 /// A validated rate-and-burst limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Gcra {
-    /// `T`: time one request is worth, rounded up so the rate is never exceeded.
+    /// `T`: time one request is worth, rounded up (to whole microseconds, the resolution of a
+    /// shared store's clock) so the rate is never exceeded.
     emission: Interval,
     burst: u32,
     /// `burst · T`: how far ahead of now the TAT may run.
@@ -69,7 +70,7 @@ const MAX_CAPACITY: Nanos = 1 << 61;
 impl Gcra {
     /// `rate` sustained with bursts of `burst`; `None` if the refill time is absurdly long.
     pub fn new(rate: Rate, burst: NonZeroU32) -> Option<Gcra> {
-        let emission = nanos(rate.per).div_ceil(u64::from(rate.count.get()));
+        let emission = to_micros(nanos(rate.per).div_ceil(u64::from(rate.count.get())));
         let capacity = emission.checked_mul(u64::from(burst.get()))?;
         let exact = u128::from(nanos(rate.per)) * u128::from(burst.get());
         let window = exact.div_ceil(u128::from(rate.count.get())) as Nanos; // ≤ capacity
@@ -91,9 +92,13 @@ impl Gcra {
         Duration::from_nanos(self.emission.nanos())
     }
 
+    /// `T` in nanoseconds.
+    pub(crate) fn emission_nanos(&self) -> Nanos {
+        self.emission.nanos()
+    }
+
     /// `burst · T`: the time a fresh bucket holds.
-    #[cfg(test)]
-    fn capacity(&self) -> Nanos {
+    pub(crate) fn capacity(&self) -> Nanos {
         self.capacity
     }
 
@@ -263,7 +268,7 @@ mod tests {
     #[test]
     fn emission_rounds_up_so_the_rate_is_never_exceeded() {
         let gcra = Gcra::new(Rate::per_second(nz(3)), nz(1)).unwrap();
-        assert_eq!(gcra.emission(), Duration::from_nanos(333_333_334));
+        assert_eq!(gcra.emission(), Duration::from_nanos(333_334_000));
         let per_hour = Gcra::new(Rate::per_hour(nz(2)), nz(5)).unwrap();
         assert_eq!(per_hour.emission(), Duration::from_secs(1_800));
         assert!(Rate::new(nz(1), Duration::ZERO).is_none());

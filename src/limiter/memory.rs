@@ -46,7 +46,7 @@ const OVERFLOW: u64 = u64::MAX;
 
 /// Hashes a `u64` that is already a good hash (or a small id) with one multiplication.
 #[derive(Debug, Default, Clone, Copy)]
-struct Mix(u64);
+pub(crate) struct Mix(u64);
 
 /// The golden-ratio constant: odd, so multiplying by it permutes `u64`s.
 const PHI: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -12,6 +12,9 @@
 //!   ready at once for the in-memory store and pending for a remote one.
 //! - [`MemoryStore`] (`memory.rs`): DashMap per policy, hashed keys, sweeper, `max_keys` cap;
 //!   each key's state is a pair of atomics (`atomic.rs`), checked under the shard's read lock.
+//! - [`redis::RedisStore`] (`redis/`): the same limits shared by replicas in Redis, checked by
+//!   a Lua script in one round trip, or leased a few tokens at a time; falls back when Redis
+//!   is unreachable.
 
 mod atomic;
 mod clock;
@@ -19,6 +22,7 @@ mod decision;
 mod gcra;
 mod memory;
 mod policy;
+pub mod redis;
 mod store;
 mod window;
 
@@ -27,5 +31,5 @@ pub use decision::{Decision, LimitKind, LimitReport, MAX_LIMITS, Refusal, Report
 pub use gcra::{Gcra, Rate};
 pub use memory::MemoryStore;
 pub use policy::{InsufficientCapacity, Limit, Policy, State};
-pub use store::{Checked, Error, Outcome, Store};
+pub use store::{CALL_BUCKETS, Checked, Error, Health, Outcome, Store};
 pub use window::Window;

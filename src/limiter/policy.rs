@@ -138,6 +138,9 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug, Clone)]
 pub struct Policy {
     id: u64,
+    /// Names the policy's state in a shared store: the same on every replica and across
+    /// reloads for the same name and limits.
+    fingerprint: u64,
     name: Arc<str>,
     len: usize,
     limits: [Limit; MAX_LIMITS],
@@ -160,9 +163,11 @@ impl Policy {
         limits
             .iter()
             .for_each(|limit| blank.push(limit.blank_report()));
+        let name = name.into();
         Some(Policy {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            name: name.into(),
+            fingerprint: fingerprint(&name, limits),
+            name,
             len: limits.len(),
             limits: all,
             capacity: limits.iter().map(Limit::capacity).min().unwrap_or(0),
@@ -186,6 +191,12 @@ impl Policy {
     /// A number unique to this policy (and its clones) within the process.
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// A hash of the name and the limits, stable across processes and versions of the same
+    /// state layout: what a shared store names the policy's keys by.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     /// The limits, in the order given.
@@ -307,6 +318,29 @@ impl Policy {
     }
 }
 
+/// SHA-256 over a layout tag, the name and each limit's figures, truncated to 64 bits.
+fn fingerprint(name: &str, limits: &[Limit]) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"sluice-limits-v1\0");
+    hash.update(name.as_bytes());
+    for limit in limits {
+        let (tag, a, b) = match limit {
+            Limit::Rate(gcra) => (b'r', gcra.capacity(), u64::from(gcra.burst())),
+            Limit::Window(window) => (b'w', window.length_nanos(), u64::from(window.max())),
+        };
+        hash.update([0, tag]);
+        hash.update(a.to_be_bytes());
+        hash.update(b.to_be_bytes());
+    }
+    let digest = hash.finalize();
+    u64::from_be_bytes(
+        digest[..8]
+            .try_into()
+            .expect("a SHA-256 digest has 32 bytes"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +433,16 @@ mod tests {
         assert_eq!((one.name(), one.limits().len()), ("one", 1));
         assert_eq!(one.id(), one.clone().id());
         assert_ne!(one.id(), Policy::new("one", &[rate]).unwrap().id());
+        // Another process (or a reload) names the same policy the same in a shared store.
+        let again = Policy::new("one", &[rate]).unwrap();
+        assert_eq!(one.fingerprint(), again.fingerprint());
+        assert_ne!(
+            one.fingerprint(),
+            Policy::new("two", &[rate]).unwrap().fingerprint()
+        );
+        let slower = Limit::Rate(Gcra::new(Rate::per_hour(ONE), ONE).unwrap());
+        let other = Policy::new("one", &[slower]).unwrap();
+        assert_ne!(one.fingerprint(), other.fingerprint());
     }
 
     #[test]

@@ -19,7 +19,36 @@ pub enum Error {
     /// The request costs more than the policy's smallest quota, so it can never be admitted.
     #[error(transparent)]
     InsufficientCapacity(#[from] InsufficientCapacity),
+    /// The shared store did not answer in time and no local decision stands in for it
+    /// (`on_error = "allow"` or `"deny"`: the caller chooses).
+    #[error("the shared limiter store is unreachable")]
+    Unavailable,
 }
+
+/// How a store is doing, for `/readyz` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    /// `memory` or `redis`.
+    pub kind: &'static str,
+    /// Whether the store answers now (always, for the in-memory store).
+    pub up: bool,
+    /// Calls to a remote store by result: answered, failed, timed out.
+    pub calls: [u64; 3],
+    /// Call latency: per bucket of [`CALL_BUCKETS`] (not cumulative), then the sum in
+    /// microseconds.
+    pub latency: [u64; CALL_BUCKETS.len() + 1],
+    /// Times the store became unreachable (each episode once).
+    pub fallbacks: u64,
+    /// Checks decided without it while it was unreachable.
+    pub fallback_checks: u64,
+    /// Checks answered on this replica without a call: a cached refusal, a leased token.
+    pub local: [u64; 2],
+}
+
+/// Upper bounds of the store call latency buckets, in seconds.
+pub const CALL_BUCKETS: [f64; 12] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
 
 /// What a check resolves to.
 pub type Outcome = Result<Decision, Error>;
@@ -76,6 +105,15 @@ pub trait Store: Send + Sync {
 
     /// How many keys hold state now (for metrics).
     fn tracked_keys(&self) -> usize;
+
+    /// How the store is doing. The in-memory store is always up.
+    fn health(&self) -> Health {
+        Health {
+            kind: "memory",
+            up: true,
+            ..Health::default()
+        }
+    }
 
     /// Drops state that a fresh key would have anyway; returns how many keys went. For stores
     /// that expire state by themselves, nothing to do.

@@ -18,7 +18,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use super::clock::{Interval, Nanos, nanos};
+use super::clock::{Interval, Nanos, nanos, to_micros};
 use super::policy::Figures;
 
 /// Bits kept for the slot number, so aliasing needs half a million idle slots.
@@ -67,7 +67,7 @@ impl Window {
         Some(Window {
             length,
             max: max.get(),
-            slot: Interval::new(length.div_ceil(u64::from(slots - 1))),
+            slot: Interval::new(to_micros(length.div_ceil(u64::from(slots - 1)))),
             slots,
             bits,
             ones,
@@ -98,6 +98,30 @@ impl Window {
     /// `W` in nanoseconds, the header's `w`.
     pub(crate) fn length_nanos(&self) -> Nanos {
         self.length
+    }
+
+    /// `L`, the slot length, in nanoseconds (whole microseconds).
+    pub(crate) fn slot_nanos(&self) -> Nanos {
+        self.slot.nanos()
+    }
+
+    /// `k + 1`, the counters a key keeps.
+    pub(crate) fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    /// The state word of a key whose counters, newest first, are for slot `index` and the
+    /// slots before it (as a shared store keeps them, unpacked).
+    pub(crate) fn word(&self, index: u64, counts: impl IntoIterator<Item = u64>) -> u64 {
+        let most = (1 << self.bits) - 1;
+        let packed = counts
+            .into_iter()
+            .take(self.slots as usize)
+            .enumerate()
+            .fold(0, |word, (age, n)| {
+                word | n.min(most) << (age as u32 * self.bits)
+            });
+        ((index & self.epoch_mask()) << self.epoch_shift()) | packed
     }
 
     /// The state once `cost` (≤ N) is taken from state `word` in slot `index` (see

@@ -1,12 +1,14 @@
 //! The state the workers share. `App` is one generation of it: a config and everything built
-//! from it, replaced whole on reload. `Lifecycle` is what outlives every generation: the
-//! limiter's store (so limits survive a reload), open connections, draining, reload counts.
+//! from it, replaced whole on reload; the limiter's store passes from one generation to the
+//! next while `[store]` stays the same, so limits survive a reload. `Lifecycle` is what
+//! outlives every generation: open connections, draining, reload counts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::{Keys, Limits, Router};
 use crate::config::Config;
+use crate::limiter::redis::RedisStore;
 use crate::limiter::{MemoryStore, Store};
 use crate::metrics::Metrics;
 use crate::upstream::Upstreams;
@@ -17,7 +19,6 @@ const READY_WAIT: std::time::Duration = std::time::Duration::from_millis(800);
 
 /// What outlives a config reload.
 pub struct Lifecycle {
-    pub store: Arc<dyn Store>,
     /// Set when shutdown begins: readiness fails and new requests get 503.
     pub draining: AtomicBool,
     /// Client connections open now, across all workers.
@@ -49,22 +50,31 @@ pub struct App {
 
 impl App {
     /// The first generation.
-    pub fn new(config: Config) -> App {
+    pub fn new(config: Config) -> std::io::Result<App> {
         let life = Lifecycle {
-            store: Arc::new(MemoryStore::new(config.server.max_keys)),
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             reloads: Default::default(),
         };
         let metrics = Metrics::new(&config);
-        App::build(config, Arc::new(life), metrics)
+        let store = store_for(&config)?;
+        Ok(App::build(config, Arc::new(life), metrics, store))
     }
 
     /// The next generation, from a new config. A policy whose limits did not change keeps its
     /// identity, so every client keeps its standing under it; a policy of the same name whose
     /// limits changed gets each client's standing carried over in proportion (the same share
     /// of each limit stays used).
-    pub fn reload(mut config: Config, previous: &App) -> App {
+    pub fn reload(mut config: Config, previous: &App) -> std::io::Result<App> {
+        let store = if config.store == previous.config.store {
+            previous.limits.store().clone()
+        } else {
+            tracing::info!(
+                store = config.store.describe(),
+                "limiter store changed; limits start afresh in it"
+            );
+            store_for(&config)?
+        };
         for policy in &mut config.policies {
             let Some(old) = previous
                 .config
@@ -77,34 +87,41 @@ impl App {
             if old.rate == policy.rate && old.window == policy.window {
                 policy.limiter = old.limiter.clone();
             } else {
-                let moved = previous
-                    .life
-                    .store
-                    .carry_over(&old.limiter, &policy.limiter);
+                let moved = store.carry_over(&old.limiter, &policy.limiter);
                 tracing::info!(policy = %policy.name, keys = moved, "policy changed; standing carried over");
             }
         }
         let metrics = Metrics::after(&config, &previous.metrics);
-        App::build(config, previous.life.clone(), metrics)
+        Ok(App::build(config, previous.life.clone(), metrics, store))
     }
 
-    fn build(config: Config, life: Arc<Lifecycle>, metrics: Metrics) -> App {
+    fn build(config: Config, life: Arc<Lifecycle>, metrics: Metrics, store: Arc<dyn Store>) -> App {
         App {
             router: Router::new(&config.routes),
             upstreams: Upstreams::new(&config.upstreams),
             keys: Keys::new(&config.auth),
             metrics: Arc::new(metrics),
-            limits: Limits::new(&config, life.store.clone()),
+            limits: Limits::new(&config, store),
             config,
             life,
         }
     }
 
-    /// Ready for traffic: not draining, and every upstream has a target that accepts a
-    /// connection now.
+    /// Ready for traffic: not draining, every upstream has a target that accepts a
+    /// connection now, and the limiter's store answers where `ready_requires_store`.
     pub async fn ready(&self) -> bool {
         let draining = || self.life.draining.load(Ordering::Relaxed);
+        let store = !self.config.store.ready_requires_store || self.limits.store().health().up;
         // Draining is asked again after the probe, which a SIGTERM may have overtaken.
-        !draining() && self.upstreams.all_reachable(READY_WAIT).await && !draining()
+        !draining() && store && self.upstreams.all_reachable(READY_WAIT).await && !draining()
     }
+}
+
+/// The store `[store]` names: this process's memory, or Redis (connected in the background).
+fn store_for(config: &Config) -> std::io::Result<Arc<dyn Store>> {
+    let max_keys = config.server.max_keys;
+    Ok(match &config.store.redis {
+        None => Arc::new(MemoryStore::new(max_keys)),
+        Some(settings) => Arc::new(RedisStore::start(settings, max_keys)?),
+    })
 }

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::auth::presented_key;
-use crate::config::{Config, KeySource, Mode, Policy, RateLimitHeaders};
-use crate::limiter::{Decision, Refusal, Store};
+use crate::config::{Config, KeySource, Mode, OnError, Policy, RateLimitHeaders};
+use crate::limiter::{Decision, Error, Refusal, Store};
 use crate::problem::{Problem, Violated};
 
 /// Policies with up to this many limits have the 429's list of violated limits rendered for
@@ -157,14 +157,15 @@ impl Limits {
         let key = client_key(&policy.key, headers, client, &mut buf);
         let decision = match self.store.check(&policy.limiter, &key, cost).await {
             Ok(d) => d,
-            Err(e) => {
-                return (
-                    None,
-                    Err(Problem::OverCapacity {
-                        reason: e.to_string(),
-                    }),
-                );
+            Err(Error::InsufficientCapacity(e)) => {
+                let reason = e.to_string();
+                return (None, Err(Problem::OverCapacity { reason }));
             }
+            // Unless the store falls back to this replica's memory, the config decides.
+            Err(Error::Unavailable) => match config.store.on_error {
+                OnError::Allow => return (None, Ok(())),
+                OnError::Deny | OnError::Local => return (None, Err(Problem::StoreUnavailable)),
+            },
         };
         let verdict = self.verdict(i, decision);
         let refused = if decision.is_allowed() {

@@ -393,9 +393,7 @@ mod tests {
             upstreams: vec!["http://127.0.0.1:1".into()],
             ..Default::default()
         };
-        let app = Arc::new(App::new(
-            crate::config::Config::defaults(&overrides).unwrap(),
-        ));
+        let app = Arc::new(App::new(crate::config::Config::defaults(&overrides).unwrap()).unwrap());
         let proxy = Proxy::new(app, 0);
         let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let serving = proxy.serve_request(peer, Request::new(Body::Empty));

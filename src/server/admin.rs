@@ -118,12 +118,23 @@ fn answer(reloader: &Reloader, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// `GET /readyz`: 200 while sluice takes requests and every upstream accepts connections.
+/// `GET /readyz`: 200 while sluice takes requests and every upstream accepts connections
+/// (and the limiter's store answers, where `ready_requires_store`). The body says how the
+/// store is: `memory`, or a shared store `up` or `down`.
 async fn readyz(app: &App) -> Response<Body> {
-    match app.ready().await {
-        true => json(StatusCode::OK, r#"{"status":"ready"}"#),
-        false => json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"not ready"}"#),
-    }
+    let health = app.limits.store().health();
+    let store = match (health.kind, health.up) {
+        ("memory", _) => "memory",
+        (_, true) => "up",
+        (_, false) => "down",
+    };
+    let (status, word) = match app.ready().await {
+        true => (StatusCode::OK, "ready"),
+        false => (StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+    };
+    let mut res = json(status, "");
+    *res.body_mut() = Body::full(format!(r#"{{"status":"{word}","store":"{store}"}}"#));
+    res
 }
 
 /// `POST /reload`: 200 with the new config's hash, or 422 listing what is wrong.
@@ -161,6 +172,7 @@ fn metrics(app: &App) -> Response<Body> {
         metrics: app.metrics.clone(),
         connections: app.life.connections.load(Ordering::Relaxed) as u64,
         tracked_keys: app.limits.store().tracked_keys() as u64,
+        store: app.limits.store().health(),
         reloads: app
             .life
             .reloads

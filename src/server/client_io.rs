@@ -600,7 +600,10 @@ mod tests {
             ..Default::default()
         };
         let config = crate::config::Config::defaults(&overrides).unwrap();
-        Arc::new(Proxy::new(Arc::new(crate::pipeline::App::new(config)), 0))
+        Arc::new(Proxy::new(
+            Arc::new(crate::pipeline::App::new(config).unwrap()),
+            0,
+        ))
     }
 
     /// One `poll_read` as hyper makes it; whether it read any bytes (false when it would wait).

@@ -46,7 +46,7 @@ pub fn start_with(config: Config, source: Option<Source>) -> io::Result<Running>
     let addr = listeners[0].local_addr()?;
     let admin = config.server.admin_listen.map(listener::bind).transpose()?;
     let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
-    let app = Arc::new(App::new(config));
+    let app = Arc::new(App::new(config)?);
     let reloader = Arc::new(Reloader::new(source, app.clone()));
     let (stop, stopped) = watch::channel(false);
     let workers = listeners
@@ -58,7 +58,8 @@ pub fn start_with(config: Config, source: Option<Source>) -> io::Result<Running>
     let admin = admin_addr.map_or("off".into(), |a| a.to_string());
     let upstreams = app.config.summary_of_upstreams();
     let n = app.config.server.workers;
-    tracing::info!(%addr, %admin, workers = n, %upstreams, "sluice listening");
+    let store = app.config.store.describe();
+    tracing::info!(%addr, %admin, workers = n, %upstreams, %store, "sluice listening");
     Ok(Running {
         addr,
         admin_addr,

@@ -33,6 +33,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("cannot bind the new address: {0}")]
     Bind(#[from] io::Error),
+    #[error("cannot start the new limiter store: {0}")]
+    Store(io::Error),
     #[error("sluice is shutting down; the config in force stays")]
     Draining,
 }
@@ -166,7 +168,7 @@ impl Reloader {
             (None, _) => AdminChange::Off,
             (Some(addr), _) => AdminChange::To(listener::bind(addr)?),
         };
-        let app = Arc::new(App::reload(config, previous));
+        let app = Arc::new(App::reload(config, previous).map_err(ReloadError::Store)?);
         Ok(Arc::new(Generation {
             app,
             listeners: Mutex::new(listeners),

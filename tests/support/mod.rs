@@ -2,6 +2,9 @@
 //! and a small client. Nothing is mocked; everything talks over real sockets.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod process;
+pub mod redis;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -267,17 +267,17 @@ fn find_cycle(items: &[Item], errors: &mut Errors) {
     }
     let mut marks = vec![Mark::New; items.len()];
     for i in 0..items.len() {
-        if marks[i] == Mark::New {
-            if let Some(cycle) = visit(i, items, &mut marks, &mut Vec::new()) {
-                let names: Vec<&str> = cycle
-                    .iter()
-                    .chain(cycle.first())
-                    .map(|&c| items[c].id.as_str())
-                    .collect();
-                let msg = format!("is part of a dependency cycle: {}", names.join(" -> "));
-                errors.push(format!("/requests/{}/depends_on", cycle[0]), msg);
-                return;
-            }
+        if marks[i] == Mark::New
+            && let Some(cycle) = visit(i, items, &mut marks, &mut Vec::new())
+        {
+            let names: Vec<&str> = cycle
+                .iter()
+                .chain(cycle.first())
+                .map(|&c| items[c].id.as_str())
+                .collect();
+            let msg = format!("is part of a dependency cycle: {}", names.join(" -> "));
+            errors.push(format!("/requests/{}/depends_on", cycle[0]), msg);
+            return;
         }
     }
 }

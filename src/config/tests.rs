@@ -373,3 +373,60 @@ fn the_window_limit_names_the_real_maximum() {
     let e = invalid(&src(n + 1));
     assert!(e[0].message.contains(&n.to_string()), "{}", e[0]);
 }
+
+#[test]
+fn a_redis_store_is_checked_key_by_key() {
+    let found = located(
+        "[store]\nkind = \"redis\"\nurl = \"http://cache:6379\"\ntimeout = \"0s\"\n\
+         sync = \"lease\"\nlease = 0\nlease_ttl = \"0s\"\n",
+    );
+    for expected in [
+        at("store.url", 3),
+        at("store.timeout", 4),
+        at("store.lease", 6),
+        at("store.lease_ttl", 7),
+    ] {
+        assert!(found.contains(&expected), "{expected:?} in {found:?}");
+    }
+    assert!(
+        found
+            .iter()
+            .any(|(k, l)| k == "store.key_secret" && l.is_none())
+    );
+    let both = located(
+        "[store]\nkind = \"redis\"\nkey_secret = \"s\"\nurl = \"redis://a:1\"\n\
+         cluster = [\"redis://b:1\"]\n",
+    );
+    assert_eq!(both[0], at("store.cluster", 5));
+    let mode = invalid("[store]\nkind = \"mongo\"\n");
+    assert_eq!(
+        (mode[0].key.as_str(), mode[0].line),
+        ("store.kind", Some(2))
+    );
+}
+
+#[test]
+fn a_redis_store_takes_its_url_and_secret_from_the_environment() {
+    let file = "[store]\nkind = \"redis\"\ncluster = [\"redis://10.0.0.1:6379\"]\n";
+    let o = Overrides {
+        store_url: Some("rediss://user:pw@cache.internal:6380/2".into()),
+        store_key_secret: Some("s3cret".into()),
+        ..upstream()
+    };
+    let c = Config::parse(file, &o).unwrap();
+    let redis = c.store.redis.as_ref().unwrap();
+    assert_eq!(
+        redis.servers,
+        crate::limiter::redis::Servers::One("rediss://user:pw@cache.internal:6380/2".into())
+    );
+    assert_eq!(redis.key_secret, b"s3cret");
+    assert_eq!(redis.timeout, Duration::from_millis(20));
+    let summary = c.summary();
+    assert!(
+        summary.contains("store redis rediss://cache.internal:6380/2 (exact, on_error local)"),
+        "{summary}"
+    );
+    assert!(!summary.contains("pw") && !format!("{o:?}").contains("s3cret"));
+    let memory = Config::defaults(&upstream()).unwrap();
+    assert!(memory.store.redis.is_none() && memory.summary().contains("store memory"));
+}

@@ -32,12 +32,12 @@ pub fn check_head(route: &Route, headers: &HeaderMap, has_body: bool) -> Result<
     }
     // An HTTP/2 request may end its stream only after its head, even with no body at all.
     let has_body = has_body && declared != Some(0);
-    if let (true, Some(accepted)) = (has_body, &route.content_types) {
-        if !media_type_accepted(accepted, headers) {
-            return Err(Problem::UnsupportedMediaType {
-                accepted: accepted.clone(),
-            });
-        }
+    if let (true, Some(accepted)) = (has_body, &route.content_types)
+        && !media_type_accepted(accepted, headers)
+    {
+        return Err(Problem::UnsupportedMediaType {
+            accepted: accepted.clone(),
+        });
     }
     Ok(())
 }

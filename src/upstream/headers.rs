@@ -195,10 +195,10 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, 
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        if let Some(host) = headers.get(header::HOST).cloned() {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
-        }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
+        && let Some(host) = headers.get(header::HOST).cloned()
+    {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
     }
 }
 

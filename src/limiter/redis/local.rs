@@ -317,3 +317,131 @@ fn lease_of(lease: NonZeroU32, cost: NonZeroU32) -> Take {
         most: lease.get().max(cost.get()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const MS: Nanos = 1_000_000;
+    const ONE: NonZeroU32 = NonZeroU32::MIN;
+
+    fn leasing(cap: usize) -> Local {
+        Local::new(
+            cap,
+            Some((NonZeroU32::new(10).unwrap(), Duration::from_millis(250))),
+        )
+    }
+
+    /// The store's reply to `take` on a fresh key at `at`: as much as asked.
+    fn granted(take: Take, at: Nanos) -> Reply {
+        Reply {
+            taken: take.most,
+            now: at,
+            before: State::default(),
+        }
+    }
+
+    fn asked(found: Found) -> Take {
+        match found {
+            Found::Ask(take) => take,
+            Found::Decided(d) => panic!("decided {d:?}, expected a question"),
+        }
+    }
+
+    #[test]
+    fn a_lease_is_spent_here_and_one_request_asks_for_the_next() {
+        let (local, policy) = (leasing(100), Policy::published_default());
+        let id = local.id(&policy, b"k");
+        let take = asked(local.check(id, &policy, ONE, 0));
+        assert_eq!(take, Take { least: 1, most: 10 });
+        // While the lease is on its way, another request asks for its own cost only.
+        assert_eq!(asked(local.check(id, &policy, ONE, 0)), Take::exactly(1));
+        let first = local.answered(id, &policy, ONE, take, granted(take, 5 * MS), 0);
+        assert!(first.is_allowed());
+        // The figures are the store's, with the whole lease counted as used.
+        assert_eq!(first.limits(&policy)[0].remaining, 90);
+        for i in 0..9 {
+            match local.check(id, &policy, ONE, MS * i) {
+                Found::Decided(d) => assert!(d.is_allowed()),
+                Found::Ask(take) => panic!("token {i} asked for {take:?}"),
+            }
+        }
+        let next = asked(local.check(id, &policy, ONE, 10 * MS));
+        assert_eq!(next.most, 10);
+        assert_eq!(
+            asked(local.check(id, &policy, ONE, 10 * MS)),
+            Take::exactly(1)
+        );
+        local.failed(id);
+        assert_eq!(
+            asked(local.check(id, &policy, ONE, 10 * MS)).most,
+            10,
+            "asking again"
+        );
+    }
+
+    #[test]
+    fn unspent_tokens_are_dropped_after_lease_ttl() {
+        let (local, policy) = (leasing(100), Policy::published_default());
+        let id = local.id(&policy, b"k");
+        let take = asked(local.check(id, &policy, ONE, 0));
+        local.answered(id, &policy, ONE, take, granted(take, 0), 0);
+        assert!(matches!(
+            local.check(id, &policy, ONE, 249 * MS),
+            Found::Decided(_)
+        ));
+        assert!(matches!(
+            local.check(id, &policy, ONE, 250 * MS),
+            Found::Ask(_)
+        ));
+        local.failed(id);
+        assert_eq!(local.sweep(250 * MS), 1);
+        assert_eq!(local.len(), 0);
+    }
+
+    #[test]
+    fn a_refusal_is_held_until_its_wait_is_over() {
+        let local = Local::new(100, None);
+        let policy = Policy::published_default();
+        let id = local.id(&policy, b"k");
+        let mut spent = State::default();
+        policy
+            .decide(&mut spent, 0, NonZeroU32::new(100).unwrap())
+            .unwrap();
+        let take = asked(local.check(id, &policy, ONE, 0));
+        let reply = Reply {
+            taken: 0,
+            now: 0,
+            before: spent,
+        };
+        let refused = local.answered(id, &policy, ONE, take, reply, 0);
+        assert!(!refused.is_allowed());
+        let wait = refused.retry_after(&policy).unwrap();
+        assert_eq!(wait, Duration::from_secs(72));
+        let halfway = nanos(wait) / 2;
+        match local.check(id, &policy, ONE, halfway) {
+            Found::Decided(d) => assert_eq!(d.retry_after(&policy), Some(wait / 2)),
+            Found::Ask(take) => panic!("asked for {take:?}"),
+        }
+        assert!(
+            local.refused(id, &policy, ONE, halfway).is_some(),
+            "a peek too"
+        );
+        assert_eq!(local.sweep(halfway), 0);
+        assert!(matches!(
+            local.check(id, &policy, ONE, nanos(wait)),
+            Found::Ask(_)
+        ));
+        assert_eq!(local.len(), 0, "gone once the wait is over");
+    }
+
+    #[test]
+    fn nothing_new_is_held_past_the_cap() {
+        let (local, policy) = (leasing(1), Policy::published_default());
+        let (a, b) = (local.id(&policy, b"a"), local.id(&policy, b"b"));
+        assert_eq!(asked(local.check(a, &policy, ONE, 0)).most, 10);
+        assert_eq!(asked(local.check(b, &policy, ONE, 0)), Take::exactly(1));
+        assert_eq!(local.len(), 1);
+    }
+}

@@ -347,3 +347,28 @@ impl<C: Clock> Store for RedisStore<C> {
         self.link.health()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_shown_without_their_password() {
+        let one = Servers::One("rediss://user:hunter2@cache:6380/1".into());
+        assert_eq!(one.to_string(), "rediss://cache:6380/1");
+        let nodes = Servers::Cluster(vec!["redis://:pw@a:1".into(), "redis://b:2".into()]);
+        assert_eq!(nodes.to_string(), "cluster redis://a:1, redis://b:2");
+        let settings = Settings {
+            servers: one,
+            timeout: Duration::from_millis(20),
+            sharing: Sharing::Exact,
+            on_error: OnError::Local,
+            key_secret: b"top secret".to_vec(),
+        };
+        let shown = format!("{settings:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("top secret"),
+            "{shown}"
+        );
+    }
+}

@@ -99,3 +99,34 @@ pub(super) fn reply(policy: &Policy, values: &[i64]) -> Option<Reply> {
         before,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    #[test]
+    fn a_reply_becomes_the_in_memory_state() {
+        let policy = Policy::published_default();
+        // The default's window keeps 6 counters of 12 s slots, then the rate's TAT.
+        let (slot, tat) = (150_000_000_i64, 1_800_000_000_000_000_i64);
+        let mut values = vec![3, 1_800_000_000_000_000, slot, 2, 0, 0, 0, 0, 1, tat];
+        let reply = reply(&policy, &values).unwrap();
+        assert_eq!(reply.taken, 3);
+        assert_eq!(reply.now, 1_800_000_000_000_000_000);
+        let (limits, now) = (policy.limits(), reply.now);
+        let (Limit::Window(window), Limit::Rate(_)) = (limits[0], limits[1]) else {
+            panic!("window, then rate");
+        };
+        assert_eq!(
+            reply.before[0],
+            window.word(slot as u64, [2, 0, 0, 0, 0, 1])
+        );
+        assert_eq!(reply.before[1], tat as u64 * 1_000);
+        let mut state = reply.before;
+        assert!(policy.decide(&mut state, now, NonZeroU32::MIN).is_ok());
+        values.pop();
+        assert_eq!(super::reply(&policy, &values), None, "a field short");
+        assert_eq!(super::reply(&policy, &[-1, 0]), None, "negative");
+    }
+}

@@ -358,3 +358,38 @@ fn a_dead_redis_falls_back_per_on_error_and_is_noticed_when_back() {
         assert_eq!(d.limits(&policy)[1].remaining, 4, "state is in Redis again");
     });
 }
+
+/// A Redis too slow to answer (`DEBUG SLEEP`): checks give up at `timeout` and fall back,
+/// the breaker stops calling it, and the store is back once Redis answers again.
+#[test]
+fn a_slow_redis_costs_a_check_no_more_than_the_timeout() {
+    let redis = Redis::start_with(&["--enable-debug-command", "local"]);
+    let clock = Arc::new(ManualClock::new(EPOCH));
+    let mut s = settings(&redis, Sharing::Exact, OnError::Local);
+    s.timeout = Duration::from_millis(50);
+    let store = store(&s, &clock);
+    let policy = small();
+    let port = redis.port;
+    let sleeper = std::thread::spawn(move || {
+        std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "1.5"])
+            .output()
+            .unwrap()
+    });
+    // Until DEBUG SLEEP has Redis in its grip.
+    std::thread::sleep(Duration::from_millis(200));
+    rt().block_on(async {
+        for i in 0..5 {
+            let started = Instant::now();
+            let d = store.check(&policy, b"k", ONE).await.unwrap();
+            assert!(d.is_allowed(), "check {i}: this replica's own burst");
+            let took = started.elapsed();
+            assert!(took < Duration::from_millis(300), "check {i} took {took:?}");
+        }
+    });
+    let health = store.health();
+    assert_eq!(health.calls[2], 3, "three timeouts open the breaker");
+    assert_eq!(health.fallback_checks, 5);
+    sleeper.join().unwrap();
+    assert!(store.wait_until_up(Duration::from_secs(5)));
+}

@@ -256,3 +256,80 @@ fn healthcheck_fails_when_nothing_answers() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+/// The `sluice.toml: |` blocks of a Kubernetes manifest, dedented: the lines after the key
+/// that are blank or indented deeper than it.
+fn embedded_configs(manifest: &str) -> Vec<String> {
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let mut configs = Vec::new();
+    let mut lines = manifest.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.trim() != "sluice.toml: |" {
+            continue;
+        }
+        let key = indent(line);
+        let mut block = Vec::new();
+        while let Some(next) = lines.next_if(|l| l.trim().is_empty() || indent(l) > key) {
+            block.push(next);
+        }
+        while block.last().is_some_and(|l| l.trim().is_empty()) {
+            block.pop();
+        }
+        let depth = block
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| indent(l))
+            .min()
+            .unwrap_or(0);
+        let text: String = block
+            .iter()
+            .map(|l| format!("{}\n", l.get(depth..).unwrap_or("")))
+            .collect();
+        configs.push(text);
+    }
+    configs
+}
+
+#[test]
+fn every_kubernetes_manifest_carries_a_config_that_checks() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("sluice-manifests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut manifests = Vec::new();
+    for entry in std::fs::read_dir(root.join("deploy/kubernetes")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let configs = embedded_configs(&std::fs::read_to_string(&path).unwrap());
+        assert!(!configs.is_empty(), "{name}: no `sluice.toml: |` block");
+        for (i, config) in configs.iter().enumerate() {
+            let file = dir.join(format!("{name}.{i}.toml"));
+            std::fs::write(&file, config).unwrap();
+            let out = sluice()
+                .arg("check")
+                .arg("--config")
+                .arg(&file)
+                .env("SLUICE_STORE_KEY_SECRET", "test")
+                .env_remove("SLUICE_STORE_URL")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{name}, block {i}:\n{config}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if name == "sidecar-redis.yaml" {
+            assert!(
+                configs.iter().any(|c| c.contains("kind = \"redis\"")),
+                "{name}: no [store] with kind = \"redis\""
+            );
+        }
+        manifests.push(name);
+    }
+    for expected in ["sidecar.yaml", "sidecar-redis.yaml"] {
+        assert!(manifests.iter().any(|m| m == expected), "{expected}");
+    }
+}

@@ -15,10 +15,24 @@ Scenarios:
   reject   the published default (burst 100, 1/s, 100 per 60 s) over 10 keys: nearly all 429
   manykeys 1M distinct keys over one run per proxy; RSS of each proxy before and after
 
-  bench/setup.sh                 # nginx, haproxy, wrk from Debian packages
+With --stores, instead: where sluice keeps its limiter state, on pass and reject, 1 worker.
+`sluice` keeps it in memory (the baseline of the ratios), `sluice-redis-exact` and
+`sluice-redis-lease` in one redis-server started here (sync = "exact", and "lease" of 10
+tokens for 250 ms), beside nginx. Each proxy runs only for its own turn, and Redis is emptied
+(FLUSHALL) before each turn. A second table gives per Redis target the script calls Redis
+counted (`cmdstat_evalsha`) per request wrk sent, sluice's own store metrics per request
+(calls, failed calls and fallback checks, refusals held and leased tokens spent locally),
+Redis's CPU time per request, and the keys in Redis after the last run with the size of one
+(`MEMORY USAGE`). A closing check line compares with the targets for a shared store: lease
+pass req/s at least 0.9 of memory's; exact pass p99 at most 1 ms above memory's; exact reject
+req/s (refusals held locally) at least 0.9 of memory's. It informs; it does not fail the run.
+
+  bench/setup.sh                 # nginx, haproxy, wrk, redis-server from Debian packages
   bench/run.py                   # full run: 1 and 2 workers, pass + reject, then manykeys
   bench/run.py --workers 1 --pin # each proxy alone on CPU 1; wrk and the upstream on CPU 0
+  bench/run.py --stores --pin    # memory against Redis stores; Redis pinned with wrk, CPU 0
   bench/run.py --smoke           # CI: 1 worker, one round of 2 s per proxy, few keys; asserts
+                                 # (then the stores tables too, if redis-server is installed)
 Every process started here is stopped on exit (also on Ctrl-C or SIGTERM).
 """
 
@@ -95,6 +109,8 @@ def wait_port(port, proc, timeout=10.0):
 
 def check_free(port):
     with socket.socket() as s:
+        # As the servers bind: a connection of an earlier run in TIME_WAIT is no obstacle.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -237,7 +253,8 @@ backend api
 """
 
 
-def sluice_conf(port, admin, up, workers, scenario):
+def sluice_conf(port, admin, up, workers, scenario, store=""):
+    """`store`: a `[store]` table (`store_table`); none keeps the limiter state in memory."""
     if scenario == "pass":
         policy = f'[policies.default]\nrate = "{PASS_RATE}/s"\nburst = {PASS_RATE}\nkey = "api_key"\n'
     else:
@@ -253,7 +270,19 @@ access_log = false  # as for nginx and HAProxy here: no access log
 [upstreams.api]
 targets = ["http://127.0.0.1:{up}"]
 
-{policy}"""
+{policy}{store}"""
+
+
+def store_table(sync, redis_port):
+    lease = 'lease = 10\nlease_ttl = "250ms"\n' if sync == "lease" else ""
+    return f"""
+[store]
+kind = "redis"
+url = "redis://127.0.0.1:{redis_port}/0"
+key_secret = "bench"
+timeout = "20ms"
+sync = "{sync}"
+{lease}"""
 
 
 # ---------------------------------------------------------------------------- running
@@ -292,7 +321,11 @@ class Target:
         return r
 
 
-def targets(args, work, scenario, workers, ports, upstream=None):
+SYNCS = ("exact", "lease")  # the Redis targets of the stores tables: sluice-redis-<sync>
+
+
+def targets(args, work, scenario, workers, ports, upstream=None, redis_port=None):
+    """With `redis_port`, the stores tables' targets: sluice with each store, and nginx."""
     up, s_port, n_port, h_port, admin = ports
     sluice = os.path.join(ROOT, "target", "release", "sluice")
     files = {
@@ -300,22 +333,32 @@ def targets(args, work, scenario, workers, ports, upstream=None):
         "nginx.conf": nginx_conf(n_port, up, workers, work, scenario),
         "haproxy.cfg": haproxy_conf(h_port, up, workers, scenario),
     }
+    for sync in SYNCS if redis_port else ():
+        files[f"sluice-redis-{sync}.toml"] = sluice_conf(
+            s_port, admin, up, workers, scenario, store_table(sync, redis_port))
     for name, text in files.items():
         with open(os.path.join(work, name), "w") as f:
             f.write(text)
     env = dict(os.environ, SLUICE_LOG="warn")
 
-    def sluice_at(binary):
-        return lambda: start([binary, "--config", f"{work}/sluice.toml"], f"{work}/sluice.log", env=env)
+    def sluice_at(binary, conf="sluice"):
+        return lambda: start([binary, "--config", f"{work}/{conf}.toml"], f"{work}/{conf}.log",
+                             env=env)
 
+    nginx = Target("nginx", n_port, lambda: start(
+        ["nginx", "-p", work, "-e", f"{work}/nginx.err", "-c", f"{work}/nginx.conf"],
+        f"{work}/nginx.log"))
+    if redis_port:
+        # The sluices take turns on one port; the stores tables leave HAProxy out.
+        return [Target("sluice", s_port, sluice_at(sluice))] + [
+            Target(f"sluice-redis-{sync}", s_port, sluice_at(sluice, f"sluice-redis-{sync}"))
+            for sync in SYNCS] + [nginx]
     # Other builds of sluice (before/after an optimization) take the same port in turn.
     variants = [Target(name, s_port, sluice_at(path)) for name, path in args.variant]
     direct = [Target("direct", up, None, upstream)] if upstream and scenario == "pass" else []
     return variants + direct + [
         Target("sluice", s_port, sluice_at(sluice)),
-        Target("nginx", n_port, lambda: start(
-            ["nginx", "-p", work, "-e", f"{work}/nginx.err", "-c", f"{work}/nginx.conf"],
-            f"{work}/nginx.log")),
+        nginx,
         Target("haproxy", h_port, lambda: start(
             ["haproxy", "-db", "-f", f"{work}/haproxy.cfg"], f"{work}/haproxy.log")),
     ]
@@ -375,14 +418,16 @@ def run_table(args, work, scenario, workers, ports, upstream):
     return summarize(scenario, workers, runs)
 
 
-def summarize(scenario, workers, runs):
+def summarize(scenario, workers, runs, title=None):
+    """`title`: what the table is, when not the usual proxies side by side."""
     med = {}
     for name, rs in runs.items():
         med[name] = {k: statistics.median(r[k] for r in rs)
                      for k in ("rps", "p50", "p99", "cpu_us", "user_us", "sys_us")}
         med[name]["ok"] = 1 - sum(r["non2xx"] for r in rs) / max(1, sum(r["total"] for r in rs))
         med[name]["all_rps"] = [round(r["rps"]) for r in rs]
-    print(f"\n### {scenario}, {workers} worker(s): median of {len(runs['sluice'])} rounds\n")
+    title = title or f"{scenario}, {workers} worker(s)"
+    print(f"\n### {title}: median of {len(runs['sluice'])} rounds\n")
     # Two ratios: of the medians, and the median of each round's own ratio. The proxies of a
     # round run one after the other, so a slow spell of the machine that spans a round
     # cancels out of the second; it is the steadier of the two on a noisy machine.
@@ -437,6 +482,137 @@ def run_manykeys(args, work, ports):
     return result
 
 
+# ---------------------------------------------------------------------------- stores
+
+
+class Redis:
+    """The stores tables' redis-server: no persistence, on a port of its own, and on the load's
+    CPU with --pin."""
+
+    def __init__(self, port, work):
+        self.port = port
+        self.proc = start(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                           "--save", "", "--appendonly", "no", "--dir", work],
+                          f"{work}/redis.log", role="load")
+        wait_port(port, self.proc)
+
+    def cli(self, *cmd):
+        return subprocess.run(["redis-cli", "-p", str(self.port), *cmd], capture_output=True,
+                              text=True, check=True, timeout=30).stdout.strip()
+
+    def sample(self):
+        """Calls of sluice's script so far, and Redis's CPU time in seconds."""
+        m = re.search(r"^cmdstat_evalsha:calls=(\d+)", self.cli("INFO", "commandstats"), re.M)
+        return int(m.group(1)) if m else 0, sum(cpu_seconds([self.proc.pid]))
+
+    def keys(self):
+        """How many keys sluice has in Redis, and the bytes one of them takes (None if none)."""
+        names = self.cli("--scan", "--pattern", "sluice:*").split()
+        return len(names), int(self.cli("MEMORY", "USAGE", names[0])) if names else None
+
+
+STORE_SERIES = {
+    "calls": ['sluice_store_calls_total{result="ok"}'],
+    "failed": ['sluice_store_calls_total{result="error"}',
+               'sluice_store_calls_total{result="timeout"}'],
+    "fallback": ["sluice_store_fallback_checks_total"],
+    "held": ['sluice_store_local_answers_total{answer="refusal"}'],
+    "leased": ['sluice_store_local_answers_total{answer="lease"}'],
+}
+
+
+def store_metrics(admin):
+    """sluice's own counts of its calls to the store and of the checks it answered locally."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+        text = r.read().decode()
+
+    def value(series):
+        m = re.search(rf"^{re.escape(series)} (\S+)$", text, re.M)
+        return float(m.group(1)) if m else 0.0
+
+    return {k: sum(map(value, series)) for k, series in STORE_SERIES.items()}
+
+
+def run_stores(args, work, scenario, ports, redis):
+    """One stores table: each target alone for its turn, Redis emptied before it."""
+    keys = 1000 if scenario == "pass" else 10
+    admin = ports[4]
+    ts = targets(args, work, scenario, 1, ports, redis_port=redis.port)
+    runs = {t.name: [] for t in ts}
+    usage = {t.name: [] for t in ts if t.name.startswith("sluice-redis-")}
+    try:
+        for _ in range(args.rounds):
+            for t in ts:
+                redis.cli("FLUSHALL")
+                t.up()
+                wrk(t.port, keys, 1, args.connections)  # warm-up: connections, pools, keys
+                if t.name in usage:
+                    calls, cpu = redis.sample()
+                    before = store_metrics(admin)
+                r = t.load(keys, args.seconds, args.connections)
+                runs[t.name].append(r)
+                if t.name in usage:
+                    # Right away: in pass, a key expires a second after its last call.
+                    after_calls, after_cpu = redis.sample()
+                    after = store_metrics(admin)
+                    u = {k: after[k] - before[k] for k in STORE_SERIES}
+                    u.update(total=r["total"], evalsha=after_calls - calls,
+                             redis_cpu=after_cpu - cpu, keys=redis.keys())
+                    usage[t.name].append(u)
+                t.down()
+    finally:
+        for t in ts:
+            t.down()
+    title = f"stores, {scenario}, 1 worker (sluice: limiter state in memory)"
+    med = summarize(scenario, 1, runs, title)
+    print(f"\n{scenario}, Redis targets: per request wrk sent, over the measured runs; keys "
+          "after the last run\n")
+    print("| proxy | Redis calls/req | sluice store calls/req | failed calls, fallback checks "
+          "| held refusals/req | leased tokens/req | Redis CPU µs/req | keys in Redis "
+          "| bytes/key |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    failures = []
+    for name, us in usage.items():
+        total = max(1, sum(u["total"] for u in us))
+
+        def per(k):
+            return sum(u[k] for u in us) / total
+
+        count, size = us[-1]["keys"]
+        # 4 significant digits: a few calls over many requests still show.
+        print(f"| {name} | {per('evalsha'):.4g} | {per('calls'):.4g} | "
+              f"{sum(u['failed'] for u in us):.0f}, {sum(u['fallback'] for u in us):.0f} | "
+              f"{per('held'):.4g} | {per('leased'):.4g} | {per('redis_cpu') * 1e6:.1f} | "
+              f"{count} | {size if size is not None else '-'} |")
+        if scenario == "pass" and not per("evalsha"):
+            failures.append(f"stores {scenario}: {name} made no calls to Redis")
+    sys.stdout.flush()
+    return med, failures
+
+
+def check_stores(meds):
+    """One line: the stores tables against the targets for a shared store. It informs only."""
+    parts = []
+
+    def ratio(m, name):
+        return m[name]["rps"] / max(m["sluice"]["rps"], 1e-9)
+
+    if "pass" in meds:
+        lease = ratio(meds["pass"], "sluice-redis-lease")
+        parts.append(f"lease pass req/s {lease:.2f}× memory (≥ 0.9: {verdict(lease >= 0.9)})")
+        p99 = meds["pass"]["sluice-redis-exact"]["p99"] - meds["pass"]["sluice"]["p99"]
+        parts.append(f"exact pass p99 {p99:+.2f} ms over memory (≤ 1 ms: {verdict(p99 <= 1)})")
+    if "reject" in meds:
+        exact = ratio(meds["reject"], "sluice-redis-exact")
+        parts.append(f"exact reject req/s {exact:.2f}× memory (≥ 0.9: {verdict(exact >= 0.9)})")
+    if parts:
+        print("\ncheck: " + "; ".join(parts))
+
+
+def verdict(met):
+    return "met" if met else "missed"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="one round of 2 s, 1 worker; for CI")
@@ -453,11 +629,17 @@ def main():
                     help="1 worker only: the proxy on CPU 1, wrk and the upstream on CPU 0")
     ap.add_argument("--variant", action="append", default=[], type=lambda v: tuple(v.split("=", 1)),
                     metavar="NAME=BINARY", help="another sluice build to run beside the others")
+    ap.add_argument("--stores", action="store_true",
+                    help="instead of the usual tables: sluice's memory store against Redis "
+                         "(exact, lease) and nginx, 1 worker, on pass and reject")
     args = ap.parse_args()
     if args.smoke:
         args.rounds, args.seconds, args.workers = 1, 2, "1"
         args.many_keys, args.many_seconds = 20_000, 2
-    for tool in ("nginx", "haproxy", "wrk"):
+    if args.stores:
+        args.workers = "1"
+    have_redis = all(map(shutil.which, ("redis-server", "redis-cli")))
+    for tool in ("nginx", "wrk") + (("redis-server", "redis-cli") if args.stores else ("haproxy",)):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: run bench/setup.sh")
     if args.pin:
@@ -467,7 +649,9 @@ def main():
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     ports = [args.port_base + i for i in range(5)]
-    for p in ports:
+    stores = args.stores or (args.smoke and have_redis)
+    redis_port = args.port_base + len(ports)
+    for p in ports + ([redis_port] if stores else []):
         check_free(p)
     signal.signal(signal.SIGTERM, stop_all)
     signal.signal(signal.SIGINT, stop_all)
@@ -482,16 +666,26 @@ def main():
         wait_port(ports[0], upstream)
         print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; "
               f"wrk -t1 -c{args.connections}, {args.seconds} s per proxy per round"
-              + ("; proxy pinned to CPU 1, wrk and upstream to CPU 0" if args.pin else ""))
+              + (f"; proxy pinned to CPU 1, wrk and upstream{' and Redis' if stores else ''} "
+                 "to CPU 0" if args.pin else ""))
         scenarios = args.scenarios.split(",")
-        for workers in map(int, args.workers.split(",")):
+        for workers in () if args.stores else map(int, args.workers.split(",")):
             for scenario in (s for s in scenarios if s in ("pass", "reject")):
                 med = run_table(args, work, scenario, workers, ports, upstream)
                 failures += check(scenario, med)
-        if "manykeys" in scenarios:
+        if "manykeys" in scenarios and not args.stores:
             many = run_manykeys(args, work, ports)
             if many["sluice"]["seen"] < args.many_keys and not args.smoke:
                 print(f"note: sluice saw {many['sluice']['seen']} keys, fewer than asked")
+        if stores:
+            redis = Redis(redis_port, work)
+            meds = {}
+            for scenario in (s for s in scenarios if s in ("pass", "reject")):
+                meds[scenario], fails = run_stores(args, work, scenario, ports, redis)
+                failures += fails + [f"stores {f}" for f in check(scenario, meds[scenario])]
+            check_stores(meds)
+        elif args.smoke:
+            print("\nnote: no redis-server, so no stores tables (bench/setup.sh installs it)")
     finally:
         stop_all()
         shutil.rmtree(work, ignore_errors=True)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Installs the load benchmark's peers and load generator from Debian packages (bookworm:
-# nginx 1.22, HAProxy 2.6, wrk 4.1). RUNLEVEL=1 keeps the packages from starting services.
+# Installs the load benchmark's peers, load generator and Redis (for --stores) from Debian
+# packages (bookworm: nginx 1.22, HAProxy 2.6, wrk 4.1, Redis 7.0). RUNLEVEL=1 keeps the
+# packages from starting services.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive RUNLEVEL=1
 missing=()
 command -v nginx >/dev/null || missing+=(nginx-light)
 command -v haproxy >/dev/null || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
 if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}"
@@ -15,3 +18,4 @@ fi
 nginx -v 2>&1
 haproxy -v 2>&1 | sed -n 1p
 wrk --version 2>&1 | sed -n 1p || true
+redis-server --version

@@ -1,21 +1,23 @@
-//! The link to Redis: the connection (one server, or a cluster), a breaker that stops calling
-//! it while it fails, and the counters of every call.
+//! The link to Redis: the connections (to one server, or to a cluster), a breaker that stops
+//! calling Redis while it fails, and the counters of every call.
 //!
-//! The connection lives on a thread of the store's own, and every call runs there: its sockets
-//! and timers never belong to a worker's runtime, so a store lives and ends independently of
-//! the workers that call it. While the breaker is open, checks do not call Redis at all; the
-//! thread probes it (`PING`) every [`PROBE_EVERY`] and closes the breaker when it answers.
-//! Each episode is logged once when it starts and once when it ends.
+//! Each runtime that calls Redis has a connection of its own (a *lane*), made on first use and
+//! reconnecting by itself: a worker's calls never cross to another thread, and its socket and
+//! timers belong to the runtime that uses them. While the breaker is open, checks do not call
+//! Redis at all; a thread of the store's own probes it (`PING`) every [`PROBE_EVERY`] and closes
+//! the breaker when it answers. Each episode is logged once when it starts and once when it
+//! ends.
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use dashmap::DashMap;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
+use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use tokio::runtime::{Handle, Id};
 use tokio::sync::{Notify, watch};
 
 use super::Servers;
@@ -27,19 +29,19 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// Failures in a row that open the breaker: one slow call is not an outage.
 const FAILURES_TO_OPEN: u32 = 3;
 
-/// The longest a connection attempt may take before it counts as failed.
+/// The longest a connection attempt, or a probe, may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A connection to one server or to a cluster; cheap to clone (both are handles).
 #[derive(Clone)]
-pub(super) enum Server {
+enum Server {
     One(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
 impl Server {
     /// Runs the limits script (loading it first where Redis answers `NOSCRIPT`).
-    pub async fn run(&self, call: &redis::ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
+    async fn run(&self, call: &redis::ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
         match self {
             Server::One(c) => call.invoke_async(&mut c.clone()).await,
             Server::Cluster(c) => call.invoke_async(&mut c.clone()).await,
@@ -55,6 +57,47 @@ impl Server {
     }
 }
 
+/// Makes lanes: a client for one server or a cluster, and the timeouts of their calls.
+enum Client {
+    One(redis::Client, ConnectionManagerConfig),
+    Cluster(ClusterClient),
+}
+
+impl Client {
+    fn new(servers: &Servers, timeout: Duration) -> redis::RedisResult<Client> {
+        Ok(match servers {
+            Servers::One(url) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(PROBE_EVERY);
+                Client::One(redis::Client::open(url.as_str())?, config)
+            }
+            Servers::Cluster(nodes) => Client::Cluster(
+                ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .build()?,
+            ),
+        })
+    }
+
+    /// A connection of the current runtime's, connecting on first use.
+    fn lane(&self) -> redis::RedisResult<Server> {
+        Ok(match self {
+            Client::One(client, config) => Server::One(ConnectionManager::new_lazy_with_config(
+                client.clone(),
+                config.clone(),
+            )?),
+            Client::Cluster(client) => {
+                Server::Cluster(client.get_pending_async_connection_with_config(ClusterConfig::new()))
+            }
+        })
+    }
+}
+
 /// What a call came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Called {
@@ -63,12 +106,13 @@ enum Called {
     TimedOut = 2,
 }
 
-/// The connection, the breaker and the counters; shared by the store and its thread.
+/// The connections, the breaker and the counters; shared by the store and its thread.
 pub(super) struct Link {
     servers: Servers,
-    /// The thread's runtime, where calls run.
-    runtime: tokio::runtime::Handle,
-    server: ArcSwapOption<Server>,
+    /// `None` if the address cannot make a client (the breaker then never closes).
+    client: Option<Client>,
+    /// One connection per runtime that calls.
+    lanes: DashMap<Id, Server>,
     /// The breaker: closed (`true`) while Redis answers.
     up: AtomicBool,
     failures: AtomicU32,
@@ -84,11 +128,14 @@ pub(super) struct Link {
 }
 
 impl Link {
-    fn new(servers: Servers, runtime: tokio::runtime::Handle) -> Link {
+    fn new(servers: Servers, timeout: Duration) -> Link {
+        let client = Client::new(&servers, timeout)
+            .map_err(|e| tracing::error!(error = %e, store = %servers, "limiter store: bad address"))
+            .ok();
         Link {
             servers,
-            runtime,
-            server: ArcSwapOption::empty(),
+            client,
+            lanes: DashMap::new(),
             up: AtomicBool::new(false),
             failures: AtomicU32::new(0),
             broke: Notify::new(),
@@ -103,38 +150,39 @@ impl Link {
 
     /// Whether calls go to Redis: the breaker is closed.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed) && self.server.load().is_some()
+        self.up.load(Ordering::Relaxed)
     }
 
-    /// Runs `call` on the store's thread; `None` if the breaker is open, or the call fails or
-    /// takes longer than `timeout` (counted, and moving the breaker).
+    /// The current runtime's connection, made now if it has none.
+    fn lane(&self) -> Option<Server> {
+        let id = Handle::try_current().ok()?.id();
+        if let Some(lane) = self.lanes.get(&id) {
+            return Some(lane.clone());
+        }
+        let lane = self.client.as_ref()?.lane().ok()?;
+        Some(self.lanes.entry(id).or_insert(lane).clone())
+    }
+
+    /// Runs `call` on this runtime's connection; `None` if the breaker is open, or the call
+    /// fails or takes longer than `timeout` (counted, and moving the breaker).
     pub async fn run(
         &self,
         call: redis::ScriptInvocation<'static>,
         timeout: Duration,
     ) -> Option<Vec<i64>> {
-        if !self.up.load(Ordering::Relaxed) {
+        if !self.is_up() {
             return None;
         }
-        let server = self.server.load_full()?;
+        let server = self.lane()?;
         let started = Instant::now();
-        let task = self.runtime.spawn(async move { server.run(&call).await });
-        let abort = task.abort_handle();
-        let answer = tokio::time::timeout(timeout, task).await;
+        let answer = tokio::time::timeout(timeout, server.run(&call)).await;
         let (result, values) = match answer {
-            Ok(Ok(Ok(values))) => (Called::Answered, Some(values)),
-            Ok(Ok(Err(e))) => {
+            Ok(Ok(values)) => (Called::Answered, Some(values)),
+            Ok(Err(e)) => {
                 tracing::debug!(error = %e, "limiter store call failed");
                 (Called::Failed, None)
             }
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "limiter store call ended");
-                (Called::Failed, None)
-            }
-            Err(_) => {
-                abort.abort();
-                (Called::TimedOut, None)
-            }
+            Err(_) => (Called::TimedOut, None),
         };
         self.called(result, started.elapsed());
         values
@@ -176,7 +224,7 @@ impl Link {
         let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
         Health {
             kind: "redis",
-            up: self.up.load(Ordering::Relaxed),
+            up: self.is_up(),
             calls: self.calls.each_ref().map(read),
             latency: self.latency.each_ref().map(read),
             fallbacks: read(&self.fallbacks),
@@ -193,12 +241,15 @@ impl Link {
         self.broke.notify_one();
     }
 
+    /// Ends an episode. Every runtime starts on a new connection: an old one may still be
+    /// reconnecting, and would fail the first calls.
     fn came_up(&self) {
         let since = self
             .down_since
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        self.lanes.clear();
         self.failures.store(0, Ordering::Relaxed);
         self.up.store(true, Ordering::Relaxed);
         match since {
@@ -208,6 +259,24 @@ impl Link {
             }
             None => tracing::info!(store = %self.servers, "limiter store connected"),
         }
+    }
+
+    /// Whether Redis answers a `PING` on this runtime's connection. A connection that does not
+    /// is dropped, so that the next probe starts from nothing, whatever state its own
+    /// reconnecting is in.
+    async fn probe(&self) -> bool {
+        let Some(server) = self.lane() else {
+            return false;
+        };
+        let answer = tokio::time::timeout(CONNECT_TIMEOUT, server.ping()).await;
+        if let Ok(Err(e)) = &answer {
+            tracing::debug!(error = %e, "limiter store: no answer to a probe");
+        }
+        let answered = matches!(answer, Ok(Ok(())));
+        if !answered && let Ok(handle) = Handle::try_current() {
+            self.lanes.remove(&handle.id());
+        }
+        answered
     }
 }
 
@@ -222,7 +291,7 @@ impl Drop for Thread {
     }
 }
 
-/// Starts the link's thread, which connects, and reconnects and probes while Redis is down.
+/// Starts the link's thread, which probes Redis at start and whenever the breaker opens.
 pub(super) fn start(servers: Servers, timeout: Duration) -> std::io::Result<(Arc<Link>, Thread)> {
     // rustls needs a process-wide provider for `rediss://`; whoever installed one first wins.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -230,20 +299,20 @@ pub(super) fn start(servers: Servers, timeout: Duration) -> std::io::Result<(Arc
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let link = Arc::new(Link::new(servers, rt.handle().clone()));
+    let link = Arc::new(Link::new(servers, timeout));
     let tended = link.clone();
     std::thread::Builder::new()
         .name("sluice-store".into())
-        .spawn(move || rt.block_on(tend(tended, timeout, stopped)))?;
+        .spawn(move || rt.block_on(tend(tended, stopped)))?;
     Ok((link, Thread { stop }))
 }
 
-/// Keeps the link up: connects, then probes whenever the breaker is open.
-async fn tend(link: Arc<Link>, timeout: Duration, mut stopped: watch::Receiver<bool>) {
+/// Closes the breaker when Redis answers, and probes while it is open.
+async fn tend(link: Arc<Link>, mut stopped: watch::Receiver<bool>) {
     let mut first = true;
     loop {
-        if !link.up.load(Ordering::Relaxed) {
-            if probe(&link, timeout).await {
+        if !link.is_up() {
+            if link.probe().await {
                 link.came_up();
             } else if first {
                 link.went_down("no answer at start");
@@ -251,7 +320,7 @@ async fn tend(link: Arc<Link>, timeout: Duration, mut stopped: watch::Receiver<b
         }
         first = false;
         let wait = async {
-            if link.up.load(Ordering::Relaxed) {
+            if link.is_up() {
                 link.broke.notified().await;
             } else {
                 tokio::time::sleep(PROBE_EVERY).await;
@@ -260,59 +329,6 @@ async fn tend(link: Arc<Link>, timeout: Duration, mut stopped: watch::Receiver<b
         tokio::select! {
             () = wait => {}
             _ = stopped.changed() => return,
-        }
-    }
-}
-
-/// Connects if there is no connection yet, then asks for a `PONG`.
-async fn probe(link: &Link, timeout: Duration) -> bool {
-    let server = match link.server.load_full() {
-        Some(server) => server,
-        None => {
-            match tokio::time::timeout(CONNECT_TIMEOUT, connect(&link.servers, timeout)).await {
-                Ok(Ok(server)) => {
-                    let server = Arc::new(server);
-                    link.server.store(Some(server.clone()));
-                    server
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "limiter store: cannot connect");
-                    return false;
-                }
-                Err(_) => return false,
-            }
-        }
-    };
-    let answer = tokio::time::timeout(CONNECT_TIMEOUT, server.ping()).await;
-    if matches!(answer, Ok(Ok(()))) {
-        return true;
-    }
-    // Start again from nothing next time, whatever state the old connection's own
-    // reconnecting is in.
-    link.server.store(None);
-    false
-}
-
-/// A connection that reconnects by itself; calls past `timeout` fail.
-async fn connect(servers: &Servers, timeout: Duration) -> redis::RedisResult<Server> {
-    match servers {
-        Servers::One(url) => {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(PROBE_EVERY);
-            let client = redis::Client::open(url.as_str())?;
-            let manager = ConnectionManager::new_with_config(client, config).await?;
-            Ok(Server::One(manager))
-        }
-        Servers::Cluster(nodes) => {
-            let client = ClusterClient::builder(nodes.iter().map(String::as_str))
-                .connection_timeout(CONNECT_TIMEOUT)
-                .response_timeout(timeout)
-                .retries(1)
-                .build()?;
-            Ok(Server::Cluster(client.get_async_connection().await?))
         }
     }
 }

@@ -91,9 +91,9 @@ impl Client {
                 client.clone(),
                 config.clone(),
             )?),
-            Client::Cluster(client) => {
-                Server::Cluster(client.get_pending_async_connection_with_config(ClusterConfig::new()))
-            }
+            Client::Cluster(client) => Server::Cluster(
+                client.get_pending_async_connection_with_config(ClusterConfig::new()),
+            ),
         })
     }
 }
@@ -130,7 +130,9 @@ pub(super) struct Link {
 impl Link {
     fn new(servers: Servers, timeout: Duration) -> Link {
         let client = Client::new(&servers, timeout)
-            .map_err(|e| tracing::error!(error = %e, store = %servers, "limiter store: bad address"))
+            .map_err(
+                |e| tracing::error!(error = %e, store = %servers, "limiter store: bad address"),
+            )
             .ok();
         Link {
             servers,

@@ -1,15 +1,19 @@
 //! The one place where sluice's own refusals and faults become HTTP: RFC 9457 problem details
 //! (`application/problem+json`). Responses from the upstream never pass through here.
+//!
+//! Each problem says where it came from ([`Source`]: the client, the upstream, the limiter's
+//! store, or sluice itself), and every status is decided here, in one exhaustive `match`: every
+//! 408 comes from a [`Deadline`] that passed, every 413 from a [`Limit`] a request went past.
+//! A leaf: it knows HTTP and JSON, not the bodies or phases that carry its answers.
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use http::header::{
     ALLOW, CONNECTION, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use http::{Response, StatusCode};
 use serde_json::{Map, Value, json};
-
-use crate::body::Body;
 
 /// The problem type of a 429, registered with IANA.
 pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
@@ -22,21 +26,68 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// Where a problem came from: what decides how it is logged and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The request: its head, body, credentials, rate or shape.
+    Client,
+    /// The upstream: refused, reset, slow, or not HTTP.
+    Upstream,
+    /// The limiter's shared store.
+    Store,
+    /// sluice itself: a fault, overload, or shutdown.
+    Own,
+}
+
+impl Source {
+    /// The label of the problems counter.
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Client => "client",
+            Source::Upstream => "upstream",
+            Source::Store => "store",
+            Source::Own => "own",
+        }
+    }
+}
+
+/// A deadline that passed. Every 408 (and the 504 of `timeout_status`) comes from one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// The request head, within `header_read_timeout`.
+    Head,
+    /// The request body, within `request_timeout`.
+    Body,
+    /// The upstream's answer, within `request_timeout`; answered `status` (`timeout_status`).
+    Answer { status: StatusCode },
+    /// A batch item, within the batch's `request_timeout`.
+    Batch,
+}
+
+/// A size limit a request went past. Every 413 comes from one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The body is (declared or found to be) larger than the route's `max_body`.
+    Body { max: u64 },
+    /// A batch of more than `max_requests` items.
+    Batch { max: usize },
+    /// The request costs more than its policy ever admits at once (a batch over the burst).
+    Cost { cost: u32, capacity: u32 },
+}
+
 /// Everything sluice answers by itself, named by what happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
-    /// The request head did not arrive within `header_read_timeout`.
-    HeadTimeout,
+    /// A deadline passed.
+    TimedOut(Deadline),
+    /// A request went past a size limit.
+    TooLarge(Limit),
     /// A batch that is valid JSON but not a valid batch.
     BatchInvalid { errors: Vec<FieldError> },
     /// A reloaded config that does not validate; the running one stays.
     ConfigInvalid { errors: Vec<FieldError> },
-    /// A batch of more than `max_requests` items.
-    BatchTooLarge { max: usize },
     /// A batch item whose dependency did not answer 2xx.
     DependencyFailed { dependency: String, status: u16 },
-    /// The batch's deadline passed before this item was answered.
-    BatchDeadline,
     /// The request head is larger than `max_header_bytes`.
     HeadTooLarge,
     /// The request head is not valid HTTP/1.1 (method, target, version or a header line).
@@ -63,10 +114,6 @@ pub enum Problem {
         retry_after: u64,
         violated: Violated,
     },
-    /// The request costs more than the policy ever admits at once (a batch over the burst).
-    OverCapacity { reason: String },
-    /// The body is (declared or found to be) larger than the route's `max_body`.
-    BodyTooLarge { limit: u64 },
     /// The body's media type is not one the route accepts.
     UnsupportedMediaType { accepted: Vec<String> },
     /// The body is not valid JSON where the route validates it.
@@ -75,12 +122,8 @@ pub enum Problem {
         column: usize,
         reason: String,
     },
-    /// The request body did not arrive within `request_timeout`.
-    BodyTimeout,
     /// The client broke off while sending the body.
     UnreadableBody,
-    /// The upstream did not answer within `request_timeout`; `status` is `timeout_status`.
-    UpstreamTimeout { status: StatusCode },
     /// Every target of the upstream refused the connection or could not be reached in time.
     UpstreamRefused,
     /// The upstream closed or reset the connection before a complete answer.
@@ -100,15 +143,14 @@ pub enum Problem {
 }
 
 impl Problem {
+    /// The status: one arm per kind of problem, and no other place decides one.
     pub fn status(&self) -> StatusCode {
         match self {
-            Problem::HeadTimeout | Problem::BodyTimeout | Problem::BatchDeadline => {
-                StatusCode::REQUEST_TIMEOUT
-            }
+            Problem::TimedOut(deadline) => deadline.status(),
+            Problem::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::BatchInvalid { .. } | Problem::ConfigInvalid { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Problem::BatchTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Problem::DependencyFailed { .. } => StatusCode::FAILED_DEPENDENCY,
             Problem::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Problem::NoRoute => StatusCode::NOT_FOUND,
@@ -116,9 +158,6 @@ impl Problem {
             Problem::MissingCredentials | Problem::UnknownCredentials => StatusCode::UNAUTHORIZED,
             Problem::MissingScope { .. } => StatusCode::FORBIDDEN,
             Problem::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Problem::BodyTooLarge { .. } | Problem::OverCapacity { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
             Problem::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Problem::InvalidJson { .. }
             | Problem::UnreadableBody
@@ -126,7 +165,6 @@ impl Problem {
             | Problem::MalformedPath
             | Problem::MalformedHost
             | Problem::UnknownTransferCoding => StatusCode::BAD_REQUEST,
-            Problem::UpstreamTimeout { status } => *status,
             Problem::UpstreamRefused | Problem::UpstreamReset | Problem::UpstreamBadResponse => {
                 StatusCode::BAD_GATEWAY
             }
@@ -138,22 +176,51 @@ impl Problem {
         }
     }
 
+    /// Where the problem came from.
+    pub fn source(&self) -> Source {
+        match self {
+            Problem::TimedOut(Deadline::Head | Deadline::Body)
+            | Problem::TooLarge(_)
+            | Problem::BatchInvalid { .. }
+            | Problem::ConfigInvalid { .. }
+            | Problem::DependencyFailed { .. }
+            | Problem::HeadTooLarge
+            | Problem::MalformedHead
+            | Problem::MalformedPath
+            | Problem::MalformedHost
+            | Problem::UnknownTransferCoding
+            | Problem::NoRoute
+            | Problem::MethodNotAllowed { .. }
+            | Problem::MissingCredentials
+            | Problem::UnknownCredentials
+            | Problem::MissingScope { .. }
+            | Problem::RateLimited { .. }
+            | Problem::UnsupportedMediaType { .. }
+            | Problem::InvalidJson { .. }
+            | Problem::UnreadableBody => Source::Client,
+            Problem::TimedOut(Deadline::Answer { .. } | Deadline::Batch)
+            | Problem::UpstreamRefused
+            | Problem::UpstreamReset
+            | Problem::UpstreamBadResponse
+            | Problem::NoHealthyUpstream => Source::Upstream,
+            Problem::StoreUnavailable => Source::Store,
+            Problem::Overloaded | Problem::Draining | Problem::Internal => Source::Own,
+        }
+    }
+
     /// One sentence for the `detail` member.
     pub fn detail(&self) -> Cow<'static, str> {
         let text = match self {
-            Problem::HeadTimeout => "The request head did not arrive in time.",
+            Problem::TimedOut(deadline) => deadline.detail(),
+            Problem::TooLarge(limit) => return limit.detail(),
             Problem::BatchInvalid { .. } => "The batch is not valid; see errors.",
             Problem::ConfigInvalid { .. } => {
                 "The new config is not valid; the running config stays. See errors."
-            }
-            Problem::BatchTooLarge { max } => {
-                return format!("A batch may hold at most {max} requests.").into();
             }
             Problem::DependencyFailed { dependency, status } => {
                 let what = format!("the request {dependency:?} it depends on answered {status}");
                 return format!("Not run: {what}.").into();
             }
-            Problem::BatchDeadline => "The batch's deadline passed before this request finished.",
             Problem::HeadTooLarge => "The request head is too large.",
             Problem::MalformedHead => "The request head is not valid HTTP/1.1.",
             Problem::MalformedPath => "The path has a % that does not begin an escape (%XX).",
@@ -179,12 +246,6 @@ impl Problem {
                 let s = if *retry_after == 1 { "" } else { "s" };
                 return format!("Rate limit exceeded; retry after {retry_after} second{s}.").into();
             }
-            Problem::OverCapacity { reason } => {
-                return format!("This request can never be admitted: {reason}.").into();
-            }
-            Problem::BodyTooLarge { limit } => {
-                return format!("The request body is larger than {limit} bytes.").into();
-            }
             Problem::UnsupportedMediaType { accepted } => {
                 let list = accepted.join(", ");
                 return format!("A request body must have a Content-Type of: {list}.").into();
@@ -197,9 +258,7 @@ impl Problem {
                 let at = format!("line {line}, column {column}");
                 return format!("The body is not valid JSON at {at}: {reason}.").into();
             }
-            Problem::BodyTimeout => "The request body did not arrive in time.",
             Problem::UnreadableBody => "The request body could not be read to its end.",
-            Problem::UpstreamTimeout { .. } => "The upstream did not answer in time.",
             Problem::UpstreamRefused => "The upstream refused the connection.",
             Problem::UpstreamReset => {
                 "The upstream closed the connection before answering in full."
@@ -216,15 +275,41 @@ impl Problem {
         Cow::Borrowed(text)
     }
 
-    /// Whether the connection is closed after this answer: after a timeout the client's
-    /// stream is in an unknown state, and overload and shutdown want the connection gone.
+    /// Whether the connection is closed after this answer: after a head or body that did not
+    /// arrive whole, the client's stream is in an unknown state; a 408 tells the client to
+    /// give up the connection (RFC 9110 §15.5.9); overload and shutdown want it gone.
     pub fn closes_connection(&self) -> bool {
         match self {
-            Problem::HeadTimeout | Problem::HeadTooLarge | Problem::MalformedHead => true,
-            Problem::BodyTimeout => true,
+            Problem::TimedOut(Deadline::Head | Deadline::Body) => true,
+            Problem::TimedOut(Deadline::Answer { status }) => {
+                *status == StatusCode::REQUEST_TIMEOUT
+            }
+            Problem::HeadTooLarge | Problem::MalformedHead => true,
             Problem::Overloaded | Problem::Draining => true,
-            Problem::UpstreamTimeout { status } => *status == StatusCode::REQUEST_TIMEOUT,
-            _ => false,
+            // Answered inside a 207: the batch's connection is not this item's.
+            Problem::TimedOut(Deadline::Batch) => false,
+            Problem::TooLarge(_)
+            | Problem::BatchInvalid { .. }
+            | Problem::ConfigInvalid { .. }
+            | Problem::DependencyFailed { .. }
+            | Problem::MalformedPath
+            | Problem::MalformedHost
+            | Problem::UnknownTransferCoding
+            | Problem::NoRoute
+            | Problem::MethodNotAllowed { .. }
+            | Problem::MissingCredentials
+            | Problem::UnknownCredentials
+            | Problem::MissingScope { .. }
+            | Problem::RateLimited { .. }
+            | Problem::UnsupportedMediaType { .. }
+            | Problem::InvalidJson { .. }
+            | Problem::UnreadableBody
+            | Problem::UpstreamRefused
+            | Problem::UpstreamReset
+            | Problem::UpstreamBadResponse
+            | Problem::NoHealthyUpstream
+            | Problem::StoreUnavailable
+            | Problem::Internal => false,
         }
     }
 
@@ -273,7 +358,7 @@ impl Problem {
             }
             Problem::DependencyFailed { dependency, .. } => Some(("dependency", json!(dependency))),
             Problem::UnsupportedMediaType { accepted } => Some(("accepted", json!(accepted))),
-            Problem::BodyTooLarge { limit } => Some(("max_body", json!(limit))),
+            Problem::TooLarge(Limit::Body { max }) => Some(("max_body", json!(max))),
             Problem::InvalidJson { line, column, .. } => {
                 let mut at = Map::new();
                 at.insert("line".into(), json!(line));
@@ -285,7 +370,7 @@ impl Problem {
     }
 
     /// The problem as a complete response; `request_id` ties it to the logs.
-    pub fn into_response(self, request_id: &str) -> Response<Body> {
+    pub fn into_response(self, request_id: &str) -> Response<Bytes> {
         let body = match &self {
             // The most frequent answer under load: written straight, without a JSON tree.
             Problem::RateLimited {
@@ -294,7 +379,7 @@ impl Problem {
             } => rate_limited_body(*retry_after, violated, request_id),
             _ => self.body(request_id).to_string(),
         };
-        let mut res = Response::new(Body::full(body));
+        let mut res = Response::new(Bytes::from(body));
         *res.status_mut() = self.status();
         let headers = res.headers_mut();
         headers.insert(
@@ -337,6 +422,39 @@ impl Problem {
         );
         let len = body.len();
         ([head.into_bytes(), body.into_bytes()].concat(), len)
+    }
+}
+
+impl Deadline {
+    /// 408, but for an upstream's answer: `timeout_status` (408 or 504).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Deadline::Head | Deadline::Body | Deadline::Batch => StatusCode::REQUEST_TIMEOUT,
+            Deadline::Answer { status } => *status,
+        }
+    }
+
+    fn detail(&self) -> &'static str {
+        match self {
+            Deadline::Head => "The request head did not arrive in time.",
+            Deadline::Body => "The request body did not arrive in time.",
+            Deadline::Answer { .. } => "The upstream did not answer in time.",
+            Deadline::Batch => "The batch's deadline passed before this request finished.",
+        }
+    }
+}
+
+impl Limit {
+    fn detail(&self) -> Cow<'static, str> {
+        match self {
+            Limit::Body { max } => format!("The request body is larger than {max} bytes."),
+            Limit::Batch { max } => format!("A batch may hold at most {max} requests."),
+            Limit::Cost { cost, capacity } => format!(
+                "This request can never be admitted: a request costing {cost} can never fit a \
+                 quota of {capacity}."
+            ),
+        }
+        .into()
     }
 }
 
@@ -393,15 +511,13 @@ fn push_json_str(out: &mut String, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
 
-    #[tokio::test]
-    async fn problems_are_rfc9457_json_with_the_request_id() {
+    #[test]
+    fn problems_are_rfc9457_json_with_the_request_id() {
         let res = Problem::NoRoute.into_response("abc");
         assert_eq!(res.status(), 404);
         assert_eq!(res.headers()[CONTENT_TYPE], "application/problem+json");
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
         assert_eq!(v["status"], 404);
         assert_eq!(v["title"], "Not Found");
         assert_eq!(v["request_id"], "abc");
@@ -419,19 +535,21 @@ mod tests {
     #[test]
     fn timeouts_close_the_connection_and_401_challenges() {
         assert_eq!(
-            Problem::BodyTimeout.into_response("x").headers()[CONNECTION],
+            Problem::TimedOut(Deadline::Body)
+                .into_response("x")
+                .headers()[CONNECTION],
             "close"
         );
-        let to = Problem::UpstreamTimeout {
+        let to = Problem::TimedOut(Deadline::Answer {
             status: StatusCode::GATEWAY_TIMEOUT,
-        };
+        });
         assert!(to.into_response("x").headers().get(CONNECTION).is_none());
         let res = Problem::MissingCredentials.into_response("x");
         assert!(res.headers().contains_key(WWW_AUTHENTICATE));
     }
 
-    #[tokio::test]
-    async fn a_429_body_is_byte_for_byte_the_json_document() {
+    #[test]
+    fn a_429_body_is_byte_for_byte_the_json_document() {
         for (retry_after, names, id) in [
             (1, vec!["default"], "abc"),
             (72, vec!["default", "default.rate"], "5f0c9d2e41a7b3c8"),
@@ -447,15 +565,14 @@ mod tests {
             };
             let expected = p.body(id).to_string();
             let res = p.into_response(id);
-            let bytes = res.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(std::str::from_utf8(&bytes).unwrap(), expected);
+            assert_eq!(std::str::from_utf8(res.body()).unwrap(), expected);
         }
     }
 
     #[test]
     fn raw_http1_answers_are_complete_messages() {
         let header = HeaderName::from_static("x-request-id");
-        let (bytes, _) = Problem::HeadTimeout.to_http1(&header, "id-1");
+        let (bytes, _) = Problem::TimedOut(Deadline::Head).to_http1(&header, "id-1");
         let raw = String::from_utf8(bytes).unwrap();
         let (head, body) = raw.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 408 Request Timeout\r\n"));

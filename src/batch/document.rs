@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::pipeline::{invalid_json, invalid_json_at};
-use crate::problem::{FieldError, Problem};
+use crate::problem::{FieldError, Limit, Problem};
 
 /// serde_json's nesting limit for a `Value`: 127 levels pass, the 128th does not.
 const MAX_DEPTH: usize = 128;
@@ -44,7 +44,7 @@ pub fn read(bytes: &[u8], max_requests: usize) -> Result<Document<'_>, Problem> 
     let value = match (read, state.refused) {
         (Ok(value), _) => value,
         (Err(_), Some(Refused::TooMany)) => {
-            return Err(Problem::BatchTooLarge { max: max_requests });
+            return Err(Problem::TooLarge(Limit::Batch { max: max_requests }));
         }
         (Err(_), Some(Refused::TooBig)) => {
             return Err(Problem::BatchInvalid {
@@ -303,7 +303,7 @@ mod tests {
         // The rest is never read: not even the JSON error at the end is seen.
         let json = format!("{{\"requests\": [{}{{\"id\": 1,", "{},".repeat(3));
         match read(json.as_bytes(), 3) {
-            Err(Problem::BatchTooLarge { max: 3 }) => {}
+            Err(Problem::TooLarge(Limit::Batch { max: 3 })) => {}
             other => panic!("expected a 413, got {other:?}"),
         }
         assert!(read(br#"{"requests": [{}, {}, {}]}"#, 3).is_ok());

@@ -24,7 +24,7 @@ pub struct FromBatch;
 
 use crate::body::Body;
 use crate::pipeline::{Proxy, client_ip, is_json, read_whole};
-use crate::problem::Problem;
+use crate::problem::{Deadline, Problem};
 
 /// The 207's body.
 #[derive(Serialize)]
@@ -59,7 +59,7 @@ pub async fn handle(
     let bytes = match body {
         Body::Incoming(body) => timeout_at(deadline, read_whole(body, batch.max_body))
             .await
-            .map_err(|_| Problem::BodyTimeout)??,
+            .map_err(|_| Problem::TimedOut(Deadline::Body))??,
         Body::Full(Some(bytes)) => bytes,
         _ => Bytes::new(),
     };

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::document::{self, Document};
-use crate::problem::{FieldError, Problem};
+use crate::problem::{FieldError, Limit, Problem};
 
 /// The most errors one 422 lists; the rest are left for the next attempt.
 const MAX_ERRORS: usize = 50;
@@ -37,7 +37,7 @@ pub fn parse<'a>(
         return Err(errors.into_problem());
     };
     if requests.len() > max_requests {
-        return Err(Problem::BatchTooLarge { max: max_requests });
+        return Err(Problem::TooLarge(Limit::Batch { max: max_requests }));
     }
     let mut items: Vec<Item> = requests
         .iter()
@@ -322,7 +322,7 @@ mod tests {
         let four = r#"{"requests": [{}, {}, {}, {}]}"#;
         assert_eq!(
             parse(four.as_bytes(), "/batch", 3).unwrap_err(),
-            Problem::BatchTooLarge { max: 3 }
+            Problem::TooLarge(Limit::Batch { max: 3 })
         );
     }
 

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::parse::Item;
 use crate::body::{Body, BoxError};
 use crate::pipeline::{Proxy, X_API_KEY, is_json};
-use crate::problem::Problem;
+use crate::problem::{Deadline, Problem};
 use crate::upstream::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// The largest item response a batch carries; beyond it the item is answered 502.
@@ -129,7 +129,14 @@ pub async fn run<'a>(
         .zip(items)
         .zip(ids)
         .map(|((a, item), request_id)| {
-            a.unwrap_or_else(|| problem(proxy, &item.id, Problem::BatchDeadline, request_id))
+            a.unwrap_or_else(|| {
+                problem(
+                    proxy,
+                    &item.id,
+                    Problem::TimedOut(Deadline::Batch),
+                    request_id,
+                )
+            })
         })
         .collect()
 }
@@ -246,7 +253,7 @@ async fn answer<'a>(
         // The upstream's answer did not end within the item's request_timeout.
         Err(e) if e.downcast_ref::<io::Error>().map(io::Error::kind) == Some(TimedOut) => {
             let status = proxy.app.config.server.timeout_status;
-            let p = Problem::UpstreamTimeout { status };
+            let p = Problem::TimedOut(Deadline::Answer { status });
             return problem(proxy, id, p, request_id());
         }
         Err(_) => return problem(proxy, id, Problem::UpstreamReset, request_id()),

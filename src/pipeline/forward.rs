@@ -18,7 +18,7 @@ use super::payload::{self, Counted, Progress};
 use super::{App, Proxy, is_trusted};
 use crate::body::Body;
 use crate::config::Route;
-use crate::problem::Problem;
+use crate::problem::{Deadline, Limit, Problem};
 use crate::upstream::{UpstreamError, fired, set_forwarded, strip_hop_by_hop};
 
 /// Makes the request head ready for an HTTP/1.1 upstream: origin-form URI, `Host` kept as the
@@ -110,7 +110,7 @@ pub async fn send(
             let reading = pin!(payload::read_whole(body, route.max_body));
             let bytes = before(&mut deadline, reading)
                 .await
-                .ok_or(Problem::BodyTimeout)??;
+                .ok_or(Problem::TimedOut(Deadline::Body))??;
             payload::validate_json(&bytes)?;
             (Body::full(bytes), None)
         }
@@ -129,9 +129,8 @@ pub async fn send(
         }
         Body::Full(Some(bytes)) => {
             if bytes.len() as u64 > route.max_body {
-                return Err(Problem::BodyTooLarge {
-                    limit: route.max_body,
-                });
+                let max = route.max_body;
+                return Err(Problem::TooLarge(Limit::Body { max }));
             }
             if validate {
                 payload::validate_json(&bytes)?;
@@ -174,10 +173,10 @@ pub async fn send(
             tracing::warn!(error = %e, %upstream, "upstream failed");
             e.into()
         })),
-        None if unfinished() => Err(Problem::BodyTimeout),
-        None => Err(Problem::UpstreamTimeout {
+        None if unfinished() => Err(Problem::TimedOut(Deadline::Body)),
+        None => Err(Problem::TimedOut(Deadline::Answer {
             status: app.config.server.timeout_status,
-        }),
+        })),
     }
 }
 

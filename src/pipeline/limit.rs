@@ -13,7 +13,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use super::auth::presented_key;
 use crate::config::{Config, KeySource, Mode, OnError, Policy, RateLimitHeaders};
 use crate::limiter::{Decision, Error, Refusal, Store};
-use crate::problem::{Problem, Violated};
+use crate::problem::{Limit, Problem, Violated};
 
 /// Policies with up to this many limits have the 429's list of violated limits rendered for
 /// every combination at start.
@@ -158,8 +158,11 @@ impl Limits {
         let decision = match self.store.check(&policy.limiter, &key, cost).await {
             Ok(d) => d,
             Err(Error::InsufficientCapacity(e)) => {
-                let reason = e.to_string();
-                return (None, Err(Problem::OverCapacity { reason }));
+                let limit = Limit::Cost {
+                    cost: e.cost,
+                    capacity: e.capacity,
+                };
+                return (None, Err(Problem::TooLarge(limit)));
             }
             // Unless the store falls back to this replica's memory, the config decides.
             Err(Error::Unavailable) => match config.store.on_error {

@@ -379,6 +379,7 @@ fn one_host(req: &Request<Body>) -> Option<bool> {
 
 fn problem(p: Problem, id: &HeaderValue) -> Response<Body> {
     p.into_response(id.to_str().unwrap_or_default())
+        .map(Body::full)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 
 use crate::body::BoxError;
 use crate::config::Route;
-use crate::problem::Problem;
+use crate::problem::{Limit, Problem};
 
 /// Refuses a body by what its head declares: a length over `max_body`, or a media type the
 /// route does not accept. `has_body` is false for requests that carry none (GET, empty).
@@ -26,9 +26,8 @@ pub fn check_head(route: &Route, headers: &HeaderMap, has_body: bool) -> Result<
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|n| n > route.max_body) {
-        return Err(Problem::BodyTooLarge {
-            limit: route.max_body,
-        });
+        let max = route.max_body;
+        return Err(Problem::TooLarge(Limit::Body { max }));
     }
     // An HTTP/2 request may end its stream only after its head, even with no body at all.
     let has_body = has_body && declared != Some(0);
@@ -121,7 +120,7 @@ pub async fn read_whole(mut body: Incoming, limit: u64) -> Result<Bytes, Problem
         }; // trailers are not forwarded
         total += data.len() as u64;
         if total > limit {
-            return Err(Problem::BodyTooLarge { limit });
+            return Err(Problem::TooLarge(Limit::Body { max: limit }));
         }
         match &first {
             None => first = Some(data),
@@ -208,7 +207,7 @@ impl Progress {
     /// (the client closed its connection mid-body, or sent a malformed chunk).
     pub fn fault(&self, limit: u64) -> Option<Problem> {
         match self.0.load(Ordering::Relaxed) {
-            TOO_LARGE => Some(Problem::BodyTooLarge { limit }),
+            TOO_LARGE => Some(Problem::TooLarge(Limit::Body { max: limit })),
             UNREADABLE => Some(Problem::UnreadableBody),
             _ => None,
         }

@@ -111,10 +111,11 @@ fn answer(reloader: &Reloader, req: &Request<Incoming>) -> Response<Body> {
         "/reload" => Problem::MethodNotAllowed {
             allow: HeaderValue::from_static("POST"),
         }
-        .into_response(""),
+        .into_response("")
+        .map(Body::full),
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/metrics" => reloader.between_reloads(metrics),
-        _ => Problem::NoRoute.into_response(""),
+        _ => Problem::NoRoute.into_response("").map(Body::full),
     }
 }
 
@@ -146,7 +147,7 @@ fn reload(reloader: &Reloader) -> Response<Body> {
                 Body::full(format!(r#"{{"status":"reloaded","hash":"{hash:016x}"}}"#));
             res
         }
-        Err(ReloadError::Draining) => Problem::Draining.into_response(""),
+        Err(ReloadError::Draining) => Problem::Draining.into_response("").map(Body::full),
         Err(e) => {
             let errors = match &e {
                 ReloadError::Config(c) if !c.invalid().is_empty() => c
@@ -162,7 +163,9 @@ fn reload(reloader: &Reloader) -> Response<Body> {
                     message: other.to_string(),
                 }],
             };
-            Problem::ConfigInvalid { errors }.into_response("")
+            Problem::ConfigInvalid { errors }
+                .into_response("")
+                .map(Body::full)
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config;
 use crate::pipeline::Proxy;
-use crate::problem::Problem;
+use crate::problem::{Deadline, Problem};
 
 /// A worker's proxy for the generation in force, swapped on reload; each request takes the
 /// current one, so a reload reaches connections that are already open.
@@ -298,7 +298,7 @@ impl ClientIo {
     fn expire(&mut self) -> io::Result<()> {
         match self.phase {
             Phase::Head => {
-                self.answer(&Problem::HeadTimeout);
+                self.answer(&Problem::TimedOut(Deadline::Head));
                 Err(io::ErrorKind::TimedOut.into())
             }
             Phase::Busy => Err(io::Error::new(

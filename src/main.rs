@@ -81,7 +81,11 @@ fn demo(args: &Args) -> ExitCode {
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains and exits 0. SIGHUP reloads the config.
 fn serve(config: Config, source: Option<server::Source>, log: LogFormat) -> ExitCode {
-    let running = match server::start_with(config, source) {
+    let options = server::Options {
+        source,
+        ..server::Options::default()
+    };
+    let running = match server::start_with(config, options) {
         Ok(r) => r,
         Err(e) => return fatal(log, &e.to_string()),
     };

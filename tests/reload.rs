@@ -51,7 +51,11 @@ fn start(path: &Path) -> Running {
         path: path.to_path_buf(),
         overrides: Overrides::default(),
     };
-    server::start_with(config, Some(source)).unwrap()
+    let options = server::Options {
+        source: Some(source),
+        ..server::Options::default()
+    };
+    server::start_with(config, options).unwrap()
 }
 
 /// `POST /reload` on the admin listener.

@@ -49,16 +49,21 @@ pub struct App {
 }
 
 impl App {
-    /// The first generation.
+    /// The first generation, with the store `[store]` names.
     pub fn new(config: Config) -> std::io::Result<App> {
+        let store = store_for(&config)?;
+        Ok(App::with_store(config, store))
+    }
+
+    /// The first generation, with limiter state in `store`.
+    pub fn with_store(config: Config, store: Arc<dyn Store>) -> App {
         let life = Lifecycle {
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
             reloads: Default::default(),
         };
         let metrics = Metrics::new(&config);
-        let store = store_for(&config)?;
-        Ok(App::build(config, Arc::new(life), metrics, store))
+        App::build(config, Arc::new(life), metrics, store)
     }
 
     /// The next generation, from a new config. A policy whose limits did not change keeps its

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 pub use reload::{ReloadError, Source};
 
 use crate::config::Config;
+use crate::limiter::Store;
 use crate::pipeline::App;
 use reload::Reloader;
 
@@ -34,20 +35,33 @@ pub struct Running {
     control: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
-/// Binds every listener (so errors surface here, before anything runs) and starts the workers.
-/// Without a source, a reload is refused.
-pub fn start(config: Config) -> io::Result<Running> {
-    start_with(config, None)
+/// How a server starts, beyond its config.
+#[derive(Default)]
+pub struct Options {
+    /// Where a reload reads the config from; without one, a reload is refused.
+    pub source: Option<Source>,
+    /// The limiter's store, instead of the one `[store]` names (tests pass one on a manual
+    /// clock, so that waiting out a limit takes no time).
+    pub store: Option<Arc<dyn Store>>,
 }
 
-/// `start`, able to reload its config from `source`.
-pub fn start_with(config: Config, source: Option<Source>) -> io::Result<Running> {
+/// Binds every listener (so errors surface here, before anything runs) and starts the workers.
+/// A reload is refused.
+pub fn start(config: Config) -> io::Result<Running> {
+    start_with(config, Options::default())
+}
+
+/// `start`, with `options`.
+pub fn start_with(config: Config, options: Options) -> io::Result<Running> {
     let listeners = listener::bind_workers(config.server.listen, config.server.workers, None)?;
     let addr = listeners[0].local_addr()?;
     let admin = config.server.admin_listen.map(listener::bind).transpose()?;
     let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
-    let app = Arc::new(App::new(config)?);
-    let reloader = Arc::new(Reloader::new(source, app.clone()));
+    let app = Arc::new(match options.store {
+        Some(store) => App::with_store(config, store),
+        None => App::new(config)?,
+    });
+    let reloader = Arc::new(Reloader::new(options.source, app.clone()));
     let (stop, stopped) = watch::channel(false);
     let workers = listeners
         .into_iter()

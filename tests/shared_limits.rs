@@ -260,9 +260,10 @@ async fn a_reload_that_changes_the_store_switches_to_it() {
         r#"{"status":"ready","store":"memory"}"#
     );
     assert_eq!(send(p.addr, keyed("gina")).await.status, 200);
+    // A timeout no busy test machine reaches: every check must go to Redis.
     p.rewrite_config(&config(
         &up.url(),
-        &format!("url = \"{}\"", redis.url()),
+        &format!("url = \"{}\"\ntimeout = \"1s\"", redis.url()),
         SMALL,
     ));
     let reloaded = send(

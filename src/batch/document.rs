@@ -8,7 +8,7 @@ use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visi
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::pipeline::{invalid_json, invalid_json_at};
+use crate::json;
 use crate::problem::{FieldError, Limit, Problem};
 
 /// serde_json's nesting limit for a `Value`: 127 levels pass, the 128th does not.
@@ -54,7 +54,7 @@ pub fn read(bytes: &[u8], max_requests: usize) -> Result<Document<'_>, Problem> 
                 }],
             });
         }
-        (Err(e), None) => return Err(invalid_json(e)),
+        (Err(e), None) => return Err(json::invalid(e)),
     };
     holdable(bytes)?;
     Ok(Document {
@@ -88,7 +88,7 @@ pub(super) fn holdable(bytes: &[u8]) -> Result<(), Problem> {
                 _ => {}
             }
             if depth == MAX_DEPTH {
-                return Err(invalid_json_at(bytes, at, "nested too deep"));
+                return Err(json::invalid_at(bytes, at, "nested too deep"));
             }
             continue;
         }
@@ -110,7 +110,11 @@ pub(super) fn holdable(bytes: &[u8]) -> Result<(), Problem> {
             _ => None,
         };
         if high != unit.is_some_and(|u| (0xDC00..0xE000).contains(&u)) {
-            return Err(invalid_json_at(bytes, at, "lone surrogate in a \\u escape"));
+            return Err(json::invalid_at(
+                bytes,
+                at,
+                "lone surrogate in a \\u escape",
+            ));
         }
         high = unit.is_some_and(|u| (0xD800..0xDC00).contains(&u));
     }

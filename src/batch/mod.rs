@@ -23,7 +23,9 @@ pub use parse::{Item, parse};
 pub struct FromBatch;
 
 use crate::body::Body;
-use crate::pipeline::{Proxy, client_ip, is_json, read_whole};
+use crate::body::read_whole;
+use crate::media::is_json;
+use crate::pipeline::{Proxy, client_ip};
 use crate::problem::{Deadline, Problem};
 
 /// The 207's body.

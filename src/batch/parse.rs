@@ -152,7 +152,7 @@ fn path(value: Option<&Value>, batch_path: &str) -> Result<Uri, &'static str> {
     };
     let uri: Uri = p.parse().map_err(|_| "is not a valid path")?;
     // In the normal form the item will be routed by, so that no spelling reaches the batch.
-    let uri = match crate::pipeline::path::normalized(&uri) {
+    let uri = match crate::path::normalized(&uri) {
         Ok(normal) => normal.unwrap_or(uri),
         Err(_) => return Err("has a % that does not begin an escape"),
     };

@@ -23,7 +23,8 @@ use tokio::time::Instant;
 
 use super::parse::Item;
 use crate::body::{Body, BoxError};
-use crate::pipeline::{Proxy, X_API_KEY, is_json};
+use crate::media::is_json;
+use crate::pipeline::{Proxy, X_API_KEY};
 use crate::problem::{Deadline, Problem};
 use crate::upstream::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 

@@ -608,7 +608,7 @@ fn request_path(key: String, path: &Spanned<String>, errs: &mut Errors) {
     if !path.get_ref().starts_with('/') {
         return errs.push(key, path.span(), "must start with /");
     }
-    match crate::pipeline::path::normal(path.get_ref()) {
+    match crate::path::normal(path.get_ref()) {
         Ok(None) => {}
         Ok(Some(normal)) => errs.push(
             key,

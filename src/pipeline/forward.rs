@@ -14,12 +14,12 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::payload::{self, Counted, Progress};
 use super::{App, Proxy, is_trusted};
-use crate::body::Body;
+use crate::body::{self, Body, Counted, Progress, fired};
 use crate::config::Route;
 use crate::problem::{Deadline, Limit, Problem};
-use crate::upstream::{UpstreamError, fired, set_forwarded, strip_hop_by_hop};
+use crate::upstream::{UpstreamError, set_forwarded, strip_hop_by_hop};
+use crate::{json, media};
 
 /// Makes the request head ready for an HTTP/1.1 upstream: origin-form URI, `Host` kept as the
 /// client named it (`has_host`: whether it has one), hop-by-hop headers dropped,
@@ -104,14 +104,14 @@ pub async fn send(
 ) -> Result<Response<Body>, Problem> {
     // One timer for the whole request: the body read, the answer's head, the answer's body.
     let mut deadline = Box::pin(sleep_until(Instant::now() + route.request_timeout));
-    let validate = route.validate_json && payload::is_json(&parts.headers);
+    let validate = route.validate_json && media::is_json(&parts.headers);
     let (body, progress) = match body {
         Body::Incoming(body) if validate => {
-            let reading = pin!(payload::read_whole(body, route.max_body));
+            let reading = pin!(body::read_whole(body, route.max_body));
             let bytes = before(&mut deadline, reading)
                 .await
                 .ok_or(Problem::TimedOut(Deadline::Body))??;
-            payload::validate_json(&bytes)?;
+            json::validate(&bytes)?;
             (Body::full(bytes), None)
         }
         // No body at all (a GET): nothing to count, and an empty body can be sent again.
@@ -133,7 +133,7 @@ pub async fn send(
                 return Err(Problem::TooLarge(Limit::Body { max }));
             }
             if validate {
-                payload::validate_json(&bytes)?;
+                json::validate(&bytes)?;
             }
             (Body::full(bytes), None)
         }
@@ -141,7 +141,12 @@ pub async fn send(
     };
     let app = &*proxy.app;
     let unfinished = || progress.as_ref().is_some_and(|p| !p.complete());
-    let client_fault = || progress.as_ref().and_then(|p| p.fault(route.max_body));
+    let client_fault = || {
+        progress
+            .as_ref()
+            .and_then(|p| p.fault(route.max_body))
+            .map(Problem::from)
+    };
     let shard = app.metrics.shard(proxy.worker);
     let sending = Instant::now();
     let req = Request::from_parts(parts, body);

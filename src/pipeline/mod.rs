@@ -8,7 +8,6 @@ mod auth;
 mod client;
 mod forward;
 mod limit;
-pub(crate) mod path;
 mod payload;
 mod record;
 mod request_id;
@@ -32,8 +31,6 @@ pub use auth::{Keys, presented_key};
 pub use client::{client_ip, is_trusted};
 pub use forward::host_from_authority;
 pub use limit::{Limits, Verdict};
-pub use payload::Counted;
-pub use payload::{invalid_json, invalid_json_at, is_json, read_whole, validate_json};
 pub use request_id::RequestIds;
 pub use route::{Routed, Router};
 
@@ -143,7 +140,7 @@ impl Proxy {
             return Err(Problem::HeadTooLarge);
         }
         let has_host = one_host(&req).ok_or(Problem::MalformedHost)?;
-        match path::normalized(req.uri()) {
+        match crate::path::normalized(req.uri()) {
             Ok(None) => {}
             Ok(Some(uri)) => *req.uri_mut() = uri,
             Err(_) => return Err(Problem::MalformedPath),

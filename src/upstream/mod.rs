@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 pub use headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, set_forwarded, strip_hop_by_hop,
 };
-pub use pool::{Pool, ResponseBody, fired};
+pub use pool::Pool;
 
 use futures_util::future;
 use tokio::net::TcpStream;

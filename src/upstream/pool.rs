@@ -2,22 +2,16 @@
 //! request never waits on another core; a connection goes back to its slot when the response
 //! body has been read to the end, and is dropped (closed) otherwise.
 
-use std::future::Future;
-use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::time::Sleep;
 
 use super::{UpstreamError, Upstreams, retry};
-use crate::body::{Body, BoxError};
+use crate::body::{Answer, Body, Recycle};
 use crate::config::Target;
 use crate::flat::FlatWrites;
 use crate::metrics::Metrics;
@@ -234,97 +228,15 @@ fn classify(e: &hyper::Error) -> UpstreamError {
 }
 
 fn wrap(res: Response<Incoming>, sender: SendRequest<Body>, slot: &Arc<Slot>) -> Response<Body> {
-    res.map(|inner| {
-        let mut body = ResponseBody {
-            inner,
-            release: Some((sender, slot.clone())),
-            deadline: None,
-        };
-        if body.inner.is_end_stream() {
-            body.release();
-        }
-        Body::Upstream(body)
-    })
+    res.map(|inner| Body::Upstream(Answer::new(inner, sender, slot.clone())))
 }
 
-/// Whether `deadline` has passed; if not, the task is woken when it does. Polled outside
-/// tokio's cooperative budget (as `tokio::time::timeout` does), so that work which used up the
-/// budget cannot keep the deadline from being seen.
-pub fn fired(deadline: &mut Pin<Box<Sleep>>, cx: &mut Context<'_>) -> bool {
-    let unbudgeted = pin!(tokio::task::unconstrained(deadline.as_mut()));
-    unbudgeted.poll(cx).is_ready()
-}
-
-/// An upstream response body that returns its connection to the pool once read to the end.
-#[derive(Debug)]
-pub struct ResponseBody {
-    inner: Incoming,
-    release: Option<(SendRequest<Body>, Arc<Slot>)>,
-    /// The request's deadline, which the body must end by too.
-    deadline: Option<Pin<Box<Sleep>>>,
-}
-
-impl ResponseBody {
-    /// Ends the body with an error if it has not ended when `deadline` fires: an upstream
-    /// that stalls mid-body cannot hold the client's connection past the request's deadline.
-    pub fn end_by(&mut self, deadline: Pin<Box<Sleep>>) {
-        if self.release.is_some() {
-            self.deadline = Some(deadline);
-        }
+impl Recycle for Slot {
+    fn put(&self, sender: SendRequest<Body>) {
+        Slot::put(self, sender);
     }
 
-    fn release(&mut self) {
-        self.deadline = None;
-        if let Some((sender, slot)) = self.release.take() {
-            slot.put(sender);
-        }
-    }
-}
-
-impl http_body::Body for ResponseBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        // Trailers stay behind, as nginx leaves them: HTTP/1.1 clients rarely ask for them, and
-        // HTTP/2 refuses the connection fields an upstream may put there.
-        while let Poll::Ready(Some(Ok(frame))) = &polled {
-            if !frame.is_trailers() {
-                break;
-            }
-            polled = Pin::new(&mut this.inner).poll_frame(cx);
-        }
-        match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.release = None,
-            Poll::Pending if this.deadline.as_mut().is_some_and(|d| fired(d, cx)) => {
-                // The connection is mid-message: close it rather than reuse it.
-                if let Some((_, slot)) = this.release.take() {
-                    slot.cut_off();
-                }
-                this.deadline = None;
-                let timed_out = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the upstream's answer did not end within request_timeout",
-                );
-                return Poll::Ready(Some(Err(timed_out.into())));
-            }
-            _ => {}
-        }
-        polled.map_err(Into::into)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn cut_off(&self) {
+        Slot::cut_off(self);
     }
 }

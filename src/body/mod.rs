@@ -1,6 +1,16 @@
 //! The one body type that flows through sluice, both ways: a client's streamed request body,
 //! an upstream's streamed response, or a small body sluice made itself. An enum rather than a
 //! boxed trait object, so forwarding allocates nothing for the body.
+//!
+//! - `counted.rs`: a request body streamed upstream, cut off past `max_body`.
+//! - `read.rs`: a request body read whole, within a limit.
+//! - `upstream.rs`: an upstream's answer body, which gives its connection back when read.
+//!
+//! A body that breaks off on the client's side says so with a [`Fault`].
+
+mod counted;
+mod read;
+mod upstream;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,8 +19,29 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::pipeline::Counted;
-use crate::upstream::ResponseBody;
+pub use counted::{Counted, Progress};
+pub use read::read_whole;
+pub use upstream::{Answer, Recycle, fired};
+
+use crate::problem::{Limit, Problem};
+
+/// Why a request body could not be had whole: the client's doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Larger than `max` bytes.
+    TooLarge { max: u64 },
+    /// Broken off: the connection closed mid-body, or a malformed chunk.
+    Unreadable,
+}
+
+impl From<Fault> for Problem {
+    fn from(fault: Fault) -> Problem {
+        match fault {
+            Fault::TooLarge { max } => Problem::TooLarge(Limit::Body { max }),
+            Fault::Unreadable => Problem::UnreadableBody,
+        }
+    }
+}
 
 /// Errors from a body stream; boxed only when one happens.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,7 +58,7 @@ pub enum Body {
     /// A client's request body, streamed and cut off past the route's `max_body`.
     Counted(Counted),
     /// An upstream's response body, streamed to the client; hands its connection back to the pool.
-    Upstream(ResponseBody),
+    Upstream(Answer),
 }
 
 impl Body {

@@ -17,21 +17,36 @@ use tokio::time::{Instant, timeout_at};
 
 pub use parse::{Item, parse};
 
-/// Marks a request made from a batch item: it belongs to a batch already accepted, so it runs
-/// even once the proxy has begun to drain.
-#[derive(Debug, Clone, Copy)]
-pub struct FromBatch;
-
 use crate::body::Body;
 use crate::body::read_whole;
 use crate::media::is_json;
-use crate::pipeline::{Proxy, client_ip};
+use crate::pipeline::{Answering, App, Endpoint, Proxy, authenticate, client_ip};
 use crate::problem::{Deadline, Problem};
 
 /// The 207's body.
 #[derive(Serialize)]
 struct Responses<'a> {
     responses: Vec<run::Answer<'a>>,
+}
+
+/// The batch endpoint, as the pipeline calls it once a request's head has passed.
+#[derive(Debug)]
+pub struct Batch;
+
+impl Endpoint for Batch {
+    fn path<'a>(&self, app: &'a App) -> Option<&'a str> {
+        let batch = &app.config.batch;
+        batch.enabled.then_some(batch.path.as_str())
+    }
+
+    fn answer<'a>(
+        &'a self,
+        proxy: &'a Proxy,
+        peer: SocketAddr,
+        req: Request<Body>,
+    ) -> Answering<'a> {
+        Box::pin(handle(proxy, peer, req))
+    }
 }
 
 /// Answers a request to the batch endpoint.
@@ -48,7 +63,7 @@ pub async fn handle(
         });
     }
     let client = client_ip(peer.ip(), req.headers(), &app.config.server.trusted_proxies);
-    proxy.authenticate(&[], req.headers(), client).await?;
+    authenticate(proxy, &[], req.headers(), client).await?;
     if !is_json(req.headers()) {
         return Err(Problem::UnsupportedMediaType {
             accepted: vec!["application/json".into()],

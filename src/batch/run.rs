@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::parse::Item;
 use crate::body::{Body, BoxError};
 use crate::media::is_json;
-use crate::pipeline::{Proxy, X_API_KEY};
+use crate::pipeline::{FromBatch, Proxy, X_API_KEY};
 use crate::problem::{Deadline, Problem};
 use crate::upstream::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
@@ -221,7 +221,7 @@ fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
     *req.method_mut() = item.method.clone();
     *req.uri_mut() = item.uri.clone();
     *req.headers_mut() = headers;
-    req.extensions_mut().insert(super::FromBatch);
+    req.extensions_mut().insert(FromBatch);
     req
 }
 

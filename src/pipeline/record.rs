@@ -155,35 +155,37 @@ const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
 /// deadline passed) is counted and logged as 499.
 pub struct Tracked<'a> {
     pub rec: Record,
+    /// The request id it is answered and logged under.
+    pub id: HeaderValue,
     app: &'a App,
     shard: &'a Shard,
-    id: &'a HeaderValue,
     answered: bool,
 }
 
 impl<'a> Tracked<'a> {
-    pub fn new(app: &'a App, shard: &'a Shard, id: &'a HeaderValue, rec: Record) -> Tracked<'a> {
+    pub fn new(app: &'a App, shard: &'a Shard, id: HeaderValue, rec: Record) -> Tracked<'a> {
         shard.in_flight(1);
         Tracked {
             rec,
+            id,
             app,
             shard,
-            id,
             answered: false,
         }
     }
 
-    /// The request got `res`.
-    pub fn answered(mut self, res: &Response<Body>) {
-        self.rec.finish(self.app, self.shard, self.id, Some(res));
+    /// The request got `res`; its id comes back, for the answer.
+    pub fn answered(mut self, res: &Response<Body>) -> HeaderValue {
+        self.rec.finish(self.app, self.shard, &self.id, Some(res));
         self.answered = true;
+        std::mem::replace(&mut self.id, HeaderValue::from_static(""))
     }
 }
 
 impl Drop for Tracked<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            self.rec.finish(self.app, self.shard, self.id, None);
+            self.rec.finish(self.app, self.shard, &self.id, None);
         }
         self.shard.in_flight(-1);
     }

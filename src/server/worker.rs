@@ -23,9 +23,10 @@ use tokio::sync::{Notify, watch};
 
 use super::client_io::{Active, ClientIo, ConnState, Current};
 use super::reload::Generation;
+use crate::batch::Batch;
 use crate::body::{Body, BoxError};
 use crate::config;
-use crate::pipeline::{Lifecycle, Proxy, Unmeasured};
+use crate::pipeline::{App, Lifecycle, Proxy, Unmeasured};
 
 /// hyper's own read buffer limit, kept well above `max_header_bytes` so that the head limit is
 /// enforced (with a problem body) by `ClientIo` rather than by hyper's bare 431.
@@ -44,7 +45,7 @@ pub fn spawn(
         .name(format!("sluice-worker-{i}"))
         .spawn(move || {
             let app = generations.borrow().app.clone();
-            let current = Arc::new(ArcSwap::from_pointee(Proxy::new(app, i)));
+            let current = Arc::new(ArcSwap::from_pointee(proxy(app, i)));
             rt.block_on(async move {
                 match TcpListener::from_std(listener) {
                     Ok(listener) => serve(i, current, listener, generations, stop).await,
@@ -78,7 +79,7 @@ async fn serve(
             Ok(()) = generations.changed() => {
                 let generation = generations.borrow_and_update().clone();
                 builder = self::builder(&generation.app.config.server);
-                current.store(Arc::new(Proxy::new(generation.app.clone(), i)));
+                current.store(Arc::new(proxy(generation.app.clone(), i)));
                 if let Some(new) = generation.take_listener(i).map(TcpListener::from_std) {
                     match new {
                         Ok(new) => listener = new,
@@ -97,6 +98,11 @@ async fn serve(
     {
         tracing::warn!("drain timeout reached; closing the remaining connections");
     }
+}
+
+/// Worker `i`'s proxy for a generation: the pipeline, with the batch endpoint on its path.
+fn proxy(app: Arc<App>, i: usize) -> Proxy {
+    Proxy::new(app, i).with_endpoint(Arc::new(Batch))
 }
 
 fn builder(server: &config::Server) -> auto::Builder<TokioExecutor> {

@@ -1,6 +1,6 @@
-//! The limit phase: which policy applies (the key's own, else the route's), what identifies the
-//! client under it, and the store's decision; then the rate-limit headers that every response
-//! of a limited route carries, 429 or not. Also the guard that slows down key guessing.
+//! The limiter as the phases use it: what identifies the client under a policy, and the
+//! store's decision; then the rate-limit headers that every response of a limited route
+//! carries, 429 or not. Also the guard that slows down key guessing.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::auth::presented_key;
+use super::credentials::presented_key;
 use crate::config::{Config, KeySource, Mode, OnError, Policy, RateLimitHeaders};
 use crate::limiter::{Decision, Error, Refusal, Store};
 use crate::problem::{Limit, Problem, Violated};

@@ -1,5 +1,5 @@
-//! Forwarding: the request rewritten in place for the upstream, its body read or streamed
-//! within the route's deadline, and the upstream's answer made ready for the client.
+//! The forward phase: the request rewritten in place for the upstream, its body read or
+//! streamed within the route's deadline, and the upstream's answer made ready for the client.
 
 use std::future::{Future, poll_fn};
 use std::net::{IpAddr, SocketAddr};
@@ -14,17 +14,41 @@ use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use tokio::time::{Instant, Sleep, sleep_until};
 
-use super::{App, Proxy, is_trusted};
+use super::Ctx;
 use crate::body::{self, Body, Counted, Progress, fired};
 use crate::config::Route;
+use crate::pipeline::{App, Proxy, credentials, is_trusted};
 use crate::problem::{Deadline, Limit, Problem};
 use crate::upstream::{UpstreamError, set_forwarded, strip_hop_by_hop};
 use crate::{json, media};
 
+/// Sends the request upstream as the route says; the answer, or why there is none.
+pub(crate) async fn forward(
+    ctx: &mut Ctx<'_>,
+    req: Request<Body>,
+) -> Result<Response<Body>, Problem> {
+    let app = &*ctx.proxy.app;
+    let route = &app.config.routes[ctx.route];
+    let (mut parts, body) = req.into_parts();
+    prepare(
+        app,
+        route,
+        ctx.peer,
+        ctx.client,
+        ctx.id,
+        ctx.has_host,
+        &mut parts,
+    )?;
+    credentials::identify_upstream(&app.config.auth, &app.keys, ctx.who, &mut parts.headers);
+    let res = send(ctx.proxy, ctx.route, route, parts, body).await?;
+    ctx.rec.upstream_status = Some(res.status());
+    Ok(res)
+}
+
 /// Makes the request head ready for an HTTP/1.1 upstream: origin-form URI, `Host` kept as the
 /// client named it (`has_host`: whether it has one), hop-by-hop headers dropped,
 /// X-Forwarded-* and the request id set.
-pub fn prepare(
+fn prepare(
     app: &App,
     route: &Route,
     peer: SocketAddr,
@@ -95,7 +119,7 @@ pub fn host_from_authority(parts: &mut Parts) -> bool {
 /// `request_timeout`, which the answer's body must then end by too. A JSON body the route
 /// validates is read whole first; others stream. A body already in memory (a batch item's)
 /// is checked the same way.
-pub async fn send(
+async fn send(
     proxy: &Proxy,
     r: usize,
     route: &Route,

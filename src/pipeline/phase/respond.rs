@@ -1,0 +1,103 @@
+//! The respond phase: whatever the outcome, the answer the client gets. A problem becomes its
+//! problem+json; a panic becomes a 500 for this request alone; every answer of a limited route
+//! carries the rate-limit headers, every answer the request id; an answer to `HEAD` loses its
+//! body. Then the request is counted and logged.
+
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, HeaderValue, Response};
+
+use super::{Ctx, Refused};
+use crate::body::Body;
+use crate::pipeline::Proxy;
+use crate::pipeline::record::Tracked;
+use crate::problem::Problem;
+
+/// A refusal before the limits: the problem, with the client's standing under the policy it
+/// would have counted under kept for the headers.
+pub(super) async fn refused(ctx: &mut Ctx<'_>, refused: Refused, headers: &HeaderMap) -> Problem {
+    let app = &*ctx.proxy.app;
+    ctx.rec.standing = app
+        .limits
+        .standing(&app.config, refused.policy, headers, ctx.client)
+        .await;
+    refused.problem
+}
+
+/// A problem as the answer, under request id `id`.
+pub(crate) fn problem(p: Problem, id: &HeaderValue) -> Response<Body> {
+    p.into_response(id.to_str().unwrap_or_default())
+        .map(Body::full)
+}
+
+/// Finishes the answer: rate-limit headers, the request id, no body to `HEAD`; then counts and
+/// logs the request.
+pub(crate) fn finish(
+    proxy: &Proxy,
+    tracked: Tracked<'_>,
+    mut res: Response<Body>,
+    head: bool,
+) -> Response<Body> {
+    let app = &*proxy.app;
+    if let Some(v) = tracked
+        .rec
+        .verdict
+        .as_ref()
+        .or(tracked.rec.standing.as_ref())
+    {
+        app.limits.write_headers(v, res.headers_mut());
+    }
+    let id = tracked.answered(&res);
+    res.headers_mut()
+        .insert(app.config.headers.request_id.clone(), id);
+    if head {
+        without_body(&mut res);
+    }
+    res
+}
+
+/// An answer to HEAD carries no body (RFC 9110 §9.3.2), only the length a GET would get.
+/// hyper leaves the body out over HTTP/1.1, but would send it over HTTP/2, where the client
+/// then takes the stream as broken.
+pub(crate) fn without_body(res: &mut Response<Body>) {
+    if let Body::Full(Some(bytes)) = res.body() {
+        let len = HeaderValue::from(bytes.len());
+        res.headers_mut().entry(CONTENT_LENGTH).or_insert(len);
+        *res.body_mut() = Body::Empty;
+    }
+}
+
+/// Runs a request's future; a panic in it becomes a 500 for this request alone. A plain
+/// function, not an `async fn`: that would hold `handling` twice, as its argument and inside
+/// `CatchUnwind`.
+pub(crate) fn contain_panic<'a>(
+    handling: impl Future<Output = Response<Body>> + 'a,
+    id: &'a HeaderValue,
+) -> impl Future<Output = Response<Body>> + 'a {
+    AssertUnwindSafe(handling)
+        .catch_unwind()
+        .map(move |caught| {
+            caught.unwrap_or_else(|_| {
+                tracing::error!(request_id = ?id, "request handler panicked");
+                problem(Problem::Internal, id)
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_while_handling_becomes_a_500_problem() {
+        let id = HeaderValue::from_static("req-1");
+        let res = contain_panic(async { panic!("bug") }, &id).await;
+        assert_eq!(res.status(), 500);
+        assert_eq!(
+            res.headers()[http::header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+    }
+}

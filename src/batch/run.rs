@@ -3,7 +3,6 @@
 //! An item whose dependency did not answer 2xx is answered 424 without running; the whole
 //! batch shares one deadline, after which unfinished items are answered 408.
 
-use std::io::{self, ErrorKind::TimedOut};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -15,14 +14,14 @@ use http::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue,
 };
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::parse::Item;
-use crate::body::{Body, BoxError};
+use crate::body::{self, Body};
 use crate::media::is_json;
 use crate::pipeline::{FromBatch, Proxy, X_API_KEY};
 use crate::problem::{Deadline, Problem};
@@ -242,7 +241,9 @@ async fn answer<'a>(
     };
     let bytes = match read_within(body, budget).await {
         Ok(bytes) => bytes,
-        Err(e) if e.is::<LengthLimitError>() || e.is::<OverBudget>() => {
+        // Not sluice's problem with the request, nor the upstream's: the one answer a batch
+        // gives that is not a problem document (documented).
+        Err(Unread::TooLarge) => {
             return Answer {
                 id,
                 status: StatusCode::BAD_GATEWAY,
@@ -251,13 +252,12 @@ async fn answer<'a>(
                 body: Some(Payload::Text("response too large for a batch".into())),
             };
         }
-        // The upstream's answer did not end within the item's request_timeout.
-        Err(e) if e.downcast_ref::<io::Error>().map(io::Error::kind) == Some(TimedOut) => {
+        Err(Unread::Cut) => {
             let status = proxy.app.config.server.timeout_status;
             let p = Problem::TimedOut(Deadline::Answer { status });
             return problem(proxy, id, p, request_id());
         }
-        Err(_) => return problem(proxy, id, Problem::UpstreamReset, request_id()),
+        Err(Unread::Broken) => return problem(proxy, id, Problem::UpstreamReset, request_id()),
     };
     let mut headers = Map::new();
     // The answer is a part of the batch's, not a message of its own: a `Connection: close`
@@ -318,39 +318,40 @@ fn escaped_len(bytes: &[u8]) -> usize {
         .sum()
 }
 
-/// The batch's answers have used up `MAX_BATCH_ANSWERS`.
+/// Why an item's answer could not be read into the 207.
 #[derive(Debug)]
-struct OverBudget;
-
-impl std::fmt::Display for OverBudget {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the batch's answers are too large")
-    }
+enum Unread {
+    /// Past `MAX_ITEM_RESPONSE`, or past what is left of the batch's `MAX_BATCH_ANSWERS`.
+    TooLarge,
+    /// The upstream's answer did not end within the item's `request_timeout`.
+    Cut,
+    /// The upstream broke off.
+    Broken,
 }
-
-impl std::error::Error for OverBudget {}
 
 /// An item's answer body, read whole, within `MAX_ITEM_RESPONSE` and what is left of the
 /// batch's `budget`, which it takes from as it arrives (items run at once). An answer not
 /// kept gives back what it took.
-async fn read_within(body: Body, budget: &AtomicUsize) -> Result<Bytes, BoxError> {
-    let mut body = std::pin::pin!(Limited::new(body, MAX_ITEM_RESPONSE));
+async fn read_within(body: Body, budget: &AtomicUsize) -> Result<Bytes, Unread> {
+    let mut body = std::pin::pin!(body);
     let mut read = BytesMut::new();
     let outcome = loop {
         let data = match body.frame().await {
             None => break Ok(()),
-            Some(Err(e)) => break Err(e),
+            Some(Err(body::Error::Cut)) => break Err(Unread::Cut),
+            Some(Err(_)) => break Err(Unread::Broken),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
                 Err(_) => continue, // trailers
             },
         };
         let take = |left: usize| left.checked_sub(data.len());
-        if budget
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take)
-            .is_err()
+        if read.len() + data.len() > MAX_ITEM_RESPONSE
+            || budget
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, take)
+                .is_err()
         {
-            break Err(OverBudget.into());
+            break Err(Unread::TooLarge);
         }
         read.extend_from_slice(&data);
     };

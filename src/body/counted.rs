@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use super::{BoxError, Fault};
+use super::{Error, Fault};
 
 /// How a streamed body is doing, shared between the body and the request that sent it.
 #[derive(Debug)]
@@ -68,12 +68,12 @@ impl Counted {
 
 impl http_body::Body for Counted {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         let Poll::Ready(frame) = polled else {
             return Poll::Pending;
@@ -89,7 +89,7 @@ impl http_body::Body for Counted {
                 if len > this.left {
                     // The frame that would pass the limit is never sent.
                     this.progress.0.store(TOO_LARGE, Ordering::Relaxed);
-                    return Poll::Ready(Some(Err("request body over max_body".into())));
+                    return Poll::Ready(Some(Err(Error::TooLarge)));
                 }
                 this.left -= len;
                 if this.inner.is_end_stream() {
@@ -99,7 +99,7 @@ impl http_body::Body for Counted {
             }
             Some(Err(e)) => {
                 this.progress.0.store(UNREADABLE, Ordering::Relaxed);
-                Poll::Ready(Some(Err(e.into())))
+                Poll::Ready(Some(Err(Error::Broken(e))))
             }
         }
     }

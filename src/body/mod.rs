@@ -43,8 +43,20 @@ impl From<Fault> for Problem {
     }
 }
 
-/// Errors from a body stream; boxed only when one happens.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Why a body stream ended before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request body went past the route's `max_body`: the frame that would pass it is never
+    /// sent on.
+    #[error("request body over max_body")]
+    TooLarge,
+    /// An upstream's answer did not end within the request's `request_timeout`.
+    #[error("the upstream's answer did not end within request_timeout")]
+    Cut,
+    /// The stream broke: its sender closed or reset the connection, or sent a malformed chunk.
+    #[error(transparent)]
+    Broken(#[from] hyper::Error),
+}
 
 /// A request or response body.
 #[derive(Debug)]
@@ -76,18 +88,18 @@ impl From<Incoming> for Body {
 
 impl http_body::Body for Body {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         match self.get_mut() {
             Body::Empty => Poll::Ready(None),
             Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Error::Broken),
             Body::Counted(b) => Pin::new(b).poll_frame(cx),
-            Body::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Body::Upstream(b) => Pin::new(b).poll_frame(cx),
         }
     }
 

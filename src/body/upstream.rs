@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tokio::time::Sleep;
 
-use super::{Body, BoxError};
+use super::{Body, Error};
 
 /// Whether `deadline` has passed; if not, the task is woken when it does. Polled outside
 /// tokio's cooperative budget (as `tokio::time::timeout` does), so that work which used up the
@@ -72,12 +72,12 @@ impl Answer {
 
 impl http_body::Body for Answer {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = &mut *self;
         let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
         // Trailers stay behind, as nginx leaves them: HTTP/1.1 clients rarely ask for them, and
@@ -98,15 +98,11 @@ impl http_body::Body for Answer {
                     slot.cut_off();
                 }
                 this.deadline = None;
-                let timed_out = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the upstream's answer did not end within request_timeout",
-                );
-                return Poll::Ready(Some(Err(timed_out.into())));
+                return Poll::Ready(Some(Err(Error::Cut)));
             }
             _ => {}
         }
-        polled.map_err(Into::into)
+        polled.map_err(Error::Broken)
     }
 
     fn is_end_stream(&self) -> bool {

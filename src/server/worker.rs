@@ -24,7 +24,7 @@ use tokio::sync::{Notify, watch};
 use super::client_io::{Active, ClientIo, ConnState, Current};
 use super::reload::Generation;
 use crate::batch::Batch;
-use crate::body::{Body, BoxError};
+use crate::body::{self, Body};
 use crate::config;
 use crate::pipeline::{App, Lifecycle, Proxy, Unmeasured};
 
@@ -194,12 +194,12 @@ struct Answer {
 
 impl http_body::Body for Answer {
     type Data = Bytes;
-    type Error = BoxError;
+    type Error = body::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, body::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(_))) = polled {

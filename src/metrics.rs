@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::config::Config;
 use crate::limiter::{CALL_BUCKETS, Health, LimitKind};
+use crate::problem::UpstreamFault;
 
 /// Method label values; anything else is `other`.
 const METHODS: [&str; 8] = [
@@ -29,14 +30,8 @@ const DECISIONS: [&str; 3] = ["allowed", "refused", "shadow_refused"];
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
 ];
-/// Upstream error kinds.
-pub const ERRORS: [&str; 5] = [
-    "refused",
-    "reset",
-    "timeout",
-    "bad_response",
-    "no_healthy_target",
-];
+/// Upstream error kinds, one counter each.
+const ERRORS: usize = UpstreamFault::ALL.len();
 
 /// A limiter outcome, for `sluice_limiter_decisions_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +124,7 @@ impl Metrics {
             routes.len() * METHODS.len() * STATUSES,
             limits.len() * DECISIONS.len(),
             config.routes.len() * LATENCY_WIDTH,
-            upstreams.len() * ERRORS.len(),
+            upstreams.len() * ERRORS,
         ];
         let shard = || Shard {
             requests: counters(sizes[Family::Requests as usize]),
@@ -191,7 +186,7 @@ impl Metrics {
         }
         for (uo, name) in old.upstreams.iter().enumerate() {
             if let Some(un) = new.upstreams.iter().position(|n| n == name) {
-                new.carry(old, Family::Errors, ERRORS.len(), uo, un);
+                new.carry(old, Family::Errors, ERRORS, uo, un);
             }
         }
         new
@@ -269,8 +264,8 @@ impl Shard {
         self.latency[base + BUCKETS.len() + 1].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn upstream_error(&self, upstream: usize, kind: usize) {
-        self.errors[upstream * ERRORS.len() + kind].fetch_add(1, Ordering::Relaxed);
+    pub fn upstream_error(&self, upstream: usize, fault: UpstreamFault) {
+        self.errors[upstream * ERRORS + fault as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn in_flight(&self, delta: i64) {
@@ -452,10 +447,10 @@ fn encode_errors(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
     let mut family =
         enc.encode_descriptor("sluice_upstream_errors", help, None, MetricType::Counter)?;
     for (u, upstream) in m.upstreams.iter().enumerate() {
-        for (k, kind) in ERRORS.iter().enumerate() {
-            let n = m.total(Family::Errors, u * ERRORS.len() + k);
+        for fault in UpstreamFault::ALL {
+            let n = m.total(Family::Errors, u * ERRORS + fault as usize);
             if n > 0 {
-                let labels = [("upstream", upstream.as_str()), ("kind", kind)];
+                let labels = [("upstream", upstream.as_str()), ("kind", fault.label())];
                 family
                     .encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&n, None)?;

@@ -51,6 +51,56 @@ impl Source {
     }
 }
 
+/// What went wrong on the upstream's side: the problem it answers, and its metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamFault {
+    #[error("every target refused the connection")]
+    Refused,
+    #[error("the upstream closed or reset the connection")]
+    Reset,
+    #[error("the upstream did not answer, or end its answer, within request_timeout")]
+    TimedOut,
+    #[error("the upstream sent an invalid response")]
+    BadResponse,
+    #[error("every target failed within the last second")]
+    NoHealthyTarget,
+}
+
+impl UpstreamFault {
+    /// Every fault, in the order of their discriminants (their metrics counters' order).
+    pub const ALL: [UpstreamFault; 5] = [
+        UpstreamFault::Refused,
+        UpstreamFault::Reset,
+        UpstreamFault::TimedOut,
+        UpstreamFault::BadResponse,
+        UpstreamFault::NoHealthyTarget,
+    ];
+
+    /// The `kind` label of `sluice_upstream_errors_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamFault::Refused => "refused",
+            UpstreamFault::Reset => "reset",
+            UpstreamFault::TimedOut => "timeout",
+            UpstreamFault::BadResponse => "bad_response",
+            UpstreamFault::NoHealthyTarget => "no_healthy_target",
+        }
+    }
+
+    /// The problem it answers; a timeout is answered `timeout_status`.
+    pub fn problem(self, timeout_status: StatusCode) -> Problem {
+        match self {
+            UpstreamFault::Refused => Problem::UpstreamRefused,
+            UpstreamFault::Reset => Problem::UpstreamReset,
+            UpstreamFault::TimedOut => Problem::TimedOut(Deadline::Answer {
+                status: timeout_status,
+            }),
+            UpstreamFault::BadResponse => Problem::UpstreamBadResponse,
+            UpstreamFault::NoHealthyTarget => Problem::NoHealthyUpstream,
+        }
+    }
+}
+
 /// A deadline that passed. Every 408 (and the 504 of `timeout_status`) comes from one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
@@ -522,6 +572,13 @@ mod tests {
         assert_eq!(v["title"], "Not Found");
         assert_eq!(v["request_id"], "abc");
         assert_eq!(v["type"], "about:blank");
+    }
+
+    #[test]
+    fn upstream_faults_are_listed_in_the_order_of_their_counters() {
+        for (i, fault) in UpstreamFault::ALL.iter().enumerate() {
+            assert_eq!(*fault as usize, i);
+        }
     }
 
     #[test]

@@ -22,25 +22,6 @@ use crate::config::{self, Target};
 /// target is usually just restarting, and every request in this time gets a 503.
 const FAIL_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Why forwarding to the upstream failed; the pipeline turns it into a problem response.
-/// The discriminants index `metrics::ERRORS`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("every target refused the connection")]
-    Refused = 0,
-    #[error("the upstream closed or reset the connection")]
-    Reset = 1,
-    #[error("the upstream sent an invalid response")]
-    BadResponse = 3,
-    #[error("every target failed within the last second")]
-    NoHealthyTarget = 4,
-}
-
-impl UpstreamError {
-    /// The `metrics::ERRORS` index of an upstream that did not answer in time.
-    pub const TIMEOUT: usize = 2;
-}
-
 /// All upstreams of the config, with the health of each target; shared by every worker.
 #[derive(Debug)]
 pub struct Upstreams {

@@ -10,11 +10,12 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-use super::{UpstreamError, Upstreams, retry};
+use super::{Upstreams, retry};
 use crate::body::{Answer, Body, Recycle};
 use crate::config::Target;
 use crate::flat::FlatWrites;
 use crate::metrics::Metrics;
+use crate::problem::UpstreamFault;
 
 /// Idle connections kept per target and worker; beyond this a finished connection is closed.
 const MAX_IDLE: usize = 256;
@@ -48,7 +49,7 @@ impl Slot {
     /// Counts and logs an answer cut off at the request's deadline.
     fn cut_off(&self) {
         let shard = self.metrics.shard(self.worker);
-        shard.upstream_error(self.upstream, UpstreamError::TIMEOUT);
+        shard.upstream_error(self.upstream, UpstreamFault::TimedOut);
         tracing::warn!(
             upstream = %self.name,
             "upstream answer cut off: it had not ended within request_timeout"
@@ -87,12 +88,12 @@ impl Slot {
         e: hyper::Error,
         copy: Option<Request<Body>>,
         now: Instant,
-    ) -> Result<Request<Body>, UpstreamError> {
+    ) -> Result<Request<Body>, UpstreamFault> {
         if !retry::closed_unanswered(&e) {
             return Err(classify(&e));
         }
         self.closed(now);
-        let copy = copy.ok_or(UpstreamError::Reset)?;
+        let copy = copy.ok_or(UpstreamFault::Reset)?;
         let upstream = &self.name;
         tracing::debug!(%upstream, error = %e, "reused connection found closed; sending again");
         Ok(copy)
@@ -110,7 +111,7 @@ impl Slot {
 enum Attempt {
     /// No connection could be made; the request was not sent and comes back.
     Unreachable(Request<Body>),
-    Failed(UpstreamError),
+    Failed(UpstreamFault),
 }
 
 impl Pool {
@@ -140,7 +141,7 @@ impl Pool {
         u: usize,
         mut req: Request<Body>,
         now: Instant,
-    ) -> Result<Response<Body>, UpstreamError> {
+    ) -> Result<Response<Body>, UpstreamFault> {
         let mut tried = false;
         for t in ups.plan(u) {
             tried = true;
@@ -154,9 +155,9 @@ impl Pool {
             }
         }
         Err(if tried {
-            UpstreamError::Refused
+            UpstreamFault::Refused
         } else {
-            UpstreamError::NoHealthyTarget
+            UpstreamFault::NoHealthyTarget
         })
     }
 
@@ -219,11 +220,11 @@ async fn connect(target: &Target, timeout: Duration) -> std::io::Result<SendRequ
     Ok(sender)
 }
 
-fn classify(e: &hyper::Error) -> UpstreamError {
+fn classify(e: &hyper::Error) -> UpstreamFault {
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
-        UpstreamError::BadResponse
+        UpstreamFault::BadResponse
     } else {
-        UpstreamError::Reset
+        UpstreamFault::Reset
     }
 }
 

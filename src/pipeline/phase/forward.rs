@@ -18,8 +18,8 @@ use super::Ctx;
 use crate::body::{self, Body, Counted, Progress, fired};
 use crate::config::Route;
 use crate::pipeline::{App, Proxy, credentials, is_trusted};
-use crate::problem::{Deadline, Limit, Problem};
-use crate::upstream::{UpstreamError, set_forwarded, strip_hop_by_hop};
+use crate::problem::{Deadline, Limit, Problem, UpstreamFault};
+use crate::upstream::{set_forwarded, strip_hop_by_hop};
 use crate::{json, media};
 
 /// Sends the request upstream as the route says; the answer, or why there is none.
@@ -185,9 +185,9 @@ async fn send(
     match outcome {
         Some(Ok(_)) => shard.upstream_latency(r, sending.elapsed()),
         Some(Err(e)) if client_fault().is_none() => {
-            shard.upstream_error(route.upstream, e as usize);
+            shard.upstream_error(route.upstream, e);
         }
-        None if !unfinished() => shard.upstream_error(route.upstream, UpstreamError::TIMEOUT),
+        None if !unfinished() => shard.upstream_error(route.upstream, UpstreamFault::TimedOut),
         _ => {}
     }
     match outcome {
@@ -200,12 +200,10 @@ async fn send(
         Some(Err(e)) => Err(client_fault().unwrap_or_else(|| {
             let upstream = &app.config.upstreams[route.upstream].name;
             tracing::warn!(error = %e, %upstream, "upstream failed");
-            e.into()
+            e.problem(app.config.server.timeout_status)
         })),
         None if unfinished() => Err(Problem::TimedOut(Deadline::Body)),
-        None => Err(Problem::TimedOut(Deadline::Answer {
-            status: app.config.server.timeout_status,
-        })),
+        None => Err(UpstreamFault::TimedOut.problem(app.config.server.timeout_status)),
     }
 }
 
@@ -224,15 +222,15 @@ fn before<'a, F: Future>(
 
 /// The upstream's answer for the client: untouched but for hop-by-hop headers and the framing
 /// sluice gives it. One that cannot be passed on as it was meant is a bad response.
-fn for_client(mut res: Response<Body>) -> Result<Response<Body>, UpstreamError> {
+fn for_client(mut res: Response<Body>) -> Result<Response<Body>, UpstreamFault> {
     // sluice never sends `Upgrade` upstream, so a 101 answers nothing it asked.
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(UpstreamError::BadResponse);
+        return Err(UpstreamFault::BadResponse);
     }
     let framing = strip_hop_by_hop(res.headers_mut());
     // A coding sluice would drop matters only where a body follows (not HEAD, 204, 304).
     if framing.is_err() && !res.body().is_end_stream() {
-        return Err(UpstreamError::BadResponse);
+        return Err(UpstreamFault::BadResponse);
     }
     if res.status() == StatusCode::NO_CONTENT {
         res.headers_mut().remove(CONTENT_LENGTH); // RFC 9110 §8.6; hyper drops it on HTTP/1.1 only
@@ -240,17 +238,6 @@ fn for_client(mut res: Response<Body>) -> Result<Response<Body>, UpstreamError> 
     // sluice speaks its own HTTP version to the client, whatever the upstream's.
     *res.version_mut() = Version::HTTP_11;
     Ok(res)
-}
-
-impl From<UpstreamError> for Problem {
-    fn from(e: UpstreamError) -> Problem {
-        match e {
-            UpstreamError::Refused => Problem::UpstreamRefused,
-            UpstreamError::Reset => Problem::UpstreamReset,
-            UpstreamError::BadResponse => Problem::UpstreamBadResponse,
-            UpstreamError::NoHealthyTarget => Problem::NoHealthyUpstream,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,145 +1,20 @@
-//! The upstream side: target health shared by all workers (`Upstreams`), each worker's own
-//! keep-alive connection pool (`Pool`), and the header rules for a proxied hop (`headers`).
+//! The upstream side:
+//!
+//! - `health.rs`: target health shared by all workers ([`Upstreams`]), round robin over the
+//!   targets that have not just refused a connection.
+//! - `connect.rs`: the one place that connects to a target.
+//! - `pool.rs`: each worker's own keep-alive connections ([`Pool`]), and sending a request.
+//! - `retry.rs`: when a request lost on a kept-alive connection may go again.
+//! - `headers.rs`: the header rules for a proxied hop (hop-by-hop, `X-Forwarded-*`).
 
+mod connect;
 mod headers;
+mod health;
 mod pool;
 mod retry;
-
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 pub use headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, set_forwarded, strip_hop_by_hop,
 };
+pub use health::Upstreams;
 pub use pool::Pool;
-
-use futures_util::future;
-use tokio::net::TcpStream;
-
-use crate::config::{self, Target};
-
-/// How long a target that refused a connection is skipped. Short, because a sidecar's only
-/// target is usually just restarting, and every request in this time gets a 503.
-const FAIL_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// All upstreams of the config, with the health of each target; shared by every worker.
-#[derive(Debug)]
-pub struct Upstreams {
-    list: Vec<Upstream>,
-    epoch: Instant,
-}
-
-#[derive(Debug)]
-struct Upstream {
-    name: String,
-    targets: Vec<TargetState>,
-    next: AtomicUsize,
-    connect_timeout: Duration,
-}
-
-#[derive(Debug)]
-struct TargetState {
-    target: Target,
-    /// Milliseconds since `Upstreams::epoch` until which the target is skipped.
-    down_until: AtomicU64,
-}
-
-impl Upstreams {
-    pub fn new(config: &[config::Upstream]) -> Upstreams {
-        let list = config
-            .iter()
-            .map(|u| Upstream {
-                name: u.name.clone(),
-                targets: u
-                    .targets
-                    .iter()
-                    .map(|t| TargetState {
-                        target: t.clone(),
-                        down_until: AtomicU64::new(0),
-                    })
-                    .collect(),
-                next: AtomicUsize::new(0),
-                connect_timeout: u.connect_timeout,
-            })
-            .collect();
-        Upstreams {
-            list,
-            epoch: Instant::now(),
-        }
-    }
-
-    /// The order in which to try the targets of upstream `u` for one request: round robin,
-    /// skipping targets that failed within `FAIL_TIMEOUT`. Empty when all of them did.
-    fn plan(&self, u: usize) -> impl Iterator<Item = usize> + '_ {
-        let up = &self.list[u];
-        let n = up.targets.len();
-        let start = if n == 1 {
-            0
-        } else {
-            up.next.fetch_add(1, Ordering::Relaxed)
-        };
-        let now = self.now_ms();
-        (0..n)
-            .map(move |k| (start + k) % n)
-            .filter(move |&t| up.targets[t].down_until.load(Ordering::Relaxed) <= now)
-    }
-
-    fn name(&self, u: usize) -> &str {
-        &self.list[u].name
-    }
-
-    fn target(&self, u: usize, t: usize) -> &Target {
-        &self.list[u].targets[t].target
-    }
-
-    fn connect_timeout(&self, u: usize) -> Duration {
-        self.list[u].connect_timeout
-    }
-
-    fn mark_down(&self, u: usize, t: usize) {
-        let until = self.now_ms() + FAIL_TIMEOUT.as_millis() as u64;
-        self.list[u].targets[t]
-            .down_until
-            .store(until, Ordering::Relaxed);
-    }
-
-    /// Whether every upstream has a target that accepts a connection now: all targets tried
-    /// at once, each within its upstream's `connect_timeout`, and `wait` in all. Tried, not
-    /// remembered: an app that is not listening yet has had no request fail. A probe marks no
-    /// target down; only requests do.
-    pub async fn all_reachable(&self, wait: Duration) -> bool {
-        let upstream = |u: usize| async move {
-            let timeout = self.connect_timeout(u);
-            let tries = (0..self.list[u].targets.len())
-                .map(|t| Box::pin(open(self.target(u, t), timeout)))
-                .collect::<Vec<_>>();
-            !tries.is_empty() && future::select_ok(tries).await.is_ok()
-        };
-        let all = future::join_all((0..self.list.len()).map(upstream));
-        tokio::time::timeout(wait, all)
-            .await
-            .is_ok_and(|reached| reached.into_iter().all(|ok| ok))
-    }
-
-    /// The number of targets of each upstream, to size a worker's pool.
-    fn shape(&self) -> Vec<usize> {
-        self.list.iter().map(|u| u.targets.len()).collect()
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-}
-
-/// A TCP connection to `target`, or an error if it is refused or takes longer than `timeout`.
-async fn open(target: &Target, timeout: Duration) -> std::io::Result<TcpStream> {
-    let connecting = async {
-        match target.addr {
-            Some(addr) => TcpStream::connect(addr).await,
-            None => TcpStream::connect((target.host.as_str(), target.port)).await,
-        }
-    };
-    tokio::time::timeout(timeout, connecting)
-        .await
-        .map_err(|_| std::io::ErrorKind::TimedOut)?
-}

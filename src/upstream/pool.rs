@@ -3,17 +3,15 @@
 //! body has been read to the end, and is dropped (closed) otherwise.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http1::SendRequest;
 
+use super::connect::connect;
 use super::{Upstreams, retry};
 use crate::body::{Answer, Body, Recycle};
-use crate::config::Target;
-use crate::flat::FlatWrites;
 use crate::metrics::Metrics;
 use crate::problem::UpstreamFault;
 
@@ -203,21 +201,6 @@ impl Pool {
             Err(e) => Err(Attempt::Failed(classify(e.error()))),
         }
     }
-}
-
-async fn connect(target: &Target, timeout: Duration) -> std::io::Result<SendRequest<Body>> {
-    let stream = super::open(target, timeout).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(FlatWrites(stream)))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
-    Ok(sender)
 }
 
 fn classify(e: &hyper::Error) -> UpstreamFault {

@@ -1,20 +1,30 @@
 //! sluice: a rate-limiting reverse proxy for HTTP JSON APIs.
 //!
-//! A request's way, and where each part lives:
+//! The modules, bottom to top (each uses only those above it in this list):
 //!
-//! - [`server`]: per-core workers, listeners, connection limits, head deadlines, graceful drain,
-//!   and the admin listener (`/healthz`, `/readyz`).
-//! - [`pipeline`]: one request, in phases: route → credentials → limits → body checks →
-//!   forward within the deadline → response headers.
-//! - [`batch`]: the batch endpoint: many requests in one, with dependencies, answered 207.
-//! - [`limiter`]: the rate-limit algorithms (pure, clock passed in), the `Store` trait and the
-//!   in-memory store.
-//! - [`upstream`]: target health, each worker's keep-alive pool, hop-by-hop and X-Forwarded-*.
-//! - [`problem`]: every status sluice produces itself, as RFC 9457 problem details.
+//! - [`problem`]: every answer sluice gives itself, as RFC 9457 problem details; where each
+//!   came from, and its status, decided in one place.
+//! - [`json`], [`media`], [`path`]: pure checks — a body's JSON, its media type, a path's
+//!   normal form.
+//! - [`body`]: the body type that flows through, both ways: counted, read whole, or an
+//!   upstream's answer; with its own fault type.
+//! - [`limiter`]: the rate-limit algorithms (pure, clock passed in), the `Store` trait, the
+//!   in-memory store and the Redis store shared by replicas.
 //! - [`config`]: the TOML file, checked once into typed values.
-//! - [`body`]: the body type that flows through, both ways.
-//! - [`flat`]: small answers and requests written to their sockets as one plain write.
-//! - [`cli`] and [`demo`]: the command line and the built-in demo API.
+//! - [`metrics`]: Prometheus counters, one shard per worker.
+//! - [`upstream`]: target health, connecting, each worker's keep-alive pool, hop-by-hop and
+//!   X-Forwarded-* headers.
+//! - [`pipeline`]: one request, in phases (`pipeline/phase/`): head → route → auth → limit →
+//!   payload → forward → respond.
+//! - [`batch`]: the batch endpoint: many requests in one, each through the pipeline, with
+//!   dependencies, answered 207.
+//! - [`server`]: per-core workers, listeners, connection limits, head deadlines, graceful
+//!   drain, reload, and the admin listener (`/healthz`, `/readyz`, `/metrics`).
+//! - [`flat`]: small writes to sockets as one plain write; [`alloc`]: the allocator;
+//!   [`cli`] and [`demo`]: the command line and the built-in demo API.
+//!
+//! `docs/architecture.md` follows a request through the files, and names the one place that
+//! makes each status.
 
 pub mod alloc;
 pub mod batch;

@@ -1,5 +1,5 @@
 //! One request's way through sluice. [`Proxy::serve_request`] runs the phases of
-//! [`phase`] in order (head → route → auth → limit → payload → forward), each able to answer
+//! `phase` in order (head → route → auth → limit → payload → forward), each able to answer
 //! early, and the respond phase makes every outcome the client's answer.
 //!
 //! - [`App`] (`app.rs`): the state every worker shares, one generation per config.

@@ -7,7 +7,7 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use super::clock::Nanos;
-use super::policy::{Policy, State};
+use super::policy::Policy;
 
 /// The most limits a policy may have: one state word each, two words per key.
 pub const MAX_LIMITS: usize = 2;
@@ -69,6 +69,13 @@ impl LimitReport {
     }
 }
 
+/// What the headers say of one limit for a key's state: `r` and `t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Figures {
+    pub(crate) remaining: u32,
+    pub(crate) reset: Nanos,
+}
+
 /// The per-limit reports of one check, in the policy's order; inline, no allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
@@ -103,6 +110,9 @@ impl Deref for Report {
         &self.items[..usize::from(self.len)]
     }
 }
+
+/// A key's state under a policy: one word per limit; all zeros is a fresh key.
+pub type State = [u64; MAX_LIMITS];
 
 /// The answer to a check: admitted or not, and the key's state after it (as it was, if
 /// refused). A check works out only the verdict, stopping at the first limit that refuses;

@@ -27,9 +27,11 @@ mod store;
 mod window;
 
 pub use clock::{Clock, ManualClock, MonotonicClock, Nanos};
-pub use decision::{Decision, LimitKind, LimitReport, MAX_LIMITS, Refusal, Report, ceil_secs};
+pub use decision::{
+    Decision, LimitKind, LimitReport, MAX_LIMITS, Refusal, Report, State, ceil_secs,
+};
 pub use gcra::{Gcra, Rate};
 pub use memory::MemoryStore;
-pub use policy::{InsufficientCapacity, Limit, Policy, State};
+pub use policy::{InsufficientCapacity, Limit, Policy};
 pub use store::{CALL_BUCKETS, Checked, Error, Health, Outcome, Store};
 pub use window::Window;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::clock::Nanos;
-use super::decision::{Decision, LimitKind, LimitReport, MAX_LIMITS, Report};
+use super::decision::{Decision, Figures, LimitKind, LimitReport, MAX_LIMITS, Report, State};
 use super::gcra::{Gcra, Rate};
 use super::window::Window;
 
@@ -102,13 +102,6 @@ impl Limit {
     }
 }
 
-/// What the headers say of one limit: `r` and `t`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Figures {
-    pub(crate) remaining: u32,
-    pub(crate) reset: Nanos,
-}
-
 /// The time of a check, with what each limit of its policy works out from the time alone (a
 /// window's slot). Made before the key's state is read, so the map's shared lock is held for
 /// as little as possible.
@@ -117,9 +110,6 @@ pub(crate) struct At {
     now: Nanos,
     slots: [u64; MAX_LIMITS],
 }
-
-/// A key's state under a policy: one word per limit; all zeros is a fresh key.
-pub type State = [u64; MAX_LIMITS];
 
 /// A request costing more than a limit's whole quota: it can never be admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::clock::Nanos;
-use super::decision::{Decision, Figures, LimitKind, LimitReport, MAX_LIMITS, Report, State};
+use super::decision::{
+    Decider, Decision, Figures, LimitKind, LimitReport, MAX_LIMITS, Report, State,
+};
 use super::gcra::{Gcra, Rate};
 use super::window::Window;
 
@@ -252,33 +254,6 @@ impl Policy {
         Ok(Decision::new(*state, now, cost, true))
     }
 
-    /// Per limit, for a key in `state` at `now`: the exact wait before a request of `cost`
-    /// fits (zero if it fits now).
-    pub(crate) fn waits(&self, state: &State, now: Nanos, cost: u32) -> [Nanos; MAX_LIMITS] {
-        let mut waits = [0; MAX_LIMITS];
-        for ((limit, &word), wait) in self.limits().iter().zip(state).zip(&mut waits) {
-            *wait = limit.wait(word, now, cost);
-        }
-        waits
-    }
-
-    /// What the headers say of each limit for a key in `state` at `now` (after a check); if
-    /// the request of `cost` was refused, the limits that refuse it are marked.
-    pub(crate) fn report(&self, state: &State, now: Nanos, cost: u32, refused: bool) -> Report {
-        let mut report = self.blank;
-        // Only a refusal needs the limits' admission test, and so the time worked out for it.
-        let (limits, at) = (
-            self.limits().iter().zip(state),
-            refused.then(|| self.at(now)),
-        );
-        for (i, (item, (limit, &word))) in report.items_mut().iter_mut().zip(limits).enumerate() {
-            let Figures { remaining, reset } = limit.figures(word, now);
-            let refuses = at.is_some_and(|at| limit.admit(word, &at, i, cost).is_none());
-            (item.remaining, item.reset, item.refused) = (remaining, reset, refuses);
-        }
-        report
-    }
-
     /// A key's `state` under policy `from`, carried over to this policy: each limit takes the
     /// share used of the limit of the same kind in `from` (a kind `from` lacks starts fresh).
     pub fn carried(&self, from: &Policy, state: &State, now: Nanos) -> State {
@@ -305,6 +280,31 @@ impl Policy {
             .iter()
             .zip(&mut words)
             .all(|(limit, word)| limit.is_fresh(*word, now))
+    }
+}
+
+impl Decider for Policy {
+    fn waits(&self, state: &State, now: Nanos, cost: u32) -> [Nanos; MAX_LIMITS] {
+        let mut waits = [0; MAX_LIMITS];
+        for ((limit, &word), wait) in self.limits().iter().zip(state).zip(&mut waits) {
+            *wait = limit.wait(word, now, cost);
+        }
+        waits
+    }
+
+    fn report(&self, state: &State, now: Nanos, cost: u32, refused: bool) -> Report {
+        let mut report = self.blank;
+        // Only a refusal needs the limits' admission test, and so the time worked out for it.
+        let (limits, at) = (
+            self.limits().iter().zip(state),
+            refused.then(|| self.at(now)),
+        );
+        for (i, (item, (limit, &word))) in report.items_mut().iter_mut().zip(limits).enumerate() {
+            let Figures { remaining, reset } = limit.figures(word, now);
+            let refuses = at.is_some_and(|at| limit.admit(word, &at, i, cost).is_none());
+            (item.remaining, item.reset, item.refused) = (remaining, reset, refuses);
+        }
+        report
     }
 }
 

@@ -2,6 +2,7 @@
 //! per-key state, and the in-memory [`MemoryStore`].
 //!
 //! - [`Policy`] (`policy.rs`): a name and one or two limits, all of which must admit a request.
+//! - [`PolicyName`] (`name.rs`): a name the rate-limit headers can carry as it is.
 //! - [`Gcra`] (`gcra.rs`): rate with burst, as a theoretical arrival time.
 //! - [`Window`] (`window.rs`): at most N in any rolling window, never overshot; may admit up
 //!   to [`Window::lateness`] later than an exact sliding log.
@@ -21,6 +22,7 @@ mod clock;
 mod decision;
 mod gcra;
 mod memory;
+mod name;
 mod policy;
 pub mod redis;
 mod store;
@@ -32,6 +34,7 @@ pub use decision::{
 };
 pub use gcra::{Gcra, Rate};
 pub use memory::MemoryStore;
+pub use name::{InvalidPolicyName, PolicyName};
 pub use policy::{InsufficientCapacity, Limit, Policy};
 pub use store::{CALL_BUCKETS, Checked, Error, Health, Outcome, Store};
 pub use window::Window;

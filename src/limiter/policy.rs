@@ -1,7 +1,6 @@
 //! A policy: a name and the limits a request must all pass, checked together per key.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -10,6 +9,7 @@ use super::decision::{
     Decider, Decision, Figures, LimitKind, LimitReport, MAX_LIMITS, Report, State,
 };
 use super::gcra::{Gcra, Rate};
+use super::name::PolicyName;
 use super::window::Window;
 
 /// One limit of a policy.
@@ -133,7 +133,7 @@ pub struct Policy {
     /// Names the policy's state in a shared store: the same on every replica and across
     /// reloads for the same name and limits.
     fingerprint: u64,
-    name: Arc<str>,
+    name: PolicyName,
     len: usize,
     limits: [Limit; MAX_LIMITS],
     /// The smallest quota.
@@ -143,8 +143,10 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// A policy of `limits` (one or two, in header order); `None` otherwise.
-    pub fn new(name: impl Into<Arc<str>>, limits: &[Limit]) -> Option<Policy> {
+    /// A policy named `name` (a [`PolicyName`], or a `&str` that is one) of `limits` (one or
+    /// two, in header order); `None` otherwise.
+    pub fn new(name: impl TryInto<PolicyName>, limits: &[Limit]) -> Option<Policy> {
+        let name = name.try_into().ok()?;
         let first = *limits.first()?;
         if limits.len() > MAX_LIMITS {
             return None;
@@ -155,10 +157,9 @@ impl Policy {
         limits
             .iter()
             .for_each(|limit| blank.push(limit.blank_report()));
-        let name = name.into();
         Some(Policy {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            fingerprint: fingerprint(&name, limits),
+            fingerprint: fingerprint(name.as_str(), limits),
             name,
             len: limits.len(),
             limits: all,
@@ -177,6 +178,11 @@ impl Policy {
 
     /// The policy's name, as configured.
     pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// The policy's name, as the rate-limit headers write it.
+    pub fn policy_name(&self) -> &PolicyName {
         &self.name
     }
 
@@ -433,6 +439,19 @@ mod tests {
         let slower = Limit::Rate(Gcra::new(Rate::per_hour(ONE), ONE).unwrap());
         let other = Policy::new("one", &[slower]).unwrap();
         assert_ne!(one.fingerprint(), other.fingerprint());
+    }
+
+    #[test]
+    fn a_policy_is_named_only_what_the_headers_can_carry() {
+        let rate = Limit::Rate(Gcra::new(Rate::per_minute(ONE), ONE).unwrap());
+        assert!(Policy::new("we\"ird", &[rate]).is_none());
+        let name = PolicyName::new("gold").unwrap();
+        let gold = Policy::new(name.clone(), &[rate]).unwrap();
+        assert_eq!(gold.policy_name(), &name);
+        assert_eq!(
+            gold.fingerprint(),
+            Policy::new("gold", &[rate]).unwrap().fingerprint()
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use toml::Spanned;
 use super::error::{Errors, Invalid, line_of};
 use super::{ApiKey, Auth, Batch, Config, ConfigError, Headers, KeySource, Overrides, raw};
 use super::{Dur, Policy, Rate, Route, Server, Target, Upstream};
-use crate::limiter::{self, Gcra, Limit, Window};
+use crate::limiter::{self, Gcra, Limit, PolicyName, Window};
 
 /// Parses TOML into the raw structs; type errors and unknown keys name their key and line.
 pub(super) fn deserialize(source: &str) -> Result<raw::File, ConfigError> {
@@ -346,11 +346,10 @@ fn policy(name: &str, p: &raw::Policy, span: Range<usize>, errs: &mut Errors) ->
     if name == "none" {
         fail("\"none\" is reserved for routes without a policy");
     }
-    // The name is written into RateLimit headers as a Structured Field string: printable
-    // ASCII, where `"` and `\` would need escapes.
-    let printable = |c: char| (' '..='~').contains(&c) && c != '"' && c != '\\';
-    if name.is_empty() || !name.chars().all(printable) {
-        fail("a policy name is printable ASCII, without '\"' or '\\'");
+    // The name is written into the rate-limit headers, which can carry only a `PolicyName`.
+    let checked = PolicyName::try_from(name);
+    if let Err(bad) = &checked {
+        fail(&bad.to_string());
     }
     let rate = match (p.rate, p.burst) {
         (Some(r), Some(b)) => {
@@ -391,13 +390,17 @@ fn policy(name: &str, p: &raw::Policy, span: Range<usize>, errs: &mut Errors) ->
         .chain(rate.iter().map(|r| Limit::Rate(r.2)))
         .collect();
     let key_source = key_source(&format!("{key}.key"), &p.key, errs);
+    // A bad name is reported above; the limits are still built, under a stand-in name, so
+    // that routes naming the policy find it and report nothing more.
+    let limiter_name =
+        checked.unwrap_or_else(|_| PolicyName::new("invalid").expect("a valid name"));
     Some(Policy {
         name: name.to_string(),
         rate: rate.map(|(r, b, _)| (r, b)),
         window: window.map(|(w, n, _)| (w, n)),
         key: key_source,
         mode: p.mode,
-        limiter: limiter::Policy::new(name, &limits)?,
+        limiter: limiter::Policy::new(limiter_name, &limits)?,
     })
 }
 

@@ -16,8 +16,8 @@
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
-use super::decision::{Decision, MAX_LIMITS};
-use super::policy::{At, InsufficientCapacity, Policy, State};
+use super::decision::{Decision, MAX_LIMITS, State};
+use super::policy::{At, InsufficientCapacity, Policy};
 
 /// The lock bit of the first word.
 pub(crate) const LOCKED: u64 = 1 << 63;

@@ -7,7 +7,6 @@ use std::ops::Deref;
 use std::time::Duration;
 
 use super::clock::Nanos;
-use super::policy::{Policy, State};
 
 /// The most limits a policy may have: one state word each, two words per key.
 pub const MAX_LIMITS: usize = 2;
@@ -69,6 +68,13 @@ impl LimitReport {
     }
 }
 
+/// What the headers say of one limit for a key's state: `r` and `t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Figures {
+    pub(crate) remaining: u32,
+    pub(crate) reset: Nanos,
+}
+
 /// The per-limit reports of one check, in the policy's order; inline, no allocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
@@ -103,6 +109,9 @@ impl Deref for Report {
         &self.items[..usize::from(self.len)]
     }
 }
+
+/// A key's state under a policy: one word per limit; all zeros is a fresh key.
+pub type State = [u64; MAX_LIMITS];
 
 /// The answer to a check: admitted or not, and the key's state after it (as it was, if
 /// refused). A check works out only the verdict, stopping at the first limit that refuses;
@@ -139,7 +148,7 @@ impl Decision {
 
     /// For a refusal, the exact wait and the limits that refused. `policy` is the one that
     /// decided.
-    pub fn refusal(&self, policy: &Policy) -> Option<Refusal> {
+    pub fn refusal(&self, policy: &impl Decider) -> Option<Refusal> {
         if self.allowed {
             return None;
         }
@@ -153,15 +162,28 @@ impl Decision {
 
     /// For a refusal, the exact wait after which the same request is admitted (if nothing
     /// else is spent meanwhile); never early.
-    pub fn retry_after(&self, policy: &Policy) -> Option<Duration> {
+    pub fn retry_after(&self, policy: &impl Decider) -> Option<Duration> {
         self.refusal(policy).map(|refusal| refusal.retry_after)
     }
 
     /// Per limit of `policy` (the one that decided), in its order: what the headers say, and
     /// whether it refused.
-    pub fn limits(&self, policy: &Policy) -> Report {
+    pub fn limits(&self, policy: &impl Decider) -> Report {
         policy.report(&self.state, self.now, self.cost, !self.allowed)
     }
+}
+
+/// The policy that made a decision, as far as the decision needs it to explain itself: only
+/// the policy knows its limits' arithmetic. `Policy` is the one implementation; the trait is
+/// not exported from `limiter`, so no other crate can implement or call it.
+pub trait Decider {
+    /// Per limit, for a key in `state` at `now`: the exact wait before a request of `cost`
+    /// fits (zero if it fits now).
+    fn waits(&self, state: &State, now: Nanos, cost: u32) -> [Nanos; MAX_LIMITS];
+
+    /// What the headers say of each limit for a key in `state` at `now` (after a check); if
+    /// the request of `cost` was refused, the limits that refuse it are marked.
+    fn report(&self, state: &State, now: Nanos, cost: u32, refused: bool) -> Report;
 }
 
 /// Why a request was refused.

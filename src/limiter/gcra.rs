@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::clock::{Interval, Nanos, nanos, to_micros};
-use super::policy::Figures;
+use super::decision::Figures;
 
 /// A sustained rate: `count` requests per `per`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,8 +33,8 @@ use dashmap::mapref::one::Ref;
 
 use super::atomic::AtomicState;
 use super::clock::{Clock, MonotonicClock, Nanos};
-use super::decision::Decision;
-use super::policy::{At, Policy, State};
+use super::decision::{Decision, State};
+use super::policy::{At, Policy};
 use super::store::{Checked, Outcome, Store};
 
 /// Policies whose tables are found with one atomic load instead of a map lookup; a process

@@ -2,6 +2,7 @@
 //! per-key state, and the in-memory [`MemoryStore`].
 //!
 //! - [`Policy`] (`policy.rs`): a name and one or two limits, all of which must admit a request.
+//! - [`PolicyName`] (`name.rs`): a name the rate-limit headers can carry as it is.
 //! - [`Gcra`] (`gcra.rs`): rate with burst, as a theoretical arrival time.
 //! - [`Window`] (`window.rs`): at most N in any rolling window, never overshot; may admit up
 //!   to [`Window::lateness`] later than an exact sliding log.
@@ -21,15 +22,19 @@ mod clock;
 mod decision;
 mod gcra;
 mod memory;
+mod name;
 mod policy;
 pub mod redis;
 mod store;
 mod window;
 
 pub use clock::{Clock, ManualClock, MonotonicClock, Nanos};
-pub use decision::{Decision, LimitKind, LimitReport, MAX_LIMITS, Refusal, Report, ceil_secs};
+pub use decision::{
+    Decision, LimitKind, LimitReport, MAX_LIMITS, Refusal, Report, State, ceil_secs,
+};
 pub use gcra::{Gcra, Rate};
 pub use memory::MemoryStore;
-pub use policy::{InsufficientCapacity, Limit, Policy, State};
+pub use name::{InvalidPolicyName, PolicyName};
+pub use policy::{InsufficientCapacity, Limit, Policy};
 pub use store::{CALL_BUCKETS, Checked, Error, Health, Outcome, Store};
 pub use window::Window;

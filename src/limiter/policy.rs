@@ -1,13 +1,15 @@
 //! A policy: a name and the limits a request must all pass, checked together per key.
 
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::clock::Nanos;
-use super::decision::{Decision, LimitKind, LimitReport, MAX_LIMITS, Report};
+use super::decision::{
+    Decider, Decision, Figures, LimitKind, LimitReport, MAX_LIMITS, Report, State,
+};
 use super::gcra::{Gcra, Rate};
+use super::name::PolicyName;
 use super::window::Window;
 
 /// One limit of a policy.
@@ -102,13 +104,6 @@ impl Limit {
     }
 }
 
-/// What the headers say of one limit: `r` and `t`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Figures {
-    pub(crate) remaining: u32,
-    pub(crate) reset: Nanos,
-}
-
 /// The time of a check, with what each limit of its policy works out from the time alone (a
 /// window's slot). Made before the key's state is read, so the map's shared lock is held for
 /// as little as possible.
@@ -117,9 +112,6 @@ pub(crate) struct At {
     now: Nanos,
     slots: [u64; MAX_LIMITS],
 }
-
-/// A key's state under a policy: one word per limit; all zeros is a fresh key.
-pub type State = [u64; MAX_LIMITS];
 
 /// A request costing more than a limit's whole quota: it can never be admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -141,7 +133,7 @@ pub struct Policy {
     /// Names the policy's state in a shared store: the same on every replica and across
     /// reloads for the same name and limits.
     fingerprint: u64,
-    name: Arc<str>,
+    name: PolicyName,
     len: usize,
     limits: [Limit; MAX_LIMITS],
     /// The smallest quota.
@@ -151,8 +143,10 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// A policy of `limits` (one or two, in header order); `None` otherwise.
-    pub fn new(name: impl Into<Arc<str>>, limits: &[Limit]) -> Option<Policy> {
+    /// A policy named `name` (a [`PolicyName`], or a `&str` that is one) of `limits` (one or
+    /// two, in header order); `None` otherwise.
+    pub fn new(name: impl TryInto<PolicyName>, limits: &[Limit]) -> Option<Policy> {
+        let name = name.try_into().ok()?;
         let first = *limits.first()?;
         if limits.len() > MAX_LIMITS {
             return None;
@@ -163,10 +157,9 @@ impl Policy {
         limits
             .iter()
             .for_each(|limit| blank.push(limit.blank_report()));
-        let name = name.into();
         Some(Policy {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            fingerprint: fingerprint(&name, limits),
+            fingerprint: fingerprint(name.as_str(), limits),
             name,
             len: limits.len(),
             limits: all,
@@ -185,6 +178,11 @@ impl Policy {
 
     /// The policy's name, as configured.
     pub fn name(&self) -> &str {
+        self.name.as_str()
+    }
+
+    /// The policy's name, as the rate-limit headers write it.
+    pub fn policy_name(&self) -> &PolicyName {
         &self.name
     }
 
@@ -262,33 +260,6 @@ impl Policy {
         Ok(Decision::new(*state, now, cost, true))
     }
 
-    /// Per limit, for a key in `state` at `now`: the exact wait before a request of `cost`
-    /// fits (zero if it fits now).
-    pub(crate) fn waits(&self, state: &State, now: Nanos, cost: u32) -> [Nanos; MAX_LIMITS] {
-        let mut waits = [0; MAX_LIMITS];
-        for ((limit, &word), wait) in self.limits().iter().zip(state).zip(&mut waits) {
-            *wait = limit.wait(word, now, cost);
-        }
-        waits
-    }
-
-    /// What the headers say of each limit for a key in `state` at `now` (after a check); if
-    /// the request of `cost` was refused, the limits that refuse it are marked.
-    pub(crate) fn report(&self, state: &State, now: Nanos, cost: u32, refused: bool) -> Report {
-        let mut report = self.blank;
-        // Only a refusal needs the limits' admission test, and so the time worked out for it.
-        let (limits, at) = (
-            self.limits().iter().zip(state),
-            refused.then(|| self.at(now)),
-        );
-        for (i, (item, (limit, &word))) in report.items_mut().iter_mut().zip(limits).enumerate() {
-            let Figures { remaining, reset } = limit.figures(word, now);
-            let refuses = at.is_some_and(|at| limit.admit(word, &at, i, cost).is_none());
-            (item.remaining, item.reset, item.refused) = (remaining, reset, refuses);
-        }
-        report
-    }
-
     /// A key's `state` under policy `from`, carried over to this policy: each limit takes the
     /// share used of the limit of the same kind in `from` (a kind `from` lacks starts fresh).
     pub fn carried(&self, from: &Policy, state: &State, now: Nanos) -> State {
@@ -315,6 +286,31 @@ impl Policy {
             .iter()
             .zip(&mut words)
             .all(|(limit, word)| limit.is_fresh(*word, now))
+    }
+}
+
+impl Decider for Policy {
+    fn waits(&self, state: &State, now: Nanos, cost: u32) -> [Nanos; MAX_LIMITS] {
+        let mut waits = [0; MAX_LIMITS];
+        for ((limit, &word), wait) in self.limits().iter().zip(state).zip(&mut waits) {
+            *wait = limit.wait(word, now, cost);
+        }
+        waits
+    }
+
+    fn report(&self, state: &State, now: Nanos, cost: u32, refused: bool) -> Report {
+        let mut report = self.blank;
+        // Only a refusal needs the limits' admission test, and so the time worked out for it.
+        let (limits, at) = (
+            self.limits().iter().zip(state),
+            refused.then(|| self.at(now)),
+        );
+        for (i, (item, (limit, &word))) in report.items_mut().iter_mut().zip(limits).enumerate() {
+            let Figures { remaining, reset } = limit.figures(word, now);
+            let refuses = at.is_some_and(|at| limit.admit(word, &at, i, cost).is_none());
+            (item.remaining, item.reset, item.refused) = (remaining, reset, refuses);
+        }
+        report
     }
 }
 
@@ -443,6 +439,19 @@ mod tests {
         let slower = Limit::Rate(Gcra::new(Rate::per_hour(ONE), ONE).unwrap());
         let other = Policy::new("one", &[slower]).unwrap();
         assert_ne!(one.fingerprint(), other.fingerprint());
+    }
+
+    #[test]
+    fn a_policy_is_named_only_what_the_headers_can_carry() {
+        let rate = Limit::Rate(Gcra::new(Rate::per_minute(ONE), ONE).unwrap());
+        assert!(Policy::new("we\"ird", &[rate]).is_none());
+        let name = PolicyName::new("gold").unwrap();
+        let gold = Policy::new(name.clone(), &[rate]).unwrap();
+        assert_eq!(gold.policy_name(), &name);
+        assert_eq!(
+            gold.fingerprint(),
+            Policy::new("gold", &[rate]).unwrap().fingerprint()
+        );
     }
 
     #[test]

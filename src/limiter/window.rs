@@ -19,7 +19,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::clock::{Interval, Nanos, nanos, to_micros};
-use super::policy::Figures;
+use super::decision::Figures;
 
 /// Bits kept for the slot number, so aliasing needs half a million idle slots.
 const MIN_EPOCH_BITS: u32 = 19;

@@ -12,7 +12,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::credentials::presented_key;
 use crate::config::{Config, KeySource, Mode, OnError, Policy, RateLimitHeaders};
-use crate::limiter::{Decision, Error, Refusal, Store};
+use crate::limiter::{Decision, Error, PolicyName, Refusal, Store};
 use crate::problem::{Limit, Problem, Violated};
 
 /// Policies with up to this many limits have the 429's list of violated limits rendered for
@@ -46,7 +46,7 @@ struct Named {
     /// The limits, to report on a decision.
     limiter: crate::limiter::Policy,
     /// Per limit, in the policy's order: `default`, `default.rate`.
-    names: Vec<Arc<str>>,
+    names: Vec<PolicyName>,
     /// `RateLimit-Policy`, complete.
     policy_header: HeaderValue,
     /// Per limit, the start of its `RateLimit` item: `"default";r=`.
@@ -58,16 +58,18 @@ struct Named {
 impl Named {
     fn new(p: &Policy) -> Named {
         let both = p.limiter.limits().len() > 1;
-        let names: Vec<Arc<str>> = p
+        // A PolicyName goes between a string's quotes as it is.
+        let name = p.limiter.policy_name();
+        let names: Vec<PolicyName> = p
             .limiter
             .limits()
             .iter()
             .enumerate()
             .map(|(i, _)| {
                 if both && i == 1 {
-                    format!("{}.rate", p.name).into()
+                    name.rate_name()
                 } else {
-                    p.name.as_str().into()
+                    name.clone()
                 }
             })
             .collect();
@@ -339,13 +341,13 @@ impl Line {
     }
 }
 
-fn violated_names(names: &[Arc<str>], refused: impl Fn(usize) -> bool) -> Violated {
+fn violated_names(names: &[PolicyName], refused: impl Fn(usize) -> bool) -> Violated {
     Violated::new(
         names
             .iter()
             .enumerate()
             .filter(|&(i, _)| refused(i))
-            .map(|(_, n)| &**n),
+            .map(|(_, n)| n.as_str()),
     )
 }
 

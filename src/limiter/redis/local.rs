@@ -22,9 +22,9 @@ use dashmap::mapref::entry::Entry;
 
 use super::script::{Reply, Take};
 use crate::limiter::clock::{Nanos, nanos};
-use crate::limiter::decision::Decision;
+use crate::limiter::decision::{Decision, State};
 use crate::limiter::memory::Mix;
-use crate::limiter::policy::{Policy, State};
+use crate::limiter::policy::Policy;
 
 /// A key under a policy: the policy's fingerprint and a keyed hash of the client key.
 pub(super) type Id = (u64, u64);

@@ -5,8 +5,8 @@
 use std::sync::LazyLock;
 
 use crate::limiter::clock::Nanos;
-use crate::limiter::decision::MAX_LIMITS;
-use crate::limiter::policy::{Limit, Policy, State};
+use crate::limiter::decision::{MAX_LIMITS, State};
+use crate::limiter::policy::{Limit, Policy};
 
 /// The script, loaded once per Redis (`EVALSHA`, and `SCRIPT LOAD` again on `NOSCRIPT`).
 pub(super) static LIMITS: LazyLock<redis::Script> =

@@ -419,8 +419,9 @@ impl Problem {
         }
     }
 
-    /// The problem as a complete response; `request_id` ties it to the logs.
-    pub fn into_response(self, request_id: &str) -> Response<Bytes> {
+    /// The problem as a complete response, whatever body type carries the bytes;
+    /// `request_id` ties it to the logs.
+    pub fn into_response<B: From<Bytes>>(self, request_id: &str) -> Response<B> {
         let body = match &self {
             // The most frequent answer under load: written straight, without a JSON tree.
             Problem::RateLimited {
@@ -429,7 +430,7 @@ impl Problem {
             } => rate_limited_body(*retry_after, violated, request_id),
             _ => self.body(request_id).to_string(),
         };
-        let mut res = Response::new(Bytes::from(body));
+        let mut res = Response::new(B::from(Bytes::from(body)));
         *res.status_mut() = self.status();
         let headers = res.headers_mut();
         headers.insert(
@@ -564,7 +565,7 @@ mod tests {
 
     #[test]
     fn problems_are_rfc9457_json_with_the_request_id() {
-        let res = Problem::NoRoute.into_response("abc");
+        let res = Problem::NoRoute.into_response::<Bytes>("abc");
         assert_eq!(res.status(), 404);
         assert_eq!(res.headers()[CONTENT_TYPE], "application/problem+json");
         let v: serde_json::Value = serde_json::from_slice(res.body()).unwrap();
@@ -584,7 +585,7 @@ mod tests {
     #[test]
     fn method_not_allowed_carries_allow() {
         let allow = HeaderValue::from_static("GET, POST");
-        let res = Problem::MethodNotAllowed { allow }.into_response("x");
+        let res = Problem::MethodNotAllowed { allow }.into_response::<Bytes>("x");
         assert_eq!(res.status(), 405);
         assert_eq!(res.headers()[ALLOW], "GET, POST");
     }
@@ -593,15 +594,20 @@ mod tests {
     fn timeouts_close_the_connection_and_401_challenges() {
         assert_eq!(
             Problem::TimedOut(Deadline::Body)
-                .into_response("x")
+                .into_response::<Bytes>("x")
                 .headers()[CONNECTION],
             "close"
         );
         let to = Problem::TimedOut(Deadline::Answer {
             status: StatusCode::GATEWAY_TIMEOUT,
         });
-        assert!(to.into_response("x").headers().get(CONNECTION).is_none());
-        let res = Problem::MissingCredentials.into_response("x");
+        assert!(
+            to.into_response::<Bytes>("x")
+                .headers()
+                .get(CONNECTION)
+                .is_none()
+        );
+        let res = Problem::MissingCredentials.into_response::<Bytes>("x");
         assert!(res.headers().contains_key(WWW_AUTHENTICATE));
     }
 
@@ -621,7 +627,7 @@ mod tests {
                 violated: Violated::new(names),
             };
             let expected = p.body(id).to_string();
-            let res = p.into_response(id);
+            let res = p.into_response::<Bytes>(id);
             assert_eq!(std::str::from_utf8(res.body()).unwrap(), expected);
         }
     }

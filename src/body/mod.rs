@@ -80,6 +80,12 @@ impl Body {
     }
 }
 
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Body {
+        Body::full(bytes)
+    }
+}
+
 impl From<Incoming> for Body {
     fn from(b: Incoming) -> Body {
         Body::Incoming(b)

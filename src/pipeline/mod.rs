@@ -122,8 +122,9 @@ impl Proxy {
                 Err(p) => respond::problem(p, id),
             }
         };
-        let res = respond::contain_panic(answering, id).await;
-        respond::finish(self, tracked, res, head)
+        let mut res = respond::contain_panic(answering, id).await;
+        respond::finish(self, &mut tracked, &mut res, head);
+        res
     }
 
     /// A fresh request id, for answers given before any request was parsed.

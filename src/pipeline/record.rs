@@ -175,7 +175,7 @@ impl<'a> Tracked<'a> {
     }
 
     /// The request got `res`; its id comes back, for the answer.
-    pub fn answered(mut self, res: &Response<Body>) -> HeaderValue {
+    pub fn answered(&mut self, res: &Response<Body>) -> HeaderValue {
         self.rec.finish(self.app, self.shard, &self.id, Some(res));
         self.answered = true;
         std::mem::replace(&mut self.id, HeaderValue::from_static(""))

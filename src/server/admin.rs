@@ -111,11 +111,10 @@ fn answer(reloader: &Reloader, req: &Request<Incoming>) -> Response<Body> {
         "/reload" => Problem::MethodNotAllowed {
             allow: HeaderValue::from_static("POST"),
         }
-        .into_response("")
-        .map(Body::full),
+        .into_response(""),
         "/healthz" => json(StatusCode::OK, r#"{"status":"ok"}"#),
         "/metrics" => reloader.between_reloads(metrics),
-        _ => Problem::NoRoute.into_response("").map(Body::full),
+        _ => Problem::NoRoute.into_response(""),
     }
 }
 
@@ -147,7 +146,7 @@ fn reload(reloader: &Reloader) -> Response<Body> {
                 Body::full(format!(r#"{{"status":"reloaded","hash":"{hash:016x}"}}"#));
             res
         }
-        Err(ReloadError::Draining) => Problem::Draining.into_response("").map(Body::full),
+        Err(ReloadError::Draining) => Problem::Draining.into_response(""),
         Err(e) => {
             let errors = match &e {
                 ReloadError::Config(c) if !c.invalid().is_empty() => c
@@ -163,9 +162,7 @@ fn reload(reloader: &Reloader) -> Response<Body> {
                     message: other.to_string(),
                 }],
             };
-            Problem::ConfigInvalid { errors }
-                .into_response("")
-                .map(Body::full)
+            Problem::ConfigInvalid { errors }.into_response("")
         }
     }
 }

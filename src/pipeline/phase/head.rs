@@ -26,7 +26,7 @@ pub struct Unmeasured;
 #[derive(Debug, Clone, Copy)]
 pub struct FromBatch;
 
-pub(crate) fn check(ctx: &mut Ctx<'_>, mut req: Request<Body>) -> Result<Request<Body>, Problem> {
+pub(crate) fn check(ctx: &mut Ctx<'_>, req: &mut Request<Body>) -> Result<(), Problem> {
     let app = &*ctx.proxy.app;
     let from_batch = req.extensions().get::<FromBatch>().is_some();
     if app.life.draining.load(Ordering::Relaxed) && !from_batch {
@@ -34,10 +34,10 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, mut req: Request<Body>) -> Result<Request
     }
     let unmeasured =
         req.version() == Version::HTTP_2 || req.extensions().get::<Unmeasured>().is_some();
-    if unmeasured && !head_fits(&req, &app.config.server) {
+    if unmeasured && !head_fits(req, &app.config.server) {
         return Err(Problem::HeadTooLarge);
     }
-    ctx.has_host = one_host(&req, from_batch).ok_or(Problem::MalformedHost)?;
+    ctx.has_host = one_host(req, from_batch).ok_or(Problem::MalformedHost)?;
     match crate::path::normalized(req.uri()) {
         Ok(None) => {}
         Ok(Some(uri)) => *req.uri_mut() = uri,
@@ -45,7 +45,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, mut req: Request<Body>) -> Result<Request
     }
     let trusted = &app.config.server.trusted_proxies;
     ctx.client = client_ip(ctx.peer.ip(), req.headers(), trusted);
-    Ok(req)
+    Ok(())
 }
 
 /// Whether a head the connection did not measure as it arrived (HTTP/2, or an `Unmeasured`

@@ -71,7 +71,7 @@ pub(crate) async fn run(
     peer: SocketAddr,
     id: &HeaderValue,
     rec: &mut Record,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> Result<Response<Body>, Problem> {
     let ctx = &mut Ctx {
         proxy,
@@ -83,7 +83,7 @@ pub(crate) async fn run(
         route: 0,
         who: None,
     };
-    let req = head::check(ctx, req)?;
+    head::check(ctx, &mut req)?;
     if let Some(endpoint) = ctx.proxy.endpoint_for(req.uri().path()) {
         ctx.rec.route = ctx.proxy.app.metrics.batch_route();
         return endpoint.answer(ctx.proxy, ctx.peer, req).await;

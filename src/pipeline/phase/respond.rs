@@ -29,17 +29,16 @@ pub(super) async fn refused(ctx: &mut Ctx<'_>, refused: Refused, headers: &Heade
 /// A problem as the answer, under request id `id`.
 pub(crate) fn problem(p: Problem, id: &HeaderValue) -> Response<Body> {
     p.into_response(id.to_str().unwrap_or_default())
-        .map(Body::full)
 }
 
 /// Finishes the answer: rate-limit headers, the request id, no body to `HEAD`; then counts and
 /// logs the request.
 pub(crate) fn finish(
     proxy: &Proxy,
-    tracked: Tracked<'_>,
-    mut res: Response<Body>,
+    tracked: &mut Tracked<'_>,
+    res: &mut Response<Body>,
     head: bool,
-) -> Response<Body> {
+) {
     let app = &*proxy.app;
     if let Some(v) = tracked
         .rec
@@ -49,13 +48,12 @@ pub(crate) fn finish(
     {
         app.limits.write_headers(v, res.headers_mut());
     }
-    let id = tracked.answered(&res);
+    let id = tracked.answered(res);
     res.headers_mut()
         .insert(app.config.headers.request_id.clone(), id);
     if head {
-        without_body(&mut res);
+        without_body(res);
     }
-    res
 }
 
 /// An answer to HEAD carries no body (RFC 9110 §9.3.2), only the length a GET would get.

@@ -5,7 +5,7 @@
 //! - [`problem`]: every answer sluice gives itself, as RFC 9457 problem details; where each
 //!   came from, and its status, decided in one place.
 //! - [`json`], [`media`], [`path`]: pure checks — a body's JSON, its media type, a path's
-//!   normal form.
+//!   normal form. [`tls`]: rustls configurations from PEM files.
 //! - [`body`]: the body type that flows through, both ways: counted, read whole, or an
 //!   upstream's answer; with its own fault type.
 //! - [`limiter`]: the rate-limit algorithms (pure, clock passed in), the `Store` trait, the
@@ -41,4 +41,5 @@ pub mod path;
 pub mod pipeline;
 pub mod problem;
 pub mod server;
+pub mod tls;
 pub mod upstream;

@@ -64,16 +64,19 @@ pub enum UpstreamFault {
     BadResponse,
     #[error("every target failed within the last second")]
     NoHealthyTarget,
+    #[error("the TLS handshake with the upstream failed")]
+    Tls,
 }
 
 impl UpstreamFault {
     /// Every fault, in the order of their discriminants (their metrics counters' order).
-    pub const ALL: [UpstreamFault; 5] = [
+    pub const ALL: [UpstreamFault; 6] = [
         UpstreamFault::Refused,
         UpstreamFault::Reset,
         UpstreamFault::TimedOut,
         UpstreamFault::BadResponse,
         UpstreamFault::NoHealthyTarget,
+        UpstreamFault::Tls,
     ];
 
     /// The `kind` label of `sluice_upstream_errors_total`.
@@ -84,6 +87,7 @@ impl UpstreamFault {
             UpstreamFault::TimedOut => "timeout",
             UpstreamFault::BadResponse => "bad_response",
             UpstreamFault::NoHealthyTarget => "no_healthy_target",
+            UpstreamFault::Tls => "tls",
         }
     }
 
@@ -97,6 +101,7 @@ impl UpstreamFault {
             }),
             UpstreamFault::BadResponse => Problem::UpstreamBadResponse,
             UpstreamFault::NoHealthyTarget => Problem::NoHealthyUpstream,
+            UpstreamFault::Tls => Problem::UpstreamTls,
         }
     }
 }
@@ -180,6 +185,8 @@ pub enum Problem {
     UpstreamReset,
     /// The upstream answered with something that is not HTTP.
     UpstreamBadResponse,
+    /// The TLS handshake with an `https://` upstream failed: its certificate did not verify.
+    UpstreamTls,
     /// Every target of the upstream failed recently; none is tried until one recovers.
     NoHealthyUpstream,
     /// More open client connections than `max_connections`.
@@ -215,9 +222,10 @@ impl Problem {
             | Problem::MalformedPath
             | Problem::MalformedHost
             | Problem::UnknownTransferCoding => StatusCode::BAD_REQUEST,
-            Problem::UpstreamRefused | Problem::UpstreamReset | Problem::UpstreamBadResponse => {
-                StatusCode::BAD_GATEWAY
-            }
+            Problem::UpstreamRefused
+            | Problem::UpstreamReset
+            | Problem::UpstreamBadResponse
+            | Problem::UpstreamTls => StatusCode::BAD_GATEWAY,
             Problem::NoHealthyUpstream
             | Problem::Overloaded
             | Problem::Draining
@@ -252,6 +260,7 @@ impl Problem {
             | Problem::UpstreamRefused
             | Problem::UpstreamReset
             | Problem::UpstreamBadResponse
+            | Problem::UpstreamTls
             | Problem::NoHealthyUpstream => Source::Upstream,
             Problem::StoreUnavailable => Source::Store,
             Problem::Overloaded | Problem::Draining | Problem::Internal => Source::Own,
@@ -314,6 +323,9 @@ impl Problem {
                 "The upstream closed the connection before answering in full."
             }
             Problem::UpstreamBadResponse => "The upstream sent an invalid HTTP response.",
+            Problem::UpstreamTls => {
+                "The TLS handshake with the upstream failed: its certificate did not verify."
+            }
             Problem::NoHealthyUpstream => "No healthy upstream target is available.",
             Problem::Overloaded => "Too many open connections; try again shortly.",
             Problem::Draining => "The proxy is shutting down; try again shortly.",
@@ -357,6 +369,7 @@ impl Problem {
             | Problem::UpstreamRefused
             | Problem::UpstreamReset
             | Problem::UpstreamBadResponse
+            | Problem::UpstreamTls
             | Problem::NoHealthyUpstream
             | Problem::StoreUnavailable
             | Problem::Internal => false,

@@ -5,6 +5,7 @@ mod error;
 mod raw;
 mod store;
 mod units;
+mod upstream;
 mod validate;
 
 use std::net::SocketAddr;
@@ -60,18 +61,31 @@ pub struct Upstream {
     pub name: String,
     pub targets: Vec<Target>,
     pub connect_timeout: Duration,
+    /// For its `https://` targets: how sluice verifies them and what it presents.
+    pub tls: Option<UpstreamTls>,
     /// The `Host` sent for a request that named none (HTTP/1.0 allows that, HTTP/1.1
     /// upstreams need one): the first target's `host:port`.
     pub host: HeaderValue,
 }
 
-/// One upstream address, plain HTTP.
+/// TLS to an upstream's `https://` targets, checked (files read, parsed) at load.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub settings: crate::tls::Upstream,
+    pub config: std::sync::Arc<rustls::ClientConfig>,
+    /// `tls_server_name`: the name certificates are checked against, instead of the host.
+    pub server_name: Option<String>,
+}
+
+/// One upstream address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub host: String,
     pub port: u16,
     /// Set when `host` is an IP literal, so connecting needs no name lookup.
     pub addr: Option<SocketAddr>,
+    /// `https://`.
+    pub tls: bool,
 }
 
 impl Target {
@@ -87,7 +101,8 @@ impl Target {
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}", self.authority())
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.authority())
     }
 }
 

@@ -75,6 +75,35 @@ pub struct Upstream {
     pub targets: Spanned<Vec<Spanned<String>>>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Spanned<Dur>,
+    #[serde(default = "unset")]
+    pub tls_ca: Spanned<String>,
+    #[serde(default = "unset")]
+    pub tls_server_name: Spanned<String>,
+    #[serde(default)]
+    pub tls_insecure_skip_verify: bool,
+    #[serde(default = "unset")]
+    pub tls_client_cert: Spanned<String>,
+    #[serde(default = "unset")]
+    pub tls_client_key: Spanned<String>,
+}
+
+impl Upstream {
+    /// An upstream of `targets` with every other key at its default (from `--upstream`).
+    pub fn with_targets(targets: Vec<Spanned<String>>) -> Upstream {
+        Upstream {
+            targets: Spanned::new(0..0, targets),
+            connect_timeout: default_connect_timeout(),
+            tls_ca: unset(),
+            tls_server_name: unset(),
+            tls_insecure_skip_verify: false,
+            tls_client_cert: unset(),
+            tls_client_key: unset(),
+        }
+    }
+}
+
+fn unset() -> Spanned<String> {
+    Spanned::new(0..0, String::new())
 }
 
 fn default_connect_timeout() -> Spanned<Dur> {

@@ -201,7 +201,7 @@ fn bad_targets_auth_keys_and_statuses_are_refused() {
 [server]
 timeout_status = 500
 [upstreams.api]
-targets = ["https://example.com"]
+targets = ["ftp://example.com"]
 [auth]
 mode = "api_keys"
 [[auth.keys]]

@@ -2,16 +2,16 @@
 //! names its key.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::ops::Range;
 
-use http::{HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderName, Method, StatusCode};
 use toml::Spanned;
 
 use super::error::{Errors, Invalid, line_of};
 use super::{ApiKey, Auth, Batch, Config, ConfigError, Headers, KeySource, Overrides, raw};
-use super::{Dur, Policy, Rate, Route, Server, Target, Upstream};
+use super::{Dur, Policy, Rate, Route, Server, Upstream};
 use crate::limiter::{self, Gcra, Limit, PolicyName, Window};
 
 /// Parses TOML into the raw structs; type errors and unknown keys name their key and line.
@@ -95,10 +95,7 @@ pub(super) fn apply(file: &mut raw::File, o: &Overrides) -> Result<(), ConfigErr
     let upstreams = &mut file.upstreams;
     match upstreams.len() {
         0 => {
-            let upstream = raw::Upstream {
-                targets: Spanned::new(0..0, targets),
-                connect_timeout: Spanned::new(0..0, Dur(std::time::Duration::from_secs(5))),
-            };
+            let upstream = raw::Upstream::with_targets(targets);
             upstreams.insert("api".into(), Spanned::new(0..0, upstream));
         }
         1 => upstreams.values_mut().for_each(|u| {
@@ -119,7 +116,7 @@ pub(super) fn apply(file: &mut raw::File, o: &Overrides) -> Result<(), ConfigErr
 pub(super) fn check(file: raw::File, source: &str) -> Result<Config, ConfigError> {
     let mut errs = Errors::new(source);
     let server = server(&file.server, &mut errs);
-    let upstreams = upstreams(&file.upstreams, &mut errs);
+    let upstreams = super::upstream::check(&file.upstreams, &mut errs);
     let policies = policies(&file.policies, &mut errs);
     let routes = routes(&file, &server, &upstreams, &policies, &mut errs);
     let batch = batch(&file.batch, &mut errs);
@@ -225,88 +222,11 @@ fn at_least_one(key: &str, n: &Spanned<usize>, errs: &mut Errors) -> usize {
 }
 
 /// A duration that must not be zero: a zero timeout would refuse every request.
-fn positive(key: &str, d: &Spanned<Dur>, errs: &mut Errors) -> std::time::Duration {
+pub(super) fn positive(key: &str, d: &Spanned<Dur>, errs: &mut Errors) -> std::time::Duration {
     if d.get_ref().0.is_zero() {
         errs.push(key, d.span(), "must be more than 0");
     }
     d.get_ref().0
-}
-
-fn upstreams(
-    raw: &std::collections::BTreeMap<String, Spanned<raw::Upstream>>,
-    errs: &mut Errors,
-) -> Vec<Upstream> {
-    let mut out = Vec::new();
-    for (name, u) in raw {
-        let u = u.get_ref();
-        let key = format!("upstreams.{name}.targets");
-        if u.targets.get_ref().is_empty() {
-            errs.push(&key, u.targets.span(), "needs at least one target");
-        }
-        let targets = u
-            .targets
-            .get_ref()
-            .iter()
-            .filter_map(|t| {
-                target(t.get_ref())
-                    .map_err(|m| errs.push(&key, t.span(), m))
-                    .ok()
-            })
-            .collect::<Vec<Target>>();
-        let host = targets.first().map(Target::authority).unwrap_or_default();
-        out.push(Upstream {
-            name: name.clone(),
-            host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("localhost")),
-            targets,
-            connect_timeout: positive(
-                &format!("upstreams.{name}.connect_timeout"),
-                &u.connect_timeout,
-                errs,
-            ),
-        });
-    }
-    out
-}
-
-/// Parses `http://host:port`; sluice speaks plain HTTP/1.1 to its upstreams.
-fn target(s: &str) -> Result<Target, String> {
-    let uri: http::Uri = s
-        .parse()
-        .map_err(|_| format!("{s:?} is not a URL like http://127.0.0.1:3000"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{s:?}: only http:// targets are supported"));
-    }
-    if uri.path_and_query().is_some_and(|p| p.as_str() != "/") {
-        return Err(format!(
-            "{s:?}: a target is scheme, host and port, without a path"
-        ));
-    }
-    let host = uri.host().ok_or_else(|| format!("{s:?} has no host"))?;
-    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-        return Err(format!("{s:?}: a target has no user info"));
-    }
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    // Read by hand: `Uri::port` is `None` for a port out of range, which would mean 80.
-    let authority = uri.authority().map_or("", |a| a.as_str());
-    let after_host = authority
-        .rfind(']')
-        .map_or(authority, |i| &authority[i + 1..]);
-    let port = match after_host.rsplit_once(':') {
-        None => 80,
-        Some((_, p)) => p
-            .parse()
-            .ok()
-            .filter(|&p| p != 0)
-            .ok_or_else(|| format!("{s:?}: the port must be 1 to 65535"))?,
-    };
-    let addr = host
-        .parse::<IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, port));
-    Ok(Target { host, port, addr })
 }
 
 /// The built-in policies, each replaced whole by a `[policies.NAME]` table of the same name:

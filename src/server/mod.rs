@@ -57,6 +57,7 @@ pub fn start_with(config: Config, options: Options) -> io::Result<Running> {
     let addr = listeners[0].local_addr()?;
     let admin = config.server.admin_listen.map(listener::bind).transpose()?;
     let admin_addr = admin.as_ref().map(|l| l.local_addr()).transpose()?;
+    warn_of_insecure_upstreams(&config);
     let app = Arc::new(match options.store {
         Some(store) => App::with_store(config, store),
         None => App::new(config)?,
@@ -82,6 +83,22 @@ pub fn start_with(config: Config, options: Options) -> io::Result<Running> {
         workers,
         control,
     })
+}
+
+/// An upstream whose certificates are not verified is worth a warning every start and reload.
+pub(crate) fn warn_of_insecure_upstreams(config: &Config) {
+    let insecure = config.upstreams.iter().filter(|u| {
+        u.tls
+            .as_ref()
+            .is_some_and(|t| t.settings.insecure_skip_verify)
+    });
+    for u in insecure {
+        tracing::warn!(
+            upstream = %u.name,
+            "tls_insecure_skip_verify: this upstream's certificates are NOT verified; anyone on \
+             the path to it can read and change its traffic"
+        );
+    }
 }
 
 impl Running {

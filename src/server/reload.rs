@@ -168,6 +168,7 @@ impl Reloader {
             (None, _) => AdminChange::Off,
             (Some(addr), _) => AdminChange::To(listener::bind(addr)?),
         };
+        super::warn_of_insecure_upstreams(&config);
         let app = Arc::new(App::reload(config, previous).map_err(ReloadError::Store)?);
         Ok(Arc::new(Generation {
             app,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future;
 
-use super::connect::open;
+use super::connect::{Tls, reachable};
 use crate::config::{self, Target};
 
 /// How long a target that refused a connection is skipped. Short, because a sidecar's only
@@ -31,6 +31,8 @@ struct Upstream {
 #[derive(Debug)]
 struct TargetState {
     target: Target,
+    /// For an `https://` target.
+    tls: Option<Tls>,
     /// Milliseconds since `Upstreams::epoch` until which the target is skipped.
     down_until: AtomicU64,
 }
@@ -46,6 +48,7 @@ impl Upstreams {
                     .iter()
                     .map(|t| TargetState {
                         target: t.clone(),
+                        tls: tls(u, t),
                         down_until: AtomicU64::new(0),
                     })
                     .collect(),
@@ -83,6 +86,10 @@ impl Upstreams {
         &self.list[u].targets[t].target
     }
 
+    pub(super) fn tls(&self, u: usize, t: usize) -> Option<&Tls> {
+        self.list[u].targets[t].tls.as_ref()
+    }
+
     pub(super) fn connect_timeout(&self, u: usize) -> Duration {
         self.list[u].connect_timeout
     }
@@ -102,7 +109,7 @@ impl Upstreams {
         let upstream = |u: usize| async move {
             let timeout = self.connect_timeout(u);
             let tries = (0..self.list[u].targets.len())
-                .map(|t| Box::pin(open(self.target(u, t), timeout)))
+                .map(|t| Box::pin(reachable(self.target(u, t), timeout)))
                 .collect::<Vec<_>>();
             !tries.is_empty() && future::select_ok(tries).await.is_ok()
         };
@@ -120,4 +127,12 @@ impl Upstreams {
     fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
+}
+
+/// TLS to target `t` of upstream `u`, if it is `https://`: the upstream's configuration, and
+/// the name to check its certificate against (`tls_server_name`, else the host).
+fn tls(u: &config::Upstream, t: &Target) -> Option<Tls> {
+    let config = u.tls.as_ref().filter(|_| t.tls)?;
+    let name = crate::tls::server_name(config.server_name.as_deref(), &t.host)?;
+    Some(Tls::new(config.config.clone(), name))
 }

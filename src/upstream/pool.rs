@@ -9,7 +9,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 
-use super::connect::connect;
+use super::connect::{Failed, connect};
 use super::{Upstreams, retry};
 use crate::body::{Answer, Body, Recycle};
 use crate::metrics::Metrics;
@@ -107,8 +107,9 @@ impl Slot {
 /// either way, and boxing it would allocate.
 #[allow(clippy::large_enum_variant)]
 enum Attempt {
-    /// No connection could be made; the request was not sent and comes back.
-    Unreachable(Request<Body>),
+    /// No connection could be made; the request was not sent and comes back, with the fault
+    /// to answer if no target takes it, when it is not a refusal (a failed TLS handshake).
+    Unreachable(Request<Body>, Option<UpstreamFault>),
     Failed(UpstreamFault),
 }
 
@@ -132,7 +133,7 @@ impl Pool {
     }
 
     /// Sends `req` to upstream `u` at `now`: round robin over its targets, moving on to the
-    /// next target while connections are refused. The request must already be in origin form.
+    /// next target while connections fail. The request must already be in origin form.
     pub async fn send(
         &self,
         ups: &Upstreams,
@@ -140,23 +141,22 @@ impl Pool {
         mut req: Request<Body>,
         now: Instant,
     ) -> Result<Response<Body>, UpstreamFault> {
-        let mut tried = false;
+        let mut fault = UpstreamFault::NoHealthyTarget;
         for t in ups.plan(u) {
-            tried = true;
             match self.send_to(ups, u, t, req, now).await {
                 Ok(res) => return Ok(res),
                 Err(Attempt::Failed(e)) => return Err(e),
-                Err(Attempt::Unreachable(back)) => {
+                Err(Attempt::Unreachable(back, why)) => {
                     ups.mark_down(u, t);
                     req = back;
+                    // A failed handshake says more than a refusal of another target.
+                    if fault != UpstreamFault::Tls {
+                        fault = why.unwrap_or(UpstreamFault::Refused);
+                    }
                 }
             }
         }
-        Err(if tried {
-            UpstreamFault::Refused
-        } else {
-            UpstreamFault::NoHealthyTarget
-        })
+        Err(fault)
     }
 
     async fn send_to(
@@ -193,8 +193,18 @@ impl Pool {
                 },
             }
         }
-        let Ok(mut sender) = connect(ups.target(u, t), ups.connect_timeout(u)).await else {
-            return Err(Attempt::Unreachable(req));
+        let connecting = connect(ups.target(u, t), ups.tls(u, t), ups.connect_timeout(u));
+        let mut sender = match connecting.await {
+            Ok(sender) => sender,
+            Err(Failed::Unreachable(e)) => {
+                tracing::debug!(upstream = %slot.name, error = %e, "upstream target unreachable");
+                return Err(Attempt::Unreachable(req, None));
+            }
+            Err(Failed::Tls(e)) => {
+                let upstream = &slot.name;
+                tracing::warn!(%upstream, error = %e, "upstream TLS handshake failed");
+                return Err(Attempt::Unreachable(req, Some(UpstreamFault::Tls)));
+            }
         };
         match sender.try_send_request(req).await {
             Ok(res) => Ok(wrap(res, sender, slot)),

@@ -1,0 +1,199 @@
+//! TLS for tests: certificate authorities and certificates made at test time (rcgen; no key is
+//! ever committed), written to a directory of the test's own, and an HTTPS upstream on
+//! loopback that records what it received.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// A certificate authority of the test's own, its certificate written as `ca.pem` in `dir`.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    pub dir: PathBuf,
+    name: String,
+}
+
+/// A certificate and its key, as PEM files.
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-tls-{}-{name}-{}",
+            std::process::id(),
+            unique()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ca.pem"), issuer.pem()).unwrap();
+        Ca {
+            issuer,
+            dir,
+            name: name.to_string(),
+        }
+    }
+
+    /// The CA's certificate, PEM.
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses), valid now.
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        self.issue(names, |_| {})
+    }
+
+    /// A certificate for `names` that expired in 2020.
+    pub fn expired_leaf(&self, names: &[&str]) -> Leaf {
+        self.issue(names, |params| {
+            params.not_before = date_time_ymd(2019, 1, 1);
+            params.not_after = date_time_ymd(2020, 1, 1);
+        })
+    }
+
+    fn issue(&self, names: &[&str], adjust: impl FnOnce(&mut CertificateParams)) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names.clone()).unwrap();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
+        adjust(&mut params);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let stem = format!("{}-{}", self.name, unique());
+        let leaf = Leaf {
+            cert: self.dir.join(format!("{stem}.pem")),
+            key: self.dir.join(format!("{stem}.key")),
+        };
+        std::fs::write(&leaf.cert, cert.pem()).unwrap();
+        std::fs::write(&leaf.key, key.serialize_pem()).unwrap();
+        leaf
+    }
+}
+
+impl Drop for Ca {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// What the HTTPS upstream received: the request head, and whether the client presented a
+/// certificate.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub uri: String,
+    pub headers: http::HeaderMap,
+    pub peer: SocketAddr,
+    pub client_cert: bool,
+}
+
+/// An HTTPS (HTTP/1.1) upstream on loopback, answering `200 {"tls":true}`.
+pub struct HttpsUpstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl HttpsUpstream {
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Serves `leaf`; with `clients`, requires a client certificate signed by that CA.
+pub async fn spawn_https_upstream(leaf: &Leaf, clients: Option<&Ca>) -> HttpsUpstream {
+    let chain = CertificateDer::pem_file_iter(&leaf.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap();
+    let builder = match clients {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(ca.cert()).unwrap() {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .build()
+                .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_single_cert(chain, key).unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            let (acceptor, log) = (acceptor.clone(), log.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let client_cert = tls.get_ref().1.peer_certificates().is_some();
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let _ = body.collect().await;
+                        log.lock().unwrap().push(Seen {
+                            uri: parts.uri.to_string(),
+                            headers: parts.headers,
+                            peer,
+                            client_cert,
+                        });
+                        let mut res =
+                            Response::new(Full::new(Bytes::from_static(br#"{"tls":true}"#)));
+                        res.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, Infallible>(res)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    HttpsUpstream { addr, seen }
+}

@@ -1,0 +1,167 @@
+//! `https://` upstreams: verified against `tls_ca` (or the system's roots), by name or by
+//! `tls_server_name`, with a client certificate where the upstream asks for one; a certificate
+//! that does not verify is a 502 that says so, counted under `kind="tls"`.
+
+mod support;
+
+use support::tls::{Ca, spawn_https_upstream};
+use support::*;
+
+fn config(upstream: &str, tls: &str) -> String {
+    format!(
+        "[upstreams.api]\ntargets = [\"{upstream}\"]\n{tls}\n[[routes]]\npath = \"/\"\npolicy = \"none\"\n"
+    )
+}
+
+fn path(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+#[tokio::test]
+async fn an_https_upstream_verified_by_tls_ca_gets_the_request_on_a_kept_connection() {
+    let ca = Ca::new("upstream-ca");
+    let up = spawn_https_upstream(&ca.leaf(&["127.0.0.1"]), None).await;
+    let toml = config(&up.url(), &format!("tls_ca = \"{}\"", path(&ca.cert())));
+    let sluice = spawn_sluice(&toml, "");
+    for _ in 0..2 {
+        let res = get(sluice.addr, "/v1/x?y=1").await;
+        assert_eq!(res.status, 200, "{:?}", res.body);
+        assert_eq!(&res.body[..], br#"{"tls":true}"#);
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].uri, "/v1/x?y=1");
+    assert_eq!(seen[0].headers["x-forwarded-proto"], "http");
+    assert!(seen[0].headers.contains_key("x-request-id"));
+    assert_eq!(
+        seen[0].peer, seen[1].peer,
+        "the connection was kept and reused"
+    );
+}
+
+/// The 502 a certificate that does not verify gets, and its counter.
+async fn refused_for_tls(toml: &str) {
+    let sluice = spawn_sluice(toml, "");
+    let res = get(sluice.addr, "/").await;
+    let body = assert_problem(&res, 502);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("certificate did not verify"),
+        "{body}"
+    );
+    let text = metrics_text(&sluice).await;
+    let tls = r#"sluice_upstream_errors_total{upstream="api",kind="tls"}"#;
+    assert_eq!(metric_value(&text, tls), 1.0, "{text}");
+}
+
+async fn metrics_text(sluice: &Sluice) -> String {
+    String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_a_502_that_says_so() {
+    let (ca, other) = (Ca::new("real"), Ca::new("other"));
+    let up = spawn_https_upstream(&ca.leaf(&["127.0.0.1"]), None).await;
+    refused_for_tls(&config(
+        &up.url(),
+        &format!("tls_ca = \"{}\"", path(&other.cert())),
+    ))
+    .await;
+    assert!(up.seen().is_empty());
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_a_502() {
+    let ca = Ca::new("expired");
+    let up = spawn_https_upstream(&ca.expired_leaf(&["127.0.0.1"]), None).await;
+    refused_for_tls(&config(
+        &up.url(),
+        &format!("tls_ca = \"{}\"", path(&ca.cert())),
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn the_name_checked_is_tls_server_name_when_set() {
+    let ca = Ca::new("names");
+    let up = spawn_https_upstream(&ca.leaf(&["api.internal"]), None).await;
+    let ca_line = format!("tls_ca = \"{}\"", path(&ca.cert()));
+    // Checked against the target's IP, which the certificate does not name.
+    refused_for_tls(&config(&up.url(), &ca_line)).await;
+    let wrong = format!("{ca_line}\ntls_server_name = \"other.internal\"");
+    refused_for_tls(&config(&up.url(), &wrong)).await;
+    let right = format!("{ca_line}\ntls_server_name = \"api.internal\"");
+    let sluice = spawn_sluice(&config(&up.url(), &right), "");
+    assert_eq!(get(sluice.addr, "/").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_client_certificate_is_presented_to_an_upstream_that_asks() {
+    let (ca, clients) = (Ca::new("server"), Ca::new("clients"));
+    let up = spawn_https_upstream(&ca.leaf(&["127.0.0.1"]), Some(&clients)).await;
+    let ca_line = format!("tls_ca = \"{}\"", path(&ca.cert()));
+    let without = spawn_sluice(&config(&up.url(), &ca_line), "");
+    assert_eq!(get(without.addr, "/").await.status, 502);
+    assert!(up.seen().is_empty());
+    let me = clients.leaf(&["sluice.test"]);
+    let with = format!(
+        "{ca_line}\ntls_client_cert = \"{}\"\ntls_client_key = \"{}\"",
+        path(&me.cert),
+        path(&me.key)
+    );
+    let sluice = spawn_sluice(&config(&up.url(), &with), "");
+    assert_eq!(get(sluice.addr, "/").await.status, 200);
+    assert!(up.seen()[0].client_cert);
+}
+
+#[tokio::test]
+async fn tls_insecure_skip_verify_takes_any_certificate_and_says_so_loudly() {
+    let (ca, _other) = (Ca::new("unknown"), Ca::new("unused"));
+    let up = spawn_https_upstream(&ca.expired_leaf(&["elsewhere.test"]), None).await;
+    let p =
+        process::Process::start(&config(&up.url(), "tls_insecure_skip_verify = true"), &[]).await;
+    assert_eq!(get(p.addr, "/").await.status, 200);
+    let log = p.log();
+    assert!(log.contains("tls_insecure_skip_verify"), "{log}");
+    assert!(log.contains("WARN"), "{log}");
+}
+
+#[test]
+fn bad_tls_settings_are_named_by_key_and_line() {
+    let check = |toml: &str| {
+        let file =
+            std::env::temp_dir().join(format!("sluice-tls-check-{}.toml", std::process::id()));
+        std::fs::write(&file, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_file(&file);
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let missing = check(
+        "[upstreams.api]\ntargets = [\"https://127.0.0.1:1\"]\ntls_ca = \"/nonexistent/ca.pem\"\n",
+    );
+    assert!(
+        missing.contains("line 3: `upstreams.api.tls_ca`: cannot read /nonexistent/ca.pem"),
+        "{missing}"
+    );
+    let half = check(
+        "[upstreams.api]\ntargets = [\"https://127.0.0.1:1\"]\ntls_client_cert = \"/x.pem\"\n",
+    );
+    assert!(
+        half.contains(
+            "`upstreams.api.tls_client_cert`: tls_client_cert and tls_client_key go together"
+        ),
+        "{half}"
+    );
+    let plain = check("[upstreams.api]\ntargets = [\"http://127.0.0.1:1\"]\ntls_ca = \"/x.pem\"\n");
+    assert!(
+        plain.contains("line 3: `upstreams.api.targets`: TLS settings need an https:// target"),
+        "{plain}"
+    );
+}

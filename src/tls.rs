@@ -52,7 +52,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// The rustls client configuration: HTTP/1.1 by ALPN, TLS 1.2 and 1.3.
+    /// The rustls client configuration: HTTP/2 or HTTP/1.1 by ALPN, TLS 1.2 and 1.3.
     pub fn client_config(&self) -> Result<ClientConfig, Error> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -71,7 +71,7 @@ impl Upstream {
                 .map_err(|e| Error::Mismatch(e.to_string()))?,
             None => builder.with_no_client_auth(),
         };
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }
 

@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::tls::{Ca, spawn_https_upstream};
+use support::tls::{Ca, spawn_h2_upstream, spawn_https_upstream};
 use support::*;
 
 fn config(upstream: &str, tls: &str) -> String {
@@ -164,4 +164,44 @@ fn bad_tls_settings_are_named_by_key_and_line() {
         plain.contains("line 3: `upstreams.api.targets`: TLS settings need an https:// target"),
         "{plain}"
     );
+}
+
+#[tokio::test]
+async fn an_upstream_that_offers_http2_gets_it_on_a_shared_connection() {
+    let ca = Ca::new("h2");
+    let up = spawn_h2_upstream(&ca.leaf(&["127.0.0.1"])).await;
+    let toml = config(&up.url(), &format!("tls_ca = \"{}\"", path(&ca.cert())));
+    let sluice = spawn_sluice(&toml, "");
+    let (a, b) = tokio::join!(get(sluice.addr, "/v1/a?q=1"), get(sluice.addr, "/v1/b"));
+    assert_eq!((a.status.as_u16(), b.status.as_u16()), (200, 200));
+    assert_eq!(&a.body[..], br#"{"tls":true}"#);
+    let again = get(sluice.addr, "/v1/c").await;
+    assert_eq!(again.status, 200);
+    let seen = up.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|s| s.version == http::Version::HTTP_2),
+        "{seen:?}"
+    );
+    let mut uris: Vec<&str> = seen.iter().map(|s| s.uri.as_str()).collect();
+    uris.sort();
+    assert_eq!(
+        uris,
+        [
+            "https://sluice.test/v1/a?q=1",
+            "https://sluice.test/v1/b",
+            "https://sluice.test/v1/c",
+        ]
+    );
+    // The two at once may each have opened one; the third goes on one already open.
+    let mut peers: Vec<_> = seen.iter().map(|s| s.peer).collect();
+    peers.dedup();
+    assert!(peers.len() <= 2, "{peers:?}");
+    let third = seen.iter().find(|s| s.uri.ends_with("/v1/c")).unwrap();
+    let on_it = seen.iter().filter(|s| s.peer == third.peer).count();
+    assert!(
+        on_it >= 2,
+        "the third request came on a connection of its own"
+    );
+    assert!(seen[0].headers.contains_key("x-forwarded-for"));
 }

@@ -21,35 +21,48 @@ pub fn fired(deadline: &mut Pin<Box<Sleep>>, cx: &mut Context<'_>) -> bool {
     unbudgeted.poll(cx).is_ready()
 }
 
-/// Where an answer's connection goes back once its body is read to the end: the pool's slot
-/// it was taken from.
+/// Where an answer's connection goes back once its body is read to the end, and where what
+/// went wrong with it is counted: the pool's slot it was taken from.
 pub trait Recycle: Send + Sync + std::fmt::Debug {
-    /// Keeps the connection for the next request.
+    /// Keeps an HTTP/1.1 connection for the next request.
     fn put(&self, sender: SendRequest<Body>);
     /// Counts and logs an answer cut off at its request's deadline.
     fn cut_off(&self);
+    /// Counts and logs an answer the upstream broke off mid-body.
+    fn broke_off(&self);
 }
 
-/// An upstream's answer body, streamed to the client, that gives its connection back once read
-/// to the end (and closes it otherwise).
+/// An upstream's answer body, streamed to the client. An HTTP/1.1 connection goes back once
+/// the body is read to the end (and is closed otherwise); an HTTP/2 one is shared anyway.
 #[derive(Debug)]
 pub struct Answer {
     inner: Incoming,
-    release: Option<(SendRequest<Body>, Arc<dyn Recycle>)>,
+    slot: Arc<dyn Recycle>,
+    /// The HTTP/1.1 connection it came on, to give back.
+    sender: Option<SendRequest<Body>>,
+    /// Not yet ended, cut off or broken off.
+    open: bool,
     /// The request's deadline, which the body must end by too.
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl Answer {
-    /// The body of an answer that came on `sender`'s connection, which goes back to `to`.
-    pub fn new(inner: Incoming, sender: SendRequest<Body>, to: Arc<dyn Recycle>) -> Answer {
+    /// The body of an answer from `slot`'s target; `sender` is its HTTP/1.1 connection, which
+    /// goes back to `slot` once the body has ended.
+    pub fn new(
+        inner: Incoming,
+        sender: Option<SendRequest<Body>>,
+        slot: Arc<dyn Recycle>,
+    ) -> Answer {
         let mut answer = Answer {
             inner,
-            release: Some((sender, to)),
+            slot,
+            sender,
+            open: true,
             deadline: None,
         };
         if answer.inner.is_end_stream() {
-            answer.release();
+            answer.ended();
         }
         answer
     }
@@ -57,16 +70,25 @@ impl Answer {
     /// Ends the body with an error if it has not ended when `deadline` fires: an upstream
     /// that stalls mid-body cannot hold the client's connection past the request's deadline.
     pub fn end_by(&mut self, deadline: Pin<Box<Sleep>>) {
-        if self.release.is_some() {
+        if self.open {
             self.deadline = Some(deadline);
         }
     }
 
-    fn release(&mut self) {
+    /// The body ended whole: its connection goes back.
+    fn ended(&mut self) {
+        self.open = false;
         self.deadline = None;
-        if let Some((sender, slot)) = self.release.take() {
-            slot.put(sender);
+        if let Some(sender) = self.sender.take() {
+            self.slot.put(sender);
         }
+    }
+
+    /// The body did not end whole: its connection is mid-message, so it is closed, not kept.
+    fn broken(&mut self) {
+        self.open = false;
+        self.deadline = None;
+        self.sender = None;
     }
 }
 
@@ -89,15 +111,15 @@ impl http_body::Body for Answer {
             polled = Pin::new(&mut this.inner).poll_frame(cx);
         }
         match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.release = None,
+            Poll::Ready(None) => this.ended(),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.ended(),
+            Poll::Ready(Some(Err(_))) if this.open => {
+                this.slot.broke_off();
+                this.broken();
+            }
             Poll::Pending if this.deadline.as_mut().is_some_and(|d| fired(d, cx)) => {
-                // The connection is mid-message: close it rather than reuse it.
-                if let Some((_, slot)) = this.release.take() {
-                    slot.cut_off();
-                }
-                this.deadline = None;
+                this.slot.cut_off();
+                this.broken();
                 return Poll::Ready(Some(Err(Error::Cut)));
             }
             _ => {}

@@ -1,11 +1,12 @@
 //! Connections to a target: the one place that makes the transport (TCP, and TLS over it for
-//! an `https://` target) and the HTTP/1.1 client connection over that.
+//! an `https://` target) and the client connection over that: HTTP/2 where the upstream
+//! offers it by ALPN, HTTP/1.1 otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -46,23 +47,37 @@ pub(super) enum Failed {
     Tls(std::io::Error),
 }
 
-/// A new HTTP/1.1 connection to `target`, TLS included, within `timeout`; its connection task
-/// runs beside.
+/// A connection's sending half.
+pub(super) enum Sender {
+    /// One request at a time; kept in the pool between requests.
+    H1(http1::SendRequest<Body>),
+    /// Many requests at once; shared by every request to the target.
+    H2(http2::SendRequest<Body>),
+}
+
+/// A new connection to `target`, TLS included, within `timeout`; its connection task runs
+/// beside.
 pub(super) async fn connect(
     target: &Target,
     tls: Option<&Tls>,
     timeout: Duration,
-) -> Result<SendRequest<Body>, Failed> {
+) -> Result<Sender, Failed> {
     let connecting = async {
         let stream = open(target).await.map_err(Failed::Unreachable)?;
         stream.set_nodelay(true).map_err(Failed::Unreachable)?;
-        match tls {
-            None => handshake(FlatWrites(stream)).await,
-            Some(tls) => {
-                let name = tls.name.clone();
-                let stream = tls.connector.connect(name, stream).await;
-                handshake(stream.map_err(Failed::Tls)?).await
-            }
+        let Some(tls) = tls else {
+            return http1(FlatWrites(stream)).await;
+        };
+        let name = tls.name.clone();
+        let stream = tls
+            .connector
+            .connect(name, stream)
+            .await
+            .map_err(Failed::Tls)?;
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            http2(stream).await
+        } else {
+            http1(stream).await
         }
     };
     tokio::time::timeout(timeout, connecting)
@@ -71,7 +86,7 @@ pub(super) async fn connect(
 }
 
 /// The HTTP/1.1 client connection over `io`.
-async fn handshake<IO>(io: IO) -> Result<SendRequest<Body>, Failed>
+async fn http1<IO>(io: IO) -> Result<Sender, Failed>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -84,7 +99,25 @@ where
             tracing::debug!(error = %e, "upstream connection ended");
         }
     });
-    Ok(sender)
+    Ok(Sender::H1(sender))
+}
+
+/// The HTTP/2 client connection over `io`.
+async fn http2<IO>(io: IO) -> Result<Sender, Failed>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| Failed::Unreachable(std::io::Error::other(e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+    Ok(Sender::H2(sender))
 }
 
 /// A TCP connection to `target`.

@@ -1,17 +1,20 @@
 //! A worker's keep-alive connections to upstream targets. Each worker has its own pool, so a
-//! request never waits on another core; a connection goes back to its slot when the response
-//! body has been read to the end, and is dropped (closed) otherwise.
+//! request never waits on another core. An HTTP/1.1 connection goes back to its slot when the
+//! response body has been read to the end, and is dropped (closed) otherwise; an HTTP/2 one
+//! (an `https://` upstream that offers it) is shared by every request to its target.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::{http1::SendRequest, http2};
 
-use super::connect::{Failed, connect};
+use super::connect::{Failed, Sender, connect};
 use super::{Upstreams, retry};
 use crate::body::{Answer, Body, Recycle};
+use crate::config::Target;
 use crate::metrics::Metrics;
 use crate::problem::UpstreamFault;
 
@@ -41,6 +44,8 @@ struct Idle {
     stack: Vec<(SendRequest<Body>, Instant)>,
     /// What this worker has seen of the target closing kept-alive connections.
     trust: retry::Trust,
+    /// The target's HTTP/2 connection, shared, while it is open.
+    shared: Option<http2::SendRequest<Body>>,
 }
 
 impl Slot {
@@ -54,6 +59,16 @@ impl Slot {
         );
     }
 
+    /// Counts and logs an answer the upstream broke off mid-body: the client got a part.
+    fn broke_off(&self) {
+        let shard = self.metrics.shard(self.worker);
+        shard.upstream_error(self.upstream, UpstreamFault::Reset);
+        tracing::warn!(
+            upstream = %self.name,
+            "upstream answer broken off: the upstream closed or reset it before its end"
+        );
+    }
+
     fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -64,6 +79,20 @@ impl Slot {
         let mut idle = self.idle();
         let (sender, rested) = idle.stack.pop()?;
         Some((sender, idle.trust.wary(now, rested)))
+    }
+
+    /// The target's shared HTTP/2 connection, if it has one open.
+    fn shared(&self) -> Option<http2::SendRequest<Body>> {
+        let mut idle = self.idle();
+        match &idle.shared {
+            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(_) => idle.shared.take().and(None),
+            None => None,
+        }
+    }
+
+    fn share(&self, sender: &http2::SendRequest<Body>) {
+        self.idle().shared = Some(sender.clone());
     }
 
     fn put(&self, sender: SendRequest<Body>) {
@@ -168,6 +197,9 @@ impl Pool {
         now: Instant,
     ) -> Result<Response<Body>, Attempt> {
         let slot = &self.slots[u][t];
+        if let Some(shared) = slot.shared() {
+            return send_h2(slot, shared, ups.target(u, t), req).await;
+        }
         while let Some((mut sender, wary)) = slot.take(now) {
             if sender.ready().await.is_err() {
                 slot.closed(now); // while idle
@@ -195,7 +227,11 @@ impl Pool {
         }
         let connecting = connect(ups.target(u, t), ups.tls(u, t), ups.connect_timeout(u));
         let mut sender = match connecting.await {
-            Ok(sender) => sender,
+            Ok(Sender::H1(sender)) => sender,
+            Ok(Sender::H2(sender)) => {
+                slot.share(&sender);
+                return send_h2(slot, sender, ups.target(u, t), req).await;
+            }
             Err(Failed::Unreachable(e)) => {
                 tracing::debug!(upstream = %slot.name, error = %e, "upstream target unreachable");
                 return Err(Attempt::Unreachable(req, None));
@@ -213,6 +249,31 @@ impl Pool {
     }
 }
 
+/// Sends `req` on `slot`'s shared HTTP/2 connection: its target in the URI, as HTTP/2 asks
+/// (`:scheme` and `:authority`), the `Host` it named becoming the authority.
+async fn send_h2(
+    slot: &Arc<Slot>,
+    mut sender: http2::SendRequest<Body>,
+    target: &Target,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, Attempt> {
+    let authority = req
+        .headers_mut()
+        .remove(http::header::HOST)
+        .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+        .or_else(|| Authority::try_from(target.authority()).ok());
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    parts.scheme = Some(Scheme::HTTPS);
+    parts.authority = authority;
+    *req.uri_mut() =
+        Uri::from_parts(parts).map_err(|_| Attempt::Failed(UpstreamFault::BadResponse))?;
+    *req.version_mut() = http::Version::HTTP_2;
+    match sender.send_request(req).await {
+        Ok(res) => Ok(res.map(|inner| Body::Upstream(Answer::new(inner, None, slot.clone())))),
+        Err(e) => Err(Attempt::Failed(classify(&e))),
+    }
+}
+
 fn classify(e: &hyper::Error) -> UpstreamFault {
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
         UpstreamFault::BadResponse
@@ -222,7 +283,7 @@ fn classify(e: &hyper::Error) -> UpstreamFault {
 }
 
 fn wrap(res: Response<Incoming>, sender: SendRequest<Body>, slot: &Arc<Slot>) -> Response<Body> {
-    res.map(|inner| Body::Upstream(Answer::new(inner, sender, slot.clone())))
+    res.map(|inner| Body::Upstream(Answer::new(inner, Some(sender), slot.clone())))
 }
 
 impl Recycle for Slot {
@@ -232,5 +293,9 @@ impl Recycle for Slot {
 
     fn cut_off(&self) {
         Slot::cut_off(self);
+    }
+
+    fn broke_off(&self) {
+        Slot::broke_off(self);
     }
 }

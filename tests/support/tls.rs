@@ -109,6 +109,7 @@ fn unique() -> u64 {
 /// certificate.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    pub version: http::Version,
     pub uri: String,
     pub headers: http::HeaderMap,
     pub peer: SocketAddr,
@@ -131,8 +132,18 @@ impl HttpsUpstream {
     }
 }
 
-/// Serves `leaf`; with `clients`, requires a client certificate signed by that CA.
+/// Serves `leaf` over HTTP/1.1; with `clients`, requires a client certificate signed by that
+/// CA.
 pub async fn spawn_https_upstream(leaf: &Leaf, clients: Option<&Ca>) -> HttpsUpstream {
+    spawn(leaf, clients, false).await
+}
+
+/// Serves `leaf`, offering HTTP/2 by ALPN (and HTTP/1.1).
+pub async fn spawn_h2_upstream(leaf: &Leaf) -> HttpsUpstream {
+    spawn(leaf, None, true).await
+}
+
+async fn spawn(leaf: &Leaf, clients: Option<&Ca>, h2: bool) -> HttpsUpstream {
     let chain = CertificateDer::pem_file_iter(&leaf.cert)
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -157,7 +168,10 @@ pub async fn spawn_https_upstream(leaf: &Leaf, clients: Option<&Ca>) -> HttpsUps
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(chain, key).unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = match h2 {
+        true => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        false => vec![b"http/1.1".to_vec()],
+    };
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -177,6 +191,7 @@ pub async fn spawn_https_upstream(leaf: &Leaf, clients: Option<&Ca>) -> HttpsUps
                         let (parts, body) = req.into_parts();
                         let _ = body.collect().await;
                         log.lock().unwrap().push(Seen {
+                            version: parts.version,
                             uri: parts.uri.to_string(),
                             headers: parts.headers,
                             peer,
@@ -189,9 +204,11 @@ pub async fn spawn_https_upstream(leaf: &Leaf, clients: Option<&Ca>) -> HttpsUps
                         Ok::<_, Infallible>(res)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await;
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
             });
         }
     });

@@ -7,15 +7,14 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use super::activity::ConnState;
 use crate::config;
 use crate::pipeline::Proxy;
 use crate::problem::{Deadline, Problem};
@@ -25,60 +24,6 @@ use crate::problem::{Deadline, Problem};
 pub type Current = Arc<arc_swap::ArcSwap<Proxy>>;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
-
-/// Requests being answered on one connection; the connection is idle when none are.
-#[derive(Debug, Default)]
-pub struct ConnState {
-    active: AtomicUsize,
-    /// The connection's reader, woken when the last request ends so the idle timer starts.
-    reader: AtomicWaker,
-    /// Goes up each time an answer hands on a part of its body, or ends: an HTTP/2 connection
-    /// whose answers make no progress is stuck on a client that grants them no window.
-    progress: AtomicUsize,
-    /// HTTP/1.1 bytes were read that no head measure saw (while a request was answered, or
-    /// past the end of a head): the heads parsed from them are checked once parsed, until the
-    /// next head is measured as it comes.
-    unmeasured: AtomicBool,
-}
-
-impl ConnState {
-    /// Whether the request being parsed may come from bytes no head measure saw.
-    pub fn unmeasured(&self) -> bool {
-        self.unmeasured.load(Ordering::Relaxed)
-    }
-
-    /// An answer handed on a part of its body. (A load and a store, not an atomic add: the
-    /// connection and its answers run on one thread.)
-    pub fn progressed(&self) {
-        let n = self.progress.load(Ordering::Relaxed);
-        self.progress.store(n.wrapping_add(1), Ordering::Relaxed);
-    }
-}
-
-/// Marks a request in progress on its connection until dropped (with the response body).
-#[derive(Debug)]
-pub struct Active(Arc<ConnState>);
-
-impl Active {
-    pub fn new(state: &Arc<ConnState>) -> Active {
-        state.active.fetch_add(1, Ordering::Relaxed);
-        Active(state.clone())
-    }
-
-    /// The request's answer handed on a part of its body.
-    pub fn progressed(&self) {
-        self.0.progressed();
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.progressed();
-        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.reader.wake();
-        }
-    }
-}
 
 /// The limits on the time between requests and on a request head.
 #[derive(Debug, Clone, Copy)]
@@ -234,7 +179,7 @@ impl ClientIo {
     }
 
     fn update_phase(&mut self) {
-        let busy = self.state.active.load(Ordering::Relaxed) > 0;
+        let busy = self.state.busy();
         match (self.phase, busy) {
             (Phase::Busy, false) => {
                 self.phase = Phase::Idle;
@@ -276,7 +221,7 @@ impl ClientIo {
     fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
         while self.timer.as_mut().poll(cx).is_ready() {
             let now = Instant::now();
-            let progress = self.state.progress.load(Ordering::Relaxed);
+            let progress = self.state.progress();
             if self.phase == Phase::Busy && progress != self.progress {
                 self.progress = progress;
                 self.since = now;
@@ -353,7 +298,7 @@ impl ClientIo {
             self.phase = Phase::Head;
             self.head_bytes = Some(0);
             self.tail = [0; 3];
-            self.state.unmeasured.store(false, Ordering::Relaxed);
+            self.state.set_unmeasured(false);
             // The first head's time runs from the connection's start, not from its first byte.
             if !self.first {
                 self.since = Instant::now();
@@ -362,7 +307,7 @@ impl ClientIo {
         }
         let Some(so_far) = self.head_bytes else {
             // Past the end of the head: a body, or the next heads.
-            self.state.unmeasured.store(true, Ordering::Relaxed);
+            self.state.set_unmeasured(true);
             return Ok(());
         };
         // Most reads end exactly at the end of a head: then it is complete, and within the
@@ -381,7 +326,7 @@ impl ClientIo {
         }
         self.head_bytes = if complete { None } else { Some(so_far + len) };
         if complete && len < new.len() {
-            self.state.unmeasured.store(true, Ordering::Relaxed);
+            self.state.set_unmeasured(true);
         }
         self.tail = last_three(&self.tail, new);
         Ok(())
@@ -408,8 +353,7 @@ impl ClientIo {
     /// while the next request's bytes arrived passes this test too).
     fn head_unparsed(&self) -> bool {
         self.replacement.is_some()
-            || (self.h2 == Some(false)
-                && (self.phase == Phase::Head || self.state.unmeasured.load(Ordering::Relaxed)))
+            || (self.h2 == Some(false) && (self.phase == Phase::Head || self.state.unmeasured()))
     }
 
     /// Whether `data` is to be replaced: hyper's bare answer to a head it could not parse, or
@@ -494,7 +438,7 @@ impl AsyncRead for ClientIo {
         let this = self.get_mut();
         this.update_phase();
         if this.phase == Phase::Busy {
-            this.state.reader.register(cx.waker());
+            this.state.wake_when_idle(cx.waker());
         }
         if (this.phase != Phase::Busy || this.h2 == Some(true)) && this.timed_out(cx) {
             return Poll::Ready(this.expire());
@@ -505,7 +449,7 @@ impl AsyncRead for ClientIo {
             if this.phase != Phase::Busy {
                 this.saw_head_bytes(&buf.filled()[before..])?;
             } else if this.h2 == Some(false) {
-                this.state.unmeasured.store(true, Ordering::Relaxed);
+                this.state.set_unmeasured(true);
             }
         }
         Poll::Ready(Ok(()))
@@ -563,6 +507,7 @@ impl AsyncWrite for ClientIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::server::activity::Active;
 
     #[test]
     fn the_end_of_a_head_is_found_across_reads() {

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::activity::ConnState;
+use super::head::{Meter, Preface, Protocol, Verdict};
 use crate::config;
 use crate::pipeline::Proxy;
 use crate::problem::{Deadline, Problem};
@@ -22,8 +23,6 @@ use crate::problem::{Deadline, Problem};
 /// A worker's proxy for the generation in force, swapped on reload; each request takes the
 /// current one, so a reload reaches connections that are already open.
 pub type Current = Arc<arc_swap::ArcSwap<Proxy>>;
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// The limits on the time between requests and on a request head.
 #[derive(Debug, Clone, Copy)]
@@ -81,14 +80,9 @@ pub struct ClientIo {
     /// checked and the timer set again. So a request moves the deadline without touching the
     /// runtime's timer wheel; the timer fires about once per the shorter of the two timeouts.
     timer: Pin<Box<Sleep>>,
-    /// Bytes of the current head so far; `None` once its end has been seen.
-    head_bytes: Option<usize>,
-    /// The last bytes read in the head phase, to find a `\r\n\r\n` split across reads.
-    tail: [u8; 3],
-    /// Set once the first bytes show an HTTP/2 connection (no head phase there) or not.
-    h2: Option<bool>,
-    /// How much of the HTTP/2 preface the first reads have matched, while `h2` is unknown.
-    preface: usize,
+    /// The current head, until its end (or a fault) is found.
+    meter: Option<Meter>,
+    preface: Preface,
     /// The problem written in place of that answer, and how much of it has gone out. Once
     /// set, anything more hyper writes is dropped: the connection is closing.
     replacement: Option<(Vec<u8>, usize)>,
@@ -119,10 +113,8 @@ impl ClientIo {
             first: true,
             since,
             timer,
-            head_bytes: None,
-            tail: [0; 3],
-            h2: None,
-            preface: 0,
+            meter: None,
+            preface: Preface::default(),
             progress: 0,
             replacement: None,
             stalled: None,
@@ -146,7 +138,7 @@ impl ClientIo {
                 let now = Instant::now();
                 let limit = self.limits.idle_timeout;
                 // In an HTTP/1.1 request, `since` is when its head began.
-                let answering = self.phase == Phase::Busy && self.h2 == Some(false);
+                let answering = self.phase == Phase::Busy && self.protocol() == Protocol::Http1;
                 let answer_end = answering.then(|| self.since + self.limits.answer_timeout);
                 let since = *self.stalled.get_or_insert(now);
                 if now >= since + limit || answer_end.is_some_and(|end| now >= end) {
@@ -169,7 +161,7 @@ impl ClientIo {
                     self.stalled = None;
                 }
                 // (HTTP/1 only: over HTTP/2 these may be answers to pings, which are no use.)
-                if self.phase == Phase::Idle && self.h2 == Some(false) {
+                if self.phase == Phase::Idle && self.protocol() == Protocol::Http1 {
                     self.since = Instant::now();
                 }
             }
@@ -191,7 +183,7 @@ impl ClientIo {
                 self.first = false;
                 // HTTP/2: the answers' progress is measured from here (HTTP/1.1 keeps the time
                 // its head began).
-                if self.h2 == Some(true) {
+                if self.protocol() == Protocol::Http2 {
                     self.since = Instant::now();
                 }
             }
@@ -209,7 +201,7 @@ impl ClientIo {
             Phase::Idle if self.first => Some(self.since + self.limits.header_read_timeout),
             Phase::Idle => Some(self.since + self.limits.idle_timeout),
             Phase::Head => Some(self.since + self.limits.header_read_timeout),
-            Phase::Busy if self.h2 == Some(true) => {
+            Phase::Busy if self.protocol() == Protocol::Http2 => {
                 Some(self.since + self.limits.answer_timeout + self.limits.idle_timeout)
             }
             Phase::Busy => None,
@@ -271,65 +263,61 @@ impl ClientIo {
         bytes
     }
 
-    /// Whether the connection is HTTP/2, or may still be: its preface can come in pieces.
-    fn speaks_h2(&mut self, new: &[u8]) -> bool {
-        if let Some(h2) = self.h2 {
-            return h2;
-        }
-        let rest = &H2_PREFACE[self.preface..];
-        let n = rest.len().min(new.len());
-        if new[..n] != rest[..n] {
-            self.h2 = Some(false);
-            return false;
-        }
-        self.preface += n;
-        if self.preface == H2_PREFACE.len() {
-            self.h2 = Some(true);
-        }
-        true
+    fn protocol(&self) -> Protocol {
+        self.preface.protocol()
     }
 
     /// Accounts for bytes read while no request is being answered.
     fn saw_head_bytes(&mut self, new: &[u8]) -> io::Result<()> {
-        if self.speaks_h2(new) {
-            return Ok(());
+        if self.preface.sniff(new) != Protocol::Http1 {
+            return Ok(()); // HTTP/2 has no head phase
         }
         if self.phase == Phase::Idle {
-            self.phase = Phase::Head;
-            self.head_bytes = Some(0);
-            self.tail = [0; 3];
-            self.state.set_unmeasured(false);
-            // The first head's time runs from the connection's start, not from its first byte.
-            if !self.first {
-                self.since = Instant::now();
-            }
-            self.follow_reload();
+            self.head_begins();
         }
-        let Some(so_far) = self.head_bytes else {
+        let Some(meter) = &mut self.meter else {
             // Past the end of the head: a body, or the next heads.
             self.state.set_unmeasured(true);
             return Ok(());
         };
-        // Most reads end exactly at the end of a head: then it is complete, and within the
-        // limit if the whole read is, wherever an earlier end might be. No need to scan.
-        if so_far + new.len() <= self.limits.max_header_bytes && new.ends_with(b"\r\n\r\n") {
-            self.head_bytes = None;
-            return Ok(());
+        // What follows a head in the same read is within the limit if the whole read is.
+        let fits = meter.seen() + new.len() <= self.limits.max_header_bytes;
+        match meter.feed(new) {
+            Verdict::More => {}
+            Verdict::Fits => self.meter = None,
+            Verdict::Complete(n) => {
+                self.meter = None;
+                if n < new.len() && !fits {
+                    self.state.set_unmeasured(true);
+                }
+            }
+            Verdict::TooLarge => {
+                self.answer(&Problem::HeadTooLarge);
+                let error = "request head too large";
+                return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+            }
+            // hyper refuses it too, and its answer is replaced. Left to hyper because bytes
+            // read between requests may yet be the end of a body hyper is reading.
+            Verdict::Invalid => self.meter = None,
         }
-        let (len, complete) = head_end(&self.tail, new);
-        if so_far + len > self.limits.max_header_bytes {
-            self.answer(&Problem::HeadTooLarge);
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
-        }
-        self.head_bytes = if complete { None } else { Some(so_far + len) };
-        if complete && len < new.len() {
-            self.state.set_unmeasured(true);
-        }
-        self.tail = last_three(&self.tail, new);
         Ok(())
+    }
+
+    /// The first bytes of a head arrived while idle.
+    fn head_begins(&mut self) {
+        self.phase = Phase::Head;
+        self.state.set_unmeasured(false);
+        // The first head's time runs from the connection's start, not from its first byte.
+        if !self.first {
+            self.since = Instant::now();
+        }
+        self.follow_reload();
+        let mut meter = Meter::new(self.limits.max_header_bytes);
+        let earlier = self.preface.take_matched();
+        if !earlier.is_empty() {
+            meter.feed(earlier); // a prefix of the HTTP/2 preface: no end, far below a limit
+        }
+        self.meter = Some(meter);
     }
 
     /// A phase begins (idle, or a head): if the config was reloaded since, it runs under the
@@ -353,7 +341,8 @@ impl ClientIo {
     /// while the next request's bytes arrived passes this test too).
     fn head_unparsed(&self) -> bool {
         self.replacement.is_some()
-            || (self.h2 == Some(false) && (self.phase == Phase::Head || self.state.unmeasured()))
+            || (self.protocol() == Protocol::Http1
+                && (self.phase == Phase::Head || self.state.unmeasured()))
     }
 
     /// Whether `data` is to be replaced: hyper's bare answer to a head it could not parse, or
@@ -404,31 +393,6 @@ fn bare_answer(data: &[u8]) -> Option<&[u8]> {
     exact.then(|| data.get(9..12)).flatten()
 }
 
-/// How many bytes of `new` belong to the head, and whether the head ends in them.
-fn head_end(tail: &[u8; 3], new: &[u8]) -> (usize, bool) {
-    // An end that straddles the previous read: look at the seams byte by byte.
-    let mut window = *tail;
-    for (i, &b) in new.iter().take(3).enumerate() {
-        if window == *b"\r\n\r" && b == b'\n' {
-            return (i + 1, true);
-        }
-        window = [window[1], window[2], b];
-    }
-    match new.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => (i + 4, true),
-        None => (new.len(), false),
-    }
-}
-
-/// The last three bytes of `tail` followed by `new`.
-fn last_three(tail: &[u8; 3], new: &[u8]) -> [u8; 3] {
-    let mut joined = [0u8; 6];
-    joined[..3].copy_from_slice(tail);
-    let n = new.len().min(3);
-    joined[3..3 + n].copy_from_slice(&new[new.len() - n..]);
-    [joined[n], joined[n + 1], joined[n + 2]]
-}
-
 impl AsyncRead for ClientIo {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -440,7 +404,7 @@ impl AsyncRead for ClientIo {
         if this.phase == Phase::Busy {
             this.state.wake_when_idle(cx.waker());
         }
-        if (this.phase != Phase::Busy || this.h2 == Some(true)) && this.timed_out(cx) {
+        if (this.phase != Phase::Busy || this.protocol() == Protocol::Http2) && this.timed_out(cx) {
             return Poll::Ready(this.expire());
         }
         let before = buf.filled().len();
@@ -448,7 +412,7 @@ impl AsyncRead for ClientIo {
         if buf.filled().len() > before {
             if this.phase != Phase::Busy {
                 this.saw_head_bytes(&buf.filled()[before..])?;
-            } else if this.h2 == Some(false) {
+            } else if this.protocol() == Protocol::Http1 {
                 this.state.set_unmeasured(true);
             }
         }
@@ -508,16 +472,6 @@ impl AsyncWrite for ClientIo {
 mod tests {
     use super::*;
     use crate::server::activity::Active;
-
-    #[test]
-    fn the_end_of_a_head_is_found_across_reads() {
-        assert_eq!(head_end(&[0; 3], b"GET / HTTP/1.1\r\n\r\nbody"), (18, true));
-        assert_eq!(head_end(&[0; 3], b"GET / HTTP/1.1\r\nHost: x"), (23, false));
-        assert_eq!(head_end(b"x\r\n", b"\r\nbody"), (2, true));
-        assert_eq!(head_end(b"\r\n\r", b"\nrest"), (1, true));
-        assert_eq!(head_end(b"\n\r\n", b"x\r\n\r\n"), (5, true));
-        assert_eq!(head_end(&[0; 3], b"\r\n"), (2, false));
-    }
 
     #[test]
     fn only_hypers_exact_bare_answer_counts_as_one() {
@@ -610,13 +564,5 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(1), f)
             .await
             .expect("timed out")
-    }
-
-    #[test]
-    fn the_tail_keeps_the_last_three_bytes_read() {
-        assert_eq!(last_three(b"abc", b""), *b"abc");
-        assert_eq!(last_three(b"abc", b"d"), *b"bcd");
-        assert_eq!(last_three(b"abc", b"de"), *b"cde");
-        assert_eq!(last_three(b"abc", b"defgh"), *b"fgh");
     }
 }

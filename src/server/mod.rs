@@ -6,6 +6,7 @@
 mod activity;
 mod admin;
 mod client_io;
+mod head;
 mod listener;
 mod reload;
 mod worker;

@@ -8,7 +8,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -16,51 +15,13 @@ use tokio::time::{Instant, Sleep};
 
 use super::activity::ConnState;
 use super::head::{Meter, Preface, Protocol, Verdict};
-use crate::config;
+use super::timing::{Alarm, Limits, Phase, Timing};
 use crate::pipeline::Proxy;
 use crate::problem::{Deadline, Problem};
 
 /// A worker's proxy for the generation in force, swapped on reload; each request takes the
 /// current one, so a reload reaches connections that are already open.
 pub type Current = Arc<arc_swap::ArcSwap<Proxy>>;
-
-/// The limits on the time between requests and on a request head.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadLimits {
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_header_bytes: usize,
-    /// The longest `request_timeout` of any route: no HTTP/1.1 answer is written for longer.
-    pub answer_timeout: Duration,
-}
-
-impl HeadLimits {
-    pub fn new(config: &config::Config) -> HeadLimits {
-        let server = &config.server;
-        let routes = config.routes.iter().map(|r| r.request_timeout);
-        HeadLimits {
-            header_read_timeout: server.header_read_timeout,
-            idle_timeout: server.idle_timeout,
-            max_header_bytes: server.max_header_bytes,
-            answer_timeout: routes.fold(server.request_timeout, Duration::max),
-        }
-    }
-
-    /// The shortest time any phase may last.
-    fn shortest(&self) -> Duration {
-        self.header_read_timeout.min(self.idle_timeout)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// No request in progress and no byte of the next one yet.
-    Idle,
-    /// Bytes of a request head have arrived; the head is not complete.
-    Head,
-    /// A request is being answered; its body may be read.
-    Busy,
-}
 
 /// The socket, with the timers and counters of the phase between requests.
 pub struct ClientIo {
@@ -70,64 +31,48 @@ pub struct ClientIo {
     /// The generation the current head is read under: its request ids, and `limits`.
     proxy: Arc<Proxy>,
     state: Arc<ConnState>,
-    limits: HeadLimits,
-    phase: Phase,
-    /// No request has been answered yet on this connection.
-    first: bool,
-    /// When the current phase began; its deadline is this plus the phase's timeout.
-    since: Instant,
-    /// Never later than the deadline of the current phase; on firing, the real deadline is
-    /// checked and the timer set again. So a request moves the deadline without touching the
-    /// runtime's timer wheel; the timer fires about once per the shorter of the two timeouts.
-    timer: Pin<Box<Sleep>>,
-    /// The current head, until its end (or a fault) is found.
-    meter: Option<Meter>,
+    limits: Limits,
     preface: Preface,
-    /// The problem written in place of that answer, and how much of it has gone out. Once
-    /// set, anything more hyper writes is dropped: the connection is closing.
-    replacement: Option<(Vec<u8>, usize)>,
-    /// Since when the client has taken none of what is written to it.
-    stalled: Option<Instant>,
+    timing: Timing,
+    /// Never later than the deadline of the current phase; on firing, the real deadline is
+    /// checked and the timer set again (see `Timing::alarm`).
+    timer: Pin<Box<Sleep>>,
     /// Wakes the connection when a waiting write has waited too long; made only once a write
     /// has had to wait.
     write_timer: Option<Pin<Box<Sleep>>>,
-    /// `ConnState::progress` when last looked at.
-    progress: usize,
+    /// The current head, until its end (or a fault) is found.
+    meter: Option<Meter>,
+    /// The problem written in place of hyper's own answer, and how much of it has gone out.
+    /// Once set, anything more hyper writes is dropped: the connection is closing.
+    replacement: Option<(Vec<u8>, usize)>,
 }
 
 impl ClientIo {
     pub fn new(stream: TcpStream, current: Current, state: Arc<ConnState>) -> ClientIo {
         let mut current = arc_swap::Cache::new(current);
         let proxy = current.load().clone();
-        let limits = HeadLimits::new(&proxy.app.config);
-        // A new connection must send its first head within header_read_timeout.
-        let since = Instant::now();
-        let timer = Box::pin(tokio::time::sleep_until(since + limits.shortest()));
+        let limits = Limits::new(&proxy.app.config);
+        let now = Instant::now();
         ClientIo {
             stream,
             current,
             proxy,
             state,
             limits,
-            phase: Phase::Idle,
-            first: true,
-            since,
-            timer,
-            meter: None,
             preface: Preface::default(),
-            progress: 0,
-            replacement: None,
-            stalled: None,
+            timing: Timing::new(now),
+            timer: Box::pin(tokio::time::sleep_until(now + limits.shortest())),
             write_timer: None,
+            meter: None,
+            replacement: None,
         }
     }
 
-    /// Keeps account of a write: a client that takes nothing for `idle_timeout` is gone, and
-    /// its connection (and the upstream answer it holds) is let go, as nginx's `send_timeout`
-    /// does. A client that reads, but too slowly to take an HTTP/1.1 answer within the longest
-    /// `request_timeout` from its head, is let go too: hyper reads no more of the answer while
-    /// a write waits, so the answer's own deadline cannot see it. Bytes of an answer that go
-    /// out after its request ended keep the connection from counting as idle.
+    fn protocol(&self) -> Protocol {
+        self.preface.protocol()
+    }
+
+    /// Keeps account of a write: see `Timing::write_waits`.
     fn wrote(
         &mut self,
         cx: &mut Context<'_>,
@@ -135,19 +80,16 @@ impl ClientIo {
     ) -> Poll<io::Result<usize>> {
         match &polled {
             Poll::Pending => {
-                let now = Instant::now();
-                let limit = self.limits.idle_timeout;
-                // In an HTTP/1.1 request, `since` is when its head began.
-                let answering = self.phase == Phase::Busy && self.protocol() == Protocol::Http1;
-                let answer_end = answering.then(|| self.since + self.limits.answer_timeout);
-                let since = *self.stalled.get_or_insert(now);
-                if now >= since + limit || answer_end.is_some_and(|end| now >= end) {
+                let protocol = self.protocol();
+                let Ok(wake) = self
+                    .timing
+                    .write_waits(Instant::now(), &self.limits, protocol)
+                else {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "the client did not take its answer in time",
                     )));
-                }
-                let wake = answer_end.map_or(since + limit, |end| end.min(since + limit));
+                };
                 let timer = self
                     .write_timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake)));
@@ -156,76 +98,25 @@ impl ClientIo {
                 }
                 let _ = timer.as_mut().poll(cx); // wakes this task when the limit passes
             }
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                if self.stalled.is_some() {
-                    self.stalled = None;
-                }
-                // (HTTP/1 only: over HTTP/2 these may be answers to pings, which are no use.)
-                if self.phase == Phase::Idle && self.protocol() == Protocol::Http1 {
-                    self.since = Instant::now();
-                }
-            }
+            Poll::Ready(Ok(n)) if *n > 0 => self.timing.write_went(self.protocol(), Instant::now),
             Poll::Ready(_) => {}
         }
         polled
     }
 
-    fn update_phase(&mut self) {
-        let busy = self.state.busy();
-        match (self.phase, busy) {
-            (Phase::Busy, false) => {
-                self.phase = Phase::Idle;
-                self.since = Instant::now();
-                self.follow_reload();
-            }
-            (Phase::Idle | Phase::Head, true) => {
-                self.phase = Phase::Busy;
-                self.first = false;
-                // HTTP/2: the answers' progress is measured from here (HTTP/1.1 keeps the time
-                // its head began).
-                if self.protocol() == Protocol::Http2 {
-                    self.since = Instant::now();
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// The deadline of the current phase. While HTTP/1.1 answers a request there is none: a
-    /// write that waits has its own. An HTTP/2 connection whose answers hand on nothing for
-    /// longer than any answer may wait on its upstream, and then `idle_timeout`, has a client
-    /// that grants them no window (as nginx's `send_timeout` bounds such streams).
-    fn deadline(&self) -> Option<Instant> {
-        match self.phase {
-            // Until the first request, a connection has header_read_timeout to send its head.
-            Phase::Idle if self.first => Some(self.since + self.limits.header_read_timeout),
-            Phase::Idle => Some(self.since + self.limits.idle_timeout),
-            Phase::Head => Some(self.since + self.limits.header_read_timeout),
-            Phase::Busy if self.protocol() == Protocol::Http2 => {
-                Some(self.since + self.limits.answer_timeout + self.limits.idle_timeout)
-            }
-            Phase::Busy => None,
-        }
-    }
-
-    /// Whether the current phase's deadline has passed; if not, the timer is set again, no
-    /// later than that deadline nor than the earliest deadline a later phase could have.
+    /// Whether the current phase's deadline has passed; if not, the timer is set again.
     fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
         while self.timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
             let progress = self.state.progress();
-            if self.phase == Phase::Busy && progress != self.progress {
-                self.progress = progress;
-                self.since = now;
+            let protocol = self.protocol();
+            match self
+                .timing
+                .alarm(Instant::now(), progress, &self.limits, protocol)
+            {
+                Alarm::Expired => return true,
+                Alarm::At(next) => self.timer.as_mut().reset(next),
+                Alarm::Off => return false,
             }
-            let Some(deadline) = self.deadline() else {
-                return false;
-            };
-            if deadline <= now {
-                return true;
-            }
-            let next = deadline.min(now + self.limits.shortest());
-            self.timer.as_mut().reset(next);
         }
         false
     }
@@ -233,7 +124,7 @@ impl ClientIo {
     /// The timer ran out: an idle connection ends quietly; a half-sent head gets a 408; an
     /// HTTP/2 connection stuck on its answers is cut.
     fn expire(&mut self) -> io::Result<()> {
-        match self.phase {
+        match self.timing.phase() {
             Phase::Head => {
                 self.answer(&Problem::TimedOut(Deadline::Head));
                 Err(io::ErrorKind::TimedOut.into())
@@ -258,13 +149,10 @@ impl ClientIo {
         let header = &self.proxy.app.config.headers.request_id;
         let (bytes, body) = problem.to_http1(header, id.to_str().unwrap_or_default());
         let status = problem.status();
+        let since = self.timing.since();
         self.proxy
-            .answered_alone(None, &id, status, body as u64, self.since);
+            .answered_alone(None, &id, status, body as u64, since);
         bytes
-    }
-
-    fn protocol(&self) -> Protocol {
-        self.preface.protocol()
     }
 
     /// Accounts for bytes read while no request is being answered.
@@ -272,7 +160,7 @@ impl ClientIo {
         if self.preface.sniff(new) != Protocol::Http1 {
             return Ok(()); // HTTP/2 has no head phase
         }
-        if self.phase == Phase::Idle {
+        if self.timing.phase() == Phase::Idle {
             self.head_begins();
         }
         let Some(meter) = &mut self.meter else {
@@ -305,12 +193,8 @@ impl ClientIo {
 
     /// The first bytes of a head arrived while idle.
     fn head_begins(&mut self) {
-        self.phase = Phase::Head;
+        self.timing.head_began(Instant::now);
         self.state.set_unmeasured(false);
-        // The first head's time runs from the connection's start, not from its first byte.
-        if !self.first {
-            self.since = Instant::now();
-        }
         self.follow_reload();
         let mut meter = Meter::new(self.limits.max_header_bytes);
         let earlier = self.preface.take_matched();
@@ -329,8 +213,9 @@ impl ClientIo {
             return;
         }
         self.proxy = now.clone();
-        self.limits = HeadLimits::new(&self.proxy.app.config);
-        if let Some(deadline) = self.deadline().filter(|&d| d < self.timer.deadline()) {
+        self.limits = Limits::new(&self.proxy.app.config);
+        let deadline = self.timing.deadline(&self.limits, self.protocol());
+        if let Some(deadline) = deadline.filter(|&d| d < self.timer.deadline()) {
             self.timer.as_mut().reset(deadline);
         }
     }
@@ -342,7 +227,7 @@ impl ClientIo {
     fn head_unparsed(&self) -> bool {
         self.replacement.is_some()
             || (self.protocol() == Protocol::Http1
-                && (self.phase == Phase::Head || self.state.unmeasured()))
+                && (self.timing.phase() == Phase::Head || self.state.unmeasured()))
     }
 
     /// Whether `data` is to be replaced: hyper's bare answer to a head it could not parse, or
@@ -400,19 +285,24 @@ impl AsyncRead for ClientIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.update_phase();
-        if this.phase == Phase::Busy {
+        let (busy, protocol) = (this.state.busy(), this.protocol());
+        if this.timing.settle(busy, protocol, Instant::now) {
+            this.follow_reload();
+        }
+        let phase = this.timing.phase();
+        if phase == Phase::Busy {
             this.state.wake_when_idle(cx.waker());
         }
-        if (this.phase != Phase::Busy || this.protocol() == Protocol::Http2) && this.timed_out(cx) {
+        if (phase != Phase::Busy || protocol == Protocol::Http2) && this.timed_out(cx) {
             return Poll::Ready(this.expire());
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
-        if buf.filled().len() > before {
-            if this.phase != Phase::Busy {
-                this.saw_head_bytes(&buf.filled()[before..])?;
-            } else if this.protocol() == Protocol::Http1 {
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            if phase != Phase::Busy {
+                this.saw_head_bytes(new)?;
+            } else if protocol == Protocol::Http1 {
                 this.state.set_unmeasured(true);
             }
         }
@@ -470,6 +360,8 @@ impl AsyncWrite for ClientIo {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::server::activity::Active;
 

@@ -9,6 +9,7 @@ mod client_io;
 mod head;
 mod listener;
 mod reload;
+mod timing;
 mod worker;
 
 use std::io;

@@ -1,6 +1,6 @@
-//! What a connection's service tells its socket: which requests it is answering (each marked
-//! by an [`Active`]) and how far their answers have got; and what the socket tells the service
-//! back: whether a head was read without being measured.
+//! What a connection's service tells its socket: which requests it has been handed and is
+//! answering (each marked by an [`Active`]), how far their answers have got, and what the
+//! socket tells the service back: whether a head was read without being measured.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +12,8 @@ use futures_util::task::AtomicWaker;
 #[derive(Debug, Default)]
 pub struct ConnState {
     active: AtomicUsize,
+    /// Requests handed to the service so far.
+    started: AtomicUsize,
     /// The connection's reader, woken when the last request ends so the idle timer starts.
     reader: AtomicWaker,
     /// Goes up each time an answer hands on a part of its body, or ends: an HTTP/2 connection
@@ -47,6 +49,11 @@ impl ConnState {
         self.active.load(Ordering::Relaxed) > 0
     }
 
+    /// How many requests have been handed to the service.
+    pub(super) fn started(&self) -> usize {
+        self.started.load(Ordering::Relaxed)
+    }
+
     /// Wakes `waker` when the last request in progress ends.
     pub(super) fn wake_when_idle(&self, waker: &Waker) {
         self.reader.register(waker);
@@ -67,6 +74,7 @@ pub struct Active(Arc<ConnState>);
 impl Active {
     pub fn new(state: &Arc<ConnState>) -> Active {
         state.active.fetch_add(1, Ordering::Relaxed);
+        bump(&state.started);
         Active(state.clone())
     }
 

@@ -1,8 +1,8 @@
-//! A client connection's socket, watched between requests: the idle timeout, and the deadline
-//! and size limit of a request head (the slowloris guard). hyper has not seen a request yet at
-//! that point, so the 408 or 431 answer is written here, and the connection closed. A head
-//! hyper cannot parse gets its 400 here too, as a problem like every other refusal, in place
-//! of the bare one hyper writes.
+//! A client connection's stream, as hyper reads and writes it: the glue between the socket,
+//! the head meter (`head`), the phase timing (`timing`) and the requests the service answers
+//! (`activity`). hyper has not seen a request yet while a head arrives, so a 408 or 431 for
+//! it is written here, and the connection closed. hyper's own bare answer to a head it cannot
+//! parse is replaced here with a problem, like every other refusal.
 
 use std::io;
 use std::pin::Pin;
@@ -42,6 +42,9 @@ pub struct ClientIo {
     write_timer: Option<Pin<Box<Sleep>>>,
     /// The current head, until its end (or a fault) is found.
     meter: Option<Meter>,
+    /// `ConnState::started` when hyper last had nothing left to write and no request in
+    /// progress: every request until then has been answered in full.
+    answered: usize,
     /// The problem written in place of hyper's own answer, and how much of it has gone out.
     /// Once set, anything more hyper writes is dropped: the connection is closing.
     replacement: Option<(Vec<u8>, usize)>,
@@ -64,6 +67,7 @@ impl ClientIo {
             timer: Box::pin(tokio::time::sleep_until(now + limits.shortest())),
             write_timer: None,
             meter: None,
+            answered: 0,
             replacement: None,
         }
     }
@@ -220,25 +224,23 @@ impl ClientIo {
         }
     }
 
-    /// Whether a write now may be hyper's answer to a head it could not parse: bytes of an
-    /// HTTP/1 head were read since the last request, or bytes no head measure saw. A cheap
-    /// test, so that answers to requests rarely need `bare_answer` (one whose flush waited
-    /// while the next request's bytes arrived passes this test too).
-    fn head_unparsed(&self) -> bool {
+    /// Whether hyper writes its own answer: over HTTP/1.1, with every request the service was
+    /// handed answered in full. hyper answers nothing else by itself but a head it could not
+    /// parse, so this is that answer (or more of hyper's writes after it).
+    fn hypers_own(&self) -> bool {
         self.replacement.is_some()
-            || (self.protocol() == Protocol::Http1
-                && (self.timing.phase() == Phase::Head || self.state.unmeasured()))
+            || (self.protocol() == Protocol::Http1 && self.state.started() == self.answered)
     }
 
-    /// Whether `data` is to be replaced: hyper's bare answer to a head it could not parse, or
-    /// more of hyper's writes after it. Sets up the problem that goes out instead.
+    /// Whether `data`, hyper's own answer, is to be replaced: a 400 or 431 is, by the problem
+    /// sluice writes for it. Sets up the problem that goes out instead.
     fn replaces(&mut self, data: &[u8]) -> bool {
         if self.replacement.is_some() {
             return true;
         }
-        let problem = match bare_answer(data) {
-            Some(b"400") => Problem::MalformedHead,
-            Some(b"431") => Problem::HeadTooLarge,
+        let problem = match status_of(data) {
+            Some(400) => Problem::MalformedHead,
+            Some(431) => Problem::HeadTooLarge,
             _ => return false,
         };
         self.replacement = Some((self.problem_bytes(&problem), 0));
@@ -261,21 +263,17 @@ impl ClientIo {
     }
 }
 
-/// The status of `data` if it is exactly hyper's answer to a head it could not parse: a
-/// status line, then `connection: close`, `content-length: 0` and `date`, nothing else.
-/// Every answer that passed through the proxy carries at least a request id besides.
-fn bare_answer(data: &[u8]) -> Option<&[u8]> {
-    const HEADERS: &[u8] = b"\r\nconnection: close\r\ncontent-length: 0\r\ndate: ";
-    const DATE_AND_END: usize = "Thu, 26 Nov 2026 18:00:00 GMT\r\n\r\n".len();
-    if !data.starts_with(b"HTTP/1.") {
+/// The status of the answer `data` begins with, read from its status line. Read by hand: were
+/// httparse's answer parser called here too, it would no longer be inlined where hyper's client
+/// parses every upstream answer.
+fn status_of(data: &[u8]) -> Option<u16> {
+    let [_, b' ', digits @ ..] = data.strip_prefix(b"HTTP/1.")?.get(..5)? else {
         return None;
-    }
-    let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-    let rest = &data[line_end..];
-    let exact = rest.starts_with(HEADERS)
-        && rest.len() == HEADERS.len() + DATE_AND_END
-        && rest.ends_with(b"\r\n\r\n");
-    exact.then(|| data.get(9..12)).flatten()
+    };
+    let digit = |d: &u8| d.is_ascii_digit().then(|| u16::from(d - b'0'));
+    digits
+        .iter()
+        .try_fold(0, |status, d| Some(status * 10 + digit(d)?))
 }
 
 impl AsyncRead for ClientIo {
@@ -317,7 +315,7 @@ impl AsyncWrite for ClientIo {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.head_unparsed() && this.replaces(data) {
+        if this.hypers_own() && this.replaces(data) {
             ready!(this.poll_replacement(cx))?;
             return Poll::Ready(Ok(data.len()));
         }
@@ -331,7 +329,7 @@ impl AsyncWrite for ClientIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.head_unparsed() {
+        if this.hypers_own() {
             let first = bufs
                 .iter()
                 .find(|b| !b.is_empty())
@@ -349,8 +347,15 @@ impl AsyncWrite for ClientIo {
         self.stream.is_write_vectored()
     }
 
+    /// hyper flushes once it has written all it had: with no request in progress either,
+    /// every answer owed so far has gone out.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        let started = this.state.started();
+        if started != this.answered && !this.state.busy() {
+            this.answered = started;
+        }
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -359,102 +364,4 @@ impl AsyncWrite for ClientIo {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-    use crate::server::activity::Active;
-
-    #[test]
-    fn only_hypers_exact_bare_answer_counts_as_one() {
-        let bare = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 26 Nov 2026 18:00:00 GMT\r\n\r\n";
-        assert_eq!(bare_answer(bare), Some(&b"400"[..]));
-        let too_large = String::from_utf8_lossy(bare)
-            .replace("400 Bad Request", "431 Request Header Fields Too Large");
-        assert_eq!(bare_answer(too_large.as_bytes()), Some(&b"431"[..]));
-        // A proxied answer has more headers, or a body.
-        let with_id = String::from_utf8_lossy(bare).replace("date:", "x-request-id: 1\r\ndate:");
-        assert_eq!(bare_answer(with_id.as_bytes()), None);
-        let mut with_body = bare.to_vec();
-        with_body.extend_from_slice(b"{}");
-        assert_eq!(bare_answer(&with_body), None);
-        assert_eq!(
-            bare_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
-            None
-        );
-        assert_eq!(bare_answer(b""), None);
-    }
-
-    fn proxy() -> Arc<Proxy> {
-        let overrides = crate::config::Overrides {
-            upstreams: vec!["http://127.0.0.1:1".into()],
-            ..Default::default()
-        };
-        let config = crate::config::Config::defaults(&overrides).unwrap();
-        Arc::new(Proxy::new(
-            Arc::new(crate::pipeline::App::new(config).unwrap()),
-            0,
-        ))
-    }
-
-    /// One `poll_read` as hyper makes it; whether it read any bytes (false when it would wait).
-    async fn read_once(io: &mut ClientIo) -> bool {
-        let mut space = [0u8; 4096];
-        std::future::poll_fn(|cx| {
-            let mut buf = ReadBuf::new(&mut space);
-            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-                Poll::Ready(r) => Poll::Ready(r.map(|()| !buf.filled().is_empty()).unwrap()),
-                Poll::Pending => Poll::Ready(false),
-            }
-        })
-        .await
-    }
-
-    #[tokio::test]
-    async fn a_response_flushed_after_the_next_head_began_goes_out_unchanged() {
-        // hyper drops a response's body (and so its `Active`) before flushing its bytes; if
-        // the flush waits on a full socket, the next request's bytes may be read first.
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let state = Arc::new(ConnState::default());
-        let current = Arc::new(arc_swap::ArcSwap::new(proxy()));
-        let mut io = ClientIo::new(server, current, state.clone());
-        client
-            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(read_once(&mut io).await, "the first head");
-        let active = Active::new(&state); // handed to the service
-        assert!(!read_once(&mut io).await, "hyper's keep-alive read");
-        drop(active); // the body has ended; its bytes wait in hyper's buffer
-        client
-            .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(
-            read_once(&mut io).await,
-            "the next head, read while the flush waits"
-        );
-        // The proxy's own 400 (invalid JSON, say) is not hyper's bare one.
-        let answer = b"HTTP/1.1 400 Bad Request\r\nx-request-id: 1\r\ncontent-length: 2\r\n\r\n{}";
-        io.write_all(answer).await.unwrap();
-        let mut got = vec![0u8; 4096];
-        let n = within_a_second(client.read(&mut got)).await.unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&got[..n]),
-            String::from_utf8_lossy(answer)
-        );
-    }
-
-    async fn within_a_second<T>(f: impl std::future::Future<Output = T>) -> T {
-        tokio::time::timeout(Duration::from_secs(1), f)
-            .await
-            .expect("timed out")
-    }
-}
+mod tests;

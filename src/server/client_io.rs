@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::activity::ConnState;
@@ -23,9 +22,9 @@ use crate::problem::{Deadline, Problem};
 /// current one, so a reload reaches connections that are already open.
 pub type Current = Arc<arc_swap::ArcSwap<Proxy>>;
 
-/// The socket, with the timers and counters of the phase between requests.
-pub struct ClientIo {
-    stream: TcpStream,
+/// The stream, with the timers and counters of the phase between requests.
+pub struct ClientIo<S> {
+    stream: S,
     /// The generation in force, swapped at a reload; seeing whether it changed is one load.
     current: arc_swap::Cache<Current, Arc<Proxy>>,
     /// The generation the current head is read under: its request ids, and `limits`.
@@ -50,8 +49,8 @@ pub struct ClientIo {
     replacement: Option<(Vec<u8>, usize)>,
 }
 
-impl ClientIo {
-    pub fn new(stream: TcpStream, current: Current, state: Arc<ConnState>) -> ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
+    pub fn new(stream: S, current: Current, state: Arc<ConnState>) -> ClientIo<S> {
         let mut current = arc_swap::Cache::new(current);
         let proxy = current.load().clone();
         let limits = Limits::new(&proxy.app.config);
@@ -127,10 +126,10 @@ impl ClientIo {
 
     /// The timer ran out: an idle connection ends quietly; a half-sent head gets a 408; an
     /// HTTP/2 connection stuck on its answers is cut.
-    fn expire(&mut self) -> io::Result<()> {
+    fn expire(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         match self.timing.phase() {
             Phase::Head => {
-                self.answer(&Problem::TimedOut(Deadline::Head));
+                self.answer(cx, &Problem::TimedOut(Deadline::Head));
                 Err(io::ErrorKind::TimedOut.into())
             }
             Phase::Busy => Err(io::Error::new(
@@ -141,9 +140,17 @@ impl ClientIo {
         }
     }
 
-    /// Writes a problem straight to the socket; best effort, as the connection ends anyway.
-    fn answer(&self, problem: &Problem) {
-        let _ = self.stream.try_write(&self.problem_bytes(problem));
+    /// Writes a problem straight to the stream; best effort, as the connection ends anyway.
+    fn answer(&mut self, cx: &mut Context<'_>, problem: &Problem) {
+        let bytes = self.problem_bytes(problem);
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &bytes[sent..]) {
+                Poll::Ready(Ok(n)) if n > 0 => sent += n,
+                _ => return,
+            }
+        }
+        let _ = Pin::new(&mut self.stream).poll_flush(cx);
     }
 
     /// A problem as a whole HTTP/1.1 answer, with a fresh request id; counted and logged as
@@ -160,7 +167,7 @@ impl ClientIo {
     }
 
     /// Accounts for bytes read while no request is being answered.
-    fn saw_head_bytes(&mut self, new: &[u8]) -> io::Result<()> {
+    fn saw_head_bytes(&mut self, cx: &mut Context<'_>, new: &[u8]) -> io::Result<()> {
         if self.preface.sniff(new) != Protocol::Http1 {
             return Ok(()); // HTTP/2 has no head phase
         }
@@ -184,7 +191,7 @@ impl ClientIo {
                 }
             }
             Verdict::TooLarge => {
-                self.answer(&Problem::HeadTooLarge);
+                self.answer(cx, &Problem::HeadTooLarge);
                 let error = "request head too large";
                 return Err(io::Error::new(io::ErrorKind::InvalidData, error));
             }
@@ -276,7 +283,7 @@ fn status_of(data: &[u8]) -> Option<u16> {
         .try_fold(0, |status, d| Some(status * 10 + digit(d)?))
 }
 
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -292,14 +299,14 @@ impl AsyncRead for ClientIo {
             this.state.wake_when_idle(cx.waker());
         }
         if (phase != Phase::Busy || protocol == Protocol::Http2) && this.timed_out(cx) {
-            return Poll::Ready(this.expire());
+            return Poll::Ready(this.expire(cx));
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
         let new = &buf.filled()[before..];
         if !new.is_empty() {
             if phase != Phase::Busy {
-                this.saw_head_bytes(new)?;
+                this.saw_head_bytes(cx, new)?;
             } else if protocol == Protocol::Http1 {
                 this.state.set_unmeasured(true);
             }
@@ -308,7 +315,7 @@ impl AsyncRead for ClientIo {
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -44,7 +44,7 @@ fn proxy() -> Arc<Proxy> {
 }
 
 /// A `ClientIo` over one end of a loopback connection, the client's end, and its state.
-async fn connected() -> (ClientIo, TcpStream, Arc<ConnState>) {
+async fn connected() -> (ClientIo<TcpStream>, TcpStream, Arc<ConnState>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let client = TcpStream::connect(listener.local_addr().unwrap())
         .await
@@ -56,7 +56,7 @@ async fn connected() -> (ClientIo, TcpStream, Arc<ConnState>) {
 }
 
 /// One `poll_read` as hyper makes it; whether it read any bytes (false when it would wait).
-async fn read_once(io: &mut ClientIo) -> bool {
+async fn read_once(io: &mut ClientIo<TcpStream>) -> bool {
     let mut space = [0u8; 4096];
     std::future::poll_fn(|cx| {
         let mut buf = ReadBuf::new(&mut space);

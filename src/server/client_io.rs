@@ -1,22 +1,20 @@
-//! A client connection's socket, watched between requests: the idle timeout, and the deadline
-//! and size limit of a request head (the slowloris guard). hyper has not seen a request yet at
-//! that point, so the 408 or 431 answer is written here, and the connection closed. A head
-//! hyper cannot parse gets its 400 here too, as a problem like every other refusal, in place
-//! of the bare one hyper writes.
+//! A client connection's stream, as hyper reads and writes it: the glue between the socket,
+//! the head meter (`head`), the phase timing (`timing`) and the requests the service answers
+//! (`activity`). hyper has not seen a request yet while a head arrives, so a 408 or 431 for
+//! it is written here, and the connection closed. hyper's own bare answer to a head it cannot
+//! parse is replaced here with a problem, like every other refusal.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
 
-use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::config;
+use super::activity::ConnState;
+use super::head::{Meter, Preface, Protocol, Verdict};
+use super::timing::{Alarm, Limits, Phase, Timing};
 use crate::pipeline::Proxy;
 use crate::problem::{Deadline, Problem};
 
@@ -24,173 +22,60 @@ use crate::problem::{Deadline, Problem};
 /// current one, so a reload reaches connections that are already open.
 pub type Current = Arc<arc_swap::ArcSwap<Proxy>>;
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
-
-/// Requests being answered on one connection; the connection is idle when none are.
-#[derive(Debug, Default)]
-pub struct ConnState {
-    active: AtomicUsize,
-    /// The connection's reader, woken when the last request ends so the idle timer starts.
-    reader: AtomicWaker,
-    /// Goes up each time an answer hands on a part of its body, or ends: an HTTP/2 connection
-    /// whose answers make no progress is stuck on a client that grants them no window.
-    progress: AtomicUsize,
-    /// HTTP/1.1 bytes were read that no head measure saw (while a request was answered, or
-    /// past the end of a head): the heads parsed from them are checked once parsed, until the
-    /// next head is measured as it comes.
-    unmeasured: AtomicBool,
-}
-
-impl ConnState {
-    /// Whether the request being parsed may come from bytes no head measure saw.
-    pub fn unmeasured(&self) -> bool {
-        self.unmeasured.load(Ordering::Relaxed)
-    }
-
-    /// An answer handed on a part of its body. (A load and a store, not an atomic add: the
-    /// connection and its answers run on one thread.)
-    pub fn progressed(&self) {
-        let n = self.progress.load(Ordering::Relaxed);
-        self.progress.store(n.wrapping_add(1), Ordering::Relaxed);
-    }
-}
-
-/// Marks a request in progress on its connection until dropped (with the response body).
-#[derive(Debug)]
-pub struct Active(Arc<ConnState>);
-
-impl Active {
-    pub fn new(state: &Arc<ConnState>) -> Active {
-        state.active.fetch_add(1, Ordering::Relaxed);
-        Active(state.clone())
-    }
-
-    /// The request's answer handed on a part of its body.
-    pub fn progressed(&self) {
-        self.0.progressed();
-    }
-}
-
-impl Drop for Active {
-    fn drop(&mut self) {
-        self.0.progressed();
-        if self.0.active.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.reader.wake();
-        }
-    }
-}
-
-/// The limits on the time between requests and on a request head.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadLimits {
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_header_bytes: usize,
-    /// The longest `request_timeout` of any route: no HTTP/1.1 answer is written for longer.
-    pub answer_timeout: Duration,
-}
-
-impl HeadLimits {
-    pub fn new(config: &config::Config) -> HeadLimits {
-        let server = &config.server;
-        let routes = config.routes.iter().map(|r| r.request_timeout);
-        HeadLimits {
-            header_read_timeout: server.header_read_timeout,
-            idle_timeout: server.idle_timeout,
-            max_header_bytes: server.max_header_bytes,
-            answer_timeout: routes.fold(server.request_timeout, Duration::max),
-        }
-    }
-
-    /// The shortest time any phase may last.
-    fn shortest(&self) -> Duration {
-        self.header_read_timeout.min(self.idle_timeout)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// No request in progress and no byte of the next one yet.
-    Idle,
-    /// Bytes of a request head have arrived; the head is not complete.
-    Head,
-    /// A request is being answered; its body may be read.
-    Busy,
-}
-
-/// The socket, with the timers and counters of the phase between requests.
-pub struct ClientIo {
-    stream: TcpStream,
+/// The stream, with the timers and counters of the phase between requests.
+pub struct ClientIo<S> {
+    stream: S,
     /// The generation in force, swapped at a reload; seeing whether it changed is one load.
     current: arc_swap::Cache<Current, Arc<Proxy>>,
     /// The generation the current head is read under: its request ids, and `limits`.
     proxy: Arc<Proxy>,
     state: Arc<ConnState>,
-    limits: HeadLimits,
-    phase: Phase,
-    /// No request has been answered yet on this connection.
-    first: bool,
-    /// When the current phase began; its deadline is this plus the phase's timeout.
-    since: Instant,
+    limits: Limits,
+    preface: Preface,
+    timing: Timing,
     /// Never later than the deadline of the current phase; on firing, the real deadline is
-    /// checked and the timer set again. So a request moves the deadline without touching the
-    /// runtime's timer wheel; the timer fires about once per the shorter of the two timeouts.
+    /// checked and the timer set again (see `Timing::alarm`).
     timer: Pin<Box<Sleep>>,
-    /// Bytes of the current head so far; `None` once its end has been seen.
-    head_bytes: Option<usize>,
-    /// The last bytes read in the head phase, to find a `\r\n\r\n` split across reads.
-    tail: [u8; 3],
-    /// Set once the first bytes show an HTTP/2 connection (no head phase there) or not.
-    h2: Option<bool>,
-    /// How much of the HTTP/2 preface the first reads have matched, while `h2` is unknown.
-    preface: usize,
-    /// The problem written in place of that answer, and how much of it has gone out. Once
-    /// set, anything more hyper writes is dropped: the connection is closing.
-    replacement: Option<(Vec<u8>, usize)>,
-    /// Since when the client has taken none of what is written to it.
-    stalled: Option<Instant>,
     /// Wakes the connection when a waiting write has waited too long; made only once a write
     /// has had to wait.
     write_timer: Option<Pin<Box<Sleep>>>,
-    /// `ConnState::progress` when last looked at.
-    progress: usize,
+    /// The current head, until its end (or a fault) is found.
+    meter: Option<Meter>,
+    /// `ConnState::started` when hyper last had nothing left to write and no request in
+    /// progress: every request until then has been answered in full.
+    answered: usize,
+    /// The problem written in place of hyper's own answer, and how much of it has gone out.
+    /// Once set, anything more hyper writes is dropped: the connection is closing.
+    replacement: Option<(Vec<u8>, usize)>,
 }
 
-impl ClientIo {
-    pub fn new(stream: TcpStream, current: Current, state: Arc<ConnState>) -> ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
+    pub fn new(stream: S, current: Current, state: Arc<ConnState>) -> ClientIo<S> {
         let mut current = arc_swap::Cache::new(current);
         let proxy = current.load().clone();
-        let limits = HeadLimits::new(&proxy.app.config);
-        // A new connection must send its first head within header_read_timeout.
-        let since = Instant::now();
-        let timer = Box::pin(tokio::time::sleep_until(since + limits.shortest()));
+        let limits = Limits::new(&proxy.app.config);
+        let now = Instant::now();
         ClientIo {
             stream,
             current,
             proxy,
             state,
             limits,
-            phase: Phase::Idle,
-            first: true,
-            since,
-            timer,
-            head_bytes: None,
-            tail: [0; 3],
-            h2: None,
-            preface: 0,
-            progress: 0,
-            replacement: None,
-            stalled: None,
+            preface: Preface::default(),
+            timing: Timing::new(now),
+            timer: Box::pin(tokio::time::sleep_until(now + limits.shortest())),
             write_timer: None,
+            meter: None,
+            answered: 0,
+            replacement: None,
         }
     }
 
-    /// Keeps account of a write: a client that takes nothing for `idle_timeout` is gone, and
-    /// its connection (and the upstream answer it holds) is let go, as nginx's `send_timeout`
-    /// does. A client that reads, but too slowly to take an HTTP/1.1 answer within the longest
-    /// `request_timeout` from its head, is let go too: hyper reads no more of the answer while
-    /// a write waits, so the answer's own deadline cannot see it. Bytes of an answer that go
-    /// out after its request ended keep the connection from counting as idle.
+    fn protocol(&self) -> Protocol {
+        self.preface.protocol()
+    }
+
+    /// Keeps account of a write: see `Timing::write_waits`.
     fn wrote(
         &mut self,
         cx: &mut Context<'_>,
@@ -198,19 +83,16 @@ impl ClientIo {
     ) -> Poll<io::Result<usize>> {
         match &polled {
             Poll::Pending => {
-                let now = Instant::now();
-                let limit = self.limits.idle_timeout;
-                // In an HTTP/1.1 request, `since` is when its head began.
-                let answering = self.phase == Phase::Busy && self.h2 == Some(false);
-                let answer_end = answering.then(|| self.since + self.limits.answer_timeout);
-                let since = *self.stalled.get_or_insert(now);
-                if now >= since + limit || answer_end.is_some_and(|end| now >= end) {
+                let protocol = self.protocol();
+                let Ok(wake) = self
+                    .timing
+                    .write_waits(Instant::now(), &self.limits, protocol)
+                else {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "the client did not take its answer in time",
                     )));
-                }
-                let wake = answer_end.map_or(since + limit, |end| end.min(since + limit));
+                };
                 let timer = self
                     .write_timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(wake)));
@@ -219,86 +101,35 @@ impl ClientIo {
                 }
                 let _ = timer.as_mut().poll(cx); // wakes this task when the limit passes
             }
-            Poll::Ready(Ok(n)) if *n > 0 => {
-                if self.stalled.is_some() {
-                    self.stalled = None;
-                }
-                // (HTTP/1 only: over HTTP/2 these may be answers to pings, which are no use.)
-                if self.phase == Phase::Idle && self.h2 == Some(false) {
-                    self.since = Instant::now();
-                }
-            }
+            Poll::Ready(Ok(n)) if *n > 0 => self.timing.write_went(self.protocol(), Instant::now),
             Poll::Ready(_) => {}
         }
         polled
     }
 
-    fn update_phase(&mut self) {
-        let busy = self.state.active.load(Ordering::Relaxed) > 0;
-        match (self.phase, busy) {
-            (Phase::Busy, false) => {
-                self.phase = Phase::Idle;
-                self.since = Instant::now();
-                self.follow_reload();
-            }
-            (Phase::Idle | Phase::Head, true) => {
-                self.phase = Phase::Busy;
-                self.first = false;
-                // HTTP/2: the answers' progress is measured from here (HTTP/1.1 keeps the time
-                // its head began).
-                if self.h2 == Some(true) {
-                    self.since = Instant::now();
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// The deadline of the current phase. While HTTP/1.1 answers a request there is none: a
-    /// write that waits has its own. An HTTP/2 connection whose answers hand on nothing for
-    /// longer than any answer may wait on its upstream, and then `idle_timeout`, has a client
-    /// that grants them no window (as nginx's `send_timeout` bounds such streams).
-    fn deadline(&self) -> Option<Instant> {
-        match self.phase {
-            // Until the first request, a connection has header_read_timeout to send its head.
-            Phase::Idle if self.first => Some(self.since + self.limits.header_read_timeout),
-            Phase::Idle => Some(self.since + self.limits.idle_timeout),
-            Phase::Head => Some(self.since + self.limits.header_read_timeout),
-            Phase::Busy if self.h2 == Some(true) => {
-                Some(self.since + self.limits.answer_timeout + self.limits.idle_timeout)
-            }
-            Phase::Busy => None,
-        }
-    }
-
-    /// Whether the current phase's deadline has passed; if not, the timer is set again, no
-    /// later than that deadline nor than the earliest deadline a later phase could have.
+    /// Whether the current phase's deadline has passed; if not, the timer is set again.
     fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
         while self.timer.as_mut().poll(cx).is_ready() {
-            let now = Instant::now();
-            let progress = self.state.progress.load(Ordering::Relaxed);
-            if self.phase == Phase::Busy && progress != self.progress {
-                self.progress = progress;
-                self.since = now;
+            let progress = self.state.progress();
+            let protocol = self.protocol();
+            match self
+                .timing
+                .alarm(Instant::now(), progress, &self.limits, protocol)
+            {
+                Alarm::Expired => return true,
+                Alarm::At(next) => self.timer.as_mut().reset(next),
+                Alarm::Off => return false,
             }
-            let Some(deadline) = self.deadline() else {
-                return false;
-            };
-            if deadline <= now {
-                return true;
-            }
-            let next = deadline.min(now + self.limits.shortest());
-            self.timer.as_mut().reset(next);
         }
         false
     }
 
     /// The timer ran out: an idle connection ends quietly; a half-sent head gets a 408; an
     /// HTTP/2 connection stuck on its answers is cut.
-    fn expire(&mut self) -> io::Result<()> {
-        match self.phase {
+    fn expire(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.timing.phase() {
             Phase::Head => {
-                self.answer(&Problem::TimedOut(Deadline::Head));
+                self.answer(cx, &Problem::TimedOut(Deadline::Head));
                 Err(io::ErrorKind::TimedOut.into())
             }
             Phase::Busy => Err(io::Error::new(
@@ -309,9 +140,17 @@ impl ClientIo {
         }
     }
 
-    /// Writes a problem straight to the socket; best effort, as the connection ends anyway.
-    fn answer(&self, problem: &Problem) {
-        let _ = self.stream.try_write(&self.problem_bytes(problem));
+    /// Writes a problem straight to the stream; best effort, as the connection ends anyway.
+    fn answer(&mut self, cx: &mut Context<'_>, problem: &Problem) {
+        let bytes = self.problem_bytes(problem);
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &bytes[sent..]) {
+                Poll::Ready(Ok(n)) if n > 0 => sent += n,
+                _ => return,
+            }
+        }
+        let _ = Pin::new(&mut self.stream).poll_flush(cx);
     }
 
     /// A problem as a whole HTTP/1.1 answer, with a fresh request id; counted and logged as
@@ -321,70 +160,59 @@ impl ClientIo {
         let header = &self.proxy.app.config.headers.request_id;
         let (bytes, body) = problem.to_http1(header, id.to_str().unwrap_or_default());
         let status = problem.status();
+        let since = self.timing.since();
         self.proxy
-            .answered_alone(None, &id, status, body as u64, self.since);
+            .answered_alone(None, &id, status, body as u64, since);
         bytes
     }
 
-    /// Whether the connection is HTTP/2, or may still be: its preface can come in pieces.
-    fn speaks_h2(&mut self, new: &[u8]) -> bool {
-        if let Some(h2) = self.h2 {
-            return h2;
-        }
-        let rest = &H2_PREFACE[self.preface..];
-        let n = rest.len().min(new.len());
-        if new[..n] != rest[..n] {
-            self.h2 = Some(false);
-            return false;
-        }
-        self.preface += n;
-        if self.preface == H2_PREFACE.len() {
-            self.h2 = Some(true);
-        }
-        true
-    }
-
     /// Accounts for bytes read while no request is being answered.
-    fn saw_head_bytes(&mut self, new: &[u8]) -> io::Result<()> {
-        if self.speaks_h2(new) {
-            return Ok(());
+    fn saw_head_bytes(&mut self, cx: &mut Context<'_>, new: &[u8]) -> io::Result<()> {
+        if self.preface.sniff(new) != Protocol::Http1 {
+            return Ok(()); // HTTP/2 has no head phase
         }
-        if self.phase == Phase::Idle {
-            self.phase = Phase::Head;
-            self.head_bytes = Some(0);
-            self.tail = [0; 3];
-            self.state.unmeasured.store(false, Ordering::Relaxed);
-            // The first head's time runs from the connection's start, not from its first byte.
-            if !self.first {
-                self.since = Instant::now();
-            }
-            self.follow_reload();
+        if self.timing.phase() == Phase::Idle {
+            self.head_begins();
         }
-        let Some(so_far) = self.head_bytes else {
+        let Some(meter) = &mut self.meter else {
             // Past the end of the head: a body, or the next heads.
-            self.state.unmeasured.store(true, Ordering::Relaxed);
+            self.state.set_unmeasured(true);
             return Ok(());
         };
-        // Most reads end exactly at the end of a head: then it is complete, and within the
-        // limit if the whole read is, wherever an earlier end might be. No need to scan.
-        if so_far + new.len() <= self.limits.max_header_bytes && new.ends_with(b"\r\n\r\n") {
-            self.head_bytes = None;
-            return Ok(());
+        // What follows a head in the same read is within the limit if the whole read is.
+        let fits = meter.seen() + new.len() <= self.limits.max_header_bytes;
+        match meter.feed(new) {
+            Verdict::More => {}
+            Verdict::Fits => self.meter = None,
+            Verdict::Complete(n) => {
+                self.meter = None;
+                if n < new.len() && !fits {
+                    self.state.set_unmeasured(true);
+                }
+            }
+            Verdict::TooLarge => {
+                self.answer(cx, &Problem::HeadTooLarge);
+                let error = "request head too large";
+                return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+            }
+            // hyper refuses it too, and its answer is replaced. Left to hyper because bytes
+            // read between requests may yet be the end of a body hyper is reading.
+            Verdict::Invalid => self.meter = None,
         }
-        let (len, complete) = head_end(&self.tail, new);
-        if so_far + len > self.limits.max_header_bytes {
-            self.answer(&Problem::HeadTooLarge);
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
-        }
-        self.head_bytes = if complete { None } else { Some(so_far + len) };
-        if complete && len < new.len() {
-            self.state.unmeasured.store(true, Ordering::Relaxed);
-        }
-        self.tail = last_three(&self.tail, new);
         Ok(())
+    }
+
+    /// The first bytes of a head arrived while idle.
+    fn head_begins(&mut self) {
+        self.timing.head_began(Instant::now);
+        self.state.set_unmeasured(false);
+        self.follow_reload();
+        let mut meter = Meter::new(self.limits.max_header_bytes);
+        let earlier = self.preface.take_matched();
+        if !earlier.is_empty() {
+            meter.feed(earlier); // a prefix of the HTTP/2 preface: no end, far below a limit
+        }
+        self.meter = Some(meter);
     }
 
     /// A phase begins (idle, or a head): if the config was reloaded since, it runs under the
@@ -396,31 +224,30 @@ impl ClientIo {
             return;
         }
         self.proxy = now.clone();
-        self.limits = HeadLimits::new(&self.proxy.app.config);
-        if let Some(deadline) = self.deadline().filter(|&d| d < self.timer.deadline()) {
+        self.limits = Limits::new(&self.proxy.app.config);
+        let deadline = self.timing.deadline(&self.limits, self.protocol());
+        if let Some(deadline) = deadline.filter(|&d| d < self.timer.deadline()) {
             self.timer.as_mut().reset(deadline);
         }
     }
 
-    /// Whether a write now may be hyper's answer to a head it could not parse: bytes of an
-    /// HTTP/1 head were read since the last request, or bytes no head measure saw. A cheap
-    /// test, so that answers to requests rarely need `bare_answer` (one whose flush waited
-    /// while the next request's bytes arrived passes this test too).
-    fn head_unparsed(&self) -> bool {
+    /// Whether hyper writes its own answer: over HTTP/1.1, with every request the service was
+    /// handed answered in full. hyper answers nothing else by itself but a head it could not
+    /// parse, so this is that answer (or more of hyper's writes after it).
+    fn hypers_own(&self) -> bool {
         self.replacement.is_some()
-            || (self.h2 == Some(false)
-                && (self.phase == Phase::Head || self.state.unmeasured.load(Ordering::Relaxed)))
+            || (self.protocol() == Protocol::Http1 && self.state.started() == self.answered)
     }
 
-    /// Whether `data` is to be replaced: hyper's bare answer to a head it could not parse, or
-    /// more of hyper's writes after it. Sets up the problem that goes out instead.
+    /// Whether `data`, hyper's own answer, is to be replaced: a 400 or 431 is, by the problem
+    /// sluice writes for it. Sets up the problem that goes out instead.
     fn replaces(&mut self, data: &[u8]) -> bool {
         if self.replacement.is_some() {
             return true;
         }
-        let problem = match bare_answer(data) {
-            Some(b"400") => Problem::MalformedHead,
-            Some(b"431") => Problem::HeadTooLarge,
+        let problem = match status_of(data) {
+            Some(400) => Problem::MalformedHead,
+            Some(431) => Problem::HeadTooLarge,
             _ => return false,
         };
         self.replacement = Some((self.problem_bytes(&problem), 0));
@@ -443,83 +270,59 @@ impl ClientIo {
     }
 }
 
-/// The status of `data` if it is exactly hyper's answer to a head it could not parse: a
-/// status line, then `connection: close`, `content-length: 0` and `date`, nothing else.
-/// Every answer that passed through the proxy carries at least a request id besides.
-fn bare_answer(data: &[u8]) -> Option<&[u8]> {
-    const HEADERS: &[u8] = b"\r\nconnection: close\r\ncontent-length: 0\r\ndate: ";
-    const DATE_AND_END: usize = "Thu, 26 Nov 2026 18:00:00 GMT\r\n\r\n".len();
-    if !data.starts_with(b"HTTP/1.") {
+/// The status of the answer `data` begins with, read from its status line. Read by hand: were
+/// httparse's answer parser called here too, it would no longer be inlined where hyper's client
+/// parses every upstream answer.
+fn status_of(data: &[u8]) -> Option<u16> {
+    let [_, b' ', digits @ ..] = data.strip_prefix(b"HTTP/1.")?.get(..5)? else {
         return None;
-    }
-    let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-    let rest = &data[line_end..];
-    let exact = rest.starts_with(HEADERS)
-        && rest.len() == HEADERS.len() + DATE_AND_END
-        && rest.ends_with(b"\r\n\r\n");
-    exact.then(|| data.get(9..12)).flatten()
+    };
+    let digit = |d: &u8| d.is_ascii_digit().then(|| u16::from(d - b'0'));
+    digits
+        .iter()
+        .try_fold(0, |status, d| Some(status * 10 + digit(d)?))
 }
 
-/// How many bytes of `new` belong to the head, and whether the head ends in them.
-fn head_end(tail: &[u8; 3], new: &[u8]) -> (usize, bool) {
-    // An end that straddles the previous read: look at the seams byte by byte.
-    let mut window = *tail;
-    for (i, &b) in new.iter().take(3).enumerate() {
-        if window == *b"\r\n\r" && b == b'\n' {
-            return (i + 1, true);
-        }
-        window = [window[1], window[2], b];
-    }
-    match new.windows(4).position(|w| w == b"\r\n\r\n") {
-        Some(i) => (i + 4, true),
-        None => (new.len(), false),
-    }
-}
-
-/// The last three bytes of `tail` followed by `new`.
-fn last_three(tail: &[u8; 3], new: &[u8]) -> [u8; 3] {
-    let mut joined = [0u8; 6];
-    joined[..3].copy_from_slice(tail);
-    let n = new.len().min(3);
-    joined[3..3 + n].copy_from_slice(&new[new.len() - n..]);
-    [joined[n], joined[n + 1], joined[n + 2]]
-}
-
-impl AsyncRead for ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.update_phase();
-        if this.phase == Phase::Busy {
-            this.state.reader.register(cx.waker());
+        let (busy, protocol) = (this.state.busy(), this.protocol());
+        if this.timing.settle(busy, protocol, Instant::now) {
+            this.follow_reload();
         }
-        if (this.phase != Phase::Busy || this.h2 == Some(true)) && this.timed_out(cx) {
-            return Poll::Ready(this.expire());
+        let phase = this.timing.phase();
+        if phase == Phase::Busy {
+            this.state.wake_when_idle(cx.waker());
+        }
+        if (phase != Phase::Busy || protocol == Protocol::Http2) && this.timed_out(cx) {
+            return Poll::Ready(this.expire(cx));
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
-        if buf.filled().len() > before {
-            if this.phase != Phase::Busy {
-                this.saw_head_bytes(&buf.filled()[before..])?;
-            } else if this.h2 == Some(false) {
-                this.state.unmeasured.store(true, Ordering::Relaxed);
+        let new = &buf.filled()[before..];
+        if !new.is_empty() {
+            if phase != Phase::Busy {
+                this.saw_head_bytes(cx, new)?;
+            } else if protocol == Protocol::Http1 {
+                this.state.set_unmeasured(true);
             }
         }
         Poll::Ready(Ok(()))
     }
 }
 
-impl AsyncWrite for ClientIo {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.head_unparsed() && this.replaces(data) {
+        if this.hypers_own() && this.replaces(data) {
             ready!(this.poll_replacement(cx))?;
             return Poll::Ready(Ok(data.len()));
         }
@@ -533,7 +336,7 @@ impl AsyncWrite for ClientIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.head_unparsed() {
+        if this.hypers_own() {
             let first = bufs
                 .iter()
                 .find(|b| !b.is_empty())
@@ -551,8 +354,15 @@ impl AsyncWrite for ClientIo {
         self.stream.is_write_vectored()
     }
 
+    /// hyper flushes once it has written all it had: with no request in progress either,
+    /// every answer owed so far has gone out.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        let this = self.get_mut();
+        let started = this.state.started();
+        if started != this.answered && !this.state.busy() {
+            this.answered = started;
+        }
+        Pin::new(&mut this.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -561,117 +371,4 @@ impl AsyncWrite for ClientIo {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_end_of_a_head_is_found_across_reads() {
-        assert_eq!(head_end(&[0; 3], b"GET / HTTP/1.1\r\n\r\nbody"), (18, true));
-        assert_eq!(head_end(&[0; 3], b"GET / HTTP/1.1\r\nHost: x"), (23, false));
-        assert_eq!(head_end(b"x\r\n", b"\r\nbody"), (2, true));
-        assert_eq!(head_end(b"\r\n\r", b"\nrest"), (1, true));
-        assert_eq!(head_end(b"\n\r\n", b"x\r\n\r\n"), (5, true));
-        assert_eq!(head_end(&[0; 3], b"\r\n"), (2, false));
-    }
-
-    #[test]
-    fn only_hypers_exact_bare_answer_counts_as_one() {
-        let bare = b"HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\ndate: Thu, 26 Nov 2026 18:00:00 GMT\r\n\r\n";
-        assert_eq!(bare_answer(bare), Some(&b"400"[..]));
-        let too_large = String::from_utf8_lossy(bare)
-            .replace("400 Bad Request", "431 Request Header Fields Too Large");
-        assert_eq!(bare_answer(too_large.as_bytes()), Some(&b"431"[..]));
-        // A proxied answer has more headers, or a body.
-        let with_id = String::from_utf8_lossy(bare).replace("date:", "x-request-id: 1\r\ndate:");
-        assert_eq!(bare_answer(with_id.as_bytes()), None);
-        let mut with_body = bare.to_vec();
-        with_body.extend_from_slice(b"{}");
-        assert_eq!(bare_answer(&with_body), None);
-        assert_eq!(
-            bare_answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
-            None
-        );
-        assert_eq!(bare_answer(b""), None);
-    }
-
-    fn proxy() -> Arc<Proxy> {
-        let overrides = crate::config::Overrides {
-            upstreams: vec!["http://127.0.0.1:1".into()],
-            ..Default::default()
-        };
-        let config = crate::config::Config::defaults(&overrides).unwrap();
-        Arc::new(Proxy::new(
-            Arc::new(crate::pipeline::App::new(config).unwrap()),
-            0,
-        ))
-    }
-
-    /// One `poll_read` as hyper makes it; whether it read any bytes (false when it would wait).
-    async fn read_once(io: &mut ClientIo) -> bool {
-        let mut space = [0u8; 4096];
-        std::future::poll_fn(|cx| {
-            let mut buf = ReadBuf::new(&mut space);
-            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-                Poll::Ready(r) => Poll::Ready(r.map(|()| !buf.filled().is_empty()).unwrap()),
-                Poll::Pending => Poll::Ready(false),
-            }
-        })
-        .await
-    }
-
-    #[tokio::test]
-    async fn a_response_flushed_after_the_next_head_began_goes_out_unchanged() {
-        // hyper drops a response's body (and so its `Active`) before flushing its bytes; if
-        // the flush waits on a full socket, the next request's bytes may be read first.
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (server, _) = listener.accept().await.unwrap();
-        let state = Arc::new(ConnState::default());
-        let current = Arc::new(arc_swap::ArcSwap::new(proxy()));
-        let mut io = ClientIo::new(server, current, state.clone());
-        client
-            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(read_once(&mut io).await, "the first head");
-        let active = Active::new(&state); // handed to the service
-        assert!(!read_once(&mut io).await, "hyper's keep-alive read");
-        drop(active); // the body has ended; its bytes wait in hyper's buffer
-        client
-            .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(
-            read_once(&mut io).await,
-            "the next head, read while the flush waits"
-        );
-        // The proxy's own 400 (invalid JSON, say) is not hyper's bare one.
-        let answer = b"HTTP/1.1 400 Bad Request\r\nx-request-id: 1\r\ncontent-length: 2\r\n\r\n{}";
-        io.write_all(answer).await.unwrap();
-        let mut got = vec![0u8; 4096];
-        let n = within_a_second(client.read(&mut got)).await.unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&got[..n]),
-            String::from_utf8_lossy(answer)
-        );
-    }
-
-    async fn within_a_second<T>(f: impl std::future::Future<Output = T>) -> T {
-        tokio::time::timeout(Duration::from_secs(1), f)
-            .await
-            .expect("timed out")
-    }
-
-    #[test]
-    fn the_tail_keeps_the_last_three_bytes_read() {
-        assert_eq!(last_three(b"abc", b""), *b"abc");
-        assert_eq!(last_three(b"abc", b"d"), *b"bcd");
-        assert_eq!(last_three(b"abc", b"de"), *b"cde");
-        assert_eq!(last_three(b"abc", b"defgh"), *b"fgh");
-    }
-}
+mod tests;

@@ -3,10 +3,13 @@
 //! plus a small control thread for the admin listener and the limiter's sweeper. Shutdown
 //! drains in-flight requests; a reload swaps the config without dropping a connection.
 
+mod activity;
 mod admin;
 mod client_io;
+mod head;
 mod listener;
 mod reload;
+mod timing;
 mod worker;
 
 use std::io;

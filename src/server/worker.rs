@@ -21,7 +21,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
-use super::client_io::{Active, ClientIo, ConnState, Current};
+use super::activity::{Active, ConnState};
+use super::client_io::{ClientIo, Current};
 use super::reload::Generation;
 use crate::batch::Batch;
 use crate::body::{self, Body};

@@ -83,6 +83,18 @@ impl<'a> Errors<'a> {
         });
     }
 
+    /// A duration that must not be zero (a zero timeout would refuse every request): its value.
+    pub(crate) fn positive(
+        &mut self,
+        key: &str,
+        d: &toml::Spanned<super::Dur>,
+    ) -> std::time::Duration {
+        if d.get_ref().0.is_zero() {
+            self.push(key, d.span(), "must be more than 0");
+        }
+        d.get_ref().0
+    }
+
     /// The errors found, in the order of the file's lines (those about a key the file does
     /// not set come last).
     pub(crate) fn finish(mut self) -> Result<(), ConfigError> {

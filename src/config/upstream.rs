@@ -10,7 +10,6 @@ use http::HeaderValue;
 use toml::Spanned;
 
 use super::error::Errors;
-use super::validate::positive;
 use super::{Target, Upstream, UpstreamTls, raw};
 
 pub(super) fn check(
@@ -40,10 +39,9 @@ pub(super) fn check(
             name: name.clone(),
             host: HeaderValue::try_from(host).unwrap_or(HeaderValue::from_static("localhost")),
             targets,
-            connect_timeout: positive(
+            connect_timeout: errs.positive(
                 &format!("upstreams.{name}.connect_timeout"),
                 &u.connect_timeout,
-                errs,
             ),
             tls,
         });

@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::error::{Errors, Invalid, line_of};
 use super::{ApiKey, Auth, Batch, Config, ConfigError, Headers, KeySource, Overrides, raw};
-use super::{Dur, Policy, Rate, Route, Server, Upstream};
+use super::{Policy, Rate, Route, Server, Upstream};
 use crate::limiter::{self, Gcra, Limit, PolicyName, Window};
 
 /// Parses TOML into the raw structs; type errors and unknown keys name their key and line.
@@ -183,9 +183,9 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
         }
         n => n,
     };
-    let header_read_timeout = positive("server.header_read_timeout", &s.header_read_timeout, errs);
-    let request_timeout = positive("server.request_timeout", &s.request_timeout, errs);
-    let idle_timeout = positive("server.idle_timeout", &s.idle_timeout, errs);
+    let header_read_timeout = errs.positive("server.header_read_timeout", &s.header_read_timeout);
+    let request_timeout = errs.positive("server.request_timeout", &s.request_timeout);
+    let idle_timeout = errs.positive("server.idle_timeout", &s.idle_timeout);
     // Less than this cannot hold a request line and a Host header.
     const MIN_HEAD: u64 = 256;
     if s.max_header_bytes.get_ref().0 < MIN_HEAD {
@@ -219,14 +219,6 @@ fn at_least_one(key: &str, n: &Spanned<usize>, errs: &mut Errors) -> usize {
         errs.push(key, n.span(), "must be at least 1");
     }
     *n.get_ref()
-}
-
-/// A duration that must not be zero: a zero timeout would refuse every request.
-pub(super) fn positive(key: &str, d: &Spanned<Dur>, errs: &mut Errors) -> std::time::Duration {
-    if d.get_ref().0.is_zero() {
-        errs.push(key, d.span(), "must be more than 0");
-    }
-    d.get_ref().0
 }
 
 /// The built-in policies, each replaced whole by a `[policies.NAME]` table of the same name:
@@ -503,7 +495,7 @@ fn route(
             .request_timeout
             .as_ref()
             .map_or(server.request_timeout, |d| {
-                positive(&key("request_timeout"), d, errs)
+                errs.positive(&key("request_timeout"), d)
             }),
     }
 }

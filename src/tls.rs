@@ -98,6 +98,71 @@ impl Upstream {
     }
 }
 
+/// HTTPS on the listener: its certificate, and whom it asks for client certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, RSA or EC).
+    pub key: PathBuf,
+    /// ALPN protocols offered, in order of preference.
+    pub alpn: Vec<Vec<u8>>,
+    /// TLS 1.3 only (`min_version = "1.3"`); else 1.2 and 1.3.
+    pub tls13_only: bool,
+    /// Clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+impl Server {
+    /// The rustls server configuration; checks that the key is the certificate's.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, Error> {
+        let versions: &[&rustls::SupportedProtocolVersion] = if self.tls13_only {
+            &[&rustls::version::TLS13]
+        } else {
+            &[&rustls::version::TLS13, &rustls::version::TLS12]
+        };
+        let builder = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .expect("the provider supports TLS 1.2 and 1.3");
+        let builder = match &self.client_ca {
+            Some(path) => {
+                let mut roots = RootCertStore::empty();
+                for cert in certificates(path)? {
+                    roots.add(cert).map_err(|e| invalid(path, e))?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider(),
+                )
+                .build()
+                .map_err(|e| invalid(path, e))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(certificates(&self.cert)?, private_key(&self.key)?)
+            .map_err(|e| Error::Mismatch(e.to_string()))?;
+        config.alpn_protocols = self.alpn.clone();
+        Ok(config)
+    }
+
+    /// The files a certificate rotation changes.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        [&self.cert, &self.key]
+            .into_iter()
+            .chain(&self.client_ca)
+            .map(PathBuf::as_path)
+    }
+}
+
+fn invalid(path: &Path, e: impl fmt::Display) -> Error {
+    Error::Invalid {
+        path: path.to_owned(),
+        what: e.to_string(),
+    }
+}
+
 impl fmt::Debug for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Upstream")
@@ -146,6 +211,39 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
+/// Who a (verified) client certificate names: its first DNS name, else its subject's common
+/// name, else `None`.
+pub fn identity(cert: &CertificateDer<'_>) -> Option<String> {
+    let parsed = webpki::EndEntityCert::try_from(cert).ok()?;
+    if let Some(name) = parsed.valid_dns_names().next() {
+        return Some(name.to_string());
+    }
+    common_name(parsed.subject())
+}
+
+/// The common name (OID 2.5.4.3) in a certificate subject's DER: the string after the OID.
+fn common_name(subject: &[u8]) -> Option<String> {
+    const CN: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
+    let at = subject.windows(CN.len()).position(|w| w == CN)? + CN.len();
+    let (&tag, rest) = subject.get(at..)?.split_first()?;
+    // UTF8String, PrintableString, IA5String, TeletexString: one byte per character or UTF-8.
+    if !matches!(tag, 0x0c | 0x13 | 0x16 | 0x14) {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = match first {
+        n if n < 0x80 => (usize::from(n), rest),
+        0x81 => (usize::from(*rest.first()?), rest.get(1..)?),
+        0x82 => (
+            usize::from(u16::from_be_bytes([*rest.first()?, *rest.get(1)?])),
+            rest.get(2..)?,
+        ),
+        _ => return None,
+    };
+    let name = std::str::from_utf8(rest.get(..len)?).ok()?;
+    (!name.is_empty()).then(|| name.to_string())
+}
+
 /// The name an upstream's certificate is checked against (and sent as SNI): `name` if set,
 /// else the target's host, a DNS name or an IP address.
 pub fn server_name(name: Option<&str>, host: &str) -> Option<ServerName<'static>> {
@@ -189,5 +287,25 @@ impl ServerCertVerifier for AnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_common_name_is_read_from_a_subject() {
+        // SEQUENCE { SET { SEQUENCE { OID 2.5.4.3, UTF8String "client-7" } } }
+        let subject = [
+            0x30, 0x13, 0x31, 0x11, 0x30, 0x0f, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x08, b'c',
+            b'l', b'i', b'e', b'n', b't', b'-', b'7',
+        ];
+        assert_eq!(common_name(&subject[2..]).as_deref(), Some("client-7"));
+        assert_eq!(common_name(&subject[..12]), None, "cut short");
+        assert_eq!(common_name(&[0x30, 0x00]), None);
+        let mut bmp = subject;
+        bmp[11] = 0x1e;
+        assert_eq!(common_name(&bmp), None, "strings sluice does not read");
     }
 }

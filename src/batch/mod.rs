@@ -8,6 +8,7 @@ mod parse;
 mod run;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue};
@@ -20,7 +21,9 @@ pub use parse::{Item, parse};
 use crate::body::Body;
 use crate::body::read_whole;
 use crate::media::is_json;
-use crate::pipeline::{Answering, App, Endpoint, Proxy, authenticate, client_ip};
+use crate::pipeline::{
+    Answering, App, Caller, ClientCert, Endpoint, Proxy, authenticate, client_ip,
+};
 use crate::problem::{Deadline, Problem};
 
 /// The 207's body.
@@ -62,8 +65,12 @@ pub async fn handle(
             allow: HeaderValue::from_static("POST"),
         });
     }
-    let client = client_ip(peer.ip(), req.headers(), &app.config.server.trusted_proxies);
-    authenticate(proxy, &[], req.headers(), client).await?;
+    let caller = Caller {
+        headers: req.headers(),
+        ip: client_ip(peer.ip(), req.headers(), &app.config.server.trusted_proxies),
+        cert: req.extensions().get::<Arc<ClientCert>>().map(|c| &**c),
+    };
+    authenticate(proxy, &[], &caller).await?;
     if !is_json(req.headers()) {
         return Err(Problem::UnsupportedMediaType {
             accepted: vec!["application/json".into()],
@@ -81,15 +88,7 @@ pub async fn handle(
         _ => Bytes::new(),
     };
     let items = parse(&bytes, &batch.path, batch.max_requests)?;
-    let answers = run::run(
-        proxy,
-        peer,
-        &parts.headers,
-        &items,
-        batch.max_concurrency,
-        deadline,
-    )
-    .await;
+    let answers = run::run(proxy, peer, &parts, &items, batch.max_concurrency, deadline).await;
     let body =
         serde_json::to_vec(&Responses { responses: answers }).map_err(|_| Problem::Internal)?;
     let mut res = Response::new(Body::full(body));

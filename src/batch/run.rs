@@ -4,6 +4,7 @@
 //! batch shares one deadline, after which unfinished items are answered 408.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use base64::Engine;
@@ -13,6 +14,7 @@ use futures_util::stream::FuturesUnordered;
 use http::header::{
     AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderValue,
 };
+use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::{Serialize, Serializer};
@@ -23,7 +25,7 @@ use tokio::time::Instant;
 use super::parse::Item;
 use crate::body::{self, Body};
 use crate::media::is_json;
-use crate::pipeline::{FromBatch, Proxy, X_API_KEY};
+use crate::pipeline::{ClientCert, FromBatch, Proxy, X_API_KEY};
 use crate::problem::{Deadline, Problem};
 use crate::upstream::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
@@ -68,7 +70,7 @@ fn code<S: Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
 pub async fn run<'a>(
     proxy: &Proxy,
     peer: SocketAddr,
-    batch: &HeaderMap,
+    batch: &Parts,
     items: &'a [Item<'_>],
     max_concurrency: usize,
     deadline: Instant,
@@ -181,8 +183,9 @@ fn start_ready<'a, F: Future>(
 }
 
 /// The item as a request of its own: its method, path, headers and body, with the batch's
-/// credentials and client headers (which an item cannot override).
-fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
+/// credentials, client certificate and client headers (which an item cannot override).
+fn item_request(item: &Item, batch: &Parts) -> Request<Body> {
+    let (cert, batch) = (batch.extensions.get::<Arc<ClientCert>>(), &batch.headers);
     let mut headers = HeaderMap::with_capacity(item.headers.len() + 4);
     for (name, value) in &item.headers {
         headers.append(name.clone(), value.clone());
@@ -221,6 +224,9 @@ fn item_request(item: &Item, batch: &HeaderMap) -> Request<Body> {
     *req.uri_mut() = item.uri.clone();
     *req.headers_mut() = headers;
     req.extensions_mut().insert(FromBatch);
+    if let Some(cert) = cert {
+        req.extensions_mut().insert(cert.clone());
+    }
     req
 }
 

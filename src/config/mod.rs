@@ -1,7 +1,9 @@
 //! Configuration: the TOML file (`raw`) is read once and checked into the typed values below.
 //! Nothing past this module parses a string from the config again.
 
+mod auth;
 mod error;
+mod policy;
 mod raw;
 mod store;
 mod units;
@@ -54,6 +56,15 @@ pub struct Server {
     pub max_keys: usize,
     /// One log line per request (target `sluice::access`).
     pub access_log: bool,
+    /// HTTPS on the listener; `None`: plain HTTP/1.1 and h2c.
+    pub tls: Option<ServerTls>,
+}
+
+/// `[server.tls]`, with its rustls configuration built (files read, key matched) at load.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub settings: crate::tls::Server,
+    pub config: std::sync::Arc<rustls::ServerConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +134,9 @@ pub struct Policy {
 pub enum KeySource {
     /// The presented credential, else the client IP.
     ApiKey,
+    /// The verified client certificate's identity (its first DNS name, else its subject's
+    /// common name), else the client IP.
+    ClientCert,
     Ip,
     Header(HeaderName),
 }
@@ -166,7 +180,10 @@ pub struct Auth {
 #[derive(Debug, Clone)]
 pub struct ApiKey {
     pub name: String,
-    pub sha256: [u8; 32],
+    /// The SHA-256 of the API key it is presented with.
+    pub sha256: Option<[u8; 32]>,
+    /// The SHA-256 of the client certificate (DER) it is presented with, over mTLS.
+    pub cert_sha256: Option<[u8; 32]>,
     pub scopes: Vec<String>,
     /// Index into `Config::policies`: this key's own policy instead of the route's.
     pub policy: Option<usize>,

@@ -45,6 +45,29 @@ pub struct Server {
     pub drain_timeout: Dur,
     pub max_keys: Spanned<usize>,
     pub access_log: bool,
+    pub tls: Option<Spanned<ServerTls>>,
+}
+
+/// `[server.tls]`: HTTPS on the listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+    #[serde(default = "default_alpn")]
+    pub alpn: Spanned<Vec<String>>,
+    #[serde(default = "default_min_version")]
+    pub min_version: Spanned<String>,
+    #[serde(default = "unset")]
+    pub client_ca: Spanned<String>,
+}
+
+fn default_alpn() -> Spanned<Vec<String>> {
+    Spanned::new(0..0, vec!["h2".into(), "http/1.1".into()])
+}
+
+fn default_min_version() -> Spanned<String> {
+    Spanned::new(0..0, "1.2".into())
 }
 
 impl Default for Server {
@@ -65,6 +88,7 @@ impl Default for Server {
             drain_timeout: secs(30),
             max_keys: Spanned::new(0..0, 1_000_000),
             access_log: true,
+            tls: None,
         }
     }
 }
@@ -230,7 +254,8 @@ pub enum AuthMode {
 #[serde(deny_unknown_fields)]
 pub struct ApiKey {
     pub name: Spanned<String>,
-    pub sha256: Spanned<String>,
+    pub sha256: Option<Spanned<String>>,
+    pub cert_sha256: Option<Spanned<String>>,
     #[serde(default)]
     pub scopes: Vec<String>,
     pub policy: Option<Spanned<String>>,

@@ -1,5 +1,6 @@
-//! `[upstreams.NAME]`: targets (`http://` or `https://`), and for `https://` ones the TLS
-//! settings, built into a rustls configuration here so that a bad file stops sluice at load.
+//! TLS on both sides: `[server.tls]`, and `[upstreams.NAME]` with its targets (`http://` or
+//! `https://`) and, for `https://` ones, the TLS settings. Each is built into a rustls
+//! configuration here, so that a bad file stops sluice at load, naming its key.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +11,7 @@ use http::HeaderValue;
 use toml::Spanned;
 
 use super::error::Errors;
-use super::{Target, Upstream, UpstreamTls, raw};
+use super::{ServerTls, Target, Upstream, UpstreamTls, raw};
 
 pub(super) fn check(
     raw: &BTreeMap<String, Spanned<raw::Upstream>>,
@@ -160,6 +161,65 @@ fn tls(name: &str, u: &raw::Upstream, https: bool, errs: &mut Errors) -> Option<
                 _ => (key("tls_client_cert"), u.tls_client_cert.span()),
             };
             errs.push(span.0, span.1, e.to_string());
+            None
+        }
+    }
+}
+
+/// `[server.tls]`, built into the listener's rustls configuration.
+pub(super) fn server_tls(t: &Spanned<raw::ServerTls>, errs: &mut Errors) -> Option<ServerTls> {
+    let (t, at) = (t.get_ref(), t.span());
+    let key = |k: &str| format!("server.tls.{k}");
+    let mut alpn = Vec::new();
+    for name in t.alpn.get_ref() {
+        match name.as_str() {
+            "h2" | "http/1.1" => alpn.push(name.as_bytes().to_vec()),
+            other => {
+                let msg =
+                    format!("{other:?}: ALPN names sluice speaks are \"h2\" and \"http/1.1\"");
+                errs.push(key("alpn"), t.alpn.span(), msg);
+            }
+        }
+    }
+    let tls13_only = match t.min_version.get_ref().as_str() {
+        "1.2" => false,
+        "1.3" => true,
+        other => {
+            let msg = format!("{other:?}: \"1.2\" or \"1.3\"");
+            errs.push(key("min_version"), t.min_version.span(), msg);
+            false
+        }
+    };
+    let settings = crate::tls::Server {
+        cert: PathBuf::from(t.cert.get_ref()),
+        key: PathBuf::from(t.key.get_ref()),
+        alpn,
+        tls13_only,
+        client_ca: (!t.client_ca.get_ref().is_empty())
+            .then(|| PathBuf::from(t.client_ca.get_ref())),
+    };
+    match settings.server_config() {
+        Ok(config) => Some(ServerTls {
+            settings,
+            config: Arc::new(config),
+        }),
+        Err(e) => {
+            let (name, span) = match &e {
+                crate::tls::Error::NoKey { .. } => ("key", t.key.span()),
+                crate::tls::Error::Read { path, .. }
+                | crate::tls::Error::NoCertificate { path }
+                | crate::tls::Error::Invalid { path, .. } => {
+                    if Some(path) == settings.client_ca.as_ref() {
+                        ("client_ca", t.client_ca.span())
+                    } else if *path == settings.key {
+                        ("key", t.key.span())
+                    } else {
+                        ("cert", t.cert.span())
+                    }
+                }
+                _ => ("cert", at),
+            };
+            errs.push(key(name), span, e.to_string());
             None
         }
     }

@@ -1,18 +1,16 @@
 //! From the raw file to a checked `Config`: every cross-key rule lives here, and every error
 //! names its key.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::ops::Range;
 
 use http::{HeaderName, Method, StatusCode};
 use toml::Spanned;
 
 use super::error::{Errors, Invalid, line_of};
-use super::{ApiKey, Auth, Batch, Config, ConfigError, Headers, KeySource, Overrides, raw};
-use super::{Policy, Rate, Route, Server, Upstream};
-use crate::limiter::{self, Gcra, Limit, PolicyName, Window};
+use super::{Batch, Config, ConfigError, Headers, Overrides, raw};
+use super::{Policy, Route, Server, Upstream};
 
 /// Parses TOML into the raw structs; type errors and unknown keys name their key and line.
 pub(super) fn deserialize(source: &str) -> Result<raw::File, ConfigError> {
@@ -117,12 +115,12 @@ pub(super) fn check(file: raw::File, source: &str) -> Result<Config, ConfigError
     let mut errs = Errors::new(source);
     let server = server(&file.server, &mut errs);
     let upstreams = super::upstream::check(&file.upstreams, &mut errs);
-    let policies = policies(&file.policies, &mut errs);
+    let policies = super::policy::policies(&file.policies, &mut errs);
     let routes = routes(&file, &server, &upstreams, &policies, &mut errs);
     let batch = batch(&file.batch, &mut errs);
-    let auth = auth(&file.auth, &policies, &mut errs);
+    let auth = super::auth::check(&file.auth, &policies, &mut errs);
     let store = super::store::check(&file.store, &mut errs);
-    scopes_need_keys(&file, &mut errs);
+    super::auth::scopes_need_keys(&file, &mut errs);
     let request_id = header_name("headers.request_id", &file.headers.request_id, &mut errs);
     if let Some(name) = request_id
         .as_ref()
@@ -207,6 +205,10 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
         drain_timeout: s.drain_timeout.0,
         max_keys,
         access_log: s.access_log,
+        tls: s
+            .tls
+            .as_ref()
+            .and_then(|t| super::upstream::server_tls(t, errs)),
     }
 }
 
@@ -219,129 +221,6 @@ fn at_least_one(key: &str, n: &Spanned<usize>, errs: &mut Errors) -> usize {
         errs.push(key, n.span(), "must be at least 1");
     }
     *n.get_ref()
-}
-
-/// The built-in policies, each replaced whole by a `[policies.NAME]` table of the same name:
-/// `default`, the published rule (1/s sustained, bursts of 100, at most 100 in any 60 s), and
-/// `auth_failures`, which slows down key guessing (10 failed attempts, then 10 a minute, per IP).
-const BUILT_IN: [(&str, &str); 2] = [
-    (
-        "default",
-        "rate = \"1/s\"\nburst = 100\nwindow = \"60s\"\nwindow_requests = 100\n",
-    ),
-    (
-        "auth_failures",
-        "rate = \"10/m\"\nburst = 10\nkey = \"ip\"\n",
-    ),
-];
-
-fn policies(
-    raw: &std::collections::BTreeMap<String, Spanned<raw::Policy>>,
-    errs: &mut Errors,
-) -> Vec<Policy> {
-    let mut out = Vec::new();
-    for (name, text) in BUILT_IN.iter().filter(|(n, _)| !raw.contains_key(*n)) {
-        let p: raw::Policy = toml::from_str(text).expect("built-in policies are valid");
-        out.extend(policy(name, &p, 0..0, errs));
-    }
-    for (name, spanned) in raw {
-        out.extend(policy(name, spanned.get_ref(), spanned.span(), errs));
-    }
-    out
-}
-
-/// One policy; its limits are compiled for the limiter here, so a bad one is a config error.
-/// The window limit is named after the policy, the rate limit `NAME.rate` when both exist.
-fn policy(name: &str, p: &raw::Policy, span: Range<usize>, errs: &mut Errors) -> Option<Policy> {
-    let key = format!("policies.{name}");
-    let mut fail = |msg: &str| errs.push(&key, span.clone(), msg);
-    if name == "none" {
-        fail("\"none\" is reserved for routes without a policy");
-    }
-    // The name is written into the rate-limit headers, which can carry only a `PolicyName`.
-    let checked = PolicyName::try_from(name);
-    if let Err(bad) = &checked {
-        fail(&bad.to_string());
-    }
-    let rate = match (p.rate, p.burst) {
-        (Some(r), Some(b)) => {
-            match NonZeroU32::new(b).and_then(|b| Gcra::new(limiter_rate(r), b)) {
-                Some(gcra) => Some((r, b, gcra)),
-                None => pair_error(
-                    &mut fail,
-                    "burst must be at least 1, and burst / rate at most a year",
-                ),
-            }
-        }
-        (None, None) => None,
-        _ => pair_error(&mut fail, "rate and burst go together: set both or neither"),
-    };
-    let window = match (p.window, p.window_requests) {
-        (Some(w), Some(n)) => match NonZeroU32::new(n).and_then(|n| Window::new(w.0, n)) {
-            Some(limit) => Some((w.0, n, limit)),
-            None => pair_error(
-                &mut fail,
-                &format!(
-                    "window must be above 0 and window_requests 1 to {}",
-                    Window::MAX_REQUESTS
-                ),
-            ),
-        },
-        (None, None) => None,
-        _ => pair_error(
-            &mut fail,
-            "window and window_requests go together: set both or neither",
-        ),
-    };
-    if p.rate.is_none() && p.window.is_none() {
-        fail("a policy needs rate + burst, window + window_requests, or both");
-    }
-    let limits: Vec<Limit> = window
-        .iter()
-        .map(|w| Limit::Window(w.2))
-        .chain(rate.iter().map(|r| Limit::Rate(r.2)))
-        .collect();
-    let key_source = key_source(&format!("{key}.key"), &p.key, errs);
-    // A bad name is reported above; the limits are still built, under a stand-in name, so
-    // that routes naming the policy find it and report nothing more.
-    let limiter_name =
-        checked.unwrap_or_else(|_| PolicyName::new("invalid").expect("a valid name"));
-    Some(Policy {
-        name: name.to_string(),
-        rate: rate.map(|(r, b, _)| (r, b)),
-        window: window.map(|(w, n, _)| (w, n)),
-        key: key_source,
-        mode: p.mode,
-        limiter: limiter::Policy::new(limiter_name, &limits)?,
-    })
-}
-
-fn limiter_rate(r: Rate) -> limiter::Rate {
-    limiter::Rate::new(NonZeroU32::new(r.count).unwrap_or(NonZeroU32::MIN), r.per)
-        .expect("a rate's period is not zero")
-}
-
-fn pair_error<T>(fail: &mut impl FnMut(&str), msg: &str) -> Option<T> {
-    fail(msg);
-    None
-}
-
-fn key_source(key: &str, v: &Spanned<String>, errs: &mut Errors) -> KeySource {
-    match v.get_ref().as_str() {
-        "api_key" => KeySource::ApiKey,
-        "ip" => KeySource::Ip,
-        other => match other.strip_prefix("header:").map(HeaderName::try_from) {
-            Some(Ok(name)) => KeySource::Header(name),
-            _ => {
-                errs.push(
-                    key,
-                    v.span(),
-                    format!("{other:?}: expected api_key, ip or header:NAME"),
-                );
-                KeySource::ApiKey
-            }
-        },
-    }
 }
 
 fn routes(
@@ -486,7 +365,13 @@ fn route(
         path: r.path.get_ref().clone(),
         methods,
         upstream,
-        policy: policy_ref(&key("policy"), r.policy.get_ref(), policy_span, pols, errs),
+        policy: super::policy::policy_ref(
+            &key("policy"),
+            r.policy.get_ref(),
+            policy_span,
+            pols,
+            errs,
+        ),
         max_body: r.max_body.0,
         content_types,
         validate_json: r.validate_json,
@@ -498,24 +383,6 @@ fn route(
                 errs.positive(&key("request_timeout"), d)
             }),
     }
-}
-
-/// Resolves a policy name to its index; `"none"` is no policy.
-fn policy_ref(
-    key: &str,
-    name: &str,
-    span: Range<usize>,
-    pols: &[Policy],
-    errs: &mut Errors,
-) -> Option<usize> {
-    if name == "none" {
-        return None;
-    }
-    let found = pols.iter().position(|p| p.name == name);
-    if found.is_none() {
-        errs.push(key, span, format!("no [policies.{name}] (or \"none\")"));
-    }
-    found
 }
 
 /// A path requests are matched against: they are in normal form by then, so it must be too.
@@ -552,57 +419,6 @@ fn batch(b: &raw::Batch, errs: &mut Errors) -> Batch {
     }
 }
 
-fn auth(a: &raw::Auth, pols: &[Policy], errs: &mut Errors) -> Auth {
-    let mode = *a.mode.get_ref();
-    if mode == raw::AuthMode::ApiKeys && a.keys.is_empty() {
-        // Nothing to point at but the key that asks for them.
-        errs.push(
-            "auth.keys",
-            a.mode.span(),
-            "auth.mode = \"api_keys\" needs at least one [[auth.keys]]",
-        );
-    }
-    let keys = a.keys.iter().enumerate().map(|(i, k)| {
-        let key = format!("auth.keys[{i}].sha256");
-        let sha256 = hex32(k.sha256.get_ref()).unwrap_or_else(|| {
-            errs.push(
-                &key,
-                k.sha256.span(),
-                "expected 64 hex digits, as printed by `sluice hash-key`",
-            );
-            [0; 32]
-        });
-        let policy = k.policy.as_ref().and_then(|p| {
-            let key = format!("auth.keys[{i}].policy");
-            policy_ref(&key, p.get_ref(), p.span(), pols, errs)
-        });
-        ApiKey {
-            name: k.name.get_ref().clone(),
-            sha256,
-            scopes: k.scopes.clone(),
-            policy,
-        }
-    });
-    let keys: Vec<ApiKey> = keys.collect();
-    // Which key a client is must not depend on the order of the list.
-    let (mut hashes, mut names) = (HashSet::new(), HashSet::new());
-    for (i, (k, raw)) in keys.iter().zip(&a.keys).enumerate() {
-        if k.sha256 != [0; 32] && !hashes.insert(k.sha256) {
-            let key = format!("auth.keys[{i}].sha256");
-            errs.push(key, raw.sha256.span(), "another key has the same sha256");
-        }
-        if !names.insert(k.name.as_str()) {
-            let key = format!("auth.keys[{i}].name");
-            errs.push(key, raw.name.span(), "another key has the same name");
-        }
-    }
-    Auth {
-        mode,
-        keys,
-        forward_credentials: a.forward_credentials,
-    }
-}
-
 /// Headers that frame, route or authenticate a message, and those sluice writes itself: a
 /// request id written into one of them would break the message or the credentials, or let a
 /// client set what the upstream trusts sluice for (`X-Real-IP`, `X-Sluice-Client`).
@@ -635,32 +451,6 @@ const RESERVED: [&str; 27] = [
     "allow",
     "date",
 ];
-
-/// Scopes are checked against a key's: with no keys at all, a route's scopes would guard
-/// nothing. (Keys listed with the mode left at `none` is auth switched off, on purpose.)
-fn scopes_need_keys(file: &raw::File, errs: &mut Errors) {
-    if !file.auth.keys.is_empty() {
-        return;
-    }
-    for (i, r) in file.routes.iter().enumerate() {
-        if let Some(scope) = r.scopes.first() {
-            let msg = "scopes are checked against [[auth.keys]], and there are none";
-            errs.push(format!("routes[{i}].scopes"), scope.span(), msg);
-        }
-    }
-}
-
-fn hex32(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
 
 /// A header name from the config, made `'static`: it is cloned into every request and
 /// response, and a static name clones without touching a reference count shared by all cores.

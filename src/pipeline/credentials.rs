@@ -4,6 +4,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine;
 use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
@@ -15,21 +16,45 @@ use crate::problem::Problem;
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 pub static X_SLUICE_CLIENT: HeaderName = HeaderName::from_static("x-sluice-client");
 
-/// The configured keys, by digest, with each key's name ready as a header value.
+/// The certificate a client presented over TLS (verified against `server.tls.client_ca`): who
+/// it names, and its SHA-256, which `[[auth.keys]] cert_sha256` may name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub identity: Arc<str>,
+    pub sha256: [u8; 32],
+}
+
+impl ClientCert {
+    pub fn of(cert: &rustls_pki_types::CertificateDer<'_>) -> ClientCert {
+        let sha256: [u8; 32] = Sha256::digest(cert.as_ref()).into();
+        let identity = crate::tls::identity(cert).unwrap_or_else(|| hex(&sha256));
+        ClientCert {
+            identity: identity.into(),
+            sha256,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The configured keys, by the digest of an API key and of a client certificate, with each
+/// key's name ready as a header value.
 #[derive(Debug)]
 pub struct Keys {
     by_digest: HashMap<[u8; 32], usize>,
+    by_cert: HashMap<[u8; 32], usize>,
     names: Vec<HeaderValue>,
 }
 
 impl Keys {
     pub fn new(auth: &Auth) -> Keys {
-        let by_digest = auth
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (k.sha256, i))
-            .collect();
+        let digests = |of: fn(&ApiKey) -> Option<[u8; 32]>| {
+            let keys = auth.keys.iter().enumerate();
+            keys.filter_map(|(i, k)| Some((of(k)?, i))).collect()
+        };
+        let (by_digest, by_cert) = (digests(|k| k.sha256), digests(|k| k.cert_sha256));
         let names = auth
             .keys
             .iter()
@@ -37,7 +62,11 @@ impl Keys {
                 HeaderValue::from_str(&k.name).unwrap_or(HeaderValue::from_static("invalid-name"))
             })
             .collect();
-        Keys { by_digest, names }
+        Keys {
+            by_digest,
+            by_cert,
+            names,
+        }
     }
 
     /// The `X-Sluice-Client` value for key `i`.
@@ -80,23 +109,28 @@ fn non_empty(key: Cow<'_, [u8]>) -> Option<Cow<'_, [u8]>> {
     (!key.is_empty()).then_some(key)
 }
 
-/// Who the request is, when keys are required: the index of its `[[auth.keys]]` entry.
-/// `Ok(None)` when `auth.mode = "none"`.
+/// Who the request is, when keys are required: the index of its `[[auth.keys]]` entry, by the
+/// API key it presents or, without one, by its client certificate. `Ok(None)` when
+/// `auth.mode = "none"`.
 pub fn authenticate(
     auth: &Auth,
     keys: &Keys,
     scopes: &[String],
     headers: &HeaderMap,
+    cert: Option<&ClientCert>,
 ) -> Result<Option<usize>, Problem> {
     if auth.mode == AuthMode::None {
         return Ok(None);
     }
-    let presented = presented_key(headers).ok_or(Problem::MissingCredentials)?;
-    let digest: [u8; 32] = Sha256::digest(&presented).into();
-    let &i = keys
-        .by_digest
-        .get(&digest)
-        .ok_or(Problem::UnknownCredentials)?;
+    let found = match (presented_key(headers), cert) {
+        (Some(presented), _) => {
+            let digest: [u8; 32] = Sha256::digest(&presented).into();
+            keys.by_digest.get(&digest)
+        }
+        (None, Some(cert)) => keys.by_cert.get(&cert.sha256),
+        (None, None) => return Err(Problem::MissingCredentials),
+    };
+    let &i = found.ok_or(Problem::UnknownCredentials)?;
     check_scopes(i, &auth.keys[i], scopes)?;
     Ok(Some(i))
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::credentials::presented_key;
+use super::credentials::{ClientCert, presented_key};
 use crate::config::{Config, KeySource, Mode, OnError, Policy, RateLimitHeaders};
 use crate::limiter::{Decision, Error, PolicyName, Refusal, Store};
 use crate::problem::{Limit, Problem, Violated};
@@ -150,13 +150,12 @@ impl Limits {
         &self,
         config: &Config,
         i: usize,
-        headers: &HeaderMap,
-        client: IpAddr,
+        caller: &Caller<'_>,
         cost: NonZeroU32,
     ) -> (Option<Verdict>, Result<(), Problem>) {
         let policy = &config.policies[i];
         let mut buf = [0u8; 17];
-        let key = client_key(&policy.key, headers, client, &mut buf);
+        let key = client_key(&policy.key, caller, &mut buf);
         let decision = match self.store.check(&policy.limiter, &key, cost).await {
             Ok(d) => d,
             Err(Error::InsufficientCapacity(e)) => {
@@ -210,18 +209,13 @@ impl Limits {
 
     /// Refuses a credential check from a client that has failed too often (429), without
     /// counting this attempt; `auth_failed` counts the attempts that fail.
-    pub async fn guard_auth(
-        &self,
-        config: &Config,
-        headers: &HeaderMap,
-        client: IpAddr,
-    ) -> Result<(), Problem> {
+    pub async fn guard_auth(&self, config: &Config, caller: &Caller<'_>) -> Result<(), Problem> {
         let Some(i) = self.auth_failures else {
             return Ok(());
         };
         let policy = &config.policies[i];
         let mut buf = [0u8; 17];
-        let key = client_key(&policy.key, headers, client, &mut buf);
+        let key = client_key(&policy.key, caller, &mut buf);
         match self
             .store
             .peek(&policy.limiter, &key, NonZeroU32::MIN)
@@ -240,13 +234,12 @@ impl Limits {
         &self,
         config: &Config,
         i: Option<usize>,
-        headers: &HeaderMap,
-        client: IpAddr,
+        caller: &Caller<'_>,
     ) -> Option<Verdict> {
         let i = i?;
         let policy = &config.policies[i];
         let mut buf = [0u8; 17];
-        let key = client_key(&policy.key, headers, client, &mut buf);
+        let key = client_key(&policy.key, caller, &mut buf);
         let decision = self.store.standing(&policy.limiter, &key).await.ok()?;
         Some(self.verdict(i, decision))
     }
@@ -257,11 +250,9 @@ impl Limits {
     }
 
     /// Counts a failed credential check against the client.
-    pub async fn auth_failed(&self, config: &Config, headers: &HeaderMap, client: IpAddr) {
+    pub async fn auth_failed(&self, config: &Config, caller: &Caller<'_>) {
         if let Some(i) = self.auth_failures {
-            let _ = self
-                .check(config, i, headers, client, NonZeroU32::MIN)
-                .await;
+            let _ = self.check(config, i, caller, NonZeroU32::MIN).await;
         }
     }
 
@@ -351,23 +342,32 @@ fn violated_names(names: &[PolicyName], refused: impl Fn(usize) -> bool) -> Viol
     )
 }
 
+/// Who a request says it is: what a policy's `key` is taken from.
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    pub headers: &'a HeaderMap,
+    /// The client's address (the peer's, or the one a trusted proxy reports).
+    pub ip: IpAddr,
+    /// The certificate it presented over TLS, verified.
+    pub cert: Option<&'a ClientCert>,
+}
+
 /// The bytes that identify the client under a policy. Addresses are tagged with a NUL byte,
 /// which no header value can start with, so a presented key can never pose as an address.
-fn client_key<'a>(
-    source: &KeySource,
-    headers: &'a HeaderMap,
-    client: IpAddr,
-    buf: &'a mut [u8; 17],
-) -> Cow<'a, [u8]> {
+fn client_key<'a>(source: &KeySource, caller: &Caller<'a>, buf: &'a mut [u8; 17]) -> Cow<'a, [u8]> {
     let presented = match source {
-        KeySource::ApiKey => presented_key(headers),
-        KeySource::Header(name) => headers.get(name).map(|v| Cow::Borrowed(v.as_bytes())),
+        KeySource::ApiKey => presented_key(caller.headers),
+        KeySource::ClientCert => caller.cert.map(|c| Cow::Borrowed(c.identity.as_bytes())),
+        KeySource::Header(name) => caller
+            .headers
+            .get(name)
+            .map(|v| Cow::Borrowed(v.as_bytes())),
         KeySource::Ip => None,
     };
     if let Some(key) = presented.filter(|k| k.first() != Some(&0)) {
         return key;
     }
-    let len = match client {
+    let len = match caller.ip {
         IpAddr::V4(v4) => {
             buf[1..5].copy_from_slice(&v4.octets());
             5

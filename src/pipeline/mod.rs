@@ -29,8 +29,8 @@ use hyper::body::Incoming;
 
 pub use app::{App, Lifecycle};
 pub use client::{client_ip, is_trusted};
-pub use credentials::{Keys, X_API_KEY, presented_key};
-pub use limits::{Limits, Verdict};
+pub use credentials::{ClientCert, Keys, X_API_KEY, presented_key};
+pub use limits::{Caller, Limits, Verdict};
 pub use phase::forward::host_from_authority;
 pub use phase::head::{FromBatch, Unmeasured};
 pub use request_id::RequestIds;

@@ -6,6 +6,7 @@
 mod activity;
 mod admin;
 mod client_io;
+mod conn;
 mod head;
 mod listener;
 mod reload;

@@ -1,33 +1,23 @@
 //! One worker: a single-threaded runtime running an accept loop and its connections.
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use super::activity::{Active, ConnState};
-use super::client_io::{ClientIo, Current};
+use super::client_io::Current;
+use super::conn;
 use super::reload::Generation;
 use crate::batch::Batch;
-use crate::body::{self, Body};
 use crate::config;
-use crate::pipeline::{App, Lifecycle, Proxy, Unmeasured};
+use crate::pipeline::{App, Proxy};
 
 /// hyper's own read buffer limit, kept well above `max_header_bytes` so that the head limit is
 /// enforced (with a problem body) by `ClientIo` rather than by hyper's bare 431.
@@ -70,7 +60,7 @@ async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => connection(&current, &builder, &graceful, stream, peer),
+                Ok((stream, peer)) => conn::accept(&current, &builder, &graceful, stream, peer),
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -122,120 +112,4 @@ fn builder(server: &config::Server) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(100)
         .max_header_list_size(u32::try_from(list).unwrap_or(u32::MAX));
     b
-}
-
-fn connection(
-    current: &Current,
-    builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
-    stream: TcpStream,
-    peer: SocketAddr,
-) {
-    let _ = stream.set_nodelay(true);
-    let proxy = current.load_full();
-    let guard = ConnectionGuard::new(&proxy.app.life);
-    // A connection over the limit answers 503 and then closes: HTTP/1.1 by the answer's
-    // `Connection: close`, HTTP/2 (which has no such header) by a GOAWAY once it is sent.
-    let refused =
-        (guard.open > proxy.app.config.server.max_connections).then(Arc::<Notify>::default);
-    let state = Arc::new(ConnState::default());
-    let io = ClientIo::new(stream, current.clone(), state.clone());
-    let current = current.clone();
-    let refusing = refused.clone();
-    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        let (proxy, active) = (current.load_full(), Active::new(&state));
-        if state.unmeasured() {
-            req.extensions_mut().insert(Unmeasured);
-        }
-        let refusing = refusing.clone();
-        async move {
-            let res = match refusing {
-                Some(refused) => {
-                    refused.notify_one();
-                    proxy.overloaded(&req)
-                }
-                None => proxy.serve(peer, req).await,
-            };
-            Ok::<_, Infallible>(res.map(|body| Answer { body, active }))
-        }
-    });
-    let conn = builder
-        .serve_connection(TokioIo::new(io), service)
-        .into_owned();
-    let Some(refused) = refused else {
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "client connection ended with an error");
-            }
-            drop(guard);
-        });
-        return;
-    };
-    tokio::spawn(async move {
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            _ = conn.as_mut() => {}
-            () = refused.notified() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
-        drop(guard);
-    });
-}
-
-/// A response body that keeps its request marked in progress on the connection until hyper
-/// has written it and dropped it; the idle timeout starts after that.
-struct Answer {
-    body: Body,
-    /// Also counts the answer's progress, for a connection's timer.
-    active: Active,
-}
-
-impl http_body::Body for Answer {
-    type Data = Bytes;
-    type Error = body::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, body::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = polled {
-            this.active.progressed();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// Counts an open client connection for `max_connections`, until dropped.
-struct ConnectionGuard {
-    life: Arc<Lifecycle>,
-    open: usize,
-}
-
-impl ConnectionGuard {
-    fn new(life: &Arc<Lifecycle>) -> ConnectionGuard {
-        let open = life.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        ConnectionGuard {
-            life: life.clone(),
-            open,
-        }
-    }
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        self.life.connections.fetch_sub(1, Ordering::Relaxed);
-    }
 }

@@ -2,19 +2,17 @@
 //! route's scopes (403), behind the guard that makes guessing keys slow: a client that failed
 //! too often is refused (429) before its key is even looked at.
 
-use std::net::IpAddr;
-
 use http::HeaderMap;
 
 use super::{Ctx, Refused, shown};
 use crate::config::AuthMode;
-use crate::pipeline::{Proxy, credentials};
+use crate::pipeline::{Caller, Proxy, credentials};
 use crate::problem::Problem;
 
 pub(super) async fn check(ctx: &mut Ctx<'_>, headers: &HeaderMap) -> Result<(), Refused> {
     let app = &*ctx.proxy.app;
     let route = &app.config.routes[ctx.route];
-    match authenticate(ctx.proxy, &route.scopes, headers, ctx.client).await {
+    match authenticate(ctx.proxy, &route.scopes, &ctx.caller(headers)).await {
         Ok(who) => {
             (ctx.who, ctx.rec.key) = (who, who);
             Ok(())
@@ -39,17 +37,17 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, headers: &HeaderMap) -> Result<(), 
 pub async fn authenticate(
     proxy: &Proxy,
     scopes: &[String],
-    headers: &HeaderMap,
-    client: IpAddr,
+    caller: &Caller<'_>,
 ) -> Result<Option<usize>, Problem> {
     let app = &*proxy.app;
     if app.config.auth.mode == AuthMode::None {
         return Ok(None);
     }
-    app.limits.guard_auth(&app.config, headers, client).await?;
-    match credentials::authenticate(&app.config.auth, &app.keys, scopes, headers) {
+    app.limits.guard_auth(&app.config, caller).await?;
+    let (headers, cert) = (caller.headers, caller.cert);
+    match credentials::authenticate(&app.config.auth, &app.keys, scopes, headers, cert) {
         Err(p @ (Problem::MissingCredentials | Problem::UnknownCredentials)) => {
-            app.limits.auth_failed(&app.config, headers, client).await;
+            app.limits.auth_failed(&app.config, caller).await;
             Err(p)
         }
         other => other,

@@ -3,6 +3,7 @@
 //! `Host` is missing or repeated, or the path cannot be put in normal form (400). The path is
 //! normalized here, for routing and the upstream alike, and the client's address worked out.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http::{Request, Version};
@@ -10,7 +11,7 @@ use http::{Request, Version};
 use super::Ctx;
 use crate::body::Body;
 use crate::config;
-use crate::pipeline::client_ip;
+use crate::pipeline::{ClientCert, client_ip};
 use crate::problem::Problem;
 
 /// The most header fields a request head may have, HTTP/1.1's (hyper's) and HTTP/2's alike.
@@ -45,6 +46,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, req: &mut Request<Body>) -> Result<(), Pr
     }
     let trusted = &app.config.server.trusted_proxies;
     ctx.client = client_ip(ctx.peer.ip(), req.headers(), trusted);
+    ctx.cert = req.extensions().get::<Arc<ClientCert>>().cloned();
     Ok(())
 }
 

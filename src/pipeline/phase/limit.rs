@@ -20,7 +20,7 @@ pub(super) async fn check(ctx: &mut Ctx<'_>, headers: &HeaderMap) -> Result<(), 
     };
     let (verdict, admitted) = app
         .limits
-        .check(&app.config, i, headers, ctx.client, ONE)
+        .check(&app.config, i, &ctx.caller(headers), ONE)
         .await;
     ctx.rec.verdict = verdict;
     admitted

@@ -21,14 +21,15 @@ pub(crate) mod respond;
 mod route;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
-use http::{HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 
 use super::Proxy;
 use super::record::Record;
 use crate::body::Body;
 use crate::config::{AuthMode, KeySource};
-use crate::pipeline::App;
+use crate::pipeline::{App, Caller, ClientCert};
 use crate::problem::Problem;
 
 /// What the phases know of one request as it goes.
@@ -47,6 +48,19 @@ pub(crate) struct Ctx<'a> {
     pub route: usize,
     /// The `[[auth.keys]]` entry that presented itself.
     pub who: Option<usize>,
+    /// The certificate the client presented over TLS.
+    pub cert: Option<Arc<ClientCert>>,
+}
+
+impl<'a> Ctx<'a> {
+    /// Who the request says it is, for the limits.
+    pub fn caller<'h>(&'h self, headers: &'h HeaderMap) -> Caller<'h> {
+        Caller {
+            headers,
+            ip: self.client,
+            cert: self.cert.as_deref(),
+        }
+    }
 }
 
 /// A refusal before the limits: it costs the client nothing, and its answer shows where the
@@ -82,6 +96,7 @@ pub(crate) async fn run(
         has_host: false,
         route: 0,
         who: None,
+        cert: None,
     };
     head::check(ctx, &mut req)?;
     if let Some(endpoint) = ctx.proxy.endpoint_for(req.uri().path()) {

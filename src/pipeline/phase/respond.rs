@@ -21,7 +21,7 @@ pub(super) async fn refused(ctx: &mut Ctx<'_>, refused: Refused, headers: &Heade
     let app = &*ctx.proxy.app;
     ctx.rec.standing = app
         .limits
-        .standing(&app.config, refused.policy, headers, ctx.client)
+        .standing(&app.config, refused.policy, &ctx.caller(headers))
         .await;
     refused.problem
 }

@@ -1,0 +1,192 @@
+//! One client connection: its TLS handshake where the listener has TLS (within
+//! `header_read_timeout`), then hyper over `ClientIo`, counted against `max_connections`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+
+use super::activity::{Active, ConnState};
+use super::client_io::{ClientIo, Current};
+use crate::body::{self, Body};
+use crate::pipeline::{ClientCert, Lifecycle, Unmeasured};
+
+/// A new connection: its TLS handshake first, within `header_read_timeout`, where the
+/// listener has TLS; then hyper serves it.
+pub(super) fn accept(
+    current: &Current,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = stream.set_nodelay(true);
+    let proxy = current.load_full();
+    let guard = ConnectionGuard::new(&proxy.app.life);
+    let server = &proxy.app.config.server;
+    let Some(tls) = &server.tls else {
+        return serve(
+            current,
+            builder,
+            graceful.watcher(),
+            stream,
+            peer,
+            guard,
+            None,
+        );
+    };
+    let acceptor = TlsAcceptor::from(tls.config.clone());
+    let limit = server.header_read_timeout;
+    let (current, builder, watcher) = (current.clone(), builder.clone(), graceful.watcher());
+    tokio::spawn(async move {
+        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => {
+                let cert = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first());
+                let cert = cert.map(|c| Arc::new(ClientCert::of(c)));
+                serve(&current, &builder, watcher, stream, peer, guard, cert);
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "TLS handshake not done within header_read_timeout"),
+        }
+    });
+}
+
+/// hyper serving `stream`, one request at a time through the current proxy; each request
+/// carries the client's certificate, if it presented one.
+fn serve<S>(
+    current: &Current,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: Watcher,
+    stream: S,
+    peer: SocketAddr,
+    guard: ConnectionGuard,
+    cert: Option<Arc<ClientCert>>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let proxy = current.load_full();
+    // A connection over the limit answers 503 and then closes: HTTP/1.1 by the answer's
+    // `Connection: close`, HTTP/2 (which has no such header) by a GOAWAY once it is sent.
+    let refused =
+        (guard.open > proxy.app.config.server.max_connections).then(Arc::<Notify>::default);
+    let state = Arc::new(ConnState::default());
+    let io = ClientIo::new(stream, current.clone(), state.clone());
+    let current = current.clone();
+    let refusing = refused.clone();
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let (proxy, active) = (current.load_full(), Active::new(&state));
+        if state.unmeasured() {
+            req.extensions_mut().insert(Unmeasured);
+        }
+        if let Some(cert) = &cert {
+            req.extensions_mut().insert(cert.clone());
+        }
+        let refusing = refusing.clone();
+        async move {
+            let res = match refusing {
+                Some(refused) => {
+                    refused.notify_one();
+                    proxy.overloaded(&req)
+                }
+                None => proxy.serve(peer, req).await,
+            };
+            Ok::<_, Infallible>(res.map(|body| Answer { body, active }))
+        }
+    });
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    let Some(refused) = refused else {
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "client connection ended with an error");
+            }
+            drop(guard);
+        });
+        return;
+    };
+    tokio::spawn(async move {
+        let mut conn = std::pin::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            () = refused.notified() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+        drop(guard);
+    });
+}
+
+/// A response body that keeps its request marked in progress on the connection until hyper
+/// has written it and dropped it; the idle timeout starts after that.
+struct Answer {
+    body: Body,
+    /// Also counts the answer's progress, for a connection's timer.
+    active: Active,
+}
+
+impl http_body::Body for Answer {
+    type Data = Bytes;
+    type Error = body::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, body::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = polled {
+            this.active.progressed();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Counts an open client connection for `max_connections`, until dropped.
+struct ConnectionGuard {
+    life: Arc<Lifecycle>,
+    open: usize,
+}
+
+impl ConnectionGuard {
+    fn new(life: &Arc<Lifecycle>) -> ConnectionGuard {
+        let open = life.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        ConnectionGuard {
+            life: life.clone(),
+            open,
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.life.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -21,17 +21,6 @@ methods = ["GET", "POST"]
 path = "/v1/"
 "#;
 
-/// An address where nothing listens.
-async fn closed_port() -> String {
-    // Bound but not listening: connections are refused, and no other test's listener can be
-    // given the port while the socket is held (for the rest of the test run).
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let url = format!("http://{}", socket.local_addr().unwrap());
-    std::mem::forget(socket);
-    url
-}
-
 /// A TCP server that answers every connection with `reply` and closes it.
 async fn raw_upstream(reply: &'static [u8]) -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -97,7 +86,7 @@ async fn a_method_the_route_does_not_take_is_405_with_allow() {
 
 #[tokio::test]
 async fn a_refused_connection_is_502_then_503_while_the_target_is_down() {
-    let sluice = spawn_default(&closed_port().await);
+    let sluice = spawn_default(&closed_port());
     let body = assert_problem(&get(sluice.addr, "/").await, 502);
     assert!(body["detail"].as_str().unwrap().contains("refused"));
     let body = assert_problem(&get(sluice.addr, "/").await, 503);
@@ -165,7 +154,7 @@ async fn readiness_tries_the_targets_at_once_and_marks_none_down() {
     );
 
     // A probe's failure is not a request's: the next request still tries the target.
-    let sluice = spawn_default(&closed_port().await);
+    let sluice = spawn_default(&closed_port());
     assert_eq!(get(sluice.admin.unwrap(), "/readyz").await.status, 503);
     let body = assert_problem(&get(sluice.addr, "/").await, 502);
     assert!(body["detail"].as_str().unwrap().contains("refused"));
@@ -314,7 +303,7 @@ async fn a_truncated_answer_is_cut_off_not_completed() {
 #[tokio::test]
 async fn round_robin_skips_a_target_that_refuses() {
     let good = spawn_upstream().await;
-    let bad = closed_port().await;
+    let bad = closed_port();
     let toml = format!("[upstreams.api]\ntargets = [\"{bad}\", \"{{upstream}}\"]\n");
     let sluice = spawn_sluice(&toml, &good.url());
     for _ in 0..6 {

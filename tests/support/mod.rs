@@ -4,153 +4,23 @@
 
 pub mod process;
 pub mod redis;
+pub mod upstream;
 
-use std::convert::Infallible;
+#[allow(unused_imports)] // each test file uses its own subset
+pub use upstream::*;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use sluice::config::{Config, Overrides};
 use sluice::server::{self, Running};
-
-/// What the upstream received for one request.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: Method,
-    pub uri: String,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-/// A real HTTP/1.1 upstream on loopback. Paths it understands:
-/// `/status/N` answers N; `/slow/MS` answers after MS milliseconds; `/echo` answers with the
-/// request body and content type; `/headers` answers with hop-by-hop response headers;
-/// `/big/N` streams N bytes; anything else answers 200 `{"ok":true}`.
-pub struct Upstream {
-    pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
-}
-
-impl Upstream {
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Every request received so far.
-    pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    pub fn last(&self) -> Seen {
-        self.seen().pop().expect("the upstream saw no request")
-    }
-
-    /// Waits (up to 5 s) until `n` requests have arrived: a request sent from another task is
-    /// then surely in flight, however late that task ran on a busy machine.
-    pub async fn wait_for(&self, n: usize) {
-        for _ in 0..500 {
-            if self.seen.lock().unwrap().len() >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the upstream saw fewer than {n} requests");
-    }
-}
-
-pub async fn spawn_upstream() -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
-    let log = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            let log = log.clone();
-            let service = service_fn(move |req| upstream_answer(log.clone(), peer, req));
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    Upstream { addr, seen }
-}
-
-/// An upstream that announces a 100-byte JSON answer, sends its first 12 bytes
-/// (`{"partial":`), then holds every connection open; its URL.
-pub async fn spawn_stalling_upstream() -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let target = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let head =
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
-            let _ = s
-                .write_all(format!("{head}{{\"partial\":").as_bytes())
-                .await;
-            held.push(s);
-        }
-    });
-    target
-}
-
-async fn upstream_answer(
-    log: Arc<Mutex<Vec<Seen>>>,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (mut parts, body) = req.into_parts();
-    // Recorded beside the headers so tests can tell connections apart.
-    parts
-        .headers
-        .insert("x-upstream-peer", peer.to_string().parse().unwrap());
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    let path = parts.uri.path().to_string();
-    log.lock().unwrap().push(Seen {
-        method: parts.method.clone(),
-        uri: parts.uri.to_string(),
-        headers: parts.headers.clone(),
-        body: body.clone(),
-    });
-    let mut res = Response::new(Full::new(Bytes::from_static(br#"{"ok":true}"#)));
-    res.headers_mut()
-        .insert("content-type", "application/json".parse().unwrap());
-    if let Some(code) = path.strip_prefix("/status/") {
-        *res.status_mut() = code.parse().unwrap();
-    } else if let Some(ms) = path.strip_prefix("/slow/") {
-        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
-    } else if path == "/echo" {
-        if let Some(ct) = parts.headers.get("content-type") {
-            res.headers_mut().insert("content-type", ct.clone());
-        }
-        *res.body_mut() = Full::new(body);
-    } else if path == "/headers" {
-        let h = res.headers_mut();
-        h.insert("connection", "x-upstream-private".parse().unwrap());
-        h.insert("x-upstream-private", "secret".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("x-upstream-public", "visible".parse().unwrap());
-    } else if let Some(n) = path.strip_prefix("/big/") {
-        *res.body_mut() = Full::new(Bytes::from(vec![b'x'; n.parse().unwrap()]));
-    }
-    Ok(res)
-}
 
 /// A running sluice; shuts down (without waiting) when dropped.
 pub struct Sluice {

@@ -835,13 +835,6 @@ rate = "1/s"
 burst = 3
 "#;
 
-fn keyed_get(path: &str, key: &str) -> http::Request<Full<Bytes>> {
-    request(Method::GET, path)
-        .header("x-api-key", key)
-        .body(Full::default())
-        .unwrap()
-}
-
 fn gets(n: usize) -> Value {
     let list: Vec<Value> = (0..n)
         .map(|i| json!({"id": format!("g{i}"), "method": "GET", "path": format!("/g/{i}")}))
@@ -906,9 +899,9 @@ async fn a_batch_of_n_items_costs_n_requests_of_the_limit() {
         list.iter().all(|r| r["status"] == 200),
         "the batch itself costs nothing beyond its items: {list:?}"
     );
-    let after = send(sluice.addr, keyed_get("/single", "k2")).await;
+    let after = send(sluice.addr, keyed("/single", "k2")).await;
     assert_problem(&after, 429);
-    let other = send(sluice.addr, keyed_get("/single", "someone-else")).await;
+    let other = send(sluice.addr, keyed("/single", "someone-else")).await;
     assert_eq!(other.status, 200, "another key is unaffected");
     assert_eq!(up.seen().len(), 4);
 }

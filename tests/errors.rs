@@ -377,8 +377,7 @@ async fn connections_over_max_connections_get_503() {
         1,
         "the refused request never reached the upstream"
     );
-    let metrics = get(sluice.admin.unwrap(), "/metrics").await;
-    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let text = sluice.metrics().await;
     for method in ["GET", "HEAD"] {
         let series =
             format!(r#"sluice_requests_total{{route="none",method="{method}",status="503"}}"#);

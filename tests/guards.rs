@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,13 +43,6 @@ max_body = "1KiB"
 }
 
 const MAX_BODY: usize = 1024;
-
-/// Runs `fut`, failing the test if it takes longer than `limit`.
-async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {limit:?}"))
-}
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
@@ -115,22 +107,6 @@ async fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
         .await
         .expect("a clean close, not a reset");
     rest
-}
-
-/// A request whose body is sent chunked, one chunk per item, with no Content-Length.
-fn chunked(
-    path: &str,
-    content_type: &str,
-    chunks: Vec<Vec<u8>>,
-) -> http::Request<impl http_body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static> {
-    let frames: Vec<Result<_, std::io::Error>> = chunks
-        .into_iter()
-        .map(|c| Ok(hyper::body::Frame::data(Bytes::from(c))))
-        .collect();
-    request(Method::POST, path)
-        .header("content-type", content_type)
-        .body(StreamBody::new(futures_util::stream::iter(frames)))
-        .unwrap()
 }
 
 /// A request with a complete body.
@@ -746,10 +722,9 @@ async fn a_client_too_slow_to_take_its_answer_within_request_timeout_is_let_go()
         }
     });
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let text = get(sluice.admin.unwrap(), "/metrics").await;
-    let text = std::str::from_utf8(&text.body).unwrap();
+    let text = sluice.metrics().await;
     assert_eq!(
-        metric_value(text, "sluice_connections_open"),
+        metric_value(&text, "sluice_connections_open"),
         0.0,
         "still held"
     );
@@ -1176,8 +1151,7 @@ async fn a_streamed_body_the_client_breaks_off_gets_400_and_is_not_an_upstream_e
         let body = assert_problem(&res, 400);
         assert!(body["detail"].as_str().unwrap().contains("body"), "{body}");
     }
-    let metrics = get(sluice.admin.unwrap(), "/metrics").await;
-    let text = String::from_utf8_lossy(&metrics.body);
+    let text = sluice.metrics().await;
     assert!(!text.contains("sluice_upstream_errors_total{"), "{text}");
 }
 
@@ -1389,8 +1363,7 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_at_request_timeout() {
         waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
         "the connection ended after {waited:?}"
     );
-    let metrics = get(sluice.admin.unwrap(), "/metrics").await;
-    let text = String::from_utf8_lossy(&metrics.body);
+    let text = sluice.metrics().await;
     let counted = r#"sluice_upstream_errors_total{upstream="api",kind="timeout"} 1"#;
     assert!(text.contains(counted), "{text}");
 }

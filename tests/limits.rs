@@ -10,13 +10,6 @@ use http::Method;
 use http_body_util::Full;
 use support::*;
 
-fn keyed(path: &str, key: &str) -> http::Request<Full<Bytes>> {
-    request(Method::GET, path)
-        .header("x-api-key", key)
-        .body(Full::default())
-        .unwrap()
-}
-
 /// A policy small enough to wait out in a test: 5 back to back, 1/s, at most 8 in any 2 s.
 const SMALL: &str = r#"
 [upstreams.api]

@@ -48,8 +48,7 @@ async fn answers_to_heads_sluice_could_not_read_are_counted_under_no_route() {
     let half = exchange(sluice.addr, "GET / HTTP/1.1\r\n").await;
     assert!(half.starts_with("HTTP/1.1 408 "), "{half}");
 
-    let text =
-        String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap();
+    let text = sluice.metrics().await;
     for status in [400, 431, 408] {
         let series =
             format!(r#"sluice_requests_total{{route="none",method="other",status="{status}"}}"#);
@@ -155,8 +154,7 @@ async fn open_connections_and_in_flight_requests_are_gauged() {
     let addr = sluice.addr;
     let slow = tokio::spawn(async move { get(addr, "/slow/500").await });
     up.wait_for(1).await;
-    let text =
-        String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap();
+    let text = sluice.metrics().await;
     assert_eq!(metric_value(&text, "sluice_requests_in_flight"), 1.0);
     assert_eq!(metric_value(&text, "sluice_connections_open"), 1.0);
     assert_eq!(slow.await.unwrap().status, 200);
@@ -175,8 +173,7 @@ async fn a_request_its_client_abandons_leaves_no_one_in_flight_and_counts_as_499
     up.wait_for(1).await;
     drop(client); // before the upstream answers
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let text =
-        String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap();
+    let text = sluice.metrics().await;
     assert_eq!(metric_value(&text, "sluice_requests_in_flight"), 0.0);
     assert_eq!(
         metric_value(

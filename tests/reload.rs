@@ -8,9 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Method;
-use http_body_util::Full;
 use sluice::config::{Config, Overrides};
 use sluice::server::{self, Running, Source};
 use support::*;
@@ -56,24 +53,6 @@ fn start(path: &Path) -> Running {
         ..server::Options::default()
     };
     server::start_with(config, options).unwrap()
-}
-
-/// `POST /reload` on the admin listener.
-async fn post_reload(admin: std::net::SocketAddr) -> Answer {
-    send(
-        admin,
-        request(Method::POST, "/reload")
-            .body(Full::<Bytes>::default())
-            .unwrap(),
-    )
-    .await
-}
-
-fn keyed(path: &str, key: &str) -> http::Request<Full<Bytes>> {
-    request(Method::GET, path)
-        .header("x-api-key", key)
-        .body(Full::default())
-        .unwrap()
 }
 
 #[tokio::test]
@@ -179,7 +158,7 @@ async fn an_invalid_reload_is_refused_and_changes_nothing() {
     assert!(running.reload().is_err());
     assert_eq!(running.app().config.hash, before, "the old config stays");
     assert_eq!(get(addr, "/free/x").await.status, 200);
-    let metrics = String::from_utf8(get(admin, "/metrics").await.body.to_vec()).unwrap();
+    let metrics = metrics(admin).await;
     assert!(
         metrics.contains("sluice_config_reloads_total{result=\"failure\"} 2"),
         "{metrics}"
@@ -423,7 +402,7 @@ async fn counters_carry_on_across_a_reload() {
     }
     assert_eq!(send(addr, keyed("/a", "k")).await.status, 200);
 
-    let text = String::from_utf8(get(admin, "/metrics").await.body.to_vec()).unwrap();
+    let text = metrics(admin).await;
     let at = |name: &str| metric_value(&text, name);
     assert_eq!(
         at(r#"sluice_requests_total{route="/free",method="GET",status="200"}"#),

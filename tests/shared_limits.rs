@@ -7,19 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Method;
-use http_body_util::Full;
 use support::process::Process;
 use support::redis::{Cluster, Redis};
 use support::*;
-
-fn keyed(key: &str) -> http::Request<Full<Bytes>> {
-    request(Method::GET, "/")
-        .header("x-api-key", key)
-        .body(Full::default())
-        .unwrap()
-}
 
 /// The published rule by default; `store` is the body of `[store]`.
 fn config(upstream: &str, store: &str, policy: &str) -> String {
@@ -59,7 +49,7 @@ async fn replicas(toml: &str, n: usize) -> Vec<Process> {
 async fn spread(replicas: &[Process], key: &str, n: usize) -> Vec<Answer> {
     let mut answers = Vec::with_capacity(n);
     for i in 0..n {
-        answers.push(send(replicas[i % replicas.len()].addr, keyed(key)).await);
+        answers.push(send(replicas[i % replicas.len()].addr, keyed("/", key)).await);
     }
     answers
 }
@@ -114,7 +104,7 @@ async fn three_replicas_in_lease_mode_admit_at_most_three_leases_more() {
     // Most requests were answered without a round trip: leased tokens and held refusals.
     let mut local = 0.0;
     for p in &replicas {
-        let text = String::from_utf8(get(p.admin, "/metrics").await.body.to_vec()).unwrap();
+        let text = metrics(p.admin).await;
         local += metric_value(&text, r#"sluice_store_local_answers_total{answer="lease"}"#);
         local += metric_value(
             &text,
@@ -139,10 +129,10 @@ async fn a_refused_client_retrying_after_retry_after_is_admitted_by_another_repl
     assert_eq!(refused.status, 429);
     assert_eq!(refused.header("retry-after"), "1");
     // Still refused at once, on either replica.
-    assert_eq!(send(replicas[0].addr, keyed("bob")).await.status, 429);
+    assert_eq!(send(replicas[0].addr, keyed("/", "bob")).await.status, 429);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(send(replicas[1].addr, keyed("bob")).await.status, 200);
-    assert_eq!(send(replicas[0].addr, keyed("bob")).await.status, 429);
+    assert_eq!(send(replicas[1].addr, keyed("/", "bob")).await.status, 200);
+    assert_eq!(send(replicas[0].addr, keyed("/", "bob")).await.status, 429);
 }
 
 #[tokio::test]
@@ -154,7 +144,7 @@ async fn a_three_node_cluster_admits_exactly_100_without_crossslot_errors() {
     let answers = spread(&replicas, "carol", 300).await;
     assert_eq!(admitted(&answers), 100);
     for p in &replicas {
-        let text = String::from_utf8(get(p.admin, "/metrics").await.body.to_vec()).unwrap();
+        let text = metrics(p.admin).await;
         assert_eq!(
             metric_value(&text, r#"sluice_store_calls_total{result="error"}"#),
             0.0
@@ -182,7 +172,7 @@ async fn while_redis_is_down_each_on_error_answers_at_once_and_recovery_is_autom
         );
         let p = Process::start(&config(&up.url(), &store, SMALL), &[]).await;
         store_up(p.admin).await;
-        assert_eq!(send(p.addr, keyed("erin")).await.status, 200);
+        assert_eq!(send(p.addr, keyed("/", "erin")).await.status, 200);
         processes.push(p);
     }
     redis.kill();
@@ -191,7 +181,7 @@ async fn while_redis_is_down_each_on_error_answers_at_once_and_recovery_is_autom
         let mut answers = Vec::new();
         for _ in 0..10 {
             let started = Instant::now();
-            answers.push(send(p.addr, keyed("erin")).await);
+            answers.push(send(p.addr, keyed("/", "erin")).await);
             slowest = slowest.max(started.elapsed());
         }
         assert!(
@@ -225,7 +215,7 @@ async fn while_redis_is_down_each_on_error_answers_at_once_and_recovery_is_autom
                 );
             }
         }
-        let text = String::from_utf8(get(p.admin, "/metrics").await.body.to_vec()).unwrap();
+        let text = metrics(p.admin).await;
         assert_eq!(
             metric_value(&text, "sluice_store_fallbacks_total"),
             1.0,
@@ -239,7 +229,7 @@ async fn while_redis_is_down_each_on_error_answers_at_once_and_recovery_is_autom
     redis.restart();
     for p in &processes {
         store_up(p.admin).await;
-        assert_eq!(send(p.addr, keyed("frank")).await.status, 200);
+        assert_eq!(send(p.addr, keyed("/", "frank")).await.status, 200);
         assert!(p.log().contains("limiter store reachable again"));
     }
     assert_eq!(
@@ -259,19 +249,13 @@ async fn a_reload_that_changes_the_store_switches_to_it() {
         get(p.admin, "/readyz").await.body,
         r#"{"status":"ready","store":"memory"}"#
     );
-    assert_eq!(send(p.addr, keyed("gina")).await.status, 200);
+    assert_eq!(send(p.addr, keyed("/", "gina")).await.status, 200);
     p.rewrite_config(&config(
         &up.url(),
         &format!("url = \"{}\"", redis.url()),
         SMALL,
     ));
-    let reloaded = send(
-        p.admin,
-        request(Method::POST, "/reload")
-            .body(Full::<Bytes>::default())
-            .unwrap(),
-    )
-    .await;
+    let reloaded = post_reload(p.admin).await;
     assert_eq!(reloaded.status, 200, "{:?}", reloaded.body);
     store_up(p.admin).await;
     let answers: Vec<Answer> = spread(std::slice::from_ref(&p), "gina", 6).await;
@@ -294,7 +278,7 @@ async fn a_store_secret_from_the_environment_and_a_bad_url_named_by_key_and_line
     )
     .await;
     store_up(p.admin).await;
-    assert_eq!(send(p.addr, keyed("hank")).await.status, 200);
+    assert_eq!(send(p.addr, keyed("/", "hank")).await.status, 200);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["check", "--config", "/dev/stdin"])
         .stdin(std::process::Stdio::piped())

@@ -138,11 +138,6 @@ async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     Some(format!("{} {}", words.next()?, words.next()?))
 }
 
-async fn metrics(sluice: &Sluice) -> String {
-    let res = get(sluice.admin.unwrap(), "/metrics").await;
-    String::from_utf8(res.body.to_vec()).unwrap()
-}
-
 const RESETS: &str = r#"sluice_upstream_errors_total{upstream="api",kind="reset"}"#;
 
 /// Two GETs in a row, the second on the connection the first used, which the upstream closes.
@@ -161,7 +156,7 @@ async fn second_get_is_sent_again(closing: Closing) {
             answered(2, "GET /v1/x"),
         ]
     );
-    let text = metrics(&sluice).await;
+    let text = sluice.metrics().await;
     assert_eq!(metric_line(&text, RESETS), None, "{text}");
 }
 
@@ -246,7 +241,7 @@ async fn a_post_lost_on_a_closed_connection_is_a_502_and_never_sent_twice() {
         up.hits(),
         [answered(1, "GET /first"), dropped(1, "POST /v1/x")]
     );
-    assert_eq!(metric_value(&metrics(&sluice).await, RESETS), 1.0);
+    assert_eq!(metric_value(&sluice.metrics().await, RESETS), 1.0);
 }
 
 #[tokio::test]
@@ -302,5 +297,5 @@ async fn a_request_sent_again_moves_on_to_the_next_target_when_its_own_refuses()
         .filter(|h| h.request == request && h.answered)
         .count();
     assert_eq!(answered_by_second, 1, "{:?}", second.hits());
-    assert_eq!(metric_line(&metrics(&sluice).await, RESETS), None);
+    assert_eq!(metric_line(&sluice.metrics().await, RESETS), None);
 }

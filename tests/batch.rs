@@ -1185,7 +1185,7 @@ async fn items_take_the_host_the_batch_named_in_an_absolute_form_target() {
         "POST http://api.example:99/batch HTTP/1.1\r\nHost: other\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let answer = exchange(sluice.addr, &format!("{head}{body}")).await;
+    let answer = raw::exchange(sluice.addr, &format!("{head}{body}")).await;
     assert!(answer.starts_with("HTTP/1.1 207 "), "{answer}");
     let seen = up.last();
     assert_eq!(seen.uri, "/v1/x");

@@ -221,7 +221,7 @@ async fn an_absolute_form_target_names_the_host_whatever_host_says() {
     let sluice = spawn_default(&up.url());
     let head =
         "GET http://api.example:99/v1/abs?x=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n";
-    let answer = exchange(sluice.addr, head).await;
+    let answer = raw::exchange(sluice.addr, head).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     let seen = up.last();
     assert_eq!(seen.uri, "/v1/abs?x=1");
@@ -237,7 +237,7 @@ async fn an_http_1_1_request_needs_exactly_one_host() {
         "GET /v1/x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
         "GET /v1/x HTTP/1.1\r\nConnection: close\r\n\r\n",
     ] {
-        let answer = exchange(sluice.addr, head).await;
+        let answer = raw::exchange(sluice.addr, head).await;
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
         assert!(answer.contains("one Host header only"), "{answer}");
     }
@@ -249,7 +249,7 @@ async fn a_connection_header_cannot_take_host_away() {
     let up = spawn_upstream().await;
     let sluice = spawn_default(&up.url());
     let head = "GET /v1/x HTTP/1.1\r\nHost: api.example\r\nConnection: host, close\r\n\r\n";
-    let answer = exchange(sluice.addr, head).await;
+    let answer = raw::exchange(sluice.addr, head).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert_eq!(up.last().headers["host"], "api.example");
 }
@@ -261,7 +261,7 @@ async fn a_transfer_coding_other_than_chunked_is_400() {
     let sluice = spawn_default(&up.url());
     let head = "POST /v1/x HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n\
         Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
-    let answer = exchange(sluice.addr, head).await;
+    let answer = raw::exchange(sluice.addr, head).await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(answer.contains("only chunked"), "{answer}");
     assert!(up.seen().is_empty());
@@ -287,7 +287,7 @@ async fn an_h2_clients_cookie_fields_reach_an_http1_upstream_as_one() {
 async fn an_http_1_0_request_without_host_gets_the_upstreams_own() {
     let up = spawn_upstream().await;
     let sluice = spawn_default(&up.url());
-    let answer = exchange(sluice.addr, "GET /v1/old HTTP/1.0\r\n\r\n").await;
+    let answer = raw::exchange(sluice.addr, "GET /v1/old HTTP/1.0\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");
     let seen = up.last();
     assert_eq!(seen.uri, "/v1/old");

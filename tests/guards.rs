@@ -5,15 +5,15 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::Method;
 use http_body_util::{Full, StreamBody};
+use support::raw::{SentAlready, dechunk, find, get_on, read_answer, read_to_eof};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The routes every guard test uses; `[server]` lines come first. `/raw/` streams without
 /// JSON validation, `/any/` takes any media type, everything else is a JSON route of 1 KiB.
@@ -43,71 +43,6 @@ max_body = "1KiB"
 }
 
 const MAX_BODY: usize = 1024;
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length body from a raw socket, and no more.
-async fn read_answer(s: &mut TcpStream) -> Answer {
-    let mut buf = Vec::new();
-    let head_len = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await.expect("reading the response");
-        assert!(
-            n > 0,
-            "closed before a complete response head: {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..head_len]).unwrap();
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut headers = HeaderMap::new();
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (name, value) = line.split_once(':').unwrap();
-        headers.append(
-            HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
-            HeaderValue::from_str(value.trim()).unwrap(),
-        );
-    }
-    let len: usize = headers
-        .get("content-length")
-        .map_or(0, |v| v.to_str().unwrap().parse().unwrap());
-    let mut body = buf.split_off(head_len);
-    while body.len() < len {
-        let mut chunk = [0u8; 4096];
-        let n = s.read(&mut chunk).await.expect("reading the body");
-        assert!(n > 0, "closed inside the response body");
-        body.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(body.len(), len, "bytes after the response");
-    Answer {
-        status: StatusCode::from_u16(status).unwrap(),
-        headers,
-        body: Bytes::from(body),
-    }
-}
-
-/// Reads until the peer closes; returns what came before the end.
-async fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
-    let mut rest = Vec::new();
-    s.read_to_end(&mut rest)
-        .await
-        .expect("a clean close, not a reset");
-    rest
-}
 
 /// A request with a complete body.
 type Req = http::Request<Full<Bytes>>;
@@ -301,13 +236,6 @@ async fn a_bad_head_after_a_good_request_on_the_same_connection_gets_the_400_pro
 }
 
 // ---- 2. idle keep-alive ----------------------------------------------------------------------
-
-/// Sends `GET path` on a kept-alive raw connection and reads the answer.
-async fn get_on(s: &mut TcpStream, path: &str) -> Answer {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    within(Duration::from_secs(3), "answer", read_answer(s)).await
-}
 
 /// How long after now the peer closes, failing after `limit`; the bytes must be none.
 async fn quiet_close_after(s: &mut TcpStream, limit: Duration) -> Duration {
@@ -545,52 +473,6 @@ async fn an_h2_head_is_held_to_the_same_limits_with_a_431_problem() {
         up.last().headers["cookie"].len(),
         120 * "c000=1; ".len() - 2
     );
-}
-
-/// A socket whose first `skip` bytes written were already sent by hand: the writer's first
-/// bytes are taken as written without going out again.
-struct SentAlready {
-    inner: TcpStream,
-    skip: usize,
-}
-
-impl tokio::io::AsyncRead for SentAlready {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for SentAlready {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        data: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        if self.skip > 0 {
-            let n = self.skip.min(data.len());
-            self.skip -= n;
-            return std::task::Poll::Ready(Ok(n));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[tokio::test]
@@ -879,51 +761,9 @@ async fn oversized_streamed_body_gets_413_and_the_upstream_never_gets_it_complet
     }
 }
 
-/// What a raw upstream read on each connection, until the connection ended.
-type Received = Arc<Mutex<Vec<Vec<u8>>>>;
-
-/// An upstream that reads everything sent to it and never answers.
-async fn byte_sink() -> (String, Received) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let received: Received = Arc::default();
-    let log = received.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let mut all = Vec::new();
-                let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut all)).await;
-                log.lock().unwrap().push(all);
-            });
-        }
-    });
-    (url, received)
-}
-
-/// The data of a chunked body, and whether its last (zero) chunk arrived.
-fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool) {
-    let mut data = Vec::new();
-    while let Some(eol) = find(raw, b"\r\n") {
-        let size_text = std::str::from_utf8(&raw[..eol]).unwrap();
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap().trim(), 16).unwrap();
-        if size == 0 {
-            return (data, true);
-        }
-        let chunk = &raw[eol + 2..];
-        if chunk.len() < size {
-            data.extend_from_slice(chunk);
-            break;
-        }
-        data.extend_from_slice(&chunk[..size]);
-        raw = chunk.get(size + 2..).unwrap_or_default();
-    }
-    (data, false)
-}
-
 #[tokio::test]
 async fn a_streamed_body_is_cut_off_at_max_body_on_the_upstream_wire() {
-    let (url, received) = byte_sink().await;
+    let (url, received) = raw::sink().await;
     let sluice = spawn_sluice(&config(r#"request_timeout = "2s""#), &url);
     let chunks = vec![vec![b'x'; 400], vec![b'y'; 400], vec![b'z'; 400]];
     let res = send(sluice.addr, chunked("/raw/x", "application/json", chunks)).await;
@@ -1370,38 +1210,11 @@ async fn an_upstream_that_stalls_mid_body_is_cut_off_at_request_timeout() {
 
 // ---- 10. connect_timeout ---------------------------------------------------------------------
 
-/// A listener that never accepts, its accept queue filled so that a new connect hangs.
-/// `None` when this system completes or refuses such connects instead.
-fn unreachable_target() -> Option<(socket2::Socket, Vec<std::net::TcpStream>, String)> {
-    use socket2::{Domain, Socket, Type};
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    sock.bind(
-        &"127.0.0.1:0"
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
-    sock.listen(0).unwrap();
-    let addr = sock.local_addr().unwrap().as_socket().unwrap();
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
-            Ok(s) => held.push(s),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                return Some((sock, held, format!("http://{addr}")));
-            }
-            Err(_) => return None,
-        }
-    }
-    None
-}
-
 #[tokio::test]
 async fn a_target_that_does_not_accept_within_connect_timeout_gets_502_quickly() {
-    let Some((_listener, _held, url)) = unreachable_target() else {
-        panic!("connects to a full accept queue do not hang on this system");
-    };
+    let target =
+        raw::hanging_target().expect("connects to a full accept queue do not hang on this system");
+    let url = target.url.clone();
     let toml = format!(
         r#"
 [server]

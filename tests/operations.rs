@@ -34,18 +34,18 @@ async fn answers_to_heads_sluice_could_not_read_are_counted_under_no_route() {
     let toml = "[server]\nheader_read_timeout = \"300ms\"\nmax_header_bytes = \"1KiB\"\n\
                 [upstreams.api]\ntargets = [\"{upstream}\"]\n";
     let sluice = spawn_sluice(toml, &up.url());
-    let not_http = exchange(sluice.addr, "GET / HTTP/9.9\r\n\r\n").await;
+    let not_http = raw::exchange(sluice.addr, "GET / HTTP/9.9\r\n\r\n").await;
     assert!(not_http.starts_with("HTTP/1.1 400 "), "{not_http}");
     let big = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(2048)
     );
     assert!(
-        exchange(sluice.addr, &big)
+        raw::exchange(sluice.addr, &big)
             .await
             .starts_with("HTTP/1.1 431 ")
     );
-    let half = exchange(sluice.addr, "GET / HTTP/1.1\r\n").await;
+    let half = raw::exchange(sluice.addr, "GET / HTTP/1.1\r\n").await;
     assert!(half.starts_with("HTTP/1.1 408 "), "{half}");
 
     let text = sluice.metrics().await;
@@ -162,14 +162,9 @@ async fn open_connections_and_in_flight_requests_are_gauged() {
 
 #[tokio::test]
 async fn a_request_its_client_abandons_leaves_no_one_in_flight_and_counts_as_499() {
-    use tokio::io::AsyncWriteExt;
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(SMALL, &up.url());
-    let mut client = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
-    client
-        .write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let client = raw::open(sluice.addr, "GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n").await;
     up.wait_for(1).await;
     drop(client); // before the upstream answers
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -235,27 +235,14 @@ async fn a_changed_max_keys_waits_for_a_restart() {
 
 #[tokio::test]
 async fn a_kept_alive_connection_reads_its_next_head_under_the_reloaded_limits() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    async fn status_of_next_answer(s: &mut tokio::net::TcpStream) -> String {
-        let mut buf = Vec::new();
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&buf));
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        String::from_utf8_lossy(&buf[9..12]).to_string()
-    }
+    use tokio::io::AsyncWriteExt;
     let up = spawn_upstream().await;
     let path = config_file("head-limits", &toml(&up.url(), ""));
     let running = start(&path);
     let mut kept = tokio::net::TcpStream::connect(running.local_addr())
         .await
         .unwrap();
-    kept.write_all(b"GET /free/a HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(status_of_next_answer(&mut kept).await, "200");
+    assert_eq!(raw::get_on(&mut kept, "/free/a").await.status, 200);
 
     let smaller =
         toml(&up.url(), "").replace("workers = 2", "workers = 2\nmax_header_bytes = 1024");
@@ -266,23 +253,22 @@ async fn a_kept_alive_connection_reads_its_next_head_under_the_reloaded_limits()
         "a".repeat(2000)
     );
     kept.write_all(big.as_bytes()).await.unwrap();
-    assert_eq!(status_of_next_answer(&mut kept).await, "431");
+    assert_eq!(raw::read_answer(&mut kept).await.status, 431);
     running.shutdown();
 }
 
 #[tokio::test]
 async fn a_connection_busy_during_a_reload_goes_idle_under_the_new_idle_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let up = spawn_upstream().await;
     let long = toml(&up.url(), "").replace("workers = 2", "workers = 1\nidle_timeout = \"30s\"");
     let path = config_file("idle", &long);
     let running = start(&path);
-    let mut s = tokio::net::TcpStream::connect(running.local_addr())
-        .await
-        .unwrap();
-    s.write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = raw::open(
+        running.local_addr(),
+        "GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let short = long.replace("idle_timeout = \"30s\"", "idle_timeout = \"200ms\"");
     std::fs::write(&path, short).unwrap();

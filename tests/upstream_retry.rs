@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Method;
 use http_body_util::Full;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Longer than sluice lets a pooled connection rest before a request on it is worth a copy.
@@ -61,19 +61,19 @@ const AFTER_ONE: Closing = Closing {
     reset: false,
 };
 
-struct Upstream {
+struct ClosingUpstream {
     url: String,
     hits: Arc<Mutex<Vec<Hit>>>,
 }
 
-impl Upstream {
+impl ClosingUpstream {
     fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
     }
 }
 
 /// A raw HTTP/1.1 upstream on loopback that closes its connections as `closing` says.
-async fn closing_upstream(closing: Closing) -> Upstream {
+async fn closing_upstream(closing: Closing) -> ClosingUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
@@ -85,7 +85,7 @@ async fn closing_upstream(closing: Closing) -> Upstream {
             tokio::spawn(serve(s, conn, closing, log.clone()));
         }
     });
-    Upstream { url, hits }
+    ClosingUpstream { url, hits }
 }
 
 async fn serve(mut s: TcpStream, conn: usize, closing: Closing, log: Arc<Mutex<Vec<Hit>>>) {
@@ -108,32 +108,9 @@ async fn serve(mut s: TcpStream, conn: usize, closing: Closing, log: Arc<Mutex<V
     }
 }
 
-/// Reads one request (head and `Content-Length` body); returns "METHOD PATH".
+/// Reads one request; returns "METHOD PATH".
 async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let length: usize = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, v)| v.trim().parse().unwrap());
-    while buf.len() < head_end + length {
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    buf.drain(..head_end + length);
+    let (head, _) = raw::read_message(s, buf).await?;
     let mut words = head.split(' ');
     Some(format!("{} {}", words.next()?, words.next()?))
 }

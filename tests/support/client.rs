@@ -69,16 +69,6 @@ async fn read(res: Response<Incoming>) -> Answer {
     }
 }
 
-/// Writes `raw` (one or more requests) on a new connection and reads until sluice closes it.
-pub async fn exchange(addr: SocketAddr, raw: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(raw.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).await.unwrap();
-    answer
-}
-
 /// A GET of `path` on `addr` with a Host header.
 pub async fn get(addr: SocketAddr, path: &str) -> Answer {
     get_with(addr, path, &[]).await

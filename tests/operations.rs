@@ -2,13 +2,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
 use http_body_util::Full;
+use support::process::{Launch, Process};
 use support::*;
 
 const SMALL: &str = r#"
@@ -180,47 +179,20 @@ async fn a_request_its_client_abandons_leaves_no_one_in_flight_and_counts_as_499
 }
 
 /// Runs the binary with JSON logs, sends the requests, and returns the access-log lines.
-async fn access_lines(extra: &[&str], requests: usize) -> Vec<serde_json::Value> {
+async fn access_lines(launch: Launch, requests: usize) -> Vec<serde_json::Value> {
     let up = spawn_upstream().await;
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "--upstream",
-            &up.url(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            "",
-        ])
-        .args(["--workers", "1", "--log-format", "json"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for_listener(addr).await;
+    let json_logs = ["--upstream", &up.url(), "--log-format", "json"];
+    let mut p = launch.args(json_logs).start().await;
     for i in 0..requests {
         let req = request(Method::GET, &format!("/item/{i}?q=secret"))
             .header("x-api-key", "the-secret-key");
-        send(addr, req.body(Full::<Bytes>::default()).unwrap()).await;
+        send(p.addr, req.body(Full::<Bytes>::default()).unwrap()).await;
     }
-    send(addr, post_json("/v1", "{nope")).await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
-    child.wait().unwrap();
-    lines
-        .iter()
+    send(p.addr, post_json("/v1", "{nope")).await;
+    p.signal("TERM");
+    p.wait().await;
+    p.log()
+        .lines()
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l)
                 .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
@@ -231,7 +203,7 @@ async fn access_lines(extra: &[&str], requests: usize) -> Vec<serde_json::Value>
 
 #[tokio::test]
 async fn access_log_lines_are_json_with_the_request_fields() {
-    let lines = access_lines(&[], 2).await;
+    let lines = access_lines(Process::new(), 2).await;
     assert_eq!(lines.len(), 3, "{lines:?}");
     let ok = &lines[0]["fields"];
     assert_eq!(ok["status"], 200);
@@ -260,10 +232,7 @@ async fn access_log_lines_are_json_with_the_request_fields() {
 
 #[tokio::test]
 async fn access_logs_can_be_turned_off() {
-    let dir = std::env::temp_dir().join(format!("sluice-ops-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("quiet.toml");
-    std::fs::write(&file, "[server]\naccess_log = false\n").unwrap();
-    let lines = access_lines(&["--config", file.to_str().unwrap()], 2).await;
+    let quiet = Process::new().config("[server]\naccess_log = false\n");
+    let lines = access_lines(quiet, 2).await;
     assert!(lines.is_empty(), "{lines:?}");
 }

@@ -279,24 +279,8 @@ async fn a_store_secret_from_the_environment_and_a_bad_url_named_by_key_and_line
     .await;
     store_up(p.admin).await;
     assert_eq!(send(p.addr, keyed("/", "hank")).await.status, 200);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config", "/dev/stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(b"[store]\nkind = \"redis\"\nurl = \"http://x:1\"\n")?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (code, err) = support::process::check("[store]\nkind = \"redis\"\nurl = \"http://x:1\"\n");
+    assert_ne!(code, Some(0));
     assert!(
         err.contains("line 3: `store.url`: not a Redis URL"),
         "{err}"

@@ -826,14 +826,15 @@ async fn every_error_of_a_batch_is_listed_with_its_json_pointer() {
 // ---------------------------------------------------------------------------------------------
 // Each item under the same limits, credentials, deadline and checks as a request of its own
 
-/// The default policy with a burst of 3 and nothing else.
-const THREE_AT_ONCE: &str = r#"
-[upstreams.api]
-targets = ["{upstream}"]
-[policies.default]
-rate = "1/s"
-burst = 3
-"#;
+/// The default policy with a burst of 3 and nothing else, on a clock that never moves: exactly
+/// 3 back to back, however slow the machine.
+fn three_at_once(up: &Upstream) -> Sluice {
+    Sluice::builder()
+        .upstream(up)
+        .policy("default", "rate = \"1/s\"\nburst = 3")
+        .manual_clock()
+        .start()
+}
 
 fn gets(n: usize) -> Value {
     let list: Vec<Value> = (0..n)
@@ -845,7 +846,7 @@ fn gets(n: usize) -> Value {
 #[tokio::test]
 async fn items_over_the_rate_limit_are_429_inside_the_207() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(THREE_AT_ONCE, &up.url());
+    let sluice = three_at_once(&up);
     let res = post_batch_with(&sluice, &gets(5), &[("x-api-key", "k1")]).await;
     let list = responses(&res, &["g0", "g1", "g2", "g3", "g4"]);
     let (ok, refused): (Vec<&Value>, Vec<&Value>) = list.iter().partition(|r| r["status"] == 200);
@@ -892,7 +893,7 @@ async fn items_over_the_rate_limit_are_429_inside_the_207() {
 #[tokio::test]
 async fn a_batch_of_n_items_costs_n_requests_of_the_limit() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(THREE_AT_ONCE, &up.url());
+    let sluice = three_at_once(&up);
     let res = post_batch_with(&sluice, &gets(3), &[("x-api-key", "k2")]).await;
     let list = responses(&res, &["g0", "g1", "g2"]);
     assert!(

@@ -125,6 +125,25 @@ pub fn chunked<C: Into<Bytes>>(
         .unwrap()
 }
 
+/// A request with `body` and, if given, that Content-Type.
+pub fn with_body(
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: &str,
+) -> Request<Full<Bytes>> {
+    let mut b = request(method, path);
+    if let Some(ct) = content_type {
+        b = b.header("content-type", ct);
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+/// A valid JSON document of exactly `n` bytes (n >= 4).
+pub fn json_of_len(n: usize) -> String {
+    format!("\"{}\"", "a".repeat(n - 2))
+}
+
 /// A JSON POST whose body is sent chunked, one chunk per item, with no Content-Length.
 pub fn chunked_json(
     path: &str,

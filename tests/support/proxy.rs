@@ -68,6 +68,7 @@ impl Drop for Sluice {
 #[derive(Default)]
 pub struct Builder {
     targets: Vec<String>,
+    upstream: Vec<String>,
     server: Vec<String>,
     policies: Vec<(String, String)>,
     routes: Vec<(String, String)>,
@@ -86,6 +87,13 @@ impl Builder {
     /// Adds a target URL to the upstream `api`.
     pub fn target(mut self, url: &str) -> Builder {
         self.targets.push(url.to_string());
+        self
+    }
+
+    /// `upstreams.api.connect_timeout`, such as `"200ms"`.
+    pub fn connect_timeout(mut self, duration: &str) -> Builder {
+        self.upstream
+            .push(format!("connect_timeout = \"{duration}\""));
         self
     }
 
@@ -158,6 +166,9 @@ impl Builder {
         }
         let targets: Vec<String> = self.targets.iter().map(|u| format!("\"{u}\"")).collect();
         writeln!(t, "[upstreams.api]\ntargets = [{}]", targets.join(", ")).unwrap();
+        for line in &self.upstream {
+            writeln!(t, "{line}").unwrap();
+        }
         for (name, body) in &self.policies {
             writeln!(t, "[policies.{name}]\n{body}").unwrap();
         }

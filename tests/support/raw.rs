@@ -58,7 +58,10 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Reads one HTTP/1.1 message, a head and the `Content-Length` body after it, starting with
 /// what `buf` already holds; whatever came after it stays in `buf`. `None` if the connection
 /// ends (or fails) first.
-pub async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(String, Bytes)> {
+pub async fn read_message(
+    s: &mut (impl AsyncRead + Unpin),
+    buf: &mut Vec<u8>,
+) -> Option<(String, Bytes)> {
     let head_len = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
@@ -79,7 +82,7 @@ pub async fn read_message(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(Strin
     Some((head, body))
 }
 
-async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+async fn read_more(s: &mut (impl AsyncRead + Unpin), buf: &mut Vec<u8>) -> Option<()> {
     let mut chunk = [0u8; 4096];
     match s.read(&mut chunk).await {
         Ok(0) | Err(_) => None,
@@ -91,7 +94,7 @@ async fn read_more(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
 }
 
 /// Reads one HTTP/1.1 response with a `Content-Length` body, and asserts nothing came after it.
-pub async fn read_answer(s: &mut TcpStream) -> Answer {
+pub async fn read_answer(s: &mut (impl AsyncRead + Unpin)) -> Answer {
     let mut buf = Vec::new();
     let Some((head, body)) = read_message(s, &mut buf).await else {
         panic!(
@@ -125,7 +128,7 @@ pub async fn get_on(s: &mut TcpStream, path: &str) -> Answer {
 }
 
 /// Reads until the peer closes; returns what came before the end.
-pub async fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+pub async fn read_to_eof(s: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
     let mut rest = Vec::new();
     s.read_to_end(&mut rest)
         .await
@@ -134,9 +137,12 @@ pub async fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
 }
 
 /// Reads until the peer closes or resets the connection; returns what came before.
-pub async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+pub async fn read_until_closed(s: &mut (impl AsyncRead + Unpin)) -> Vec<u8> {
     let mut all = Vec::new();
-    while read_more(s, &mut all).await.is_some() {}
+    let mut chunk = vec![0u8; 64 << 10];
+    while let Ok(n @ 1..) = s.read(&mut chunk).await {
+        all.extend_from_slice(&chunk[..n]);
+    }
     all
 }
 

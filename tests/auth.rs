@@ -9,10 +9,6 @@ use http::Method;
 use http_body_util::Full;
 use support::*;
 
-fn bearer(key: &str) -> String {
-    format!("Bearer {key}")
-}
-
 fn basic(user: &str, password: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     format!("Basic {encoded}")
@@ -233,38 +229,20 @@ async fn with_auth_mode_none_keys_are_not_checked() {
 #[tokio::test]
 async fn answers_that_cost_nothing_still_carry_the_clients_standing() {
     let up = spawn_upstream().await;
-    let toml = format!(
-        r#"
-[upstreams.api]
-targets = ["{{upstream}}"]
-[policies.default]
-rate = "1/s"
-burst = 5
-[[routes]]
-path = "/v1/write/"
-methods = ["POST"]
-scopes = ["write"]
-[[routes]]
-path = "/v1/"
-[auth]
-mode = "api_keys"
-[[auth.keys]]
-name = "reader"
-sha256 = "{}"
-scopes = ["read"]
-[[auth.keys]]
-name = "partner"
-sha256 = "{}"
-scopes = ["read"]
-policy = "partner"
-[policies.partner]
-rate = "1/s"
-burst = 7
-"#,
-        sha256_hex(READER_KEY),
-        sha256_hex(WRITER_KEY)
-    );
-    let sluice = spawn_sluice(&toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .policy("default", "rate = \"1/s\"\nburst = 5")
+        .policy("partner", "rate = \"1/s\"\nburst = 7")
+        .route("/v1/write/", "methods = [\"POST\"]\nscopes = [\"write\"]")
+        .route("/v1/", "")
+        .key("reader", READER_KEY, "scopes = [\"read\"]")
+        .key(
+            "partner",
+            WRITER_KEY,
+            "scopes = [\"read\"]\npolicy = \"partner\"",
+        )
+        .manual_clock()
+        .start();
     let reader = [("x-api-key", READER_KEY)];
     let post = |key: &str| {
         request(Method::POST, "/v1/write/x")
@@ -324,23 +302,15 @@ burst = 7
 #[tokio::test]
 async fn a_401_shows_no_standing_under_a_policy_keyed_by_a_header_the_client_names() {
     let up = spawn_upstream().await;
-    let toml = format!(
-        r#"
-[upstreams.api]
-targets = ["{{upstream}}"]
-[policies.default]
-rate = "1/s"
-burst = 5
-key = "header:x-tenant"
-[auth]
-mode = "api_keys"
-[[auth.keys]]
-name = "reader"
-sha256 = "{}"
-"#,
-        sha256_hex(READER_KEY)
-    );
-    let sluice = spawn_sluice(&toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .policy(
+            "default",
+            "rate = \"1/s\"\nburst = 5\nkey = \"header:x-tenant\"",
+        )
+        .key("reader", READER_KEY, "")
+        .manual_clock()
+        .start();
     let tenant = [("x-tenant", "victim")];
     let res = get_with(sluice.addr, "/x", &tenant).await;
     assert_problem(&res, 401);

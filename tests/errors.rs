@@ -109,8 +109,7 @@ async fn readiness_tries_the_targets_at_once_and_marks_none_down() {
     let target = raw::hanging_target().expect("connects to a full accept queue hang");
     let hanging = target.url.clone();
     let good = spawn_upstream().await;
-    let toml = format!("[upstreams.api]\ntargets = [\"{hanging}\", \"{{upstream}}\"]\n");
-    let sluice = spawn_sluice(&toml, &good.url());
+    let sluice = Sluice::builder().target(&hanging).upstream(&good).start();
     let started = std::time::Instant::now();
     assert_eq!(get(sluice.admin.unwrap(), "/readyz").await.status, 200);
     assert!(
@@ -255,12 +254,7 @@ async fn a_connection_closed_before_answering_is_502() {
 async fn a_truncated_answer_is_cut_off_not_completed() {
     let url = raw::server(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial").await;
     let sluice = spawn_default(&url);
-    let stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = connect_h1(sluice.addr).await;
     let req = request(Method::GET, "/")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -277,8 +271,7 @@ async fn a_truncated_answer_is_cut_off_not_completed() {
 async fn round_robin_skips_a_target_that_refuses() {
     let good = spawn_upstream().await;
     let bad = closed_port();
-    let toml = format!("[upstreams.api]\ntargets = [\"{bad}\", \"{{upstream}}\"]\n");
-    let sluice = spawn_sluice(&toml, &good.url());
+    let sluice = Sluice::builder().target(&bad).upstream(&good).start();
     for _ in 0..6 {
         assert_eq!(get(sluice.addr, "/").await.status, 200);
     }
@@ -289,11 +282,7 @@ async fn round_robin_skips_a_target_that_refuses() {
 async fn round_robin_spreads_over_live_targets() {
     let a = spawn_upstream().await;
     let b = spawn_upstream().await;
-    let toml = format!(
-        "[upstreams.api]\ntargets = [\"{}\", \"{{upstream}}\"]\n",
-        a.url()
-    );
-    let sluice = spawn_sluice(&toml, &b.url());
+    let sluice = Sluice::builder().upstream(&a).upstream(&b).start();
     for _ in 0..6 {
         assert_eq!(get(sluice.addr, "/").await.status, 200);
     }
@@ -303,15 +292,12 @@ async fn round_robin_spreads_over_live_targets() {
 #[tokio::test]
 async fn connections_over_max_connections_get_503() {
     let up = spawn_upstream().await;
-    let toml = "[server]\nmax_connections = 1\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .server("max_connections = 1")
+        .start();
     // Hold one keep-alive connection open.
-    let stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
-    let (mut held, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut held = connect_h1(sluice.addr).await;
     let first = held
         .send_request(
             request(Method::GET, "/")
@@ -326,14 +312,7 @@ async fn connections_over_max_connections_get_503() {
     assert_eq!(res.header("connection"), "close");
     // Over HTTP/2 too, and to a HEAD without the body. Then the connection closes: HTTP/2
     // has no `Connection: close`, so it used to stay open, answering 503 for good.
-    let stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut h2, conn) = connect_h2(sluice.addr).await;
     let head = request(Method::HEAD, "http://api.example/")
         .body(Full::new(Bytes::new()))
         .unwrap();

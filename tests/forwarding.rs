@@ -7,14 +7,6 @@ use http::Method;
 use http_body_util::Full;
 use support::*;
 
-const BIG_BODY: &str = r#"
-[upstreams.api]
-targets = ["{upstream}"]
-[[routes]]
-path = "/"
-max_body = "16MiB"
-"#;
-
 #[tokio::test]
 async fn method_path_query_headers_and_body_reach_the_upstream_intact() {
     let up = spawn_upstream().await;
@@ -53,8 +45,10 @@ async fn a_chunked_request_body_is_forwarded_whole() {
 #[tokio::test]
 async fn without_json_validation_a_chunked_body_streams_through_unbuffered() {
     let up = spawn_upstream().await;
-    let toml = "[upstreams.api]\ntargets = [\"{upstream}\"]\n[[routes]]\npath = \"/\"\nvalidate_json = false\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .route("/", "validate_json = false")
+        .start();
     let res = send(sluice.addr, chunked_json("/echo", ["[1,", "2,", "3]"])).await;
     assert_eq!(&res.body[..], b"[1,2,3]");
     let seen = up.last();
@@ -68,7 +62,10 @@ async fn without_json_validation_a_chunked_body_streams_through_unbuffered() {
 #[tokio::test]
 async fn several_mib_stream_through_both_ways() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(BIG_BODY, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .route("/", r#"max_body = "16MiB""#)
+        .start();
     let payload = format!("\"{}\"", "x".repeat(6 << 20));
     let res = send(sluice.addr, post_json("/echo", &payload)).await;
     assert_eq!(res.status, 200);
@@ -158,8 +155,10 @@ async fn forwarded_headers_name_the_peer_when_no_proxy_is_trusted() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_client_is_the_rightmost_untrusted_address() {
     let up = spawn_upstream().await;
-    let toml = "[server]\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .server(r#"trusted_proxies = ["127.0.0.0/8", "10.0.0.0/8"]"#)
+        .start();
     let req = request(Method::GET, "/")
         .header("x-forwarded-for", "6.6.6.6, 203.0.113.5, 10.0.0.7")
         .header("x-forwarded-proto", "https")
@@ -182,8 +181,10 @@ async fn behind_a_trusted_proxy_the_client_is_the_rightmost_untrusted_address() 
 async fn every_x_forwarded_for_line_counts() {
     // A proxy in front may add a line of its own rather than append to the client's.
     let up = spawn_upstream().await;
-    let toml = "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .server(r#"trusted_proxies = ["127.0.0.0/8"]"#)
+        .start();
     let req = request(Method::GET, "/")
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-for", "203.0.113.5")

@@ -30,9 +30,11 @@ upstream = "api"
 #[tokio::test]
 async fn answers_to_heads_sluice_could_not_read_are_counted_under_no_route() {
     let up = spawn_upstream().await;
-    let toml = "[server]\nheader_read_timeout = \"300ms\"\nmax_header_bytes = \"1KiB\"\n\
-                [upstreams.api]\ntargets = [\"{upstream}\"]\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .header_read_timeout("300ms")
+        .server(r#"max_header_bytes = "1KiB""#)
+        .start();
     let not_http = raw::exchange(sluice.addr, "GET / HTTP/9.9\r\n\r\n").await;
     assert!(not_http.starts_with("HTTP/1.1 400 "), "{not_http}");
     let big = format!(

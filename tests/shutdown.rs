@@ -38,8 +38,10 @@ async fn an_in_flight_request_finishes_after_shutdown_begins() {
 #[tokio::test]
 async fn a_batch_accepted_before_shutdown_runs_all_its_items() {
     let up = spawn_upstream().await;
-    let toml = "[upstreams.api]\ntargets = [\"{upstream}\"]\n[batch]\nmax_concurrency = 1\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .toml("[batch]\nmax_concurrency = 1")
+        .start();
     let addr = sluice.addr;
     // One item at a time: the later ones start after shutdown has begun.
     let batch = r#"{"requests": [
@@ -65,14 +67,13 @@ async fn a_batch_accepted_before_shutdown_runs_all_its_items() {
 #[tokio::test]
 async fn drain_timeout_bounds_the_wait() {
     let up = spawn_upstream().await;
-    let toml = "[server]\ndrain_timeout = \"300ms\"\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .server(r#"drain_timeout = "300ms""#)
+        .start();
     let addr = sluice.addr;
     let slow = tokio::spawn(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(conn);
+        let mut sender = connect_h1(addr).await;
         let req = request(http::Method::GET, "/slow/5000")
             .body(http_body_util::Empty::<bytes::Bytes>::new());
         sender.send_request(req.unwrap()).await

@@ -30,7 +30,7 @@ fn writers_only(up: &Upstream) -> Sluice {
 fn to_w(key: Option<&str>, method: Method, content_type: &str, body: &str) -> Request<Full<Bytes>> {
     let mut b = request(method, "/w/x").header("content-type", content_type);
     if let Some(key) = key {
-        b = b.header("authorization", format!("Bearer {key}"));
+        b = b.header("authorization", bearer(key));
     }
     b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
 }

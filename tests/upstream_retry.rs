@@ -224,8 +224,10 @@ async fn a_post_lost_on_a_closed_connection_is_a_502_and_never_sent_twice() {
 #[tokio::test]
 async fn a_put_with_a_streamed_body_lost_on_a_closed_connection_is_a_502() {
     let up = closing_upstream(AFTER_ONE).await;
-    let streaming = "[upstreams.api]\ntargets = [\"{upstream}\"]\n[[routes]]\npath = \"/\"\nvalidate_json = false\n";
-    let sluice = spawn_sluice(streaming, &up.url);
+    let sluice = Sluice::builder()
+        .target(&up.url)
+        .route("/", "validate_json = false")
+        .start();
     assert_eq!(get(sluice.addr, "/first").await.status, 200);
     let put = request(Method::PUT, "/v1/x")
         .header("content-type", "application/json")
@@ -252,11 +254,11 @@ async fn a_request_sent_again_moves_on_to_the_next_target_when_its_own_refuses()
         serve(s, 1, AFTER_ONE, log).await;
     });
     let second = closing_upstream(AFTER_ONE).await;
-    let toml = format!(
-        "[upstreams.api]\ntargets = [\"{first_url}\", \"{}\"]\n[server]\nworkers = 1\n",
-        second.url
-    );
-    let sluice = spawn_sluice(&toml, &first_url);
+    let sluice = Sluice::builder()
+        .target(&first_url)
+        .target(&second.url)
+        .server("workers = 1")
+        .start();
     // Round robin: send until a request is lost on the first target's closed connection.
     let mut lost = None;
     for i in 0..4 {

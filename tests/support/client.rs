@@ -7,8 +7,10 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
 
 /// A complete response, read to the end.
 #[derive(Debug)]
@@ -29,6 +31,36 @@ impl Answer {
     }
 }
 
+/// A new HTTP/1.1 connection to `addr`, kept open for as many requests as the test sends.
+pub async fn connect_h1<B>(addr: SocketAddr) -> http1::SendRequest<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A new HTTP/2 (prior knowledge, h2c) connection to `addr`, and the task that drives it,
+/// which ends when the connection closes.
+pub async fn connect_h2<B>(
+    addr: SocketAddr,
+) -> (http2::SendRequest<B>, JoinHandle<hyper::Result<()>>)
+where
+    B: http_body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
 /// Sends one request over a new HTTP/1.1 connection to `addr`.
 pub async fn send<B>(addr: SocketAddr, req: Request<B>) -> Answer
 where
@@ -36,11 +68,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = connect_h1(addr).await;
     read(sender.send_request(req).await.unwrap()).await
 }
 
@@ -51,12 +79,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut sender, _) = connect_h2(addr).await;
     read(sender.send_request(req).await.unwrap()).await
 }
 
@@ -89,6 +112,11 @@ pub fn request(method: Method, path: &str) -> http::request::Builder {
         .method(method)
         .uri(path)
         .header("host", "sluice.test")
+}
+
+/// `Bearer KEY`, as an `Authorization` header presents an API key.
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
 }
 
 /// A GET of `path` presenting the API key `key` in `X-Api-Key`.

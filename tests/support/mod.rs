@@ -28,6 +28,11 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+/// `n` as a `NonZeroU32`, for limits written as literals.
+pub fn nz(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n).expect("not zero")
+}
+
 /// Runs `fut`, failing the test if it takes longer than `limit`.
 pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(limit, fut)

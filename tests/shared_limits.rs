@@ -1,14 +1,16 @@
-//! Several sluice processes sharing one limit per client in a real `redis-server` (or a
+//! Several sluice replicas sharing one limit per client in a real `redis-server` (or a
 //! three-node Redis Cluster): exactly the published rule in exact mode, within the documented
 //! bound in lease mode, and each `on_error` as documented while Redis is down.
 
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice::limiter::ManualClock;
 use support::process::Process;
-use support::redis::{Cluster, Redis};
+use support::redis::{Cluster, EPOCH, Redis};
 use support::*;
 
 /// The published rule by default; `store` is the body of `[store]`.
@@ -45,13 +47,18 @@ async fn replicas(toml: &str, n: usize) -> Vec<Process> {
     all
 }
 
-/// Sends `n` requests for `key` round robin over `replicas`; the statuses, in order.
-async fn spread(replicas: &[Process], key: &str, n: usize) -> Vec<Answer> {
+/// Sends `n` requests for `key` round robin over the replicas at `addrs`; the answers, in order.
+async fn spread(addrs: &[SocketAddr], key: &str, n: usize) -> Vec<Answer> {
     let mut answers = Vec::with_capacity(n);
     for i in 0..n {
-        answers.push(send(replicas[i % replicas.len()].addr, keyed("/", key)).await);
+        answers.push(send(addrs[i % addrs.len()], keyed("/", key)).await);
     }
     answers
+}
+
+/// The proxy addresses of `replicas`.
+fn addrs(replicas: &[Process]) -> Vec<SocketAddr> {
+    replicas.iter().map(|p| p.addr).collect()
 }
 
 fn admitted(answers: &[Answer]) -> usize {
@@ -67,7 +74,7 @@ async fn three_replicas_in_exact_mode_admit_exactly_the_published_100() {
         "",
     );
     let replicas = replicas(&toml, 3).await;
-    let answers = spread(&replicas, "alice", 300).await;
+    let answers = spread(&addrs(&replicas), "alice", 300).await;
     assert_eq!(admitted(&answers), 100);
     assert_eq!(up.seen().len(), 100);
     for refused in answers.iter().filter(|a| a.status != 200) {
@@ -98,7 +105,7 @@ async fn three_replicas_in_lease_mode_admit_at_most_three_leases_more() {
         redis.url()
     );
     let replicas = replicas(&config(&up.url(), &store, ""), 3).await;
-    let answers = spread(&replicas, "alice", 300).await;
+    let answers = spread(&addrs(&replicas), "alice", 300).await;
     let n = admitted(&answers);
     assert!((100..=130).contains(&n), "{n} admitted");
     // Most requests were answered without a round trip: leased tokens and held refusals.
@@ -116,21 +123,34 @@ async fn three_replicas_in_lease_mode_admit_at_most_three_leases_more() {
 
 #[tokio::test]
 async fn a_refused_client_retrying_after_retry_after_is_admitted_by_another_replica() {
+    // Two replicas in this process, on one manual clock whose time the Redis script takes:
+    // waiting out Retry-After is a step of the clock.
     let (redis, up) = (Redis::start(), spawn_upstream().await);
-    let toml = config(
-        &up.url(),
-        &format!("url = \"{}\"\ntimeout = \"1s\"", redis.url()),
-        SMALL,
+    let clock = Arc::new(ManualClock::new(EPOCH));
+    let store = format!(
+        "[store]\nkind = \"redis\"\nkey_secret = \"shared by the replicas\"\nurl = \"{}\"\ntimeout = \"1s\"",
+        redis.url()
     );
-    let replicas = replicas(&toml, 2).await;
-    let answers = spread(&replicas, "bob", 6).await;
+    let replica = || {
+        Sluice::builder()
+            .upstream(&up)
+            .policy("default", "rate = \"1/s\"\nburst = 5")
+            .toml(&store)
+            .clock(&clock)
+            .start()
+    };
+    let replicas = [replica(), replica()];
+    for r in &replicas {
+        store_up(r.admin.unwrap()).await;
+    }
+    let answers = spread(&replicas.each_ref().map(|r| r.addr), "bob", 6).await;
     assert_eq!(admitted(&answers), 5);
     let refused = &answers[5];
     assert_eq!(refused.status, 429);
     assert_eq!(refused.header("retry-after"), "1");
     // Still refused at once, on either replica.
     assert_eq!(send(replicas[0].addr, keyed("/", "bob")).await.status, 429);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    clock.advance(Duration::from_secs(1));
     assert_eq!(send(replicas[1].addr, keyed("/", "bob")).await.status, 200);
     assert_eq!(send(replicas[0].addr, keyed("/", "bob")).await.status, 429);
 }
@@ -141,7 +161,7 @@ async fn a_three_node_cluster_admits_exactly_100_without_crossslot_errors() {
     let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let store = format!("cluster = [{}]\ntimeout = \"1s\"", nodes.join(", "));
     let replicas = replicas(&config(&up.url(), &store, ""), 3).await;
-    let answers = spread(&replicas, "carol", 300).await;
+    let answers = spread(&addrs(&replicas), "carol", 300).await;
     assert_eq!(admitted(&answers), 100);
     for p in &replicas {
         let text = metrics(p.admin).await;
@@ -151,7 +171,7 @@ async fn a_three_node_cluster_admits_exactly_100_without_crossslot_errors() {
         );
     }
     // Several clients spread over the slots, each exact.
-    let answers = spread(&replicas, "dave", 120).await;
+    let answers = spread(&addrs(&replicas), "dave", 120).await;
     assert_eq!(admitted(&answers), 100);
     let held: usize = cluster.nodes.iter().map(|n| n.keys().len()).sum();
     assert_eq!(held, 2);
@@ -258,7 +278,7 @@ async fn a_reload_that_changes_the_store_switches_to_it() {
     let reloaded = post_reload(p.admin).await;
     assert_eq!(reloaded.status, 200, "{:?}", reloaded.body);
     store_up(p.admin).await;
-    let answers: Vec<Answer> = spread(std::slice::from_ref(&p), "gina", 6).await;
+    let answers: Vec<Answer> = spread(&[p.addr], "gina", 6).await;
     assert_eq!(admitted(&answers), 5, "a fresh start in the new store");
     assert_eq!(redis.keys().len(), 1);
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice::config::{Config, Overrides};
-use sluice::limiter::{ManualClock, MemoryStore};
+use sluice::limiter::redis::RedisStore;
+use sluice::limiter::{ManualClock, MemoryStore, Store};
 use sluice::server::{self, Options, Running};
 
 use super::{Upstream, get, sha256_hex};
@@ -34,7 +35,8 @@ impl Sluice {
         self.running.as_ref().unwrap()
     }
 
-    /// Moves the limiter's clock forward (only on a [`Builder::manual_clock`]).
+    /// Moves the limiter's clock forward (only on a [`Builder::manual_clock`] or
+    /// [`Builder::clock`]).
     pub fn advance(&self, by: Duration) {
         self.clock
             .as_ref()
@@ -75,7 +77,7 @@ pub struct Builder {
     auth: Vec<String>,
     keys: Vec<(String, String, String)>,
     extra: Vec<String>,
-    manual_clock: bool,
+    clock: Option<Arc<ManualClock>>,
 }
 
 impl Builder {
@@ -151,10 +153,17 @@ impl Builder {
         self
     }
 
-    /// Limiter state on a clock that moves only by [`Sluice::advance`], so that waiting out a
-    /// limit takes no time.
-    pub fn manual_clock(mut self) -> Builder {
-        self.manual_clock = true;
+    /// Limiter state on a clock of its own that starts at 0 and moves only by
+    /// [`Sluice::advance`], so that waiting out a limit takes no time.
+    pub fn manual_clock(self) -> Builder {
+        self.clock(&Arc::new(ManualClock::new(0)))
+    }
+
+    /// Limiter state on `clock`, which every sluice given it shares (replicas of one Redis
+    /// store). With a Redis `[store]`, the store takes its time from the clock too, which
+    /// should then read nanoseconds since the Unix epoch, as Redis's own time does.
+    pub fn clock(mut self, clock: &Arc<ManualClock>) -> Builder {
+        self.clock = Some(clock.clone());
         self
     }
 
@@ -204,16 +213,20 @@ impl Builder {
         );
         let toml = self.config();
         let mut options = Options::default();
-        let mut clock = None;
-        if self.manual_clock {
+        if let Some(clock) = &self.clock {
             let config = parse(&toml);
-            let manual = Arc::new(ManualClock::new(0));
-            let store = MemoryStore::with_clock(manual.clone(), config.server.max_keys);
-            options.store = Some(Arc::new(store));
-            clock = Some(manual);
+            let max_keys = config.server.max_keys;
+            let store: Arc<dyn Store> = match &config.store.redis {
+                None => Arc::new(MemoryStore::with_clock(clock.clone(), max_keys)),
+                Some(redis) => {
+                    let store = RedisStore::with_clock(redis, max_keys, clock.clone(), true);
+                    Arc::new(store.expect("the Redis store starts"))
+                }
+            };
+            options.store = Some(store);
         }
         let mut sluice = run(&toml, options);
-        sluice.clock = clock;
+        sluice.clock = self.clock;
         sluice
     }
 }

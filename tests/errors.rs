@@ -252,8 +252,11 @@ async fn a_connection_closed_before_answering_is_502() {
 
 #[tokio::test]
 async fn a_truncated_answer_is_cut_off_not_completed() {
-    let url = raw::server(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial").await;
-    let sluice = spawn_default(&url);
+    let up = Upstream::new()
+        .on("/", Reply::cut_after("partial", 100))
+        .start()
+        .await;
+    let sluice = spawn_default(&up.url());
     let mut sender = connect_h1(sluice.addr).await;
     let req = request(Method::GET, "/")
         .body(Full::new(Bytes::new()))

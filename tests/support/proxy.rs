@@ -11,7 +11,7 @@ use sluice::limiter::redis::RedisStore;
 use sluice::limiter::{ManualClock, MemoryStore, Store};
 use sluice::server::{self, Options, Running};
 
-use super::{Upstream, get, sha256_hex};
+use super::{Upstream, metrics, sha256_hex};
 
 /// A running sluice; shuts down (without waiting) when dropped.
 pub struct Sluice {
@@ -46,8 +46,7 @@ impl Sluice {
 
     /// The admin listener's `/metrics` text.
     pub async fn metrics(&self) -> String {
-        let res = get(self.admin.expect("an admin listener"), "/metrics").await;
-        String::from_utf8(res.body.to_vec()).unwrap()
+        metrics(self.admin.expect("an admin listener")).await
     }
 
     /// Begins shutdown and returns a handle that resolves when it is complete.

@@ -251,11 +251,13 @@ impl Script {
                 sent: Some(sent),
                 length,
                 cut: false,
+                flushed: false,
             },
             Content::Cut { sent, length } => Answering::Partial {
                 sent: Some(sent),
                 length,
                 cut: true,
+                flushed: false,
             },
         };
         let mut res = Response::new(body);
@@ -274,6 +276,8 @@ enum Answering {
         sent: Option<Bytes>,
         length: usize,
         cut: bool,
+        /// Whether the connection has had its chance to write out what was sent.
+        flushed: bool,
     },
 }
 
@@ -286,7 +290,7 @@ impl Body for Answering {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
+        cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         match &mut *self {
             Answering::Data(data) => Poll::Ready(data.take().map(|b| Ok(Frame::data(b)))),
@@ -296,8 +300,17 @@ impl Body for Answering {
                 *left -= n;
                 Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&XS[..n])))))
             }
-            Answering::Partial { sent, cut, .. } => match sent.take() {
+            Answering::Partial {
+                sent, cut, flushed, ..
+            } => match sent.take() {
                 Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                // Pending once, so that hyper writes out the head and `sent` before the error
+                // makes it drop the connection.
+                None if *cut && !*flushed => {
+                    *flushed = true;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
                 None if *cut => Poll::Ready(Some(Err(std::io::ErrorKind::BrokenPipe.into()))),
                 // Never woken: the connection stays open with the answer unfinished.
                 None => Poll::Pending,

@@ -6,8 +6,7 @@
 //! - `raw`: hand-written bytes on raw sockets, for clients and upstreams that misbehave
 //! - `process`: the built binary as a process of its own
 //! - `redis`: real `redis-server`s
-#![allow(dead_code)] // each test file uses its own subset
-#![allow(unused_imports)]
+#![allow(dead_code, unused_imports)] // each test file uses its own subset
 
 pub mod client;
 pub mod process;

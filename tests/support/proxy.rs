@@ -1,5 +1,6 @@
 //! A real sluice in the test's process, on loopback port 0 and one worker: from raw TOML with
-//! `spawn_sluice`, or built in a line with `Sluice::builder()`, optionally on a manual clock.
+//! `spawn_sluice`, or built in a line with `Sluice::builder()`, optionally on a manual clock:
+//! `Sluice::builder().upstream(&up).policy("default", "rate = \"1/s\"\nburst = 5").manual_clock().start()`.
 
 use std::fmt::Write;
 use std::net::SocketAddr;

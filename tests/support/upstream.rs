@@ -1,5 +1,5 @@
 //! A real HTTP/1.1 upstream on loopback, scripted per path, that records every request it saw:
-//! `Upstream::new().on("/slow", Reply::ok().after(ms(300))).start().await`.
+//! `Upstream::new().on("/slow", Reply::ok().after(Duration::from_millis(300))).start().await`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -9,19 +9,6 @@ use http::Method;
 use http_body_util::Full;
 use support::*;
 
-/// A GET of `path` with the given headers.
-async fn get_with(sluice: &Sluice, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut b = request(Method::GET, path);
-    for (name, value) in headers {
-        b = b.header(*name, *value);
-    }
-    send(sluice.addr, b.body(Full::new(Bytes::new())).unwrap()).await
-}
-
-fn bearer(key: &str) -> String {
-    format!("Bearer {key}")
-}
-
 fn basic(user: &str, password: &str) -> String {
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     format!("Basic {encoded}")
@@ -32,7 +19,7 @@ async fn no_key_gets_401_with_www_authenticate_and_never_reaches_upstream() {
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(&keys_config(""), &up.url());
     for path in ["/v1/things", "/v1/write/things"] {
-        let res = get_with(&sluice, path, &[]).await;
+        let res = get_with(sluice.addr, path, &[]).await;
         assert_problem(&res, 401);
         assert!(
             res.header("www-authenticate").starts_with("Bearer"),
@@ -41,9 +28,9 @@ async fn no_key_gets_401_with_www_authenticate_and_never_reaches_upstream() {
         );
     }
     // Empty or unusable credentials are no key at all.
-    let bearer_empty = get_with(&sluice, "/", &[("authorization", "Bearer ")]).await;
+    let bearer_empty = get_with(sluice.addr, "/", &[("authorization", "Bearer ")]).await;
     assert_problem(&bearer_empty, 401);
-    let digest = get_with(&sluice, "/", &[("authorization", "Digest abc")]).await;
+    let digest = get_with(sluice.addr, "/", &[("authorization", "Digest abc")]).await;
     assert_problem(&digest, 401);
     assert!(up.seen().is_empty());
 }
@@ -64,7 +51,7 @@ async fn an_unknown_key_gets_401_wherever_it_is_presented() {
         ("authorization", bearer_hash.as_str()),
     ];
     for (name, value) in attempts {
-        let res = get_with(&sluice, "/v1/things", &[(name, value)]).await;
+        let res = get_with(sluice.addr, "/v1/things", &[(name, value)]).await;
         assert_problem(&res, 401);
         assert!(
             !res.header("www-authenticate").is_empty(),
@@ -88,7 +75,7 @@ async fn a_key_by_bearer_basic_or_x_api_key_passes_and_the_upstream_learns_its_n
         ("authorization", lower_bearer.as_str(), "reader"),
     ];
     for (name, value, key_name) in cases {
-        let res = get_with(&sluice, "/v1/things", &[(name, value)]).await;
+        let res = get_with(sluice.addr, "/v1/things", &[(name, value)]).await;
         assert_eq!(res.status, 200, "{name}: {value}: {:?}", res.body);
         let seen = up.last();
         assert_eq!(seen.headers["x-sluice-client"], key_name, "{value}");
@@ -107,7 +94,7 @@ async fn a_client_sent_x_sluice_client_never_reaches_the_upstream_as_sent() {
         ("authorization", by_bearer.as_str()),
         ("x-sluice-client", "writer"),
     ];
-    let res = get_with(&sluice, "/v1/things", &headers).await;
+    let res = get_with(sluice.addr, "/v1/things", &headers).await;
     assert_eq!(res.status, 200);
     let seen = up.last();
     let values: Vec<_> = seen.headers.get_all("x-sluice-client").iter().collect();
@@ -118,7 +105,7 @@ async fn a_client_sent_x_sluice_client_never_reaches_the_upstream_as_sent() {
         "[upstreams.api]\ntargets = [\"{upstream}\"]\n[[routes]]\npath = \"/\"\npolicy = \"none\"\n",
         &up.url(),
     );
-    let res = get_with(&open, "/open", &[("x-sluice-client", "writer")]).await;
+    let res = get_with(open.addr, "/open", &[("x-sluice-client", "writer")]).await;
     assert_eq!(res.status, 200);
     let seen = up.last();
     assert_eq!(seen.uri, "/open");
@@ -141,7 +128,7 @@ async fn with_forward_credentials_false_the_upstream_sees_no_credential_headers(
         ("x-api-key", WRITER_KEY),
     ];
     for (name, value) in cases {
-        let res = get_with(&sluice, "/v1/things", &[(name, value)]).await;
+        let res = get_with(sluice.addr, "/v1/things", &[(name, value)]).await;
         assert_eq!(res.status, 200, "{name}");
         let seen = up.last();
         assert!(!seen.headers.contains_key("authorization"), "{name}");
@@ -168,9 +155,14 @@ async fn a_key_without_the_routes_scope_gets_403_naming_it_and_never_reaches_ups
     assert!(up.seen().is_empty());
 
     // The same key on a route without scopes, and a key with the scope on this one, pass.
-    let res = get_with(&sluice, "/v1/things", &[("x-api-key", READER_KEY)]).await;
+    let res = get_with(sluice.addr, "/v1/things", &[("x-api-key", READER_KEY)]).await;
     assert_eq!(res.status, 200);
-    let res = get_with(&sluice, "/v1/write/things", &[("x-api-key", WRITER_KEY)]).await;
+    let res = get_with(
+        sluice.addr,
+        "/v1/write/things",
+        &[("x-api-key", WRITER_KEY)],
+    )
+    .await;
     assert_eq!(res.status, 200);
     assert_eq!(up.last().uri, "/v1/write/things");
     assert_eq!(up.seen().len(), 2);
@@ -189,19 +181,19 @@ async fn a_path_spelled_differently_cannot_get_past_the_routes_scope() {
         "/v1/x/%2e%2e/write/things",
         "/other/../v1/write/things",
     ] {
-        let res = get_with(&sluice, path, &[("x-api-key", READER_KEY)]).await;
+        let res = get_with(sluice.addr, path, &[("x-api-key", READER_KEY)]).await;
         assert_problem(&res, 403);
     }
     // A `%` that begins no escape could make one of what is decoded after it: refused.
     for path in ["/%%37%37rite/things", "/v1/%2%65%2%65/v1/write/things"] {
-        let res = get_with(&sluice, path, &[("x-api-key", READER_KEY)]).await;
+        let res = get_with(sluice.addr, path, &[("x-api-key", READER_KEY)]).await;
         assert_problem(&res, 400);
     }
     assert!(up.seen().is_empty());
 
     // The upstream gets the path the route and scope were decided on, query untouched.
     let res = get_with(
-        &sluice,
+        sluice.addr,
         "/v1/x/../write//things?a=/../b",
         &[("x-api-key", WRITER_KEY)],
     )
@@ -223,7 +215,7 @@ async fn with_auth_mode_none_keys_are_not_checked() {
         &[("x-api-key", READER_KEY)],
     ];
     for headers in cases {
-        let res = get_with(&sluice, "/v1/write/things", headers).await;
+        let res = get_with(sluice.addr, "/v1/write/things", headers).await;
         assert_eq!(res.status, 200, "{headers:?}");
         let seen = up.last();
         assert!(!seen.headers.contains_key("x-sluice-client"));
@@ -237,38 +229,20 @@ async fn with_auth_mode_none_keys_are_not_checked() {
 #[tokio::test]
 async fn answers_that_cost_nothing_still_carry_the_clients_standing() {
     let up = spawn_upstream().await;
-    let toml = format!(
-        r#"
-[upstreams.api]
-targets = ["{{upstream}}"]
-[policies.default]
-rate = "1/s"
-burst = 5
-[[routes]]
-path = "/v1/write/"
-methods = ["POST"]
-scopes = ["write"]
-[[routes]]
-path = "/v1/"
-[auth]
-mode = "api_keys"
-[[auth.keys]]
-name = "reader"
-sha256 = "{}"
-scopes = ["read"]
-[[auth.keys]]
-name = "partner"
-sha256 = "{}"
-scopes = ["read"]
-policy = "partner"
-[policies.partner]
-rate = "1/s"
-burst = 7
-"#,
-        sha256_hex(READER_KEY),
-        sha256_hex(WRITER_KEY)
-    );
-    let sluice = spawn_sluice(&toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .policy("default", "rate = \"1/s\"\nburst = 5")
+        .policy("partner", "rate = \"1/s\"\nburst = 7")
+        .route("/v1/write/", "methods = [\"POST\"]\nscopes = [\"write\"]")
+        .route("/v1/", "")
+        .key("reader", READER_KEY, "scopes = [\"read\"]")
+        .key(
+            "partner",
+            WRITER_KEY,
+            "scopes = [\"read\"]\npolicy = \"partner\"",
+        )
+        .manual_clock()
+        .start();
     let reader = [("x-api-key", READER_KEY)];
     let post = |key: &str| {
         request(Method::POST, "/v1/write/x")
@@ -278,8 +252,8 @@ burst = 7
             .unwrap()
     };
     let answers = [
-        (get_with(&sluice, "/v1/x", &[]).await, 401),
-        (get_with(&sluice, "/v1/write/x", &reader).await, 405),
+        (get_with(sluice.addr, "/v1/x", &[]).await, 401),
+        (get_with(sluice.addr, "/v1/write/x", &reader).await, 405),
         (send(sluice.addr, post(READER_KEY)).await, 403),
     ];
     for (res, status) in &answers {
@@ -296,20 +270,20 @@ burst = 7
     let res = send(sluice.addr, post(WRITER_KEY)).await;
     assert_problem(&res, 403);
     assert_eq!(res.header("ratelimit-policy"), r#""partner";q=7;w=7"#);
-    let res = get_with(&sluice, "/other", &reader).await;
+    let res = get_with(sluice.addr, "/other", &reader).await;
     assert_problem(&res, 404);
     assert!(
         res.headers.get("ratelimit").is_none(),
         "no route, no policy"
     );
-    let res = get_with(&sluice, "/v1/x", &reader).await;
+    let res = get_with(sluice.addr, "/v1/x", &reader).await;
     assert_eq!(res.status, 200);
     assert!(res.header("ratelimit").starts_with(r#""default";r=4;"#));
 
     // Too many failed credentials: the guard's own standing comes with its 429.
     let mut last = None;
     for _ in 0..11 {
-        last = Some(get_with(&sluice, "/v1/x", &[("x-api-key", "sk-guess")]).await);
+        last = Some(get_with(sluice.addr, "/v1/x", &[("x-api-key", "sk-guess")]).await);
     }
     let res = last.unwrap();
     assert_problem(&res, 429);
@@ -328,29 +302,21 @@ burst = 7
 #[tokio::test]
 async fn a_401_shows_no_standing_under_a_policy_keyed_by_a_header_the_client_names() {
     let up = spawn_upstream().await;
-    let toml = format!(
-        r#"
-[upstreams.api]
-targets = ["{{upstream}}"]
-[policies.default]
-rate = "1/s"
-burst = 5
-key = "header:x-tenant"
-[auth]
-mode = "api_keys"
-[[auth.keys]]
-name = "reader"
-sha256 = "{}"
-"#,
-        sha256_hex(READER_KEY)
-    );
-    let sluice = spawn_sluice(&toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .policy(
+            "default",
+            "rate = \"1/s\"\nburst = 5\nkey = \"header:x-tenant\"",
+        )
+        .key("reader", READER_KEY, "")
+        .manual_clock()
+        .start();
     let tenant = [("x-tenant", "victim")];
-    let res = get_with(&sluice, "/x", &tenant).await;
+    let res = get_with(sluice.addr, "/x", &tenant).await;
     assert_problem(&res, 401);
     assert!(res.headers.get("ratelimit").is_none(), "{:?}", res.headers);
     let known = [("x-tenant", "victim"), ("x-api-key", READER_KEY)];
-    let res = get_with(&sluice, "/x", &known).await;
+    let res = get_with(sluice.addr, "/x", &known).await;
     assert_eq!(res.status, 200);
     assert!(res.header("ratelimit").starts_with(r#""default";r=4;"#));
 }

@@ -5,19 +5,14 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bytes::Bytes;
 use http::Method;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use support::*;
-use tokio::net::TcpListener;
 
 /// Routes without limits: `/echo` takes any media type, `/json-only/` takes JSON up to 64
 /// bytes, `/get-only/` takes GET, and `/` the rest.
@@ -116,55 +111,18 @@ fn fields(errors: &[(String, String)]) -> Vec<&str> {
     errors.iter().map(|(f, _)| f.as_str()).collect()
 }
 
-/// The request targets the upstream received, in arrival order.
-fn uris(up: &Upstream) -> Vec<String> {
-    up.seen().into_iter().map(|s| s.uri).collect()
-}
-
-fn seen_at(up: &Upstream, uri: &str) -> Seen {
-    up.seen()
-        .into_iter()
-        .find(|s| s.uri == uri)
-        .unwrap_or_else(|| panic!("the upstream never saw {uri}: {:?}", uris(up)))
-}
-
 /// Bytes that are not UTF-8 (a lone continuation byte, 0xff, a truncated sequence).
 const BLOB: &[u8] = &[0x00, 0x9f, 0x92, 0x96, 0xff, b'a', 0xc3];
 
 /// An upstream whose `/blob` answers `BLOB` and whose other paths answer text, both as
 /// `application/octet-stream`: the support upstream can only echo what JSON can carry.
-async fn spawn_binary_upstream() -> SocketAddr {
-    spawn_fixed_upstream(|path| match path {
-        "/blob" => ("application/octet-stream", BLOB),
-        _ => ("application/octet-stream", b"plain text, octet-stream"),
-    })
-    .await
-}
-
-/// An upstream that answers each request with the media type and body `answer` picks for its
-/// path, whatever was sent.
-async fn spawn_fixed_upstream(answer: fn(&str) -> (&'static str, &'static [u8])) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service = service_fn(
-                move |req: http::Request<hyper::body::Incoming>| async move {
-                    let (content_type, body) = answer(req.uri().path());
-                    let res = http::Response::builder()
-                        .header("content-type", content_type)
-                        .body(Full::new(Bytes::from_static(body)))
-                        .unwrap();
-                    Ok::<_, Infallible>(res)
-                },
-            );
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    addr
+async fn spawn_binary_upstream() -> Upstream {
+    let octets = "application/octet-stream";
+    Upstream::new()
+        .on("/blob", Reply::body(octets, BLOB))
+        .on("/", Reply::body(octets, &b"plain text, octet-stream"[..]))
+        .start()
+        .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -221,12 +179,12 @@ async fn mixed_statuses_come_back_in_one_207_in_request_order() {
 
     // Each item that reached the upstream carries the request id the upstream saw.
     for (i, uri) in [(0, "/status/201"), (6, "/anything?q=1")] {
-        let seen = seen_at(&up, uri);
+        let seen = up.seen_at(uri);
         let id = list[i]["headers"]["x-request-id"].as_str().unwrap();
         assert!(!id.is_empty());
         assert_eq!(seen.headers["x-request-id"], id);
     }
-    let mut got = uris(&up);
+    let mut got = up.uris();
     got.sort();
     assert_eq!(
         got,
@@ -240,14 +198,14 @@ async fn mixed_statuses_come_back_in_one_207_in_request_order() {
         ],
         "everything but the refused item reached the upstream, once"
     );
-    assert_eq!(seen_at(&up, "/status/409").method, Method::PUT);
-    assert_eq!(seen_at(&up, "/status/204").method, Method::DELETE);
+    assert_eq!(up.seen_at("/status/409").method, Method::PUT);
+    assert_eq!(up.seen_at("/status/204").method, Method::DELETE);
 }
 
 #[tokio::test]
 async fn a_body_that_is_not_utf8_is_base64_with_body_encoding() {
     let up = spawn_binary_upstream().await;
-    let sluice = spawn_sluice(OPEN, &format!("http://{up}"));
+    let sluice = spawn_sluice(OPEN, &up.url());
     let batch = json!({"requests": [
         {"id": "blob", "method": "GET", "path": "/blob"},
         {"id": "text", "method": "GET", "path": "/utf8"}
@@ -352,7 +310,7 @@ async fn an_item_body_is_sent_as_json_unless_its_headers_name_another_content_ty
         ("/echo?5", None, b""),
     ];
     for (uri, content_type, body) in cases {
-        let seen = seen_at(&up, uri);
+        let seen = up.seen_at(uri);
         assert_eq!(
             seen.headers
                 .get("content-type")
@@ -391,8 +349,8 @@ async fn json_crosses_a_batch_as_written_both_ways() {
     let res = send(sluice.addr, post_json("/batch", &batch)).await;
     let text = std::str::from_utf8(&res.body).unwrap();
     assert_eq!(res.status, 207, "{text}");
-    assert_eq!(seen_at(&up, "/echo?n").body, body.as_bytes());
-    assert_eq!(seen_at(&up, "/echo?m").body, NUMBER_LOOKALIKE.as_bytes());
+    assert_eq!(up.seen_at("/echo?n").body, body.as_bytes());
+    assert_eq!(up.seen_at("/echo?m").body, NUMBER_LOOKALIKE.as_bytes());
     assert!(text.contains(&format!(r#""body":{body}"#)), "{text}");
     assert!(
         text.contains(&format!(r#""body":{NUMBER_LOOKALIKE}"#)),
@@ -403,12 +361,12 @@ async fn json_crosses_a_batch_as_written_both_ways() {
 #[tokio::test]
 async fn an_upstream_answer_shaped_like_a_serde_json_number_comes_back_as_written() {
     const TEXT: &str = r#"{"$serde_json::private::Number":"text"}"#;
-    let up = spawn_fixed_upstream(|path| match path {
-        "/text" => ("application/json", TEXT.as_bytes()),
-        _ => ("application/json", NUMBER_LOOKALIKE.as_bytes()),
-    })
-    .await;
-    let sluice = spawn_sluice(OPEN, &format!("http://{up}"));
+    let up = Upstream::new()
+        .on("/text", Reply::body("application/json", TEXT))
+        .on("/", Reply::body("application/json", NUMBER_LOOKALIKE))
+        .start()
+        .await;
+    let sluice = spawn_sluice(OPEN, &up.url());
     let batch = json!({"requests": [
         {"id": "number", "method": "GET", "path": "/number"},
         {"id": "text", "method": "GET", "path": "/text"}
@@ -424,8 +382,11 @@ async fn an_upstream_answer_shaped_like_a_serde_json_number_comes_back_as_writte
 #[tokio::test]
 async fn an_upstream_answer_a_batch_could_not_hold_comes_back_as_text() {
     // A lone surrogate embedded as JSON would make the whole 207 unreadable to many parsers.
-    let up = spawn_fixed_upstream(|_| ("application/json", br#""\ud800""#.as_slice())).await;
-    let sluice = spawn_sluice(OPEN, &format!("http://{up}"));
+    let up = Upstream::new()
+        .on("/", Reply::body("application/json", r#""\ud800""#))
+        .start()
+        .await;
+    let sluice = spawn_sluice(OPEN, &up.url());
     let batch = json!({"requests": [{"id": "a", "method": "GET", "path": "/x"}]});
     let res = post_batch(&sluice, &batch).await;
     assert_eq!(res.status, 207);
@@ -475,7 +436,7 @@ async fn a_batch_that_json_values_cannot_hold_is_400() {
         let body = assert_problem(&send(sluice.addr, req).await, 400);
         assert!(body["position"]["column"].is_u64(), "{body}");
     }
-    assert!(up.seen().is_empty(), "{:?}", uris(&up));
+    assert!(up.seen().is_empty(), "{:?}", up.uris());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -507,7 +468,7 @@ async fn a_failed_dependency_answers_424_directly_and_transitively_without_reach
             "the detail names the dependency and its status: {detail}"
         );
     }
-    let mut got = uris(&up);
+    let mut got = up.uris();
     got.sort();
     assert_eq!(got, ["/fine/d", "/fine/f", "/status/409"]);
 }
@@ -570,7 +531,7 @@ async fn an_item_starts_only_after_its_dependencies_answered() {
     let started = Instant::now();
     let watch = async {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        let mut early = uris(&up);
+        let mut early = up.uris();
         early.sort();
         early
     };
@@ -583,7 +544,7 @@ async fn an_item_starts_only_after_its_dependencies_answered() {
         ["/slow/300?a", "/slow/300?c"],
         "while a runs, only the independent items have started"
     );
-    let order = uris(&up);
+    let order = up.uris();
     assert_eq!(order.len(), 4, "{order:?}");
     assert_eq!(order[2..], ["/after/a", "/after/b-and-c"], "{order:?}");
     assert!(took >= Duration::from_millis(300), "{took:?}");
@@ -605,7 +566,7 @@ async fn a_batch_of_101_items_is_413_and_100_is_fine() {
     let res = post_batch(&sluice, &items(101)).await;
     let body = assert_problem(&res, 413);
     assert!(body["detail"].as_str().unwrap().contains("100"), "{body}");
-    assert!(up.seen().is_empty(), "nothing of it ran: {:?}", uris(&up));
+    assert!(up.seen().is_empty(), "nothing of it ran: {:?}", up.uris());
 
     let res = post_batch(&sluice, &items(100)).await;
     let ids: Vec<String> = (0..100).map(|i| format!("i{i}")).collect();
@@ -647,7 +608,7 @@ async fn a_batch_that_is_not_json_is_400_without_json_content_type_415_and_get_4
     assert_problem(&res, 405);
     assert_eq!(res.header("allow"), "POST");
 
-    assert!(up.seen().is_empty(), "{:?}", uris(&up));
+    assert!(up.seen().is_empty(), "{:?}", up.uris());
 
     // application/*+json is JSON too.
     let res = send(
@@ -668,7 +629,7 @@ async fn a_custom_batch_path_is_the_endpoint_and_a_disabled_batch_is_proxied() {
     let batch = json!({"requests": [{"id": "a", "method": "GET", "path": "/x"}]});
     let res = send(custom.addr, post_json("/v1/batch", &batch.to_string())).await;
     responses(&res, &["a"]);
-    assert_eq!(uris(&up), ["/x"]);
+    assert_eq!(up.uris(), ["/x"]);
     let res = send(custom.addr, post_json("/batch", &batch.to_string())).await;
     assert_eq!(res.status, 200, "/batch is an ordinary path now");
     assert_eq!(up.last().uri, "/batch");
@@ -693,7 +654,7 @@ async fn expect_422(sluice: &Sluice, up: &Upstream, batch: Value, fields_: &[&st
     let res = post_batch(sluice, &batch).await;
     let errors = field_errors(&res);
     assert_eq!(fields(&errors), fields_, "for {batch}: {errors:?}");
-    assert!(up.seen().is_empty(), "for {batch}: {:?}", uris(up));
+    assert!(up.seen().is_empty(), "for {batch}: {:?}", up.uris());
     errors.into_iter().map(|(_, m)| m).collect()
 }
 
@@ -865,20 +826,14 @@ async fn every_error_of_a_batch_is_listed_with_its_json_pointer() {
 // ---------------------------------------------------------------------------------------------
 // Each item under the same limits, credentials, deadline and checks as a request of its own
 
-/// The default policy with a burst of 3 and nothing else.
-const THREE_AT_ONCE: &str = r#"
-[upstreams.api]
-targets = ["{upstream}"]
-[policies.default]
-rate = "1/s"
-burst = 3
-"#;
-
-fn keyed_get(path: &str, key: &str) -> http::Request<Full<Bytes>> {
-    request(Method::GET, path)
-        .header("x-api-key", key)
-        .body(Full::default())
-        .unwrap()
+/// The default policy with a burst of 3 and nothing else, on a clock that never moves: exactly
+/// 3 back to back, however slow the machine.
+fn three_at_once(up: &Upstream) -> Sluice {
+    Sluice::builder()
+        .upstream(up)
+        .policy("default", "rate = \"1/s\"\nburst = 3")
+        .manual_clock()
+        .start()
 }
 
 fn gets(n: usize) -> Value {
@@ -891,7 +846,7 @@ fn gets(n: usize) -> Value {
 #[tokio::test]
 async fn items_over_the_rate_limit_are_429_inside_the_207() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(THREE_AT_ONCE, &up.url());
+    let sluice = three_at_once(&up);
     let res = post_batch_with(&sluice, &gets(5), &[("x-api-key", "k1")]).await;
     let list = responses(&res, &["g0", "g1", "g2", "g3", "g4"]);
     let (ok, refused): (Vec<&Value>, Vec<&Value>) = list.iter().partition(|r| r["status"] == 200);
@@ -938,16 +893,16 @@ async fn items_over_the_rate_limit_are_429_inside_the_207() {
 #[tokio::test]
 async fn a_batch_of_n_items_costs_n_requests_of_the_limit() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(THREE_AT_ONCE, &up.url());
+    let sluice = three_at_once(&up);
     let res = post_batch_with(&sluice, &gets(3), &[("x-api-key", "k2")]).await;
     let list = responses(&res, &["g0", "g1", "g2"]);
     assert!(
         list.iter().all(|r| r["status"] == 200),
         "the batch itself costs nothing beyond its items: {list:?}"
     );
-    let after = send(sluice.addr, keyed_get("/single", "k2")).await;
+    let after = send(sluice.addr, keyed("/single", "k2")).await;
     assert_problem(&after, 429);
-    let other = send(sluice.addr, keyed_get("/single", "someone-else")).await;
+    let other = send(sluice.addr, keyed("/single", "someone-else")).await;
     assert_eq!(other.status, 200, "another key is unaffected");
     assert_eq!(up.seen().len(), 4);
 }
@@ -967,7 +922,7 @@ async fn a_batch_without_a_valid_key_is_401_as_a_whole() {
     assert_problem(&post_batch(&sluice, &with_item_key).await, 401);
     let wrong = post_batch_with(&sluice, &batch, &[("x-api-key", "sk-not-a-key")]).await;
     assert_problem(&wrong, 401);
-    assert!(up.seen().is_empty(), "{:?}", uris(&up));
+    assert!(up.seen().is_empty(), "{:?}", up.uris());
 }
 
 #[tokio::test]
@@ -992,7 +947,7 @@ async fn items_carry_the_batch_key_which_an_item_header_cannot_override() {
     assert!(body["detail"].as_str().unwrap().contains("write"), "{body}");
 
     for uri in ["/v1/things", "/v1/other"] {
-        let seen = seen_at(&up, uri);
+        let seen = up.seen_at(uri);
         let clients: Vec<_> = seen.headers.get_all("x-sluice-client").iter().collect();
         assert_eq!(clients, ["reader"], "{uri}");
         let auth: Vec<_> = seen.headers.get_all("authorization").iter().collect();
@@ -1014,7 +969,7 @@ async fn items_carry_the_batch_key_which_an_item_header_cannot_override() {
     let list = responses(&res, &["plain", "claims-writer", "write"]);
     assert!(list.iter().all(|r| r["status"] == 200), "{list:?}");
     assert_eq!(
-        seen_at(&up, "/v1/write/x").headers["x-sluice-client"],
+        up.seen_at("/v1/write/x").headers["x-sluice-client"],
         "writer"
     );
 }
@@ -1041,11 +996,11 @@ async fn the_deadline_passing_mid_batch_answers_the_slow_item_408_and_the_rest_i
     assert_eq!(list[0]["status"], 200);
     assert_eq!(list[0]["body"], json!({"ok": true}));
     let problem = assert_item_problem(&list[1], 408);
-    let mut got = uris(&up);
+    let mut got = up.uris();
     got.sort();
     assert_eq!(got, ["/slow/2000", "/status/200"]);
     // The slow item's answer names the request id the upstream saw (and its log line has).
-    let seen = seen_at(&up, "/slow/2000");
+    let seen = up.seen_at("/slow/2000");
     assert_eq!(
         problem["request_id"],
         seen.headers["x-request-id"].to_str().unwrap()
@@ -1096,7 +1051,7 @@ async fn items_unfinished_at_the_batch_deadline_are_408_even_those_not_yet_start
             "{item}"
         );
     }
-    let mut got = uris(&up);
+    let mut got = up.uris();
     got.sort();
     assert_eq!(
         got,
@@ -1159,7 +1114,7 @@ async fn body_size_and_media_type_are_checked_per_item() {
     assert_eq!(list[2]["status"], 200);
     assert_eq!(list[3]["status"], 200);
     assert_eq!(list[3]["body"], "hello");
-    let mut got = uris(&up);
+    let mut got = up.uris();
     got.sort();
     assert_eq!(got, ["/echo", "/json-only/fine"]);
 }
@@ -1169,7 +1124,7 @@ async fn an_item_whose_upstream_stalls_mid_body_gets_the_timeout_problem_at_its_
     let target = spawn_stalling_upstream().await;
     let toml = "[server]\nrequest_timeout = \"5s\"\n[upstreams.api]\ntargets = [\"{upstream}\"]\n\
                 [[routes]]\npath = \"/\"\npolicy = \"none\"\nrequest_timeout = \"300ms\"\n";
-    let sluice = spawn_sluice(toml, &target);
+    let sluice = spawn_sluice(toml, &target.url());
     let batch = json!({"requests": [{"id": "a", "method": "GET", "path": "/x"}]});
     let started = Instant::now();
     let res = post_batch(&sluice, &batch).await;
@@ -1231,7 +1186,7 @@ async fn items_take_the_host_the_batch_named_in_an_absolute_form_target() {
         "POST http://api.example:99/batch HTTP/1.1\r\nHost: other\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let answer = exchange(sluice.addr, &format!("{head}{body}")).await;
+    let answer = raw::exchange(sluice.addr, &format!("{head}{body}")).await;
     assert!(answer.starts_with("HTTP/1.1 207 "), "{answer}");
     let seen = up.last();
     assert_eq!(seen.uri, "/v1/x");

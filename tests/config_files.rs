@@ -1,13 +1,13 @@
 //! The shipped configs stay valid, and the command line reports bad ones clearly.
 
+mod support;
+
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use sluice::config::{Config, Overrides};
-
-fn sluice() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-}
+use support::process::{check, command as sluice};
+use support::{free_port, temp_file};
 
 #[test]
 fn every_file_in_config_parses() {
@@ -98,32 +98,16 @@ fn a_server_that_cannot_start_says_why_in_its_log_format() {
     );
 }
 
-/// `sluice check` on `toml`, written to a file `name` of its own: its exit code and stderr.
-fn check(name: &str, toml: &str) -> (Option<i32>, String) {
-    let dir = std::env::temp_dir().join(format!("sluice-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(name);
-    std::fs::write(&file, toml).unwrap();
-    let out = sluice()
-        .arg("check")
-        .arg("--config")
-        .arg(&file)
-        .output()
-        .unwrap();
-    (out.status.code(), String::from_utf8(out.stderr).unwrap())
-}
-
 #[test]
 fn check_names_the_key_and_line_of_an_error_and_exits_1() {
     let (code, stderr) = check(
-        "bad.toml",
         "[upstreams.api]\ntargets = [\"http://127.0.0.1:3000\"]\n\n[policies.default]\nrate = \"lots\"\nburst = 5\n",
     );
     assert_eq!(code, Some(1));
     assert!(stderr.contains("line 5"), "{stderr}");
     assert!(stderr.contains("policies.default.rate"), "{stderr}");
 
-    let (code, stderr) = check("bad.toml", "[server]\nlisten_on = \"0.0.0.0:80\"\n");
+    let (code, stderr) = check("[server]\nlisten_on = \"0.0.0.0:80\"\n");
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("line 2") && stderr.contains("listen_on"),
@@ -167,17 +151,15 @@ fn check_names_the_line_of_a_zero_limit_and_of_what_needs_a_missing_table() {
         ),
     ];
     for (name, toml, line, key) in cases {
-        let (code, stderr) = check(&format!("{name}.toml"), &format!("{upstream}{toml}"));
+        let (code, stderr) = check(&format!("{upstream}{toml}"));
         assert_eq!(code, Some(1), "{name}: {stderr}");
         assert!(
             stderr.contains(&format!("line {line}: `{key}`")),
             "{name}: {stderr}"
         );
     }
-    let (code, stderr) = check(
-        "no_targets.toml",
-        "[server]\nlisten = \"127.0.0.1:8080\"\n\n[upstreams.api]\ntargets = []\n",
-    );
+    let (code, stderr) =
+        check("[server]\nlisten = \"127.0.0.1:8080\"\n\n[upstreams.api]\ntargets = []\n");
     assert_eq!(code, Some(1));
     assert!(
         stderr.contains("line 5: `upstreams.api.targets`"),
@@ -244,12 +226,7 @@ fn without_an_upstream_sluice_explains_and_exits_1() {
 
 #[test]
 fn healthcheck_fails_when_nothing_answers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let url = format!("http://127.0.0.1:{port}/healthz");
+    let url = format!("http://127.0.0.1:{}/healthz", free_port());
     let out = sluice()
         .args(["healthcheck", "--url", &url])
         .output()
@@ -293,8 +270,6 @@ fn embedded_configs(manifest: &str) -> Vec<String> {
 #[test]
 fn every_kubernetes_manifest_carries_a_config_that_checks() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = std::env::temp_dir().join(format!("sluice-manifests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
     let mut manifests = Vec::new();
     for entry in std::fs::read_dir(root.join("deploy/kubernetes")).unwrap() {
         let path = entry.unwrap().path();
@@ -305,8 +280,7 @@ fn every_kubernetes_manifest_carries_a_config_that_checks() {
         let configs = embedded_configs(&std::fs::read_to_string(&path).unwrap());
         assert!(!configs.is_empty(), "{name}: no `sluice.toml: |` block");
         for (i, config) in configs.iter().enumerate() {
-            let file = dir.join(format!("{name}.{i}.toml"));
-            std::fs::write(&file, config).unwrap();
+            let file = temp_file(&format!("{name}.{i}.toml"), config);
             let out = sluice()
                 .arg("check")
                 .arg("--config")

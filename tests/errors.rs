@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::Method;
 use http_body_util::Full;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const ROUTES: &str = r#"
@@ -20,31 +19,6 @@ methods = ["GET", "POST"]
 [[routes]]
 path = "/v1/"
 "#;
-
-/// An address where nothing listens.
-async fn closed_port() -> String {
-    // Bound but not listening: connections are refused, and no other test's listener can be
-    // given the port while the socket is held (for the rest of the test run).
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let url = format!("http://{}", socket.local_addr().unwrap());
-    std::mem::forget(socket);
-    url
-}
-
-/// A TCP server that answers every connection with `reply` and closes it.
-async fn raw_upstream(reply: &'static [u8]) -> String {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let mut buf = [0u8; 4096];
-            let _ = s.read(&mut buf).await;
-            let _ = s.write_all(reply).await;
-        }
-    });
-    url
-}
 
 #[tokio::test]
 async fn no_matching_route_is_404_and_never_reaches_the_upstream() {
@@ -97,7 +71,7 @@ async fn a_method_the_route_does_not_take_is_405_with_allow() {
 
 #[tokio::test]
 async fn a_refused_connection_is_502_then_503_while_the_target_is_down() {
-    let sluice = spawn_default(&closed_port().await);
+    let sluice = spawn_default(&closed_port());
     let body = assert_problem(&get(sluice.addr, "/").await, 502);
     assert!(body["detail"].as_str().unwrap().contains("refused"));
     let body = assert_problem(&get(sluice.addr, "/").await, 503);
@@ -130,25 +104,12 @@ async fn readiness_waits_for_the_upstream_to_listen_before_any_request() {
     assert_eq!(get(admin, "/readyz").await.status, 200);
 }
 
-/// A target whose accept queue is full, so that a connection to it hangs (as to a host that
-/// drops SYNs), for as long as the returned sockets live.
-fn hanging_target() -> (socket2::Socket, std::net::TcpStream, String) {
-    use socket2::{Domain, Socket, Type};
-    let l = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
-    l.bind(&any.into()).unwrap();
-    l.listen(0).unwrap();
-    let addr = l.local_addr().unwrap().as_socket().unwrap();
-    let filler = std::net::TcpStream::connect(addr).unwrap();
-    (l, filler, format!("http://{addr}"))
-}
-
 #[tokio::test]
 async fn readiness_tries_the_targets_at_once_and_marks_none_down() {
-    let (_l, _filler, hanging) = hanging_target();
+    let target = raw::hanging_target().expect("connects to a full accept queue hang");
+    let hanging = target.url.clone();
     let good = spawn_upstream().await;
-    let toml = format!("[upstreams.api]\ntargets = [\"{hanging}\", \"{{upstream}}\"]\n");
-    let sluice = spawn_sluice(&toml, &good.url());
+    let sluice = Sluice::builder().target(&hanging).upstream(&good).start();
     let started = std::time::Instant::now();
     assert_eq!(get(sluice.admin.unwrap(), "/readyz").await.status, 200);
     assert!(
@@ -165,7 +126,7 @@ async fn readiness_tries_the_targets_at_once_and_marks_none_down() {
     );
 
     // A probe's failure is not a request's: the next request still tries the target.
-    let sluice = spawn_default(&closed_port().await);
+    let sluice = spawn_default(&closed_port());
     assert_eq!(get(sluice.admin.unwrap(), "/readyz").await.status, 503);
     let body = assert_problem(&get(sluice.addr, "/").await, 502);
     assert!(body["detail"].as_str().unwrap().contains("refused"));
@@ -173,7 +134,7 @@ async fn readiness_tries_the_targets_at_once_and_marks_none_down() {
 
 #[tokio::test]
 async fn a_garbage_answer_is_502() {
-    let sluice = spawn_default(&raw_upstream(b"this is not http\r\n\r\n").await);
+    let sluice = spawn_default(&raw::server(b"this is not http\r\n\r\n").await);
     let body = assert_problem(&get(sluice.addr, "/").await, 502);
     assert!(body["detail"].as_str().unwrap().contains("invalid"));
 }
@@ -185,9 +146,9 @@ async fn an_answer_head_of_more_than_100_fields_is_502() {
         let head = format!("HTTP/1.1 200 OK\r\n{fields}content-length: 2\r\n\r\n{{}}");
         Box::leak(head.into_bytes().into_boxed_slice())
     }
-    let sluice = spawn_default(&raw_upstream(answer(90)).await);
+    let sluice = spawn_default(&raw::server(answer(90)).await);
     assert_eq!(get(sluice.addr, "/").await.status, 200);
-    let sluice = spawn_default(&raw_upstream(answer(100)).await);
+    let sluice = spawn_default(&raw::server(answer(100)).await);
     let body = assert_problem(&get(sluice.addr, "/").await, 502);
     assert!(body["detail"].as_str().unwrap().contains("invalid"));
 }
@@ -196,7 +157,7 @@ async fn an_answer_head_of_more_than_100_fields_is_502() {
 async fn an_answer_with_transfer_encoding_loses_its_content_length() {
     // Transfer-Encoding overrides Content-Length (RFC 9112 §6.3): passed on, the 2 would cut
     // the body short and the client would take it as complete.
-    let url = raw_upstream(
+    let url = raw::server(
         b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n\
           1e\r\n{\"padding\":\"xxxxxxxxxxxxxxxx\"}\r\n0\r\n\r\n",
     )
@@ -224,7 +185,7 @@ async fn an_answer_sluice_cannot_pass_on_as_meant_is_502() {
         // sluice never asks for an upgrade.
         b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n",
     ] {
-        let sluice = spawn_default(&raw_upstream(reply).await);
+        let sluice = spawn_default(&raw::server(reply).await);
         let body = assert_problem(&get(sluice.addr, "/").await, 502);
         assert!(body["detail"].as_str().unwrap().contains("invalid"));
     }
@@ -232,7 +193,7 @@ async fn an_answer_sluice_cannot_pass_on_as_meant_is_502() {
 
 #[tokio::test]
 async fn an_answers_trailers_stay_behind_even_those_http2_forbids() {
-    let url = raw_upstream(
+    let url = raw::server(
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n\
           0\r\nconnection: close\r\nx-checksum: abc\r\n\r\n",
     )
@@ -248,7 +209,7 @@ async fn an_answers_trailers_stay_behind_even_those_http2_forbids() {
 
 #[tokio::test]
 async fn an_unknown_coding_on_an_answer_without_a_body_passes() {
-    let url = raw_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n").await;
+    let url = raw::server(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n").await;
     let sluice = spawn_default(&url);
     let req = request(Method::HEAD, "/")
         .body(Full::new(Bytes::new()))
@@ -260,19 +221,19 @@ async fn an_unknown_coding_on_an_answer_without_a_body_passes() {
 
 #[tokio::test]
 async fn an_http_1_0_answer_goes_to_the_client_as_http_1_1() {
-    let url = raw_upstream(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
+    let url = raw::server(b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
     let sluice = spawn_default(&url);
     // Two requests on one connection: sluice keeps it open, so it must say HTTP/1.1.
     let head =
         "GET / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
-    let answer = exchange(sluice.addr, head).await;
+    let answer = raw::exchange(sluice.addr, head).await;
     assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{answer}");
     assert!(!answer.contains("HTTP/1.0"), "{answer}");
 }
 
 #[tokio::test]
 async fn a_204_goes_out_without_content_length_on_h2_too() {
-    let url = raw_upstream(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n").await;
+    let url = raw::server(b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n").await;
     let sluice = spawn_default(&url);
     let req = http::Request::get("http://api.example/")
         .body(Full::new(Bytes::new()))
@@ -284,21 +245,19 @@ async fn a_204_goes_out_without_content_length_on_h2_too() {
 
 #[tokio::test]
 async fn a_connection_closed_before_answering_is_502() {
-    let sluice = spawn_default(&raw_upstream(b"").await);
+    let sluice = spawn_default(&raw::server(b"").await);
     let body = assert_problem(&get(sluice.addr, "/").await, 502);
     assert!(body["detail"].as_str().unwrap().contains("closed"));
 }
 
 #[tokio::test]
 async fn a_truncated_answer_is_cut_off_not_completed() {
-    let url = raw_upstream(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial").await;
-    let sluice = spawn_default(&url);
-    let stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let up = Upstream::new()
+        .on("/", Reply::cut_after("partial", 100))
+        .start()
+        .await;
+    let sluice = spawn_default(&up.url());
+    let mut sender = connect_h1(sluice.addr).await;
     let req = request(Method::GET, "/")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -314,9 +273,8 @@ async fn a_truncated_answer_is_cut_off_not_completed() {
 #[tokio::test]
 async fn round_robin_skips_a_target_that_refuses() {
     let good = spawn_upstream().await;
-    let bad = closed_port().await;
-    let toml = format!("[upstreams.api]\ntargets = [\"{bad}\", \"{{upstream}}\"]\n");
-    let sluice = spawn_sluice(&toml, &good.url());
+    let bad = closed_port();
+    let sluice = Sluice::builder().target(&bad).upstream(&good).start();
     for _ in 0..6 {
         assert_eq!(get(sluice.addr, "/").await.status, 200);
     }
@@ -327,11 +285,7 @@ async fn round_robin_skips_a_target_that_refuses() {
 async fn round_robin_spreads_over_live_targets() {
     let a = spawn_upstream().await;
     let b = spawn_upstream().await;
-    let toml = format!(
-        "[upstreams.api]\ntargets = [\"{}\", \"{{upstream}}\"]\n",
-        a.url()
-    );
-    let sluice = spawn_sluice(&toml, &b.url());
+    let sluice = Sluice::builder().upstream(&a).upstream(&b).start();
     for _ in 0..6 {
         assert_eq!(get(sluice.addr, "/").await.status, 200);
     }
@@ -341,15 +295,12 @@ async fn round_robin_spreads_over_live_targets() {
 #[tokio::test]
 async fn connections_over_max_connections_get_503() {
     let up = spawn_upstream().await;
-    let toml = "[server]\nmax_connections = 1\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .server("max_connections = 1")
+        .start();
     // Hold one keep-alive connection open.
-    let stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
-    let (mut held, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut held = connect_h1(sluice.addr).await;
     let first = held
         .send_request(
             request(Method::GET, "/")
@@ -364,14 +315,7 @@ async fn connections_over_max_connections_get_503() {
     assert_eq!(res.header("connection"), "close");
     // Over HTTP/2 too, and to a HEAD without the body. Then the connection closes: HTTP/2
     // has no `Connection: close`, so it used to stay open, answering 503 for good.
-    let stream = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut h2, conn) = connect_h2(sluice.addr).await;
     let head = request(Method::HEAD, "http://api.example/")
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -388,8 +332,7 @@ async fn connections_over_max_connections_get_503() {
         1,
         "the refused request never reached the upstream"
     );
-    let metrics = get(sluice.admin.unwrap(), "/metrics").await;
-    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let text = sluice.metrics().await;
     for method in ["GET", "HEAD"] {
         let series =
             format!(r#"sluice_requests_total{{route="none",method="{method}",status="503"}}"#);

@@ -7,14 +7,6 @@ use http::Method;
 use http_body_util::Full;
 use support::*;
 
-const BIG_BODY: &str = r#"
-[upstreams.api]
-targets = ["{upstream}"]
-[[routes]]
-path = "/"
-max_body = "16MiB"
-"#;
-
 #[tokio::test]
 async fn method_path_query_headers_and_body_reach_the_upstream_intact() {
     let up = spawn_upstream().await;
@@ -53,8 +45,10 @@ async fn a_chunked_request_body_is_forwarded_whole() {
 #[tokio::test]
 async fn without_json_validation_a_chunked_body_streams_through_unbuffered() {
     let up = spawn_upstream().await;
-    let toml = "[upstreams.api]\ntargets = [\"{upstream}\"]\n[[routes]]\npath = \"/\"\nvalidate_json = false\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .route("/", "validate_json = false")
+        .start();
     let res = send(sluice.addr, chunked_json("/echo", ["[1,", "2,", "3]"])).await;
     assert_eq!(&res.body[..], b"[1,2,3]");
     let seen = up.last();
@@ -68,7 +62,10 @@ async fn without_json_validation_a_chunked_body_streams_through_unbuffered() {
 #[tokio::test]
 async fn several_mib_stream_through_both_ways() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(BIG_BODY, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .route("/", r#"max_body = "16MiB""#)
+        .start();
     let payload = format!("\"{}\"", "x".repeat(6 << 20));
     let res = send(sluice.addr, post_json("/echo", &payload)).await;
     assert_eq!(res.status, 200);
@@ -158,8 +155,10 @@ async fn forwarded_headers_name_the_peer_when_no_proxy_is_trusted() {
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_client_is_the_rightmost_untrusted_address() {
     let up = spawn_upstream().await;
-    let toml = "[server]\ntrusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .server(r#"trusted_proxies = ["127.0.0.0/8", "10.0.0.0/8"]"#)
+        .start();
     let req = request(Method::GET, "/")
         .header("x-forwarded-for", "6.6.6.6, 203.0.113.5, 10.0.0.7")
         .header("x-forwarded-proto", "https")
@@ -182,8 +181,10 @@ async fn behind_a_trusted_proxy_the_client_is_the_rightmost_untrusted_address() 
 async fn every_x_forwarded_for_line_counts() {
     // A proxy in front may add a line of its own rather than append to the client's.
     let up = spawn_upstream().await;
-    let toml = "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .server(r#"trusted_proxies = ["127.0.0.0/8"]"#)
+        .start();
     let req = request(Method::GET, "/")
         .header("x-forwarded-for", "6.6.6.6")
         .header("x-forwarded-for", "203.0.113.5")
@@ -221,7 +222,7 @@ async fn an_absolute_form_target_names_the_host_whatever_host_says() {
     let sluice = spawn_default(&up.url());
     let head =
         "GET http://api.example:99/v1/abs?x=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n";
-    let answer = exchange(sluice.addr, head).await;
+    let answer = raw::exchange(sluice.addr, head).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     let seen = up.last();
     assert_eq!(seen.uri, "/v1/abs?x=1");
@@ -237,7 +238,7 @@ async fn an_http_1_1_request_needs_exactly_one_host() {
         "GET /v1/x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
         "GET /v1/x HTTP/1.1\r\nConnection: close\r\n\r\n",
     ] {
-        let answer = exchange(sluice.addr, head).await;
+        let answer = raw::exchange(sluice.addr, head).await;
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
         assert!(answer.contains("one Host header only"), "{answer}");
     }
@@ -249,7 +250,7 @@ async fn a_connection_header_cannot_take_host_away() {
     let up = spawn_upstream().await;
     let sluice = spawn_default(&up.url());
     let head = "GET /v1/x HTTP/1.1\r\nHost: api.example\r\nConnection: host, close\r\n\r\n";
-    let answer = exchange(sluice.addr, head).await;
+    let answer = raw::exchange(sluice.addr, head).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert_eq!(up.last().headers["host"], "api.example");
 }
@@ -261,7 +262,7 @@ async fn a_transfer_coding_other_than_chunked_is_400() {
     let sluice = spawn_default(&up.url());
     let head = "POST /v1/x HTTP/1.1\r\nHost: h\r\nContent-Type: application/json\r\n\
         Transfer-Encoding: gzip, chunked\r\nConnection: close\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
-    let answer = exchange(sluice.addr, head).await;
+    let answer = raw::exchange(sluice.addr, head).await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(answer.contains("only chunked"), "{answer}");
     assert!(up.seen().is_empty());
@@ -287,7 +288,7 @@ async fn an_h2_clients_cookie_fields_reach_an_http1_upstream_as_one() {
 async fn an_http_1_0_request_without_host_gets_the_upstreams_own() {
     let up = spawn_upstream().await;
     let sluice = spawn_default(&up.url());
-    let answer = exchange(sluice.addr, "GET /v1/old HTTP/1.0\r\n\r\n").await;
+    let answer = raw::exchange(sluice.addr, "GET /v1/old HTTP/1.0\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.0 200 "), "{answer}");
     let seen = up.last();
     assert_eq!(seen.uri, "/v1/old");
@@ -319,10 +320,6 @@ async fn connections_to_the_upstream_are_reused() {
         assert_eq!(get(sluice.addr, "/").await.status, 200);
     }
     // Five client connections, one after the other: the upstream sees one pooled connection.
-    let peers: std::collections::HashSet<String> = up
-        .seen()
-        .iter()
-        .map(|s| s.headers["x-upstream-peer"].to_str().unwrap().to_string())
-        .collect();
+    let peers: std::collections::HashSet<_> = up.seen().iter().map(|s| s.peer).collect();
     assert_eq!(peers.len(), 1, "{peers:?}");
 }

@@ -1,18 +1,16 @@
 //! Invariants of the limiter, checked on random policies and request timings.
 
-use std::num::NonZeroU32;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
 use sluice::limiter::{Gcra, Limit, ManualClock, MemoryStore, Nanos, Policy, Rate, State, Window};
+use support::nz;
 
 /// One request: the time since the previous one and its cost.
 type Event = (Nanos, u32);
-
-fn nz(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap()
-}
 
 fn gcra() -> impl Strategy<Value = Gcra> {
     (1..20u32, prop_oneof![Just(1u64), Just(60)], 1..50u32).prop_map(|(count, per, burst)| {

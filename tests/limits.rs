@@ -10,23 +10,17 @@ use http::Method;
 use http_body_util::Full;
 use support::*;
 
-fn keyed(path: &str, key: &str) -> http::Request<Full<Bytes>> {
-    request(Method::GET, path)
-        .header("x-api-key", key)
-        .body(Full::default())
-        .unwrap()
-}
+/// A policy small enough to wait out: 5 back to back, 1/s, at most 8 in any 2 s.
+const SMALL: &str = "rate = \"1/s\"\nburst = 5\nwindow = \"2s\"\nwindow_requests = 8";
 
-/// A policy small enough to wait out in a test: 5 back to back, 1/s, at most 8 in any 2 s.
-const SMALL: &str = r#"
-[upstreams.api]
-targets = ["{upstream}"]
-[policies.default]
-rate = "1/s"
-burst = 5
-window = "2s"
-window_requests = 8
-"#;
+/// Sluice in front of `up` with `policy` as the default, on a clock that moves only when the
+/// test says: every count is exact, however slow the machine.
+fn limited(up: &Upstream, policy: &str) -> Builder {
+    Sluice::builder()
+        .upstream(up)
+        .policy("default", policy)
+        .manual_clock()
+}
 
 #[tokio::test]
 async fn a_fresh_key_sends_100_back_to_back_and_the_101st_gets_429_with_all_headers() {
@@ -86,7 +80,7 @@ async fn a_fresh_key_sends_100_back_to_back_and_the_101st_gets_429_with_all_head
 #[tokio::test]
 async fn waiting_retry_after_then_retrying_succeeds() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(SMALL, &up.url());
+    let sluice = limited(&up, SMALL).start();
     let statuses: Vec<u16> =
         futures_util::future::join_all((0..6).map(|_| send(sluice.addr, keyed("/", "k"))))
             .await
@@ -102,14 +96,14 @@ async fn waiting_retry_after_then_retrying_succeeds() {
     assert_eq!(refused.status, 429);
     let wait: u64 = refused.header("retry-after").parse().unwrap();
     assert!(wait >= 1);
-    tokio::time::sleep(Duration::from_secs(wait)).await;
+    sluice.advance(Duration::from_secs(wait));
     assert_eq!(send(sluice.addr, keyed("/", "k")).await.status, 200);
 }
 
 #[tokio::test]
 async fn the_client_ip_is_the_key_when_no_credential_is_presented() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(SMALL, &up.url());
+    let sluice = limited(&up, SMALL).start();
     for _ in 0..5 {
         assert_eq!(get(sluice.addr, "/").await.status, 200);
     }
@@ -123,8 +117,8 @@ async fn the_client_ip_is_the_key_when_no_credential_is_presented() {
 #[tokio::test]
 async fn a_header_keyed_policy_counts_per_header_value() {
     let up = spawn_upstream().await;
-    let toml = format!("{SMALL}key = \"header:x-tenant\"\n");
-    let sluice = spawn_sluice(&toml, &up.url());
+    let policy = format!("{SMALL}\nkey = \"header:x-tenant\"");
+    let sluice = limited(&up, &policy).start();
     let tenant = |t: &str| {
         request(Method::GET, "/")
             .header("x-tenant", t)
@@ -141,8 +135,8 @@ async fn a_header_keyed_policy_counts_per_header_value() {
 #[tokio::test]
 async fn shadow_mode_reports_but_never_refuses() {
     let up = spawn_upstream().await;
-    let toml = format!("{SMALL}mode = \"shadow\"\n");
-    let sluice = spawn_sluice(&toml, &up.url());
+    let policy = format!("{SMALL}\nmode = \"shadow\"");
+    let sluice = limited(&up, &policy).start();
     for _ in 0..7 {
         assert_eq!(send(sluice.addr, keyed("/", "k")).await.status, 200);
     }
@@ -164,8 +158,8 @@ async fn header_styles_x_ratelimit_both_and_none() {
         ("both", true, true),
         ("none", false, false),
     ] {
-        let toml = format!("[headers]\nratelimit = \"{style}\"\n{SMALL}");
-        let sluice = spawn_sluice(&toml, &up.url());
+        let headers = format!("[headers]\nratelimit = \"{style}\"");
+        let sluice = limited(&up, SMALL).toml(&headers).start();
         let res = send(sluice.addr, keyed("/", "k")).await;
         assert_eq!(res.headers.contains_key("ratelimit"), ietf, "{style}");
         assert_eq!(res.headers.contains_key("x-ratelimit-limit"), x, "{style}");
@@ -181,10 +175,10 @@ async fn header_styles_x_ratelimit_both_and_none() {
 #[tokio::test]
 async fn a_route_without_a_policy_is_never_limited_and_has_no_headers() {
     let up = spawn_upstream().await;
-    let toml = format!(
-        "{SMALL}[[routes]]\npath = \"/free\"\npolicy = \"none\"\n[[routes]]\npath = \"/\"\n"
-    );
-    let sluice = spawn_sluice(&toml, &up.url());
+    let sluice = limited(&up, SMALL)
+        .route("/free", "policy = \"none\"")
+        .route("/", "")
+        .start();
     for _ in 0..10 {
         let res = send(sluice.addr, keyed("/free", "k")).await;
         assert_eq!(res.status, 200);
@@ -196,7 +190,7 @@ async fn a_route_without_a_policy_is_never_limited_and_has_no_headers() {
 #[tokio::test]
 async fn the_limit_is_checked_before_the_body() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(SMALL, &up.url());
+    let sluice = limited(&up, SMALL).start();
     for _ in 0..5 {
         send(sluice.addr, keyed("/", "k")).await;
     }
@@ -212,47 +206,31 @@ async fn the_limit_is_checked_before_the_body() {
     );
 }
 
-fn api_keys() -> String {
-    format!(
-        r#"
-[upstreams.api]
-targets = ["{{upstream}}"]
-[policies.default]
-rate = "1/m"
-burst = 5
-[policies.partner]
-rate = "1/m"
-burst = 20
-[policies.auth_failures]
-rate = "1/m"
-burst = 3
-key = "ip"
-[auth]
-mode = "api_keys"
-[[auth.keys]]
-name = "small"
-sha256 = "{}"
-scopes = ["read"]
-[[auth.keys]]
-name = "partner"
-sha256 = "{}"
-scopes = ["read"]
-policy = "partner"
-[[routes]]
-path = "/admin"
-scopes = ["admin"]
-[[routes]]
-path = "/"
-"#,
-        sha256_hex("small-key"),
-        sha256_hex("partner-key")
-    )
+/// Keys `small-key` (the default policy, a burst of 5) and `partner-key` (a policy of its own,
+/// a burst of 20), a route that needs a scope neither has, and a guard of 3 failed keys per
+/// client address; 1/m each, on a clock that never moves.
+fn api_keys(up: &Upstream) -> Sluice {
+    Sluice::builder()
+        .upstream(up)
+        .policy("default", "rate = \"1/m\"\nburst = 5")
+        .policy("partner", "rate = \"1/m\"\nburst = 20")
+        .policy("auth_failures", "rate = \"1/m\"\nburst = 3\nkey = \"ip\"")
+        .key("small", "small-key", "scopes = [\"read\"]")
+        .key(
+            "partner",
+            "partner-key",
+            "scopes = [\"read\"]\npolicy = \"partner\"",
+        )
+        .route("/admin", "scopes = [\"admin\"]")
+        .route("/", "")
+        .manual_clock()
+        .start()
 }
 
 #[tokio::test]
 async fn a_key_with_its_own_policy_gets_that_policy() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(&api_keys(), &up.url());
+    let sluice = api_keys(&up);
     let passed = |key: &'static str| async move {
         let mut n = 0;
         while send(sluice.addr, keyed("/", key)).await.status == 200 {
@@ -267,7 +245,7 @@ async fn a_key_with_its_own_policy_gets_that_policy() {
 #[tokio::test]
 async fn requests_refused_with_403_cost_nothing() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(&api_keys(), &up.url());
+    let sluice = api_keys(&up);
     for _ in 0..10 {
         assert_eq!(
             send(sluice.addr, keyed("/admin", "small-key")).await.status,
@@ -286,7 +264,7 @@ async fn requests_refused_with_403_cost_nothing() {
 #[tokio::test]
 async fn guessing_keys_is_slowed_per_client_ip_even_for_a_right_guess() {
     let up = spawn_upstream().await;
-    let sluice = spawn_sluice(&api_keys(), &up.url());
+    let sluice = api_keys(&up);
     for _ in 0..3 {
         assert_eq!(send(sluice.addr, keyed("/", "guess")).await.status, 401);
     }

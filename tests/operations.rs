@@ -2,13 +2,12 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Method;
 use http_body_util::Full;
+use support::process::{Launch, Process};
 use support::*;
 
 const SMALL: &str = r#"
@@ -31,25 +30,26 @@ upstream = "api"
 #[tokio::test]
 async fn answers_to_heads_sluice_could_not_read_are_counted_under_no_route() {
     let up = spawn_upstream().await;
-    let toml = "[server]\nheader_read_timeout = \"300ms\"\nmax_header_bytes = \"1KiB\"\n\
-                [upstreams.api]\ntargets = [\"{upstream}\"]\n";
-    let sluice = spawn_sluice(toml, &up.url());
-    let not_http = exchange(sluice.addr, "GET / HTTP/9.9\r\n\r\n").await;
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .header_read_timeout("300ms")
+        .server(r#"max_header_bytes = "1KiB""#)
+        .start();
+    let not_http = raw::exchange(sluice.addr, "GET / HTTP/9.9\r\n\r\n").await;
     assert!(not_http.starts_with("HTTP/1.1 400 "), "{not_http}");
     let big = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(2048)
     );
     assert!(
-        exchange(sluice.addr, &big)
+        raw::exchange(sluice.addr, &big)
             .await
             .starts_with("HTTP/1.1 431 ")
     );
-    let half = exchange(sluice.addr, "GET / HTTP/1.1\r\n").await;
+    let half = raw::exchange(sluice.addr, "GET / HTTP/1.1\r\n").await;
     assert!(half.starts_with("HTTP/1.1 408 "), "{half}");
 
-    let text =
-        String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap();
+    let text = sluice.metrics().await;
     for status in [400, 431, 408] {
         let series =
             format!(r#"sluice_requests_total{{route="none",method="other",status="{status}"}}"#);
@@ -155,8 +155,7 @@ async fn open_connections_and_in_flight_requests_are_gauged() {
     let addr = sluice.addr;
     let slow = tokio::spawn(async move { get(addr, "/slow/500").await });
     up.wait_for(1).await;
-    let text =
-        String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap();
+    let text = sluice.metrics().await;
     assert_eq!(metric_value(&text, "sluice_requests_in_flight"), 1.0);
     assert_eq!(metric_value(&text, "sluice_connections_open"), 1.0);
     assert_eq!(slow.await.unwrap().status, 200);
@@ -164,19 +163,13 @@ async fn open_connections_and_in_flight_requests_are_gauged() {
 
 #[tokio::test]
 async fn a_request_its_client_abandons_leaves_no_one_in_flight_and_counts_as_499() {
-    use tokio::io::AsyncWriteExt;
     let up = spawn_upstream().await;
     let sluice = spawn_sluice(SMALL, &up.url());
-    let mut client = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
-    client
-        .write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let client = raw::open(sluice.addr, "GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n").await;
     up.wait_for(1).await;
     drop(client); // before the upstream answers
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let text =
-        String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap();
+    let text = sluice.metrics().await;
     assert_eq!(metric_value(&text, "sluice_requests_in_flight"), 0.0);
     assert_eq!(
         metric_value(
@@ -188,47 +181,20 @@ async fn a_request_its_client_abandons_leaves_no_one_in_flight_and_counts_as_499
 }
 
 /// Runs the binary with JSON logs, sends the requests, and returns the access-log lines.
-async fn access_lines(extra: &[&str], requests: usize) -> Vec<serde_json::Value> {
+async fn access_lines(launch: Launch, requests: usize) -> Vec<serde_json::Value> {
     let up = spawn_upstream().await;
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "--upstream",
-            &up.url(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            "",
-        ])
-        .args(["--workers", "1", "--log-format", "json"])
-        .args(extra)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for_listener(addr).await;
+    let json_logs = ["--upstream", &up.url(), "--log-format", "json"];
+    let mut p = launch.args(json_logs).start().await;
     for i in 0..requests {
         let req = request(Method::GET, &format!("/item/{i}?q=secret"))
             .header("x-api-key", "the-secret-key");
-        send(addr, req.body(Full::<Bytes>::default()).unwrap()).await;
+        send(p.addr, req.body(Full::<Bytes>::default()).unwrap()).await;
     }
-    send(addr, post_json("/v1", "{nope")).await;
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
-    child.wait().unwrap();
-    lines
-        .iter()
+    send(p.addr, post_json("/v1", "{nope")).await;
+    p.signal("TERM");
+    p.wait().await;
+    p.log()
+        .lines()
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l)
                 .unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))
@@ -239,7 +205,7 @@ async fn access_lines(extra: &[&str], requests: usize) -> Vec<serde_json::Value>
 
 #[tokio::test]
 async fn access_log_lines_are_json_with_the_request_fields() {
-    let lines = access_lines(&[], 2).await;
+    let lines = access_lines(Process::new(), 2).await;
     assert_eq!(lines.len(), 3, "{lines:?}");
     let ok = &lines[0]["fields"];
     assert_eq!(ok["status"], 200);
@@ -268,10 +234,7 @@ async fn access_log_lines_are_json_with_the_request_fields() {
 
 #[tokio::test]
 async fn access_logs_can_be_turned_off() {
-    let dir = std::env::temp_dir().join(format!("sluice-ops-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("quiet.toml");
-    std::fs::write(&file, "[server]\naccess_log = false\n").unwrap();
-    let lines = access_lines(&["--config", file.to_str().unwrap()], 2).await;
+    let quiet = Process::new().config("[server]\naccess_log = false\n");
+    let lines = access_lines(quiet, 2).await;
     assert!(lines.is_empty(), "{lines:?}");
 }

@@ -13,15 +13,10 @@ use sluice::limiter::redis::{OnError, RedisStore, Servers, Settings, Sharing};
 use sluice::limiter::{
     Clock, Decision, Error, Gcra, Limit, ManualClock, MemoryStore, Policy, Rate, Store, Window,
 };
-use support::redis::Redis;
+use support::nz;
+use support::redis::{EPOCH, Redis};
 
-/// 2026-12-01 in nanoseconds since the Unix epoch: injected times look like Redis's own.
-const EPOCH: u64 = 1_796_083_200_000_000_000;
 const ONE: NonZeroU32 = NonZeroU32::MIN;
-
-fn nz(n: u32) -> NonZeroU32 {
-    NonZeroU32::new(n).unwrap()
-}
 
 fn settings(redis: &Redis, sharing: Sharing, on_error: OnError) -> Settings {
     Settings {

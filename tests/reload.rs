@@ -3,25 +3,15 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::Method;
-use http_body_util::Full;
 use sluice::config::{Config, Overrides};
 use sluice::server::{self, Running, Source};
+use support::process::Process;
 use support::*;
-
-fn config_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sluice-reload-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sluice.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 fn toml(upstream: &str, extra: &str) -> String {
     format!(
@@ -58,28 +48,10 @@ fn start(path: &Path) -> Running {
     server::start_with(config, options).unwrap()
 }
 
-/// `POST /reload` on the admin listener.
-async fn post_reload(admin: std::net::SocketAddr) -> Answer {
-    send(
-        admin,
-        request(Method::POST, "/reload")
-            .body(Full::<Bytes>::default())
-            .unwrap(),
-    )
-    .await
-}
-
-fn keyed(path: &str, key: &str) -> http::Request<Full<Bytes>> {
-    request(Method::GET, path)
-        .header("x-api-key", key)
-        .body(Full::default())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_reload_changes_routes_and_policies_while_load_runs_and_no_request_fails() {
     let up = spawn_upstream().await;
-    let path = config_file("load", &toml(&up.url(), ""));
+    let path = temp_file("load", &toml(&up.url(), ""));
     let running = start(&path);
     let addr = running.local_addr();
     let stop = Arc::new(AtomicBool::new(false));
@@ -134,7 +106,7 @@ async fn a_reload_changes_routes_and_policies_while_load_runs_and_no_request_fai
 #[tokio::test]
 async fn a_key_that_used_its_burst_stays_limited_after_a_reload_that_kept_its_policy() {
     let up = spawn_upstream().await;
-    let path = config_file("kept", &toml(&up.url(), ""));
+    let path = temp_file("kept", &toml(&up.url(), ""));
     let running = start(&path);
     let addr = running.local_addr();
     for _ in 0..3 {
@@ -156,7 +128,7 @@ async fn a_key_that_used_its_burst_stays_limited_after_a_reload_that_kept_its_po
 #[tokio::test]
 async fn an_invalid_reload_is_refused_and_changes_nothing() {
     let up = spawn_upstream().await;
-    let path = config_file("invalid", &toml(&up.url(), ""));
+    let path = temp_file("invalid", &toml(&up.url(), ""));
     let running = start(&path);
     let (addr, admin) = (running.local_addr(), running.admin_addr().unwrap());
     let before = running.app().config.hash;
@@ -179,7 +151,7 @@ async fn an_invalid_reload_is_refused_and_changes_nothing() {
     assert!(running.reload().is_err());
     assert_eq!(running.app().config.hash, before, "the old config stays");
     assert_eq!(get(addr, "/free/x").await.status, 200);
-    let metrics = String::from_utf8(get(admin, "/metrics").await.body.to_vec()).unwrap();
+    let metrics = metrics(admin).await;
     assert!(
         metrics.contains("sluice_config_reloads_total{result=\"failure\"} 2"),
         "{metrics}"
@@ -191,14 +163,10 @@ async fn an_invalid_reload_is_refused_and_changes_nothing() {
 #[tokio::test]
 async fn post_reload_on_the_admin_listener_swaps_the_config_and_rebinds_a_changed_address() {
     let up = spawn_upstream().await;
-    let path = config_file("rebind", &toml(&up.url(), ""));
+    let path = temp_file("rebind", &toml(&up.url(), ""));
     let running = start(&path);
     let (old, admin) = (running.local_addr(), running.admin_addr().unwrap());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let moved = toml(&up.url(), "").replace(
         "listen = \"127.0.0.1:0\"\nadmin",
         &format!("listen = \"127.0.0.1:{port}\"\nadmin"),
@@ -221,7 +189,7 @@ async fn post_reload_on_the_admin_listener_swaps_the_config_and_rebinds_a_change
 #[tokio::test]
 async fn once_shutdown_has_begun_a_reload_is_refused_with_503() {
     let up = spawn_upstream().await;
-    let path = config_file("draining", &toml(&up.url(), ""));
+    let path = temp_file("draining", &toml(&up.url(), ""));
     let running = start(&path);
     let (addr, admin) = (running.local_addr(), running.admin_addr().unwrap());
     let slow = tokio::spawn(async move { get(addr, "/slow/500").await });
@@ -239,7 +207,7 @@ async fn once_shutdown_has_begun_a_reload_is_refused_with_503() {
 #[tokio::test]
 async fn a_changed_max_keys_waits_for_a_restart() {
     let up = spawn_upstream().await;
-    let path = config_file(
+    let path = temp_file(
         "max-keys",
         &toml(&up.url(), "").replace("workers = 2", "workers = 1\nmax_keys = 5"),
     );
@@ -256,27 +224,14 @@ async fn a_changed_max_keys_waits_for_a_restart() {
 
 #[tokio::test]
 async fn a_kept_alive_connection_reads_its_next_head_under_the_reloaded_limits() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    async fn status_of_next_answer(s: &mut tokio::net::TcpStream) -> String {
-        let mut buf = Vec::new();
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut chunk = [0u8; 4096];
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&buf));
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        String::from_utf8_lossy(&buf[9..12]).to_string()
-    }
+    use tokio::io::AsyncWriteExt;
     let up = spawn_upstream().await;
-    let path = config_file("head-limits", &toml(&up.url(), ""));
+    let path = temp_file("head-limits", &toml(&up.url(), ""));
     let running = start(&path);
     let mut kept = tokio::net::TcpStream::connect(running.local_addr())
         .await
         .unwrap();
-    kept.write_all(b"GET /free/a HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(status_of_next_answer(&mut kept).await, "200");
+    assert_eq!(raw::get_on(&mut kept, "/free/a").await.status, 200);
 
     let smaller =
         toml(&up.url(), "").replace("workers = 2", "workers = 2\nmax_header_bytes = 1024");
@@ -287,23 +242,22 @@ async fn a_kept_alive_connection_reads_its_next_head_under_the_reloaded_limits()
         "a".repeat(2000)
     );
     kept.write_all(big.as_bytes()).await.unwrap();
-    assert_eq!(status_of_next_answer(&mut kept).await, "431");
+    assert_eq!(raw::read_answer(&mut kept).await.status, 431);
     running.shutdown();
 }
 
 #[tokio::test]
 async fn a_connection_busy_during_a_reload_goes_idle_under_the_new_idle_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncReadExt;
     let up = spawn_upstream().await;
     let long = toml(&up.url(), "").replace("workers = 2", "workers = 1\nidle_timeout = \"30s\"");
-    let path = config_file("idle", &long);
+    let path = temp_file("idle", &long);
     let running = start(&path);
-    let mut s = tokio::net::TcpStream::connect(running.local_addr())
-        .await
-        .unwrap();
-    s.write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    let mut s = raw::open(
+        running.local_addr(),
+        "GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let short = long.replace("idle_timeout = \"30s\"", "idle_timeout = \"200ms\"");
     std::fs::write(&path, short).unwrap();
@@ -333,54 +287,30 @@ async fn without_a_config_file_a_reload_is_refused() {
 #[tokio::test]
 async fn sighup_reloads_the_running_binary() {
     let up = spawn_upstream().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let text = toml(&up.url(), "").replace(
-        "listen = \"127.0.0.1:0\"\nadmin",
-        &format!("listen = \"127.0.0.1:{port}\"\nadmin"),
-    );
-    let path = config_file("sighup", &text);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("--config")
-        .arg(&path)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_for_listener(addr).await;
-    assert_eq!(get(addr, "/v2/x").await.status, 200);
-    std::fs::write(
-        &path,
-        format!("{text}[[routes]]\npath = \"/v2\"\nmethods = [\"POST\"]\n"),
-    )
-    .unwrap();
-    let kill = |sig: &str| {
-        std::process::Command::new("kill")
-            .args([sig, &child.id().to_string()])
-            .status()
-            .unwrap()
-    };
-    assert!(kill("-HUP").success());
+    let text = toml(&up.url(), "");
+    let mut p = Process::new().config(&text).start().await;
+    assert_eq!(get(p.addr, "/v2/x").await.status, 200);
+    p.rewrite_config(&format!(
+        "{text}[[routes]]\npath = \"/v2\"\nmethods = [\"POST\"]\n"
+    ));
+    p.signal("HUP");
     let mut status = 0;
     for _ in 0..50 {
-        status = get(addr, "/v2/x").await.status.as_u16();
+        status = get(p.addr, "/v2/x").await.status.as_u16();
         if status == 405 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(status, 405, "the reloaded route answers");
-    assert!(kill("-TERM").success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    p.signal("TERM");
+    assert_eq!(p.wait().await.code(), Some(0));
 }
 
 #[tokio::test]
 async fn under_a_changed_policy_each_key_keeps_its_share_of_the_limit() {
     let up = spawn_upstream().await;
-    let path = config_file("changed", &toml(&up.url(), ""));
+    let path = temp_file("changed", &toml(&up.url(), ""));
     let running = start(&path);
     let addr = running.local_addr();
     for _ in 0..3 {
@@ -406,7 +336,7 @@ async fn under_a_changed_policy_each_key_keeps_its_share_of_the_limit() {
 #[tokio::test]
 async fn counters_carry_on_across_a_reload() {
     let up = spawn_upstream().await;
-    let path = config_file("counters", &toml(&up.url(), ""));
+    let path = temp_file("counters", &toml(&up.url(), ""));
     let running = start(&path);
     let (addr, admin) = (running.local_addr(), running.admin_addr().unwrap());
     let (free, keyed_ok) = (3, 2);
@@ -423,7 +353,7 @@ async fn counters_carry_on_across_a_reload() {
     }
     assert_eq!(send(addr, keyed("/a", "k")).await.status, 200);
 
-    let text = String::from_utf8(get(admin, "/metrics").await.body.to_vec()).unwrap();
+    let text = metrics(admin).await;
     let at = |name: &str| metric_value(&text, name);
     assert_eq!(
         at(r#"sluice_requests_total{route="/free",method="GET",status="200"}"#),

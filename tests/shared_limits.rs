@@ -1,25 +1,17 @@
-//! Several sluice processes sharing one limit per client in a real `redis-server` (or a
+//! Several sluice replicas sharing one limit per client in a real `redis-server` (or a
 //! three-node Redis Cluster): exactly the published rule in exact mode, within the documented
 //! bound in lease mode, and each `on_error` as documented while Redis is down.
 
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Method;
-use http_body_util::Full;
+use sluice::limiter::ManualClock;
 use support::process::Process;
-use support::redis::{Cluster, Redis};
+use support::redis::{Cluster, EPOCH, Redis};
 use support::*;
-
-fn keyed(key: &str) -> http::Request<Full<Bytes>> {
-    request(Method::GET, "/")
-        .header("x-api-key", key)
-        .body(Full::default())
-        .unwrap()
-}
 
 /// The published rule by default; `store` is the body of `[store]`.
 fn config(upstream: &str, store: &str, policy: &str) -> String {
@@ -55,13 +47,18 @@ async fn replicas(toml: &str, n: usize) -> Vec<Process> {
     all
 }
 
-/// Sends `n` requests for `key` round robin over `replicas`; the statuses, in order.
-async fn spread(replicas: &[Process], key: &str, n: usize) -> Vec<Answer> {
+/// Sends `n` requests for `key` round robin over the replicas at `addrs`; the answers, in order.
+async fn spread(addrs: &[SocketAddr], key: &str, n: usize) -> Vec<Answer> {
     let mut answers = Vec::with_capacity(n);
     for i in 0..n {
-        answers.push(send(replicas[i % replicas.len()].addr, keyed(key)).await);
+        answers.push(send(addrs[i % addrs.len()], keyed("/", key)).await);
     }
     answers
+}
+
+/// The proxy addresses of `replicas`.
+fn addrs(replicas: &[Process]) -> Vec<SocketAddr> {
+    replicas.iter().map(|p| p.addr).collect()
 }
 
 fn admitted(answers: &[Answer]) -> usize {
@@ -77,7 +74,7 @@ async fn three_replicas_in_exact_mode_admit_exactly_the_published_100() {
         "",
     );
     let replicas = replicas(&toml, 3).await;
-    let answers = spread(&replicas, "alice", 300).await;
+    let answers = spread(&addrs(&replicas), "alice", 300).await;
     assert_eq!(admitted(&answers), 100);
     assert_eq!(up.seen().len(), 100);
     for refused in answers.iter().filter(|a| a.status != 200) {
@@ -108,13 +105,13 @@ async fn three_replicas_in_lease_mode_admit_at_most_three_leases_more() {
         redis.url()
     );
     let replicas = replicas(&config(&up.url(), &store, ""), 3).await;
-    let answers = spread(&replicas, "alice", 300).await;
+    let answers = spread(&addrs(&replicas), "alice", 300).await;
     let n = admitted(&answers);
     assert!((100..=130).contains(&n), "{n} admitted");
     // Most requests were answered without a round trip: leased tokens and held refusals.
     let mut local = 0.0;
     for p in &replicas {
-        let text = String::from_utf8(get(p.admin, "/metrics").await.body.to_vec()).unwrap();
+        let text = metrics(p.admin).await;
         local += metric_value(&text, r#"sluice_store_local_answers_total{answer="lease"}"#);
         local += metric_value(
             &text,
@@ -126,23 +123,36 @@ async fn three_replicas_in_lease_mode_admit_at_most_three_leases_more() {
 
 #[tokio::test]
 async fn a_refused_client_retrying_after_retry_after_is_admitted_by_another_replica() {
+    // Two replicas in this process, on one manual clock whose time the Redis script takes:
+    // waiting out Retry-After is a step of the clock.
     let (redis, up) = (Redis::start(), spawn_upstream().await);
-    let toml = config(
-        &up.url(),
-        &format!("url = \"{}\"\ntimeout = \"1s\"", redis.url()),
-        SMALL,
+    let clock = Arc::new(ManualClock::new(EPOCH));
+    let store = format!(
+        "[store]\nkind = \"redis\"\nkey_secret = \"shared by the replicas\"\nurl = \"{}\"\ntimeout = \"1s\"",
+        redis.url()
     );
-    let replicas = replicas(&toml, 2).await;
-    let answers = spread(&replicas, "bob", 6).await;
+    let replica = || {
+        Sluice::builder()
+            .upstream(&up)
+            .policy("default", "rate = \"1/s\"\nburst = 5")
+            .toml(&store)
+            .clock(&clock)
+            .start()
+    };
+    let replicas = [replica(), replica()];
+    for r in &replicas {
+        store_up(r.admin.unwrap()).await;
+    }
+    let answers = spread(&replicas.each_ref().map(|r| r.addr), "bob", 6).await;
     assert_eq!(admitted(&answers), 5);
     let refused = &answers[5];
     assert_eq!(refused.status, 429);
     assert_eq!(refused.header("retry-after"), "1");
     // Still refused at once, on either replica.
-    assert_eq!(send(replicas[0].addr, keyed("bob")).await.status, 429);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(send(replicas[1].addr, keyed("bob")).await.status, 200);
-    assert_eq!(send(replicas[0].addr, keyed("bob")).await.status, 429);
+    assert_eq!(send(replicas[0].addr, keyed("/", "bob")).await.status, 429);
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(send(replicas[1].addr, keyed("/", "bob")).await.status, 200);
+    assert_eq!(send(replicas[0].addr, keyed("/", "bob")).await.status, 429);
 }
 
 #[tokio::test]
@@ -151,17 +161,17 @@ async fn a_three_node_cluster_admits_exactly_100_without_crossslot_errors() {
     let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let store = format!("cluster = [{}]\ntimeout = \"1s\"", nodes.join(", "));
     let replicas = replicas(&config(&up.url(), &store, ""), 3).await;
-    let answers = spread(&replicas, "carol", 300).await;
+    let answers = spread(&addrs(&replicas), "carol", 300).await;
     assert_eq!(admitted(&answers), 100);
     for p in &replicas {
-        let text = String::from_utf8(get(p.admin, "/metrics").await.body.to_vec()).unwrap();
+        let text = metrics(p.admin).await;
         assert_eq!(
             metric_value(&text, r#"sluice_store_calls_total{result="error"}"#),
             0.0
         );
     }
     // Several clients spread over the slots, each exact.
-    let answers = spread(&replicas, "dave", 120).await;
+    let answers = spread(&addrs(&replicas), "dave", 120).await;
     assert_eq!(admitted(&answers), 100);
     let held: usize = cluster.nodes.iter().map(|n| n.keys().len()).sum();
     assert_eq!(held, 2);
@@ -182,7 +192,7 @@ async fn while_redis_is_down_each_on_error_answers_at_once_and_recovery_is_autom
         );
         let p = Process::start(&config(&up.url(), &store, SMALL), &[]).await;
         store_up(p.admin).await;
-        assert_eq!(send(p.addr, keyed("erin")).await.status, 200);
+        assert_eq!(send(p.addr, keyed("/", "erin")).await.status, 200);
         processes.push(p);
     }
     redis.kill();
@@ -191,7 +201,7 @@ async fn while_redis_is_down_each_on_error_answers_at_once_and_recovery_is_autom
         let mut answers = Vec::new();
         for _ in 0..10 {
             let started = Instant::now();
-            answers.push(send(p.addr, keyed("erin")).await);
+            answers.push(send(p.addr, keyed("/", "erin")).await);
             slowest = slowest.max(started.elapsed());
         }
         assert!(
@@ -225,7 +235,7 @@ async fn while_redis_is_down_each_on_error_answers_at_once_and_recovery_is_autom
                 );
             }
         }
-        let text = String::from_utf8(get(p.admin, "/metrics").await.body.to_vec()).unwrap();
+        let text = metrics(p.admin).await;
         assert_eq!(
             metric_value(&text, "sluice_store_fallbacks_total"),
             1.0,
@@ -239,7 +249,7 @@ async fn while_redis_is_down_each_on_error_answers_at_once_and_recovery_is_autom
     redis.restart();
     for p in &processes {
         store_up(p.admin).await;
-        assert_eq!(send(p.addr, keyed("frank")).await.status, 200);
+        assert_eq!(send(p.addr, keyed("/", "frank")).await.status, 200);
         assert!(p.log().contains("limiter store reachable again"));
     }
     assert_eq!(
@@ -259,23 +269,17 @@ async fn a_reload_that_changes_the_store_switches_to_it() {
         get(p.admin, "/readyz").await.body,
         r#"{"status":"ready","store":"memory"}"#
     );
-    assert_eq!(send(p.addr, keyed("gina")).await.status, 200);
+    assert_eq!(send(p.addr, keyed("/", "gina")).await.status, 200);
     // A timeout no busy test machine reaches: every check must go to Redis.
     p.rewrite_config(&config(
         &up.url(),
         &format!("url = \"{}\"\ntimeout = \"1s\"", redis.url()),
         SMALL,
     ));
-    let reloaded = send(
-        p.admin,
-        request(Method::POST, "/reload")
-            .body(Full::<Bytes>::default())
-            .unwrap(),
-    )
-    .await;
+    let reloaded = post_reload(p.admin).await;
     assert_eq!(reloaded.status, 200, "{:?}", reloaded.body);
     store_up(p.admin).await;
-    let answers: Vec<Answer> = spread(std::slice::from_ref(&p), "gina", 6).await;
+    let answers: Vec<Answer> = spread(&[p.addr], "gina", 6).await;
     assert_eq!(admitted(&answers), 5, "a fresh start in the new store");
     assert_eq!(redis.keys().len(), 1);
 }
@@ -295,25 +299,9 @@ async fn a_store_secret_from_the_environment_and_a_bad_url_named_by_key_and_line
     )
     .await;
     store_up(p.admin).await;
-    assert_eq!(send(p.addr, keyed("hank")).await.status, 200);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["check", "--config", "/dev/stdin"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(b"[store]\nkind = \"redis\"\nurl = \"http://x:1\"\n")?;
-            child.wait_with_output()
-        })
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    assert_eq!(send(p.addr, keyed("/", "hank")).await.status, 200);
+    let (code, err) = support::process::check("[store]\nkind = \"redis\"\nurl = \"http://x:1\"\n");
+    assert_ne!(code, Some(0));
     assert!(
         err.contains("line 3: `store.url`: not a Redis URL"),
         "{err}"

@@ -2,9 +2,9 @@
 
 mod support;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use support::process::Process;
 use support::*;
 
 #[tokio::test]
@@ -38,8 +38,10 @@ async fn an_in_flight_request_finishes_after_shutdown_begins() {
 #[tokio::test]
 async fn a_batch_accepted_before_shutdown_runs_all_its_items() {
     let up = spawn_upstream().await;
-    let toml = "[upstreams.api]\ntargets = [\"{upstream}\"]\n[batch]\nmax_concurrency = 1\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .toml("[batch]\nmax_concurrency = 1")
+        .start();
     let addr = sluice.addr;
     // One item at a time: the later ones start after shutdown has begun.
     let batch = r#"{"requests": [
@@ -65,14 +67,13 @@ async fn a_batch_accepted_before_shutdown_runs_all_its_items() {
 #[tokio::test]
 async fn drain_timeout_bounds_the_wait() {
     let up = spawn_upstream().await;
-    let toml = "[server]\ndrain_timeout = \"300ms\"\n[upstreams.api]\ntargets = [\"{upstream}\"]\n";
-    let sluice = spawn_sluice(toml, &up.url());
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .server(r#"drain_timeout = "300ms""#)
+        .start();
     let addr = sluice.addr;
     let slow = tokio::spawn(async move {
-        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
-        tokio::spawn(conn);
+        let mut sender = connect_h1(addr).await;
         let req = request(http::Method::GET, "/slow/5000")
             .body(http_body_util::Empty::<bytes::Bytes>::new());
         sender.send_request(req.unwrap()).await
@@ -94,87 +95,40 @@ async fn drain_timeout_bounds_the_wait() {
 #[tokio::test]
 async fn the_binary_drains_on_sigterm_and_exits_0() {
     let up = spawn_upstream().await;
-    let (port, admin) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "--upstream",
-            &up.url(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args([
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-            "--workers",
-            "1",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    wait_for_listener(admin_addr).await;
+    let mut p = Process::new().args(["--upstream", &up.url()]).start().await;
+    let addr = p.addr;
     let slow = tokio::spawn(async move { get(addr, "/slow/500").await });
     up.wait_for(1).await;
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    p.signal("TERM");
     assert_eq!(slow.await.unwrap().status, 200);
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(p.wait().await.code(), Some(0));
 }
 
 #[tokio::test]
 async fn a_second_sigterm_a_second_later_cuts_the_drain_short() {
     let up = spawn_upstream().await;
-    let (port, admin) = (free_port(), free_port());
-    let dir = std::env::temp_dir().join(format!("sluice-drain-{port}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("sluice.toml");
     let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
-         workers = 1\ndrain_timeout = \"30s\"\n[upstreams.api]\ntargets = [\"{}\"]\n",
+        "[server]\ndrain_timeout = \"30s\"\n[upstreams.api]\ntargets = [\"{}\"]\n",
         up.url()
     );
-    std::fs::write(&config, toml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["--config", config.to_str().unwrap()])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_listener(format!("127.0.0.1:{admin}").parse().unwrap()).await;
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut p = Process::start(&toml, &[]).await;
+    let addr = p.addr;
     // Holds the drain open for 20 s, far longer than the test waits.
     let _slow = tokio::spawn(async move { get(addr, "/slow/20000").await });
     up.wait_for(1).await;
-    let pid = child.id().to_string();
-    let term = || {
-        let kill = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(kill.success());
-    };
-    term();
+    p.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(p.try_wait().is_none(), "the first signal drains");
+    p.signal("TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        child.try_wait().unwrap().is_none(),
-        "the first signal drains"
-    );
-    term();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        child.try_wait().unwrap().is_none(),
+        p.try_wait().is_none(),
         "a second signal within a second of the first may be the same Ctrl-C"
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
-    term();
+    p.signal("TERM");
     let started = Instant::now();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let status = p.wait().await;
     assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(status.code(), Some(1));
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Method;
 use http_body_util::Full;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// Longer than sluice lets a pooled connection rest before a request on it is worth a copy.
@@ -61,19 +61,19 @@ const AFTER_ONE: Closing = Closing {
     reset: false,
 };
 
-struct Upstream {
+struct ClosingUpstream {
     url: String,
     hits: Arc<Mutex<Vec<Hit>>>,
 }
 
-impl Upstream {
+impl ClosingUpstream {
     fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
     }
 }
 
 /// A raw HTTP/1.1 upstream on loopback that closes its connections as `closing` says.
-async fn closing_upstream(closing: Closing) -> Upstream {
+async fn closing_upstream(closing: Closing) -> ClosingUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
@@ -85,7 +85,7 @@ async fn closing_upstream(closing: Closing) -> Upstream {
             tokio::spawn(serve(s, conn, closing, log.clone()));
         }
     });
-    Upstream { url, hits }
+    ClosingUpstream { url, hits }
 }
 
 async fn serve(mut s: TcpStream, conn: usize, closing: Closing, log: Arc<Mutex<Vec<Hit>>>) {
@@ -108,39 +108,11 @@ async fn serve(mut s: TcpStream, conn: usize, closing: Closing, log: Arc<Mutex<V
     }
 }
 
-/// Reads one request (head and `Content-Length` body); returns "METHOD PATH".
+/// Reads one request; returns "METHOD PATH".
 async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let length: usize = head
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-        .map_or(0, |(_, v)| v.trim().parse().unwrap());
-    while buf.len() < head_end + length {
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    buf.drain(..head_end + length);
+    let (head, _) = raw::read_message(s, buf).await?;
     let mut words = head.split(' ');
     Some(format!("{} {}", words.next()?, words.next()?))
-}
-
-async fn metrics(sluice: &Sluice) -> String {
-    let res = get(sluice.admin.unwrap(), "/metrics").await;
-    String::from_utf8(res.body.to_vec()).unwrap()
 }
 
 const RESETS: &str = r#"sluice_upstream_errors_total{upstream="api",kind="reset"}"#;
@@ -161,7 +133,7 @@ async fn second_get_is_sent_again(closing: Closing) {
             answered(2, "GET /v1/x"),
         ]
     );
-    let text = metrics(&sluice).await;
+    let text = sluice.metrics().await;
     assert_eq!(metric_line(&text, RESETS), None, "{text}");
 }
 
@@ -246,14 +218,16 @@ async fn a_post_lost_on_a_closed_connection_is_a_502_and_never_sent_twice() {
         up.hits(),
         [answered(1, "GET /first"), dropped(1, "POST /v1/x")]
     );
-    assert_eq!(metric_value(&metrics(&sluice).await, RESETS), 1.0);
+    assert_eq!(metric_value(&sluice.metrics().await, RESETS), 1.0);
 }
 
 #[tokio::test]
 async fn a_put_with_a_streamed_body_lost_on_a_closed_connection_is_a_502() {
     let up = closing_upstream(AFTER_ONE).await;
-    let streaming = "[upstreams.api]\ntargets = [\"{upstream}\"]\n[[routes]]\npath = \"/\"\nvalidate_json = false\n";
-    let sluice = spawn_sluice(streaming, &up.url);
+    let sluice = Sluice::builder()
+        .target(&up.url)
+        .route("/", "validate_json = false")
+        .start();
     assert_eq!(get(sluice.addr, "/first").await.status, 200);
     let put = request(Method::PUT, "/v1/x")
         .header("content-type", "application/json")
@@ -280,11 +254,11 @@ async fn a_request_sent_again_moves_on_to_the_next_target_when_its_own_refuses()
         serve(s, 1, AFTER_ONE, log).await;
     });
     let second = closing_upstream(AFTER_ONE).await;
-    let toml = format!(
-        "[upstreams.api]\ntargets = [\"{first_url}\", \"{}\"]\n[server]\nworkers = 1\n",
-        second.url
-    );
-    let sluice = spawn_sluice(&toml, &first_url);
+    let sluice = Sluice::builder()
+        .target(&first_url)
+        .target(&second.url)
+        .server("workers = 1")
+        .start();
     // Round robin: send until a request is lost on the first target's closed connection.
     let mut lost = None;
     for i in 0..4 {
@@ -302,5 +276,5 @@ async fn a_request_sent_again_moves_on_to_the_next_target_when_its_own_refuses()
         .filter(|h| h.request == request && h.answered)
         .count();
     assert_eq!(answered_by_second, 1, "{:?}", second.hits());
-    assert_eq!(metric_line(&metrics(&sluice).await, RESETS), None);
+    assert_eq!(metric_line(&sluice.metrics().await, RESETS), None);
 }

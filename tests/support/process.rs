@@ -1,36 +1,88 @@
-//! The built `sluice` binary as a process of its own, configured from a file, with its log
-//! kept for the test to read. Killed when dropped.
+//! The built `sluice` binary as a process of its own, on free loopback ports, with its log kept
+//! for the test to read: `Process::start(toml, env)`, or `Process::new().args(…).start()` for
+//! other command lines. Killed when dropped.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
 
-use super::{free_port, wait_for_listener};
+use super::{free_port, temp_file, wait_for_listener};
 
+/// The built binary, to run a subcommand of.
+pub fn command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// `sluice check --config FILE` with FILE holding `toml`: its exit code and stderr.
+pub fn check(toml: &str) -> (Option<i32>, String) {
+    let file = temp_file("check.toml", toml);
+    let out = command()
+        .arg("check")
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
+
+/// A running `sluice` process.
 pub struct Process {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     child: Child,
-    config: PathBuf,
+    config: Option<PathBuf>,
     log: PathBuf,
 }
 
-impl Process {
-    /// `sluice --config FILE` (FILE holding `toml`), on free loopback ports, one worker, with
-    /// the extra environment variables `env`; returns once it listens.
-    pub async fn start(toml: &str, env: &[(&str, &str)]) -> Process {
+/// A `sluice` command line being put together; `start` runs it.
+#[derive(Default)]
+pub struct Launch {
+    config: Option<String>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// `--config FILE`, FILE holding `toml` (a reload re-reads it).
+    pub fn config(mut self, toml: &str) -> Launch {
+        self.config = Some(toml.to_string());
+        self
+    }
+
+    /// More arguments, such as `["--upstream", url]`.
+    pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Launch {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_string()));
+        self
+    }
+
+    /// An environment variable of the process.
+    pub fn env(mut self, name: &str, value: &str) -> Launch {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Runs the binary with the proxy and admin listeners on free loopback ports and, unless
+    /// the config sets `server.workers`, one worker; returns once the proxy listens.
+    pub async fn start(self) -> Process {
         let (port, admin) = (free_port(), free_port());
-        let name = format!("sluice-test-{}-{port}", std::process::id());
-        let config = std::env::temp_dir().join(format!("{name}.toml"));
-        let log = std::env::temp_dir().join(format!("{name}.log"));
-        std::fs::write(&config, toml).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--workers", "1"])
-            .envs(env.iter().copied())
+        let log = temp_file("sluice.log", "");
+        let mut cmd = command();
+        let mut config = None;
+        if let Some(toml) = &self.config {
+            let file = temp_file("sluice.toml", toml);
+            cmd.arg("--config").arg(&file);
+            config = Some(file);
+        }
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")]);
+        if !self.config.as_deref().is_some_and(sets_workers) {
+            cmd.args(["--workers", "1"]);
+        }
+        let child = cmd
+            .args(&self.args)
+            .envs(self.env)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -45,6 +97,28 @@ impl Process {
             log,
         }
     }
+}
+
+fn sets_workers(toml: &str) -> bool {
+    let table: toml::Table = toml.parse().unwrap();
+    table.get("server").and_then(|s| s.get("workers")).is_some()
+}
+
+impl Process {
+    /// A command line to put together.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new() -> Launch {
+        Launch::default()
+    }
+
+    /// `sluice --config FILE` (FILE holding `toml`) with the extra environment variables `env`.
+    pub async fn start(toml: &str, env: &[(&str, &str)]) -> Process {
+        let launch = Process::new().config(toml);
+        env.iter()
+            .fold(launch, |l, (name, value)| l.env(name, value))
+            .start()
+            .await
+    }
 
     /// What the process has logged so far.
     pub fn log(&self) -> String {
@@ -53,7 +127,32 @@ impl Process {
 
     /// Replaces the config file (for a reload).
     pub fn rewrite_config(&self, toml: &str) {
-        std::fs::write(&self.config, toml).unwrap();
+        std::fs::write(self.config.as_ref().expect("started with a config"), toml).unwrap();
+    }
+
+    /// Sends the signal `name` (`TERM`, `HUP` …).
+    pub fn signal(&self, name: &str) {
+        let kill = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(kill.success(), "kill -{name}");
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits until the process exits.
+    pub async fn wait(&mut self) -> ExitStatus {
+        loop {
+            if let Some(status) = self.try_wait() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 
@@ -61,7 +160,9 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config);
+        if let Some(config) = &self.config {
+            let _ = std::fs::remove_file(config);
+        }
         let _ = std::fs::remove_file(&self.log);
     }
 }

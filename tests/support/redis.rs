@@ -7,6 +7,10 @@ use std::time::{Duration, Instant};
 
 use super::free_port;
 
+/// 2026-12-01 in nanoseconds since the Unix epoch: where a manual clock whose readings go to
+/// Redis starts, so that they look like Redis's own.
+pub const EPOCH: u64 = 1_796_083_200_000_000_000;
+
 /// One `redis-server`, no persistence, on `127.0.0.1:port`.
 pub struct Redis {
     pub port: u16,

@@ -51,13 +51,9 @@ async fn refused_for_tls(toml: &str) {
             .contains("certificate did not verify"),
         "{body}"
     );
-    let text = metrics_text(&sluice).await;
+    let text = sluice.metrics().await;
     let tls = r#"sluice_upstream_errors_total{upstream="api",kind="tls"}"#;
     assert_eq!(metric_value(&text, tls), 1.0, "{text}");
-}
-
-async fn metrics_text(sluice: &Sluice) -> String {
-    String::from_utf8(get(sluice.admin.unwrap(), "/metrics").await.body.to_vec()).unwrap()
 }
 
 #[tokio::test]
@@ -131,17 +127,9 @@ async fn tls_insecure_skip_verify_takes_any_certificate_and_says_so_loudly() {
 #[test]
 fn bad_tls_settings_are_named_by_key_and_line() {
     let check = |toml: &str| {
-        let file =
-            std::env::temp_dir().join(format!("sluice-tls-check-{}.toml", std::process::id()));
-        std::fs::write(&file, toml).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(["check", "--config"])
-            .arg(&file)
-            .output()
-            .unwrap();
-        let _ = std::fs::remove_file(&file);
-        assert!(!out.status.success());
-        String::from_utf8(out.stderr).unwrap()
+        let (code, stderr) = process::check(toml);
+        assert_eq!(code, Some(1), "{stderr}");
+        stderr
     };
     let missing = check(
         "[upstreams.api]\ntargets = [\"https://127.0.0.1:1\"]\ntls_ca = \"/nonexistent/ca.pem\"\n",

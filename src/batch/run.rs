@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use super::parse::Item;
 use crate::body::{self, Body};
 use crate::media::is_json;
-use crate::pipeline::{ClientCert, FromBatch, Proxy, X_API_KEY};
+use crate::pipeline::{ClientCert, FromBatch, Proxy, Tls, X_API_KEY};
 use crate::problem::{Deadline, Problem};
 use crate::upstream::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
@@ -185,7 +185,9 @@ fn start_ready<'a, F: Future>(
 /// The item as a request of its own: its method, path, headers and body, with the batch's
 /// credentials, client certificate and client headers (which an item cannot override).
 fn item_request(item: &Item, batch: &Parts) -> Request<Body> {
-    let (cert, batch) = (batch.extensions.get::<Arc<ClientCert>>(), &batch.headers);
+    let extensions = &batch.extensions;
+    let (cert, tls) = (extensions.get::<Arc<ClientCert>>(), extensions.get::<Tls>());
+    let batch = &batch.headers;
     let mut headers = HeaderMap::with_capacity(item.headers.len() + 4);
     for (name, value) in &item.headers {
         headers.append(name.clone(), value.clone());
@@ -226,6 +228,9 @@ fn item_request(item: &Item, batch: &Parts) -> Request<Body> {
     req.extensions_mut().insert(FromBatch);
     if let Some(cert) = cert {
         req.extensions_mut().insert(cert.clone());
+    }
+    if let Some(tls) = tls {
+        req.extensions_mut().insert(*tls);
     }
     req
 }

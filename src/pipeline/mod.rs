@@ -32,7 +32,7 @@ pub use client::{client_ip, is_trusted};
 pub use credentials::{ClientCert, Keys, X_API_KEY, presented_key};
 pub use limits::{Caller, Limits, Verdict};
 pub use phase::forward::host_from_authority;
-pub use phase::head::{FromBatch, Unmeasured};
+pub use phase::head::{FromBatch, Tls, Unmeasured};
 pub use request_id::RequestIds;
 pub use router::{Routed, Router};
 

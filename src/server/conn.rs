@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use super::activity::{Active, ConnState};
 use super::client_io::{ClientIo, Current};
 use crate::body::{self, Body};
-use crate::pipeline::{ClientCert, Lifecycle, Unmeasured};
+use crate::pipeline::{ClientCert, Lifecycle, Tls, Unmeasured};
 
 /// A new connection: its TLS handshake first, within `header_read_timeout`, where the
 /// listener has TLS; then hyper serves it.
@@ -38,15 +38,12 @@ pub(super) fn accept(
     let guard = ConnectionGuard::new(&proxy.app.life);
     let server = &proxy.app.config.server;
     let Some(tls) = &server.tls else {
-        return serve(
-            current,
-            builder,
-            graceful.watcher(),
-            stream,
-            peer,
-            guard,
-            None,
-        );
+        let peer = Peer {
+            addr: peer,
+            tls: false,
+            cert: None,
+        };
+        return serve(current, builder, graceful.watcher(), stream, peer, guard);
     };
     let acceptor = TlsAcceptor::from(tls.config.clone());
     let limit = server.header_read_timeout;
@@ -54,18 +51,30 @@ pub(super) fn accept(
     tokio::spawn(async move {
         match tokio::time::timeout(limit, acceptor.accept(stream)).await {
             Ok(Ok(stream)) => {
-                let cert = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first());
-                let cert = cert.map(|c| Arc::new(ClientCert::of(c)));
-                serve(&current, &builder, watcher, stream, peer, guard, cert);
+                let cert = stream.get_ref().1.peer_certificates();
+                let peer = Peer {
+                    addr: peer,
+                    tls: true,
+                    cert: cert
+                        .and_then(|c| c.first())
+                        .map(|c| Arc::new(ClientCert::of(c))),
+                };
+                serve(&current, &builder, watcher, stream, peer, guard);
             }
             Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake not done within header_read_timeout"),
         }
     });
+}
+
+/// Who is at the other end of a connection.
+#[derive(Debug, Clone)]
+struct Peer {
+    addr: SocketAddr,
+    /// The connection is TLS.
+    tls: bool,
+    /// The certificate the client presented, verified against `server.tls.client_ca`.
+    cert: Option<Arc<ClientCert>>,
 }
 
 /// hyper serving `stream`, one request at a time through the current proxy; each request
@@ -75,9 +84,8 @@ fn serve<S>(
     builder: &auto::Builder<TokioExecutor>,
     graceful: Watcher,
     stream: S,
-    peer: SocketAddr,
+    peer: Peer,
     guard: ConnectionGuard,
-    cert: Option<Arc<ClientCert>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -90,22 +98,26 @@ fn serve<S>(
     let io = ClientIo::new(stream, current.clone(), state.clone());
     let current = current.clone();
     let refusing = refused.clone();
+    let addr = peer.addr;
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
         let (proxy, active) = (current.load_full(), Active::new(&state));
         if state.unmeasured() {
             req.extensions_mut().insert(Unmeasured);
         }
-        if let Some(cert) = &cert {
+        if peer.tls {
+            req.extensions_mut().insert(Tls);
+        }
+        if let Some(cert) = &peer.cert {
             req.extensions_mut().insert(cert.clone());
         }
-        let refusing = refusing.clone();
+        let (refusing, addr) = (refusing.clone(), peer.addr);
         async move {
             let res = match refusing {
                 Some(refused) => {
                     refused.notify_one();
                     proxy.overloaded(&req)
                 }
-                None => proxy.serve(peer, req).await,
+                None => proxy.serve(addr, req).await,
             };
             Ok::<_, Infallible>(res.map(|body| Answer { body, active }))
         }
@@ -117,7 +129,7 @@ fn serve<S>(
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %peer, "client connection ended with an error");
+                tracing::debug!(error = %e, peer = %addr, "client connection ended with an error");
             }
             drop(guard);
         });

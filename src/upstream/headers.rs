@@ -158,7 +158,13 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 
 /// Sets X-Forwarded-For (appending the peer), -Proto and -Host, and X-Real-IP (the client as
 /// sluice determined it). A trusted peer's own -Proto and -Host are kept: it saw the original.
-pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, client: IpAddr) {
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_trusted: bool,
+    client: IpAddr,
+    tls: bool,
+) {
     if headers.keys().any(|name| name.as_str().contains('_')) {
         remove_posing(headers);
     }
@@ -193,7 +199,8 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, peer_trusted: bool, 
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
+        headers.insert(X_FORWARDED_PROTO.clone(), proto);
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
         && let Some(host) = headers.get(header::HOST).cloned()
@@ -353,7 +360,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let peer = "10.1.2.3".parse().unwrap();
-        set_forwarded(&mut h, peer, false, peer);
+        set_forwarded(&mut h, peer, false, peer, false);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(
             h["x-forwarded-proto"], "http",
@@ -370,7 +377,7 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9, 192.0.2.7"),
         ]);
         let peer = "10.1.2.3".parse().unwrap();
-        set_forwarded(&mut h, peer, false, peer);
+        set_forwarded(&mut h, peer, false, peer, false);
         let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["198.51.100.1, 203.0.113.9, 192.0.2.7, 10.1.2.3"]);
     }
@@ -385,7 +392,7 @@ mod tests {
             ("x-sluice_clients", "kept"),
         ]);
         let peer = "10.1.2.3".parse().unwrap();
-        set_forwarded(&mut h, peer, false, peer);
+        set_forwarded(&mut h, peer, false, peer, false);
         assert!(h.get("x_sluice_client").is_none());
         assert!(h.get("x_real_ip").is_none());
         assert!(h.get("x_forwarded_for").is_none());
@@ -406,6 +413,7 @@ mod tests {
             "::1".parse().unwrap(),
             true,
             "192.0.2.1".parse().unwrap(),
+            false,
         );
         assert_eq!(h["x-real-ip"], "192.0.2.1");
         assert_eq!(h["x-forwarded-for"], "::1");

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use super::{free_port, temp_file, wait_for_listener};
+use super::{free_port, temp_file};
 
 /// The built binary, to run a subcommand of.
 pub fn command() -> Command {
@@ -64,39 +64,63 @@ impl Launch {
     }
 
     /// Runs the binary with the proxy and admin listeners on free loopback ports and, unless
-    /// the config sets `server.workers`, one worker; returns once the proxy listens.
+    /// the config sets `server.workers`, one worker; returns once the proxy listens. A port
+    /// another test took between its release and the bind makes the binary exit at once:
+    /// then it starts again on other ports.
     pub async fn start(self) -> Process {
-        let (port, admin) = (free_port(), free_port());
         let log = temp_file("sluice.log", "");
-        let mut cmd = command();
         let mut config = None;
         if let Some(toml) = &self.config {
-            let file = temp_file("sluice.toml", toml);
-            cmd.arg("--config").arg(&file);
-            config = Some(file);
+            config = Some(temp_file("sluice.toml", toml));
         }
-        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")]);
-        if !self.config.as_deref().is_some_and(sets_workers) {
-            cmd.args(["--workers", "1"]);
+        for _ in 0..5 {
+            let (port, admin) = (free_port(), free_port());
+            let mut cmd = command();
+            if let Some(file) = &config {
+                cmd.arg("--config").arg(file);
+            }
+            cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--admin-listen", &format!("127.0.0.1:{admin}")]);
+            if !self.config.as_deref().is_some_and(sets_workers) {
+                cmd.args(["--workers", "1"]);
+            }
+            let mut child = cmd
+                .args(&self.args)
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap())
+                .spawn()
+                .unwrap();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            if listening(addr, &mut child).await {
+                return Process {
+                    addr,
+                    admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+                    child,
+                    config,
+                    log,
+                };
+            }
         }
-        let child = cmd
-            .args(&self.args)
-            .envs(self.env)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        wait_for_listener(addr).await;
-        Process {
-            addr,
-            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-            child,
-            config,
-            log,
-        }
+        panic!(
+            "sluice did not start: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
+}
+
+/// Waits (up to 5 s) until `child` listens on `addr`; false if it exits first.
+async fn listening(addr: SocketAddr, child: &mut Child) -> bool {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return true;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {addr}");
 }
 
 fn sets_workers(toml: &str) -> bool {

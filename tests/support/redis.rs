@@ -24,8 +24,19 @@ impl Redis {
         Redis::start_with(&[])
     }
 
-    /// A server with extra `redis-server` arguments (e.g. `--cluster-enabled yes`).
+    /// A server with extra `redis-server` arguments (e.g. `--cluster-enabled yes`), on a free
+    /// port: another test may take the port between its release and redis-server's bind, and
+    /// then redis-server exits and another port is tried.
     pub fn start_with(extra: &[&str]) -> Redis {
+        for _ in 0..5 {
+            if let Some(redis) = Redis::try_start(extra) {
+                return redis;
+            }
+        }
+        panic!("redis-server did not start on any free port");
+    }
+
+    fn try_start(extra: &[&str]) -> Option<Redis> {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("sluice-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -51,11 +62,11 @@ impl Redis {
             args,
             child: None,
         };
-        redis.run();
-        redis
+        redis.run().then_some(redis)
     }
 
-    fn run(&mut self) {
+    /// Starts the server; false if it exits (its port was taken) before it answers.
+    fn run(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(&self.args)
             .stdout(Stdio::null())
@@ -64,7 +75,19 @@ impl Redis {
             .expect("redis-server on PATH (the Debian package redis-server)");
         self.child = Some(child);
         let until = Instant::now() + Duration::from_secs(10);
-        while self.try_cli(&["PING"]).as_deref() != Some("PONG") {
+        loop {
+            // A PONG counts only while this server runs: another may hold the port.
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+            if exited {
+                self.child = None;
+                return false;
+            }
+            if self.try_cli(&["PING"]).as_deref() == Some("PONG") {
+                return true;
+            }
             assert!(Instant::now() < until, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -111,7 +134,7 @@ impl Redis {
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
-        self.run();
+        assert!(self.run(), "redis-server did not start again on its port");
     }
 }
 

@@ -2,7 +2,6 @@
 //! streamed within the route's deadline, and the upstream's answer made ready for the client.
 
 use std::future::{Future, poll_fn};
-use std::net::{IpAddr, SocketAddr};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
@@ -17,7 +16,7 @@ use tokio::time::{Instant, Sleep, sleep_until};
 use super::Ctx;
 use crate::body::{self, Body, Counted, Progress, fired};
 use crate::config::Route;
-use crate::pipeline::{App, Proxy, credentials, is_trusted};
+use crate::pipeline::{Proxy, credentials, is_trusted};
 use crate::problem::{Deadline, Limit, Problem, UpstreamFault};
 use crate::upstream::{set_forwarded, strip_hop_by_hop};
 use crate::{json, media};
@@ -30,15 +29,7 @@ pub(crate) async fn forward(
     let app = &*ctx.proxy.app;
     let route = &app.config.routes[ctx.route];
     let (mut parts, body) = req.into_parts();
-    prepare(
-        app,
-        route,
-        ctx.peer,
-        ctx.client,
-        ctx.id,
-        ctx.has_host,
-        &mut parts,
-    )?;
+    prepare(ctx, route, &mut parts)?;
     credentials::identify_upstream(&app.config.auth, &app.keys, ctx.who, &mut parts.headers);
     let res = send(ctx.proxy, ctx.route, route, parts, body).await?;
     ctx.rec.upstream_status = Some(res.status());
@@ -48,19 +39,12 @@ pub(crate) async fn forward(
 /// Makes the request head ready for an HTTP/1.1 upstream: origin-form URI, `Host` kept as the
 /// client named it (`has_host`: whether it has one), hop-by-hop headers dropped,
 /// X-Forwarded-* and the request id set.
-fn prepare(
-    app: &App,
-    route: &Route,
-    peer: SocketAddr,
-    client: IpAddr,
-    id: &HeaderValue,
-    has_host: bool,
-    parts: &mut Parts,
-) -> Result<(), Problem> {
+fn prepare(ctx: &Ctx<'_>, route: &Route, parts: &mut Parts) -> Result<(), Problem> {
+    let (app, peer, client, tls) = (&*ctx.proxy.app, ctx.peer, ctx.client, ctx.tls);
     if host_from_authority(parts) {
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
-    } else if !has_host {
+    } else if !ctx.has_host {
         let host = app.config.upstreams[route.upstream].host.clone();
         parts.headers.insert(HOST, host);
     }
@@ -74,10 +58,10 @@ fn prepare(
     // sluice already answered any `Expect: 100-continue` when it read the body.
     parts.headers.remove(EXPECT);
     let trusted = is_trusted(peer.ip(), &app.config.server.trusted_proxies);
-    set_forwarded(&mut parts.headers, peer.ip(), trusted, client);
+    set_forwarded(&mut parts.headers, peer.ip(), trusted, client, tls);
     parts
         .headers
-        .insert(app.config.headers.request_id.clone(), id.clone());
+        .insert(app.config.headers.request_id.clone(), ctx.id.clone());
     Ok(())
 }
 

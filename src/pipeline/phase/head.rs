@@ -22,6 +22,10 @@ const MAX_FIELDS: usize = 100;
 #[derive(Debug, Clone, Copy)]
 pub struct Unmeasured;
 
+/// Marks a request that came over TLS (its `X-Forwarded-Proto` is `https`).
+#[derive(Debug, Clone, Copy)]
+pub struct Tls;
+
 /// Marks a request made from a batch item: it belongs to a batch already accepted, so it runs
 /// even once the proxy has begun to drain, and it has its batch's `Host`.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +50,7 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, req: &mut Request<Body>) -> Result<(), Pr
     }
     let trusted = &app.config.server.trusted_proxies;
     ctx.client = client_ip(ctx.peer.ip(), req.headers(), trusted);
+    ctx.tls = req.extensions().get::<Tls>().is_some();
     ctx.cert = req.extensions().get::<Arc<ClientCert>>().cloned();
     Ok(())
 }

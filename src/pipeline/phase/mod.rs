@@ -48,6 +48,8 @@ pub(crate) struct Ctx<'a> {
     pub route: usize,
     /// The `[[auth.keys]]` entry that presented itself.
     pub who: Option<usize>,
+    /// Whether the request came over TLS.
+    pub tls: bool,
     /// The certificate the client presented over TLS.
     pub cert: Option<Arc<ClientCert>>,
 }
@@ -96,6 +98,7 @@ pub(crate) async fn run(
         has_host: false,
         route: 0,
         who: None,
+        tls: false,
         cert: None,
     };
     head::check(ctx, &mut req)?;

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use super::certs::{WATCH_EVERY, Watch};
 use super::reload::{AdminChange, ReloadError, Reloader};
 use crate::body::Body;
 use crate::metrics::{Live, render};
@@ -51,12 +52,21 @@ async fn control(
     let mut listener = register(listener);
     let mut generations = reloader.subscribe();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    let (mut look, mut certs) = (tokio::time::interval(WATCH_EVERY), Watch::default());
     loop {
         tokio::select! {
             Some(stream) = accept(listener.as_ref()) => serve(&reloader, stream),
             _ = sweep.tick() => {
                 let dropped = reloader.current().limits.store().sweep();
                 tracing::debug!(dropped, "limiter swept");
+            }
+            _ = look.tick(), if reloader.has_source() => {
+                let app = reloader.current();
+                let files = app.config.server.tls.iter().flat_map(|t| t.settings.files());
+                if certs.changed(files) {
+                    tracing::info!("the listener's certificate files changed; reloading");
+                    let _ = reloader.reload(); // logged and counted either way
+                }
             }
             Ok(()) = generations.changed() => {
                 match generations.borrow_and_update().take_admin() {

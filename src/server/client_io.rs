@@ -140,7 +140,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         }
     }
 
-    /// Writes a problem straight to the stream; best effort, as the connection ends anyway.
+    /// Writes a problem straight to the stream, and ends it (over TLS, with a close_notify,
+    /// so that the client reads the answer as complete); best effort, as the connection ends
+    /// anyway.
     fn answer(&mut self, cx: &mut Context<'_>, problem: &Problem) {
         let bytes = self.problem_bytes(problem);
         let mut sent = 0;
@@ -151,6 +153,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             }
         }
         let _ = Pin::new(&mut self.stream).poll_flush(cx);
+        let _ = Pin::new(&mut self.stream).poll_shutdown(cx);
     }
 
     /// A problem as a whole HTTP/1.1 answer, with a fresh request id; counted and logged as

@@ -5,6 +5,7 @@
 
 mod activity;
 mod admin;
+mod certs;
 mod client_io;
 mod conn;
 mod head;

@@ -98,6 +98,11 @@ impl Reloader {
         }
     }
 
+    /// Whether there is a file to reload from.
+    pub fn has_source(&self) -> bool {
+        self.source.is_some()
+    }
+
     /// A receiver of generations, for a worker or the control thread.
     pub fn subscribe(&self) -> watch::Receiver<Arc<Generation>> {
         self.generations.subscribe()

@@ -214,3 +214,100 @@ async fn spawn(leaf: &Leaf, clients: Option<&Ca>, h2: bool) -> HttpsUpstream {
     });
     HttpsUpstream { addr, seen }
 }
+
+/// How a test client meets an HTTPS listener.
+pub struct Client<'a> {
+    /// The CA the client trusts.
+    pub ca: &'a Ca,
+    /// HTTP/2 (offered by ALPN) or HTTP/1.1.
+    pub h2: bool,
+    /// A client certificate to present.
+    pub cert: Option<&'a Leaf>,
+}
+
+/// A TLS connection to `addr` as `client` would make it; the handshake's error otherwise.
+pub async fn connect(
+    addr: SocketAddr,
+    client: &Client<'_>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(client.ca.cert()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match client.cert {
+        Some(leaf) => {
+            let chain = CertificateDer::pem_file_iter(&leaf.cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![if client.h2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(addr.ip().to_string()).unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    // With TLS 1.3 a refused client certificate shows only at the first read.
+    use tokio::io::AsyncReadExt;
+    let mut none = [0u8; 0];
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(1), tls.read(&mut none)).await;
+    Ok(tls)
+}
+
+/// The subject's common name of the certificate the server presented on `tls`: the string
+/// after the last OID 2.5.4.3 in its DER (the issuer's comes first).
+pub fn served_name(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> String {
+    const CN: [u8; 5] = [0x06, 0x03, 0x55, 0x04, 0x03];
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].as_ref();
+    let at = der.windows(5).rposition(|w| w == CN).unwrap() + 5;
+    let len = der[at + 1] as usize;
+    String::from_utf8(der[at + 2..at + 2 + len].to_vec()).unwrap()
+}
+
+/// Sends `req` over a new TLS connection to `addr`.
+pub async fn send_tls(
+    addr: SocketAddr,
+    client: &Client<'_>,
+    req: Request<Full<Bytes>>,
+) -> std::io::Result<super::Answer> {
+    let tls = connect(addr, client).await?;
+    let io = TokioIo::new(tls);
+    let res = if client.h2 {
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                .await
+                .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        sender.send_request(req).await
+    } else {
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(conn);
+        sender.send_request(req).await
+    };
+    let (parts, body) = res.map_err(std::io::Error::other)?.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    Ok(super::Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}

@@ -69,8 +69,13 @@ pub fn spawn_api() -> std::io::Result<SocketAddr> {
 }
 
 /// The curl lines `sluice demo` prints, for a proxy at `proxy`.
-pub fn curl_lines(proxy: SocketAddr) -> String {
-    let u = format!("http://{proxy}");
+/// curl lines to try against the proxy at `proxy`; over HTTPS when `tls`, trusting the CA in
+/// the environment variable `CA` (a PEM file).
+pub fn curl_lines(proxy: SocketAddr, tls: bool) -> String {
+    let u = match tls {
+        true => format!("--cacert \"$CA\" https://{proxy}"),
+        false => format!("http://{proxy}"),
+    };
     let j = "-H 'Content-Type: application/json'";
     [
         format!("curl -i {u}/v1/candidates -X POST {j} -d '{{\"name\": \"Ada\"}}'            # 201"),

@@ -70,7 +70,7 @@ fn demo(args: &Args) -> ExitCode {
     say(&format!(
         "sluice demo: proxy on http://{} in front of a demo API on http://{api}\ntry:\n{}\n\n",
         config.server.listen,
-        demo::curl_lines(config.server.listen)
+        demo::curl_lines(config.server.listen, config.server.tls.is_some())
     ));
     let source = args
         .config

@@ -216,12 +216,12 @@ async fn a_streamed_body_that_stops_short_gets_408_and_never_completes_upstream(
 #[tokio::test]
 async fn a_client_that_takes_none_of_its_answer_is_let_go_after_idle_timeout() {
     let up = spawn_upstream().await;
-    let sluice = guarded().upstream(&up).idle_timeout("1s").start();
+    let sluice = guarded().upstream(&up).idle_timeout("400ms").start();
     let total = 64 << 20;
     let head = format!("GET /big/{total} HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut s = raw::open(sluice.addr, head).await;
     // Read nothing for well over idle_timeout: the socket buffers fill, and sluice's writes wait.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let got = within(
         Duration::from_secs(5),
         "the cut-off",
@@ -267,7 +267,7 @@ async fn a_client_too_slow_to_take_its_answer_within_request_timeout_is_let_go()
     // It reads, but so slowly that sluice's writes wait on it: hyper then reads no more of the
     // upstream's answer, so only the writes can see the deadline pass.
     let up = spawn_upstream().await;
-    let sluice = guarded().upstream(&up).request_timeout("1s").start();
+    let sluice = guarded().upstream(&up).request_timeout("400ms").start();
     let head = format!("GET /big/{} HTTP/1.1\r\nHost: x\r\n\r\n", 256 << 20);
     let mut s = raw::open(sluice.addr, head).await;
     let reader = tokio::spawn(async move {
@@ -276,7 +276,7 @@ async fn a_client_too_slow_to_take_its_answer_within_request_timeout_is_let_go()
             tokio::time::sleep(Duration::from_millis(100)).await; // about 160 KB/s
         }
     });
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let text = sluice.metrics().await;
     assert_eq!(
         metric_value(&text, "sluice_connections_open"),
@@ -288,11 +288,11 @@ async fn a_client_too_slow_to_take_its_answer_within_request_timeout_is_let_go()
 
 #[tokio::test]
 async fn a_steady_slow_reader_gets_its_whole_answer_past_idle_timeout() {
-    // A 207 of 8 MiB: hyper has all of it (and has let go of the request) long before the
+    // A 207 of 3 MiB: hyper has all of it (and has let go of the request) long before the
     // client has read it; the connection is not idle while the answer still goes out.
     let up = spawn_upstream().await;
-    let sluice = guarded().upstream(&up).idle_timeout("1s").start();
-    let total: usize = 8 << 20;
+    let sluice = guarded().upstream(&up).idle_timeout("400ms").start();
+    let total: usize = 3 << 20;
     let body =
         format!(r#"{{"requests": [{{"id": "a", "method": "GET", "path": "/big/{total}"}}]}}"#);
     let head = format!(
@@ -309,7 +309,7 @@ async fn a_steady_slow_reader_gets_its_whole_answer_past_idle_timeout() {
                 Ok(0) | Err(_) => break,
                 Ok(n) => got += n,
             }
-            tokio::time::sleep(Duration::from_millis(20)).await; // about 3 MB/s: 3 s in all
+            tokio::time::sleep(Duration::from_millis(20)).await; // about 3 MB/s: 1 s in all
         }
     })
     .await;

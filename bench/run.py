@@ -14,6 +14,21 @@ Scenarios:
   pass     limits far above the load, 1000 keys: everything is proxied (most answers 200)
   reject   the published default (burst 100, 1/s, 100 per 60 s) over 10 keys: nearly all 429
   manykeys 1M distinct keys over one run per proxy; RSS of each proxy before and after
+  tls      (only when asked) pass's setup, 1 worker, each proxy terminating TLS with one ECDSA
+           P-256 certificate made here with openssl (TLS 1.2 and 1.3 offered, ALPN h2 and
+           http/1.1; wrk offers no ALPN, so HTTP/1.1 over TLS 1.3), the upstream as before over
+           plain HTTP. Two tables: keep-alive (wrk's connections kept, as in pass) and
+           handshake-heavy (`Connection: close` on every request, --tls-connections
+           connections: a new TCP connection and TLS handshake per request). Each proxy keeps
+           its default session resumption (nginx and HAProxy: tickets; sluice: rustls's
+           stateful tickets), and wrk resumes the session of the connection it replaces, so a
+           handshake there is an abbreviated one (TLS 1.3 PSK with a fresh X25519 exchange, no
+           certificate signature). wrk's latency starts when the request is written, after the
+           handshake: the handshake shows in req/s and CPU, hardly in p50 and p99. Below each
+           table: TCP connections accepted per request (on this machine, so the proxy's to the
+           upstream count too), wrk's socket errors, and what a client like wrk gets from each
+           proxy (version, cipher, whether a second connection resumed, whether the answer to
+           `Connection: close` said so); the run fails unless every proxy gets the same.
 
 With --stores, instead: where sluice keeps its limiter state, on pass and reject, 1 worker.
 `sluice` keeps it in memory (the baseline of the ratios), `sluice-redis-exact` and
@@ -31,8 +46,10 @@ req/s (refusals held locally) at least 0.9 of memory's. It informs; it does not 
   bench/run.py                   # full run: 1 and 2 workers, pass + reject, then manykeys
   bench/run.py --workers 1 --pin # each proxy alone on CPU 1; wrk and the upstream on CPU 0
   bench/run.py --stores --pin    # memory against Redis stores; Redis pinned with wrk, CPU 0
+  bench/run.py --scenarios tls --workers 1 --pin   # the TLS tables alone
   bench/run.py --smoke           # CI: 1 worker, one round of 2 s per proxy, few keys; asserts
-                                 # (then the stores tables too, if redis-server is installed)
+                                 # (the TLS tables too, and then the stores tables if
+                                 # redis-server is installed)
 Every process started here is stopped on exit (also on Ctrl-C or SIGTERM).
 """
 
@@ -43,6 +60,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -144,6 +162,13 @@ def cpu_seconds(pids):
     return user / tick, system / tick
 
 
+def passive_opens():
+    """TCP connections accepted on this machine so far (its network namespace)."""
+    with open("/proc/net/snmp") as f:
+        names, values = (line.split() for line in f if line.startswith("Tcp:"))
+    return int(values[names.index("PassiveOpens")])
+
+
 def group_pids(p):
     """The leader and every process of its group (nginx's workers)."""
     pids = []
@@ -186,11 +211,19 @@ def upstream_conf(port, work):
 """
 
 
-def nginx_conf(port, up, workers, work, scenario):
+def nginx_conf(port, up, workers, work, scenario, tls=None):
     # 1r/s burst=100 nodelay is the published default's token bucket; nginx has no rolling
     # window, so the 60-s window is left out (in the reject scenario it changes nothing).
     rate, burst = (f"{PASS_RATE}r/s", PASS_RATE) if scenario == "pass" else ("1r/s", 100)
     zone = "160m" if scenario == "manykeys" else "16m"
+    listen = f"127.0.0.1:{port} reuseport"
+    if tls:
+        # nginx 1.22's `listen ... http2` (1.25.1 on: `http2 on;`); its default protocols
+        # stop at TLS 1.2, so 1.3 is named. Session cache: the default (none); tickets: on.
+        listen = f"""127.0.0.1:{port} ssl http2 reuseport;
+    ssl_certificate {tls['cert']};
+    ssl_certificate_key {tls['key']};
+    ssl_protocols TLSv1.2 TLSv1.3"""
     return nginx_head("nginx", workers, work) + f"""
   limit_req_zone $http_x_api_key zone=keys:{zone} rate={rate};
   limit_req_status 429;
@@ -200,7 +233,7 @@ def nginx_conf(port, up, workers, work, scenario):
     keepalive_requests 10000000;
   }}
   server {{
-    listen 127.0.0.1:{port} reuseport;
+    listen {listen};
     location / {{
       limit_req zone=keys burst={burst} nodelay;
       proxy_pass http://api;
@@ -218,11 +251,14 @@ def nginx_conf(port, up, workers, work, scenario):
 """
 
 
-def haproxy_conf(port, up, workers, scenario):
+def haproxy_conf(port, up, workers, scenario, tls=None):
     # A stick table counts requests per key over a period; no token bucket. Reject: at most
     # 100 per 60 s (the published window); pass: a limit nothing reaches.
     limit = 10 * PASS_RATE if scenario == "pass" else 100
     size = "2m" if scenario == "manykeys" else "100k"
+    # With TLS: certificate and key in one file; HAProxy's defaults for the rest (TLS 1.2
+    # and 1.3, tickets and a session cache).
+    bind = f"127.0.0.1:{port}" + (f" ssl crt {tls['pem']} alpn h2,http/1.1" if tls else "")
     return f"""
 global
   nbthread {workers}
@@ -236,12 +272,12 @@ defaults
   option http-keep-alive
   http-reuse always
 frontend proxy
-  bind 127.0.0.1:{port}
+  bind {bind}
   stick-table type string len 64 size {size} expire 60s store http_req_rate(60s)
   http-request track-sc0 req.hdr(x-api-key)
   http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt {limit} }}
   option forwardfor
-  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Proto {"https" if tls else "http"}
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
   http-request set-header X-Real-IP %[src]
   unique-id-format %{{+X}}o%[rand,hex]%[rand,hex]
@@ -253,8 +289,9 @@ backend api
 """
 
 
-def sluice_conf(port, admin, up, workers, scenario, store=""):
-    """`store`: a `[store]` table (`store_table`); none keeps the limiter state in memory."""
+def sluice_conf(port, admin, up, workers, scenario, store="", tls=None):
+    """`store`: a `[store]` table (`store_table`); none keeps the limiter state in memory.
+    `tls`: the certificate files (`tls_files`) for a `[server.tls]` table."""
     if scenario == "pass":
         policy = f'[policies.default]\nrate = "{PASS_RATE}/s"\nburst = {PASS_RATE}\nkey = "api_key"\n'
     else:
@@ -266,11 +303,35 @@ admin_listen = "127.0.0.1:{admin}"
 workers = {workers}
 max_keys = 2000000
 access_log = false  # as for nginx and HAProxy here: no access log
-
+{server_tls_table(tls) if tls else ""}
 [upstreams.api]
 targets = ["http://127.0.0.1:{up}"]
 
 {policy}{store}"""
+
+
+def server_tls_table(tls):
+    return f"""
+[server.tls]
+cert = "{tls['cert']}"
+key = "{tls['key']}"
+alpn = ["h2", "http/1.1"]
+"""
+
+
+def tls_files(work):
+    """An ECDSA P-256 certificate for 127.0.0.1, its key, and both in one file (HAProxy's)."""
+    files = {k: os.path.join(work, f"{k}.pem") for k in ("cert", "key", "pem")}
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec",
+                    "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", files["key"], "-out", files["cert"], "-days", "2",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    with open(files["pem"], "w") as out:
+        for k in ("cert", "key"):
+            with open(files[k]) as f:
+                out.write(f.read())
+    return files
 
 
 def store_table(sync, redis_port):
@@ -307,13 +368,14 @@ class Target:
     def rss(self):
         return rss_kib(group_pids(self.proc))
 
-    def load(self, keys, seconds, conns):
+    def load(self, keys, seconds, conns, **kw):
         """One wrk run; adds the proxy's CPU time per request, which other load on the
-        machine disturbs much less than throughput."""
+        machine disturbs much less than throughput, and the TCP connections accepted."""
         pids = group_pids(self.proc)
-        before = cpu_seconds(pids)
-        r = wrk(self.port, keys, seconds, conns)
+        before, opens = cpu_seconds(pids), passive_opens()
+        r = wrk(self.port, keys, seconds, conns, **kw)
         after = cpu_seconds(pids)
+        r["accepted"] = passive_opens() - opens
         per_request = 1e6 / max(1, r["total"])
         r["user_us"] = (after[0] - before[0]) * per_request
         r["sys_us"] = (after[1] - before[1]) * per_request
@@ -324,14 +386,15 @@ class Target:
 SYNCS = ("exact", "lease")  # the Redis targets of the stores tables: sluice-redis-<sync>
 
 
-def targets(args, work, scenario, workers, ports, upstream=None, redis_port=None):
-    """With `redis_port`, the stores tables' targets: sluice with each store, and nginx."""
+def targets(args, work, scenario, workers, ports, upstream=None, redis_port=None, tls=None):
+    """With `redis_port`, the stores tables' targets: sluice with each store, and nginx.
+    With `tls` (`tls_files`), the proxies terminate TLS."""
     up, s_port, n_port, h_port, admin = ports
     sluice = os.path.join(ROOT, "target", "release", "sluice")
     files = {
-        "sluice.toml": sluice_conf(s_port, admin, up, workers, scenario),
-        "nginx.conf": nginx_conf(n_port, up, workers, work, scenario),
-        "haproxy.cfg": haproxy_conf(h_port, up, workers, scenario),
+        "sluice.toml": sluice_conf(s_port, admin, up, workers, scenario, tls=tls),
+        "nginx.conf": nginx_conf(n_port, up, workers, work, scenario, tls),
+        "haproxy.cfg": haproxy_conf(h_port, up, workers, scenario, tls),
     }
     for sync in SYNCS if redis_port else ():
         files[f"sluice-redis-{sync}.toml"] = sluice_conf(
@@ -367,10 +430,13 @@ def targets(args, work, scenario, workers, ports, upstream=None, redis_port=None
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(port, keys, seconds, conns, first=0):
+KEYS_LUA = os.path.join(ROOT, "bench", "keys.lua")
+
+
+def wrk(port, keys, seconds, conns, first=0, scheme="http", script=KEYS_LUA):
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s",
-           "-s", os.path.join(ROOT, "bench", "keys.lua"),
-           f"http://127.0.0.1:{port}/v1/candidates", "--", str(keys), str(first)]
+           "-s", script, f"{scheme}://127.0.0.1:{port}/v1/candidates",
+           "--", str(keys), str(first)]
     out = subprocess.run(pinned(cmd, "load"), capture_output=True, text=True,
                          timeout=seconds + 30).stdout
 
@@ -380,6 +446,8 @@ def wrk(port, keys, seconds, conns, first=0):
 
     total = re.search(r"(\d+) requests in", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), "
+                              r"timeout (\d+)", out)
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not (total and rps):
         raise SystemExit(f"could not read wrk's output:\n{out}")
@@ -390,32 +458,48 @@ def wrk(port, keys, seconds, conns, first=0):
         "total": int(total.group(1)),
         "non2xx": int(non2xx.group(1)) if non2xx else 0,
         "errors": "Socket errors" in out,
+        "socket_errors": sum(map(int, socket_errors.groups())) if socket_errors else 0,
     }
 
 
-def run_table(args, work, scenario, workers, ports, upstream):
+def run_table(args, work, scenario, workers, ports, upstream, tls=None, script=KEYS_LUA,
+              conns=None, title=None):
+    """With `tls`, over HTTPS (no `direct` row), with `script` for wrk; each proxy's TLS is
+    probed after its warm-up (`tls_probe`), into its medians' `tls`."""
     keys = 1000 if scenario == "pass" else 10
-    ts = targets(args, work, scenario, workers, ports, upstream)
+    conns = conns or args.connections
+    ts = targets(args, work, scenario, workers, ports, None if tls else upstream, tls=tls)
+    load = {"scheme": "https" if tls else "http", "script": script}
     # With variants sharing sluice's port, each proxy runs only for its own turn.
     each_turn = bool(args.variant)
     runs = {t.name: [] for t in ts}
+    probes = {}
+
+    def warm_up(t):
+        wrk(t.port, keys, 1, conns, **load)  # connections, pools, keys
+        if tls and t.name not in probes:
+            probes[t.name] = tls_probe(t.port)
+
     try:
         if not each_turn:
             for t in ts:
                 t.up()
-                wrk(t.port, keys, 1, args.connections)  # warm-up: connections, pools, keys
+                warm_up(t)
         for _ in range(args.rounds):
             for t in ts:
                 if each_turn:
                     t.up()
-                    wrk(t.port, keys, 1, args.connections)
-                runs[t.name].append(t.load(keys, args.seconds, args.connections))
+                    warm_up(t)
+                runs[t.name].append(t.load(keys, args.seconds, conns, **load))
                 if each_turn:
                     t.down()
     finally:
         for t in ts:
             t.down()
-    return summarize(scenario, workers, runs)
+    med = summarize(scenario, workers, runs, title)
+    for name, probe in probes.items():
+        med[name]["tls"] = probe
+    return med
 
 
 def summarize(scenario, workers, runs, title=None):
@@ -424,7 +508,11 @@ def summarize(scenario, workers, runs, title=None):
     for name, rs in runs.items():
         med[name] = {k: statistics.median(r[k] for r in rs)
                      for k in ("rps", "p50", "p99", "cpu_us", "user_us", "sys_us")}
-        med[name]["ok"] = 1 - sum(r["non2xx"] for r in rs) / max(1, sum(r["total"] for r in rs))
+        total = max(1, sum(r["total"] for r in rs))
+        med[name]["total"] = total
+        med[name]["ok"] = 1 - sum(r["non2xx"] for r in rs) / total
+        med[name]["accepted"] = sum(r.get("accepted", 0) for r in rs) / total
+        med[name]["socket_errors"] = sum(r["socket_errors"] for r in rs)
         med[name]["all_rps"] = [round(r["rps"]) for r in rs]
     title = title or f"{scenario}, {workers} worker(s)"
     print(f"\n### {title}: median of {len(runs['sluice'])} rounds\n")
@@ -447,6 +535,61 @@ def summarize(scenario, workers, runs, title=None):
               f"{' '.join(map(str, m['all_rps']))} |")
     sys.stdout.flush()
     return med
+
+
+CLOSE_LUA = """-- bench/keys.lua, and `Connection: close` on every request: a connection each.
+dofile("{keys}")
+local keyed = request
+function request()
+   return keyed():sub(1, -3) .. "Connection: close\\r\\n\\r\\n"
+end
+"""
+
+
+def tls_probe(port):
+    """What a client like wrk (OpenSSL's defaults, no ALPN) gets: the TLS version and cipher,
+    whether a second connection offering the first's session resumed it, and whether the
+    answer to a request with `Connection: close` said it closes."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    session = None
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, session=session) as s:
+            s.sendall(b"GET /v1/candidates HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Api-Key: key-1\r\n"
+                      b"Connection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):  # to the end: the tickets come after the handshake
+                reply += chunk
+            session, resumed = s.session, s.session_reused
+            version, cipher = s.version(), s.cipher()[0]
+    head = reply.split(b"\r\n\r\n", 1)[0].lower()
+    return {"version": version, "cipher": cipher, "resumed": resumed,
+            "status": int(head.split()[1]) if head else 0,
+            "says close": b"\r\nconnection: close" in head}
+
+
+def run_tls(args, work, ports):
+    """The two TLS tables, 1 worker: keep-alive, then handshake-heavy."""
+    tls = tls_files(work)
+    close = os.path.join(work, "close.lua")
+    with open(close, "w") as f:
+        f.write(CLOSE_LUA.format(keys=KEYS_LUA))
+    failures = []
+    for mode, script, conns in (("keep-alive", KEYS_LUA, args.connections),
+                                ("handshake-heavy", close, args.tls_connections)):
+        title = f"tls {mode}, 1 worker, wrk -c{conns}"
+        med = run_table(args, work, "pass", 1, ports, None, tls, script, conns, title)
+        print(f"\n{mode}: TCP connections accepted per request (wrk's, and the proxy's to the "
+              "upstream); wrk's socket errors")
+        print("; ".join(f"{name} {m['accepted']:.3f}, {m['socket_errors']}"
+                        for name, m in med.items()))
+        if mode == "keep-alive":
+            print("\nTLS as a client like wrk gets it:")
+            print("; ".join(f"{name} " + ", ".join(f"{k} {v}" for k, v in m["tls"].items())
+                            for name, m in med.items()))
+        failures += [f"tls {mode} {f}" for f in check_tls(mode, med)]
+    return failures
 
 
 def run_manykeys(args, work, ports):
@@ -620,7 +763,10 @@ def main():
     ap.add_argument("--seconds", type=int, default=4, help="per proxy per round")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--workers", default="1,2", help="worker counts, one table each")
-    ap.add_argument("--scenarios", default="pass,reject,manykeys")
+    ap.add_argument("--scenarios", help="of pass, reject, manykeys, tls; "
+                    "default pass,reject,manykeys (--smoke: and tls)")
+    ap.add_argument("--tls-connections", type=int, default=16,
+                    help="wrk's connections in the handshake-heavy TLS table")
     ap.add_argument("--many-keys", type=int, default=1_000_000)
     ap.add_argument("--many-seconds", type=int, default=180, help="at most, per proxy")
     ap.add_argument("--port-base", type=int, default=18080)
@@ -636,10 +782,13 @@ def main():
     if args.smoke:
         args.rounds, args.seconds, args.workers = 1, 2, "1"
         args.many_keys, args.many_seconds = 20_000, 2
+    default = "pass,reject,manykeys" + (",tls" if args.smoke else "")
+    scenarios = (args.scenarios or default).split(",")
     if args.stores:
         args.workers = "1"
     have_redis = all(map(shutil.which, ("redis-server", "redis-cli")))
-    for tool in ("nginx", "wrk") + (("redis-server", "redis-cli") if args.stores else ("haproxy",)):
+    tools = ("nginx", "wrk") + (("redis-server", "redis-cli") if args.stores else ("haproxy",))
+    for tool in tools + (("openssl",) if "tls" in scenarios and not args.stores else ()):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: run bench/setup.sh")
     if args.pin:
@@ -668,7 +817,6 @@ def main():
               f"wrk -t1 -c{args.connections}, {args.seconds} s per proxy per round"
               + (f"; proxy pinned to CPU 1, wrk and upstream{' and Redis' if stores else ''} "
                  "to CPU 0" if args.pin else ""))
-        scenarios = args.scenarios.split(",")
         for workers in () if args.stores else map(int, args.workers.split(",")):
             for scenario in (s for s in scenarios if s in ("pass", "reject")):
                 med = run_table(args, work, scenario, workers, ports, upstream)
@@ -677,6 +825,8 @@ def main():
             many = run_manykeys(args, work, ports)
             if many["sluice"]["seen"] < args.many_keys and not args.smoke:
                 print(f"note: sluice saw {many['sluice']['seen']} keys, fewer than asked")
+        if "tls" in scenarios and not args.stores:
+            failures += run_tls(args, work, ports)
         if stores:
             redis = Redis(redis_port, work)
             meds = {}
@@ -692,6 +842,22 @@ def main():
     for f in failures:
         print(f"FAIL: {f}")
     sys.exit(1 if failures else 0)
+
+
+def check_tls(mode, med):
+    """2xx as in pass, every proxy's TLS alike, and a connection per request where meant."""
+    failures = check("pass", med)
+    probes = {name: m["tls"] for name, m in med.items()}
+    if len({tuple(p.items()) for p in probes.values()}) > 1:
+        failures.append(f"the proxies' TLS differs: {probes}")
+    for name, m in med.items():
+        if not m["tls"]["says close"]:
+            failures.append(f"{name} did not answer `Connection: close` in kind")
+        if mode == "handshake-heavy" and m["accepted"] < 0.95:
+            failures.append(f"{name}: {m['accepted']:.2f} connections per request, not 1")
+        if m["socket_errors"] > 0.01 * m["total"]:
+            failures.append(f"{name}: {m['socket_errors']} wrk socket errors")
+    return failures
 
 
 def check(scenario, med):

@@ -8,7 +8,7 @@ mod admin;
 mod certs;
 mod client_io;
 mod conn;
-mod head;
+pub mod head;
 mod listener;
 mod reload;
 mod timing;

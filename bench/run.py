@@ -14,21 +14,25 @@ Scenarios:
   pass     limits far above the load, 1000 keys: everything is proxied (most answers 200)
   reject   the published default (burst 100, 1/s, 100 per 60 s) over 10 keys: nearly all 429
   manykeys 1M distinct keys over one run per proxy; RSS of each proxy before and after
-  tls      (only when asked) pass's setup, 1 worker, each proxy terminating TLS with one ECDSA
-           P-256 certificate made here with openssl (TLS 1.2 and 1.3 offered, ALPN h2 and
-           http/1.1; wrk offers no ALPN, so HTTP/1.1 over TLS 1.3), the upstream as before over
-           plain HTTP. Two tables: keep-alive (wrk's connections kept, as in pass) and
-           handshake-heavy (`Connection: close` on every request, --tls-connections
-           connections: a new TCP connection and TLS handshake per request). Each proxy keeps
-           its default session resumption (nginx and HAProxy: tickets; sluice: rustls's
-           stateful tickets), and wrk resumes the session of the connection it replaces, so a
-           handshake there is an abbreviated one (TLS 1.3 PSK with a fresh X25519 exchange, no
-           certificate signature). wrk's latency starts when the request is written, after the
-           handshake: the handshake shows in req/s and CPU, hardly in p50 and p99. Below each
-           table: TCP connections accepted per request (on this machine, so the proxy's to the
-           upstream count too), wrk's socket errors, and what a client like wrk gets from each
-           proxy (version, cipher, whether a second connection resumed, whether the answer to
-           `Connection: close` said so); the run fails unless every proxy gets the same.
+  tls      pass over HTTPS, 1 worker: keep-alive, then handshake-heavy (when named; --smoke too)
+
+With tls, each proxy terminates TLS with the same ECDSA P-256 certificate, made here with
+openssl (TLS 1.2 and 1.3 offered, ALPN h2 and http/1.1; wrk offers no ALPN, so it speaks
+HTTP/1.1 over TLS 1.3); the upstream is the same plain-HTTP one. Two tables: keep-alive (wrk
+keeps its connections, as in pass) and handshake-heavy (`Connection: close` on every request,
+--tls-connections connections: a new TCP connection and TLS handshake per request). Each proxy
+keeps its default session resumption (nginx: tickets, no session cache; HAProxy: tickets and
+its cache; sluice: rustls's stateful tickets), and wrk offers the session of the connection it
+replaces, so a handshake there is a resumed one (TLS 1.3 PSK with a fresh X25519 exchange, no
+certificate signature). wrk's latency starts when the request is written, after the handshake:
+the handshake shows in req/s and CPU, hardly in p50 and p99. Its side of a handshake costs
+wrk (OpenSSL 3) more CPU than the proxy's side costs the proxy, so with --pin req/s is wrk's
+limit there and the proxies' CPU per request is the comparison. Below each table: TCP
+connections accepted per request (on this machine: the proxy's to the upstream count too),
+wrk's socket errors and its own CPU per request; after the first, what a client like wrk gets
+from each proxy (version, cipher, whether a second connection resumed the first's session,
+whether the answer to `Connection: close` says it closes). The run fails unless every proxy
+gets the same, and unless handshake-heavy makes a connection per request.
 
 With --stores, instead: where sluice keeps its limiter state, on pass and reject, 1 worker.
 `sluice` keeps it in memory (the baseline of the ratios), `sluice-redis-exact` and
@@ -57,6 +61,7 @@ import argparse
 import math
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -321,7 +326,8 @@ alpn = ["h2", "http/1.1"]
 
 def tls_files(work):
     """An ECDSA P-256 certificate for 127.0.0.1, its key, and both in one file (HAProxy's)."""
-    files = {k: os.path.join(work, f"{k}.pem") for k in ("cert", "key", "pem")}
+    files = {k: os.path.join(work, f"{name}.pem")
+             for k, name in (("cert", "cert"), ("key", "key"), ("pem", "cert-key"))}
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec",
                     "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
                     "-keyout", files["key"], "-out", files["cert"], "-days", "2",
@@ -437,8 +443,10 @@ def wrk(port, keys, seconds, conns, first=0, scheme="http", script=KEYS_LUA):
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s",
            "-s", script, f"{scheme}://127.0.0.1:{port}/v1/candidates",
            "--", str(keys), str(first)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(pinned(cmd, "load"), capture_output=True, text=True,
                          timeout=seconds + 30).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     def latency(pct):
         m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -459,16 +467,19 @@ def wrk(port, keys, seconds, conns, first=0, scheme="http", script=KEYS_LUA):
         "non2xx": int(non2xx.group(1)) if non2xx else 0,
         "errors": "Socket errors" in out,
         "socket_errors": sum(map(int, socket_errors.groups())) if socket_errors else 0,
+        # wrk's own CPU time (user + sys) per request: whether the load generator is the limit.
+        "wrk_us": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+                  * 1e6 / max(1, int(total.group(1))),
     }
 
 
 def run_table(args, work, scenario, workers, ports, upstream, tls=None, script=KEYS_LUA,
               conns=None, title=None):
-    """With `tls`, over HTTPS (no `direct` row), with `script` for wrk; each proxy's TLS is
-    probed after its warm-up (`tls_probe`), into its medians' `tls`."""
+    """With `tls`, over HTTPS with `script` for wrk; each proxy's TLS is probed after its
+    warm-up (`tls_probe`), into its medians' `tls`."""
     keys = 1000 if scenario == "pass" else 10
     conns = conns or args.connections
-    ts = targets(args, work, scenario, workers, ports, None if tls else upstream, tls=tls)
+    ts = targets(args, work, scenario, workers, ports, upstream, tls=tls)
     load = {"scheme": "https" if tls else "http", "script": script}
     # With variants sharing sluice's port, each proxy runs only for its own turn.
     each_turn = bool(args.variant)
@@ -507,11 +518,11 @@ def summarize(scenario, workers, runs, title=None):
     med = {}
     for name, rs in runs.items():
         med[name] = {k: statistics.median(r[k] for r in rs)
-                     for k in ("rps", "p50", "p99", "cpu_us", "user_us", "sys_us")}
+                     for k in ("rps", "p50", "p99", "cpu_us", "user_us", "sys_us", "wrk_us")}
         total = max(1, sum(r["total"] for r in rs))
         med[name]["total"] = total
         med[name]["ok"] = 1 - sum(r["non2xx"] for r in rs) / total
-        med[name]["accepted"] = sum(r.get("accepted", 0) for r in rs) / total
+        med[name]["accepted"] = sum(r["accepted"] for r in rs) / total
         med[name]["socket_errors"] = sum(r["socket_errors"] for r in rs)
         med[name]["all_rps"] = [round(r["rps"]) for r in rs]
     title = title or f"{scenario}, {workers} worker(s)"
@@ -570,7 +581,8 @@ def tls_probe(port):
 
 
 def run_tls(args, work, ports):
-    """The two TLS tables, 1 worker: keep-alive, then handshake-heavy."""
+    """The two TLS tables, 1 worker: keep-alive, then handshake-heavy. No `direct` row: the
+    upstream speaks plain HTTP."""
     tls = tls_files(work)
     close = os.path.join(work, "close.lua")
     with open(close, "w") as f:
@@ -580,14 +592,21 @@ def run_tls(args, work, ports):
                                 ("handshake-heavy", close, args.tls_connections)):
         title = f"tls {mode}, 1 worker, wrk -c{conns}"
         med = run_table(args, work, "pass", 1, ports, None, tls, script, conns, title)
-        print(f"\n{mode}: TCP connections accepted per request (wrk's, and the proxy's to the "
-              "upstream); wrk's socket errors")
-        print("; ".join(f"{name} {m['accepted']:.3f}, {m['socket_errors']}"
-                        for name, m in med.items()))
+        # Connections: wrk's, and the proxy's to the upstream (it should keep those).
+        print(f"\n{mode}: TCP connections accepted per request, wrk's socket errors, wrk's own "
+              "CPU per request\n")
+        print("| proxy | connections/req | wrk socket errors | wrk CPU µs/req |")
+        print("|---|---|---|---|")
+        for name, m in med.items():
+            print(f"| {name} | {m['accepted']:.3f} | {m['socket_errors']} | {m['wrk_us']:.1f} |")
         if mode == "keep-alive":
-            print("\nTLS as a client like wrk gets it:")
-            print("; ".join(f"{name} " + ", ".join(f"{k} {v}" for k, v in m["tls"].items())
-                            for name, m in med.items()))
+            print("\nTLS as a client like wrk gets it (OpenSSL's defaults, no ALPN; a second "
+                  "connection offers the first's session)\n")
+            print("| proxy | version | cipher | resumed | status | says close |")
+            print("|---|---|---|---|---|---|")
+            for name, m in med.items():
+                print(f"| {name} | " + " | ".join(map(str, m["tls"].values())) + " |")
+        sys.stdout.flush()
         failures += [f"tls {mode} {f}" for f in check_tls(mode, med)]
     return failures
 

@@ -4,8 +4,8 @@
 //!
 //! - [`problem`]: every answer sluice gives itself, as RFC 9457 problem details; where each
 //!   came from, and its status, decided in one place.
-//! - [`json`], [`media`], [`path`]: pure checks — a body's JSON, its media type, a path's
-//!   normal form. [`tls`]: rustls configurations from PEM files.
+//! - [`json`], [`media`], [`path`], [`host`]: pure checks — a body's JSON, its media type, a
+//!   path's normal form, a `Host` header. [`tls`]: rustls configurations from PEM files.
 //! - [`body`]: the body type that flows through, both ways: counted, read whole, or an
 //!   upstream's answer; with its own fault type.
 //! - [`limiter`]: the rate-limit algorithms (pure, clock passed in), the `Store` trait, the
@@ -33,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod flat;
+pub mod host;
 pub mod json;
 pub mod limiter;
 pub mod media;

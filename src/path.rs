@@ -2,17 +2,26 @@
 //! characters decoded, `.` and `..` segments resolved, runs of slashes merged. Routes, scopes
 //! and the upstream then all see the same path, so `/x/../admin` or `/%61dmin` cannot reach
 //! `/admin` past the route that guards it. `%2F` stays encoded: it is data, not a separator.
+//! A path that cannot be put in normal form without a guess is refused (see [`Fault`]).
 
 use http::Uri;
 use http::uri::PathAndQuery;
 
-/// A `%` in a path that does not begin an escape. Kept as it is, it could form a new escape
-/// with characters decoded after it (`%%36%31` would become `%61`), so such a path is refused.
-#[derive(Debug, PartialEq, Eq)]
-pub struct StrayPercent;
+/// Why a path has no normal form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// A `%` that does not begin an escape. Kept as it is, it could form a new escape with
+    /// characters decoded after it (`%%36%31` would become `%61`).
+    StrayPercent,
+    /// `%00`: many servers and file systems take a NUL for the end of the path.
+    Nul,
+    /// A `..` with no segment left to remove: a path that climbs above the root. nginx refuses
+    /// it rather than drop the `..`, so that what was asked is never quietly changed.
+    AboveRoot,
+}
 
 /// `uri` with its path in normal form, or `None` if it already is (nearly every request).
-pub fn normalized(uri: &Uri) -> Result<Option<Uri>, StrayPercent> {
+pub fn normalized(uri: &Uri) -> Result<Option<Uri>, Fault> {
     let Some(mut clean) = normal(uri.path())? else {
         return Ok(None);
     };
@@ -28,7 +37,7 @@ pub fn normalized(uri: &Uri) -> Result<Option<Uri>, StrayPercent> {
 
 /// `path` in normal form, or `None` if it already is.
 #[inline]
-pub fn normal(path: &str) -> Result<Option<String>, StrayPercent> {
+pub fn normal(path: &str) -> Result<Option<String>, Fault> {
     if !needs_normalizing(path.as_bytes()) {
         return Ok(None);
     }
@@ -38,12 +47,16 @@ pub fn normal(path: &str) -> Result<Option<String>, StrayPercent> {
 /// The rare case, kept out of line so that the common one sets up no frame for it.
 #[cold]
 #[inline(never)]
-fn rewritten(path: &str) -> Result<Option<String>, StrayPercent> {
+fn rewritten(path: &str) -> Result<Option<String>, Fault> {
     let bytes = path.as_bytes();
-    if (0..bytes.len()).any(|i| bytes[i] == b'%' && escaped(bytes, i).is_none()) {
-        return Err(StrayPercent);
+    for i in (0..bytes.len()).filter(|&i| bytes[i] == b'%') {
+        match escaped(bytes, i) {
+            None => return Err(Fault::StrayPercent),
+            Some(0) => return Err(Fault::Nul),
+            Some(_) => {}
+        }
     }
-    Ok(Some(normal_path(path)).filter(|clean| clean != path))
+    Ok(Some(normal_path(path)?).filter(|clean| clean != path))
 }
 
 /// Whether the path may need normalizing: it has a percent escape, or a slash followed by a
@@ -88,7 +101,7 @@ fn suspect(word: u64) -> bool {
 
 /// `path` (starting with `/`) with unreserved characters decoded, then dot segments and empty
 /// segments removed; a path that ended in a directory still does.
-fn normal_path(path: &str) -> String {
+fn normal_path(path: &str) -> Result<String, Fault> {
     let decoded = decode_unreserved(path);
     let mut segments: Vec<&str> = Vec::new();
     let mut directory = false;
@@ -97,7 +110,7 @@ fn normal_path(path: &str) -> String {
         match segment {
             "" | "." => {}
             ".." => {
-                segments.pop();
+                segments.pop().ok_or(Fault::AboveRoot)?;
             }
             _ => segments.push(segment),
         }
@@ -110,7 +123,7 @@ fn normal_path(path: &str) -> String {
     if directory || segments.is_empty() {
         out.push('/');
     }
-    out
+    Ok(out)
 }
 
 /// Decodes `%XX` where it stands for an unreserved character (RFC 3986 §2.3); other escapes
@@ -174,18 +187,17 @@ mod tests {
         assert_eq!(norm("//admin/x"), "/admin/x");
         assert_eq!(norm("/./admin/x"), "/admin/x");
         assert_eq!(norm("/x/../admin/x"), "/admin/x");
-        assert_eq!(norm("/../admin"), "/admin");
         assert_eq!(norm("/a/b/.."), "/a/");
         assert_eq!(norm("/a/."), "/a/");
         assert_eq!(norm("/a//"), "/a/");
-        assert_eq!(norm("/.."), "/");
+        assert_eq!(norm("/a/.."), "/");
         assert_eq!(norm("/x/..?q=1&r=/../"), "/?q=1&r=/../");
     }
 
     #[test]
     fn unreserved_escapes_are_decoded_and_others_kept() {
         assert_eq!(norm("/%61dmin/x"), "/admin/x");
-        assert_eq!(norm("/%2e%2E/admin"), "/admin");
+        assert_eq!(norm("/x/%2e%2E/admin"), "/admin");
         assert_eq!(norm("/x/%2e%2e/admin"), "/admin");
         assert_eq!(norm("/a%7Eb"), "/a~b");
         assert_eq!(norm("/a%2Fb/%20c"), "/a%2Fb/%20c");
@@ -203,8 +215,27 @@ mod tests {
             "/a%2/%2e",
         ] {
             let uri: Uri = path.parse().unwrap();
-            assert_eq!(normalized(&uri), Err(StrayPercent), "{path}");
+            assert_eq!(normalized(&uri), Err(Fault::StrayPercent), "{path}");
         }
+    }
+
+    #[test]
+    fn a_nul_or_a_climb_above_the_root_is_refused() {
+        for (path, fault) in [
+            ("/a%00b", Fault::Nul),
+            ("/a/%00", Fault::Nul),
+            ("/..", Fault::AboveRoot),
+            ("/../etc/passwd", Fault::AboveRoot),
+            ("/../../etc/passwd", Fault::AboveRoot),
+            ("/a/../../b", Fault::AboveRoot),
+            ("/%2e%2e/admin", Fault::AboveRoot),
+            ("//../x", Fault::AboveRoot),
+        ] {
+            let uri: Uri = path.parse().unwrap();
+            assert_eq!(normalized(&uri), Err(fault), "{path}");
+        }
+        // Only the path counts: a query may say what it likes.
+        assert_eq!(norm("/a?x=/../../y"), "/a?x=/../../y");
     }
 
     proptest::proptest! {

@@ -16,7 +16,7 @@ use super::activity::ConnState;
 use super::head::{Meter, Preface, Protocol, Verdict};
 use super::timing::{Alarm, Limits, Phase, Timing};
 use crate::pipeline::Proxy;
-use crate::problem::{Deadline, Problem};
+use crate::problem::{Deadline, Malformed, Problem};
 
 /// A worker's proxy for the generation in force, swapped on reload; each request takes the
 /// current one, so a reload reaches connections that are already open.
@@ -198,6 +198,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
                 let error = "request head too large";
                 return Err(io::Error::new(io::ErrorKind::InvalidData, error));
             }
+            // Refused before hyper reads it, so no rule of hyper's settles what it means.
+            Verdict::Refused(rule) => {
+                self.answer(cx, &Problem::Malformed(rule));
+                let error = "request head refused: ambiguous framing";
+                return Err(io::Error::new(io::ErrorKind::InvalidData, error));
+            }
             // hyper refuses it too, and its answer is replaced. Left to hyper because bytes
             // read between requests may yet be the end of a body hyper is reading.
             Verdict::Invalid => self.meter = None,
@@ -249,7 +255,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
             return true;
         }
         let problem = match status_of(data) {
-            Some(400) => Problem::MalformedHead,
+            Some(400) => Problem::Malformed(Malformed::Head),
             Some(431) => Problem::HeadTooLarge,
             _ => return false,
         };

@@ -1,10 +1,15 @@
 //! The bytes of a client connection between requests, as they arrive: whether they open
 //! HTTP/2, and where each HTTP/1.1 request head ends, within `max_header_bytes` and valid or
 //! not. Heads are framed by `httparse`, the parser hyper uses, so both agree on where one ends.
+//! Its framing fields are read strictly, from the bytes as they came: hyper resolves
+//! `Content-Length` with `Transfer-Encoding`, or two `Content-Length`s, by a rule of its own
+//! and then drops a line; sluice refuses such a head, as nginx does.
 
 use std::mem::MaybeUninit;
 
 use httparse::Status;
+
+use crate::problem::Malformed;
 
 /// The most fields a head may have: hyper's own limit, which it answers with a 431.
 const MAX_FIELDS: usize = 100;
@@ -27,6 +32,8 @@ pub enum Verdict {
     TooLarge,
     /// The bytes are not the start of a valid HTTP/1.1 head.
     Invalid,
+    /// The head ended, but its framing fields break a rule (see [`framing`]).
+    Refused(Malformed),
 }
 
 /// Measures one request head, fed in reads of any size. A read that holds a whole head and
@@ -66,21 +73,21 @@ impl Meter {
         let over = taken < new.len();
         if before == 0 {
             if !over && ends_head(new) {
-                return Verdict::Fits;
+                return checked(Verdict::Fits, new);
             }
             self.count_parse();
             let verdict = judge(&new[..taken], over, 0);
             if verdict == Verdict::More {
                 self.gathered.extend_from_slice(new);
             }
-            return verdict;
+            return checked(verdict, new);
         }
         self.gathered.extend_from_slice(&new[..taken]);
         if !over && !may_end(&self.gathered, before) {
             return Verdict::More;
         }
         self.count_parse();
-        judge(&self.gathered, over, before)
+        checked(judge(&self.gathered, over, before), &self.gathered)
     }
 
     fn count_parse(&mut self) {
@@ -106,6 +113,76 @@ fn judge(bytes: &[u8], over: bool, before: usize) -> Verdict {
         Err(httparse::Error::TooManyHeaders) => Verdict::TooLarge,
         Err(_) => Verdict::Invalid,
     }
+}
+
+/// `verdict`, unless it says the head at the start of `bytes` ended and its framing is refused.
+fn checked(verdict: Verdict, bytes: &[u8]) -> Verdict {
+    match verdict {
+        Verdict::Fits | Verdict::Complete(_) => match framing(bytes) {
+            Ok(()) => verdict,
+            Err(rule) => Verdict::Refused(rule),
+        },
+        _ => verdict,
+    }
+}
+
+/// Checks the framing fields of the head at the start of `bytes` (which may go on past it):
+/// at most one `Content-Length`, or one `Transfer-Encoding` that says `chunked` and nothing
+/// else, but not both (RFC 9112 §6.3 lets a server choose; a proxy that chooses may choose
+/// otherwise than the server behind it). Spaces around the value are allowed; a tab is not, as
+/// nginx allows none: `Transfer-Encoding:\tchunked` is read as chunked by some, not by others.
+/// Names are compared without case; a line that is not a field is left to hyper to refuse.
+pub fn framing(bytes: &[u8]) -> Result<(), Malformed> {
+    let (mut lengths, mut codings, mut chunked) = (0u32, 0u32, true);
+    let mut start = 0;
+    let mut request_line = true;
+    for end in memchr::memchr_iter(b'\n', bytes) {
+        let line = &bytes[start..end];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        start = end + 1;
+        if line.is_empty() {
+            if request_line {
+                continue; // empty lines before the request line, which httparse skips
+            }
+            break;
+        }
+        if std::mem::take(&mut request_line) {
+            continue;
+        }
+        match line[0] | 0x20 {
+            b'c' if is_field(line, b"content-length") => lengths += 1,
+            b't' if is_field(line, b"transfer-encoding") => {
+                codings += 1;
+                let value = &line[b"transfer-encoding:".len()..];
+                chunked &= trim_spaces(value).eq_ignore_ascii_case(b"chunked");
+            }
+            _ => {}
+        }
+    }
+    match (lengths, codings) {
+        (1.., 1..) => Err(Malformed::LengthAndCoding),
+        (2.., _) => Err(Malformed::RepeatedLength),
+        (_, 2..) => Err(Malformed::Coding),
+        (_, 1) if !chunked => Err(Malformed::Coding),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `line` is the field `name` (lower-case): the name in any case, then a colon.
+fn is_field(line: &[u8], name: &[u8]) -> bool {
+    line.len() > name.len()
+        && line[name.len()] == b':'
+        && line[..name.len()].eq_ignore_ascii_case(name)
+}
+
+/// `value` without the spaces (but not tabs) around it.
+fn trim_spaces(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|&b| b != b' ').unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|&b| b != b' ')
+        .map_or(start, |last| last + 1);
+    &value[start..end]
 }
 
 /// Whether a head may end in `bytes[from..]`: a line that is not empty, then an empty one.
@@ -359,6 +436,94 @@ mod tests {
             verdicts(100, &[&long[..3], &long[3..]]),
             [Verdict::More, Verdict::TooLarge]
         );
+    }
+
+    fn post(fields: &str) -> Vec<u8> {
+        format!("POST /a HTTP/1.1\r\nHost: x\r\n{fields}\r\n").into_bytes()
+    }
+
+    #[test]
+    fn ambiguous_framing_is_refused_however_the_head_arrives() {
+        for (fields, rule) in [
+            (
+                "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+                Malformed::LengthAndCoding,
+            ),
+            (
+                "transfer-encoding: chunked\r\ncontent-length: 5\r\n",
+                Malformed::LengthAndCoding,
+            ),
+            (
+                "Content-Length: 5\r\nContent-Length: 5\r\n",
+                Malformed::RepeatedLength,
+            ),
+            ("Transfer-Encoding:\tchunked\r\n", Malformed::Coding),
+            ("Transfer-Encoding: chunked\t\r\n", Malformed::Coding),
+            ("Transfer-Encoding: gzip, chunked\r\n", Malformed::Coding),
+            ("Transfer-Encoding: chunked, chunked\r\n", Malformed::Coding),
+            ("Transfer-Encoding: xchunked\r\n", Malformed::Coding),
+            ("Transfer-Encoding:\r\n", Malformed::Coding),
+            (
+                "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                Malformed::Coding,
+            ),
+            (
+                "Transfer-Encoding: chunked\nContent-Length: 3\n",
+                Malformed::LengthAndCoding,
+            ),
+        ] {
+            let head = post(fields);
+            assert_eq!(
+                verdicts(1024, &[&head]),
+                [Verdict::Refused(rule)],
+                "{fields:?}"
+            );
+            let with_body = [&head[..], b"0\r\n\r\n"].concat();
+            assert_eq!(verdicts(1024, &[&with_body]), [Verdict::Refused(rule)]);
+            let (a, b) = head.split_at(20);
+            assert_eq!(
+                verdicts(1024, &[a, b]),
+                [Verdict::More, Verdict::Refused(rule)]
+            );
+            assert_eq!(
+                byte_by_byte(1024, &head).0.last(),
+                Some(&Verdict::Refused(rule))
+            );
+        }
+    }
+
+    #[test]
+    fn plain_framing_passes() {
+        for fields in [
+            "Content-Length: 5\r\n",
+            "Transfer-Encoding: chunked\r\n",
+            "transfer-encoding:  CHUNKED  \r\n",
+            "Content-Length-Extra: 5\r\nX-Content-Length: 5\r\nContent-Length: 5\r\n",
+            "X-Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+            "",
+        ] {
+            let head = post(fields);
+            assert_eq!(verdicts(1024, &[&head]), [Verdict::Fits], "{fields:?}");
+        }
+        // Only the first head counts: each of two pipelined heads has its own length.
+        let two = [post("Content-Length: 0\r\n"), post("Content-Length: 0\r\n")].concat();
+        assert_eq!(verdicts(1024, &[&two]), [Verdict::Fits]);
+        let body = [
+            post("Content-Length: 5\r\n"),
+            b"Content-Length: 1\r\n".to_vec(),
+        ]
+        .concat();
+        assert_eq!(
+            verdicts(1024, &[&body]),
+            [Verdict::Complete(body.len() - 19)]
+        );
+        // Empty lines before the request line are skipped, not taken for the head's end.
+        let blank = [
+            b"\r\n".to_vec(),
+            post("Content-Length: 1\r\nContent-Length: 1\r\n"),
+        ]
+        .concat();
+        assert_eq!(framing(&blank), Err(Malformed::RepeatedLength));
     }
 
     #[test]

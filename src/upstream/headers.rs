@@ -2,12 +2,13 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, FORWARDED, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `Proxy-*`;
 /// as text, so that a name is compared without being converted.
@@ -158,6 +159,8 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 
 /// Sets X-Forwarded-For (appending the peer), -Proto and -Host, and X-Real-IP (the client as
 /// sluice determined it). A trusted peer's own -Proto and -Host are kept: it saw the original.
+/// An untrusted peer's `Forwarded` and `True-Client-IP` go: an upstream that believes them
+/// would take the client for whoever it claims to be.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
     peer: IpAddr,
@@ -165,8 +168,19 @@ pub fn set_forwarded(
     client: IpAddr,
     tls: bool,
 ) {
-    if headers.keys().any(|name| name.as_str().contains('_')) {
+    // One look at the names finds both kinds; nearly every request has neither.
+    let (mut posing, mut claiming) = (false, false);
+    for name in headers.keys() {
+        let name = name.as_str();
+        posing |= name.contains('_');
+        claiming |= name == FORWARDED.as_str() || name == TRUE_CLIENT_IP.as_str();
+    }
+    if posing {
         remove_posing(headers);
+    }
+    if claiming && !peer_trusted {
+        headers.remove(FORWARDED);
+        headers.remove(&TRUE_CLIENT_IP);
     }
     let mut buf = [0u8; 64];
     let ip = format_ip(client, &mut buf);
@@ -419,5 +433,24 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "::1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "outer");
+    }
+
+    #[test]
+    fn claims_of_who_the_client_is_go_unless_a_trusted_peer_made_them() {
+        let claims = [
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("true-client-ip", "6.6.6.6"),
+            ("x-kept", "1"),
+        ];
+        let peer = "10.1.2.3".parse().unwrap();
+        let mut h = map(&claims);
+        set_forwarded(&mut h, peer, false, peer, false);
+        assert!(h.get("forwarded").is_none());
+        assert!(h.get("true-client-ip").is_none());
+        assert_eq!(h["x-kept"], "1");
+        let mut h = map(&claims);
+        set_forwarded(&mut h, peer, true, "192.0.2.1".parse().unwrap(), false);
+        assert_eq!(h["forwarded"], "for=6.6.6.6;proto=https");
+        assert_eq!(h["true-client-ip"], "6.6.6.6");
     }
 }

@@ -4,6 +4,7 @@
 //! - `proxy`: a real sluice in this process, from TOML or a builder, optionally on a manual clock
 //! - `client`: requests over HTTP/1.1 and HTTP/2, and checks of the answers
 //! - `raw`: hand-written bytes on raw sockets, for clients and upstreams that misbehave
+//! - `recorder`: an upstream that keeps the bytes it was sent, and reads them strictly
 //! - `process`: the built binary as a process of its own
 //! - `redis`: real `redis-server`s
 //! - `tls`: certificates made at test time, and an HTTPS upstream
@@ -13,6 +14,7 @@ pub mod client;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod recorder;
 pub mod redis;
 pub mod tls;
 pub mod upstream;

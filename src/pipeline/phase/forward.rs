@@ -17,7 +17,7 @@ use super::Ctx;
 use crate::body::{self, Body, Counted, Progress, fired};
 use crate::config::Route;
 use crate::pipeline::{Proxy, credentials, is_trusted};
-use crate::problem::{Deadline, Limit, Problem, UpstreamFault};
+use crate::problem::{Deadline, Limit, Malformed, Problem, UpstreamFault};
 use crate::upstream::{set_forwarded, strip_hop_by_hop};
 use crate::{json, media};
 
@@ -54,7 +54,7 @@ fn prepare(ctx: &Ctx<'_>, route: &Route, parts: &mut Parts) -> Result<(), Proble
     parts.version = Version::HTTP_11;
     // Room for the headers added below at once, rather than a rehash of the map midway.
     parts.headers.reserve(5);
-    strip_hop_by_hop(&mut parts.headers).map_err(|_| Problem::UnknownTransferCoding)?;
+    strip_hop_by_hop(&mut parts.headers).map_err(|_| Problem::Malformed(Malformed::Coding))?;
     // sluice already answered any `Expect: 100-continue` when it read the body.
     parts.headers.remove(EXPECT);
     let trusted = is_trusted(peer.ip(), &app.config.server.trusted_proxies);

@@ -1,18 +1,20 @@
 //! The head phase: what is refused from the request head alone, before routing. Shutdown has
 //! begun (503); a head its connection could not measure as it came is over the limits (431);
-//! `Host` is missing or repeated, or the path cannot be put in normal form (400). The path is
-//! normalized here, for routing and the upstream alike, and the client's address worked out.
+//! the method is not upper-case, `Host` is missing, repeated or not a host, or the path cannot
+//! be put in normal form (400). The path is normalized here, for routing and the upstream
+//! alike, and the client's address worked out.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::{Request, Version};
+use http::{Method, Request, Version};
 
 use super::Ctx;
 use crate::body::Body;
 use crate::config;
 use crate::pipeline::{ClientCert, client_ip};
-use crate::problem::Problem;
+use crate::problem::{Malformed, Problem};
+use crate::{host, path};
 
 /// The most header fields a request head may have, HTTP/1.1's (hyper's) and HTTP/2's alike.
 const MAX_FIELDS: usize = 100;
@@ -42,11 +44,21 @@ pub(crate) fn check(ctx: &mut Ctx<'_>, req: &mut Request<Body>) -> Result<(), Pr
     if unmeasured && !head_fits(req, &app.config.server) {
         return Err(Problem::HeadTooLarge);
     }
-    ctx.has_host = one_host(req, from_batch).ok_or(Problem::MalformedHost)?;
-    match crate::path::normalized(req.uri()) {
+    if !is_upper_case(req.method()) {
+        return Err(Problem::Malformed(Malformed::Method));
+    }
+    ctx.has_host = one_host(req, from_batch)?;
+    match path::normalized(req.uri()) {
         Ok(None) => {}
         Ok(Some(uri)) => *req.uri_mut() = uri,
-        Err(_) => return Err(Problem::MalformedPath),
+        Err(fault) => {
+            let rule = match fault {
+                path::Fault::StrayPercent => Malformed::Escape,
+                path::Fault::Nul => Malformed::Nul,
+                path::Fault::AboveRoot => Malformed::AboveRoot,
+            };
+            return Err(Problem::Malformed(rule));
+        }
     }
     let trusted = &app.config.server.trusted_proxies;
     ctx.client = client_ip(ctx.peer.ip(), req.headers(), trusted);
@@ -90,18 +102,30 @@ fn head_fits(req: &Request<Body>, server: &config::Server) -> bool {
     line + fields + host - saved + 2 <= server.max_header_bytes
 }
 
-/// Whether the request has a `Host` header; `None` if it breaks RFC 9112 §3.2: more than one,
-/// or none in an HTTP/1.1 request whose target names no host. A batch item has its batch's,
-/// checked with the batch.
-fn one_host(req: &Request<Body>, from_batch: bool) -> Option<bool> {
+/// Whether a method is upper-case letters, `-` and `_`, as nginx requires: methods are
+/// case-sensitive, so `get` is not GET, and an upstream may read it either way.
+fn is_upper_case(method: &Method) -> bool {
+    method
+        .as_str()
+        .bytes()
+        .all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+}
+
+/// Whether the request has a `Host` header, which must be a host (RFC 9112 §3.2): one at
+/// most, and one in an HTTP/1.1 request whose target names no host. A batch item has its
+/// batch's, checked with the batch.
+fn one_host(req: &Request<Body>, from_batch: bool) -> Result<bool, Problem> {
     let mut hosts = req.headers().get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (Some(_), None) => Some(true),
-        (Some(_), Some(_)) => None,
+        (Some(host), None) if host::is_valid(host.as_bytes()) => Ok(true),
+        (Some(_), None) => Err(Problem::Malformed(Malformed::Host)),
+        (Some(_), Some(_)) => Err(Problem::Malformed(Malformed::HostCount)),
         (None, _) => {
             let allowed =
                 req.version() != Version::HTTP_11 || req.uri().authority().is_some() || from_batch;
-            allowed.then_some(false)
+            allowed
+                .then_some(false)
+                .ok_or(Problem::Malformed(Malformed::HostCount))
         }
     }
 }

@@ -6,6 +6,7 @@
 //!   came from, and its status, decided in one place.
 //! - [`json`], [`media`], [`path`], [`host`]: pure checks — a body's JSON, its media type, a
 //!   path's normal form, a `Host` header. [`tls`]: rustls configurations from PEM files.
+//!   [`fds`]: the open file limit, which bounds connections.
 //! - [`body`]: the body type that flows through, both ways: counted, read whole, or an
 //!   upstream's answer; with its own fault type.
 //! - [`limiter`]: the rate-limit algorithms (pure, clock passed in), the `Store` trait, the
@@ -32,6 +33,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fds;
 pub mod flat;
 pub mod host;
 pub mod json;

@@ -15,6 +15,10 @@ static ALLOCATOR: sluice::alloc::Allocator = sluice::alloc::Allocator;
 fn main() -> ExitCode {
     let args = Args::parse();
     cli::init_tracing(&args.log, args.log_format);
+    // Before the config is checked, as `max_connections` must fit the limit.
+    if let Err(e) = sluice::fds::raise() {
+        tracing::warn!(error = %e, "could not raise the open file limit to its hard limit");
+    }
     match &args.command {
         None => match args.load_config() {
             Ok(config) => serve(config, args.source(), args.log_format),

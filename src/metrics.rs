@@ -278,6 +278,8 @@ impl Shard {
 pub struct Live {
     pub metrics: Arc<Metrics>,
     pub connections: u64,
+    /// Connections asked to close to make room under `max_connections`.
+    pub evicted: u64,
     pub tracked_keys: u64,
     /// The limiter's store, and its calls when it is remote.
     pub store: Health,
@@ -321,6 +323,14 @@ impl Collector for Live {
             "Client connections open now.",
             open,
         )?;
+        let help = "Connections closed to make room for new ones over max_connections.";
+        enc.encode_descriptor(
+            "sluice_connections_evicted",
+            help,
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&self.evicted, None)?;
         let keys = self.tracked_keys as i64;
         gauge(
             &mut enc,
@@ -534,6 +544,7 @@ mod tests {
         render(Live {
             metrics: Arc::new(m),
             connections: 0,
+            evicted: 0,
             tracked_keys: 0,
             store: Health::default(),
             reloads: [0, 0],

@@ -293,22 +293,28 @@ async fn round_robin_spreads_over_live_targets() {
 }
 
 #[tokio::test]
-async fn connections_over_max_connections_get_503() {
-    let up = spawn_upstream().await;
+async fn a_connection_over_max_connections_gets_503_when_every_other_is_answering() {
+    // An idle connection would be closed to make room (see floods.rs); one answering a request
+    // is not, so the newcomer is refused.
+    let up = Upstream::new()
+        .on("/slow", Reply::ok().after(Duration::from_millis(800)))
+        .start()
+        .await;
     let sluice = Sluice::builder()
         .upstream(&up)
         .server("max_connections = 1")
         .start();
-    // Hold one keep-alive connection open.
     let mut held = connect_h1(sluice.addr).await;
-    let first = held
-        .send_request(
-            request(Method::GET, "/")
-                .body(Full::new(Bytes::new()))
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(first.unwrap().status(), 200);
+    let slow = tokio::spawn(async move {
+        let req = request(Method::GET, "/slow").body(Full::new(Bytes::new()));
+        held.send_request(req.unwrap()).await.unwrap().status()
+    });
+    within(Duration::from_secs(2), "the slow request upstream", async {
+        while up.seen().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
 
     let res = get(sluice.addr, "/").await;
     assert_problem(&res, 503);
@@ -328,9 +334,14 @@ async fn connections_over_max_connections_get_503() {
     let closed = tokio::time::timeout(Duration::from_secs(2), conn).await;
     assert!(closed.is_ok(), "the HTTP/2 connection stayed open");
     assert_eq!(
+        slow.await.unwrap(),
+        200,
+        "the busy connection was left alone"
+    );
+    assert_eq!(
         up.seen().len(),
         1,
-        "the refused request never reached the upstream"
+        "the refused requests never reached the upstream"
     );
     let text = sluice.metrics().await;
     for method in ["GET", "HEAD"] {
@@ -338,4 +349,5 @@ async fn connections_over_max_connections_get_503() {
             format!(r#"sluice_requests_total{{route="none",method="{method}",status="503"}}"#);
         assert_eq!(metric_value(&text, &series), 1.0, "{method}");
     }
+    assert_eq!(metric_value(&text, "sluice_connections_evicted_total"), 0.0);
 }

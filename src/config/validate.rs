@@ -11,6 +11,7 @@ use toml::Spanned;
 use super::error::{Errors, Invalid, line_of};
 use super::{Batch, Config, ConfigError, Headers, Overrides, raw};
 use super::{Policy, Route, Server, Upstream};
+use crate::fds;
 
 /// Parses TOML into the raw structs; type errors and unknown keys name their key and line.
 pub(super) fn deserialize(source: &str) -> Result<raw::File, ConfigError> {
@@ -171,7 +172,6 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
             "must be 408 or 504",
         );
     }
-    let max_connections = at_least_one("server.max_connections", &s.max_connections, errs);
     let workers = match *s.workers.get_ref() {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n if n > MAX_WORKERS => {
@@ -181,6 +181,8 @@ fn server(s: &raw::Server, errs: &mut Errors) -> Server {
         }
         n => n,
     };
+    let max_connections = at_least_one("server.max_connections", &s.max_connections, errs);
+    let max_connections = within_fd_limit(&s.max_connections, max_connections, workers, errs);
     let header_read_timeout = errs.positive("server.header_read_timeout", &s.header_read_timeout);
     let request_timeout = errs.positive("server.request_timeout", &s.request_timeout);
     let idle_timeout = errs.positive("server.idle_timeout", &s.idle_timeout);
@@ -466,4 +468,33 @@ fn header_name(key: &str, v: &Spanned<String>, errs: &mut Errors) -> Option<Head
         return Some(HeaderName::from_static("x-request-id"));
     }
     Some(HeaderName::from_static(Box::leak(name.into_boxed_str())))
+}
+
+/// `max_connections`, if the open file limit has room for it beside the reserve (see `fds`):
+/// past the limit, accept would fail with nothing to answer, for everyone, before the cap
+/// could make room. The default is lowered to fit; a value the config sets is refused, with
+/// what would fit.
+fn within_fd_limit(
+    key: &Spanned<usize>,
+    wanted: usize,
+    workers: usize,
+    errs: &mut Errors,
+) -> usize {
+    let limit = fds::soft_limit();
+    let room = fds::connections_within(limit, workers);
+    if wanted <= room || wanted == 0 {
+        return wanted;
+    }
+    if key.span().is_empty() && room > 0 {
+        return room;
+    }
+    let reserve = fds::reserve(workers);
+    let msg = format!(
+        "{wanted} connections need {} open files with {reserve} for the listeners and the \
+         rest, but the open file limit is {limit}: set it to at most {room}, or raise the \
+         limit (ulimit -n, systemd LimitNOFILE, or the container's nofile ulimit)",
+        wanted as u64 + reserve
+    );
+    errs.push("server.max_connections", key.span(), msg);
+    wanted
 }

@@ -23,6 +23,8 @@ pub struct Lifecycle {
     pub draining: AtomicBool,
     /// Client connections open now, across all workers.
     pub connections: AtomicUsize,
+    /// Connections asked to close to make room under `max_connections`.
+    pub evicted: AtomicU64,
     /// Reloads that took effect, and reloads refused.
     pub reloads: [AtomicU64; 2],
 }
@@ -60,6 +62,7 @@ impl App {
         let life = Lifecycle {
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
+            evicted: AtomicU64::new(0),
             reloads: Default::default(),
         };
         let metrics = Metrics::new(&config);

@@ -1,6 +1,7 @@
 //! What a connection's service tells its socket: which requests it has been handed and is
 //! answering (each marked by an [`Active`]), how far their answers have got, and what the
-//! socket tells the service back: whether a head was read without being measured.
+//! socket tells the service back: whether a head was read without being measured. And what the
+//! connection cap asks of it: to close, to make room for a newer one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,6 +24,9 @@ pub struct ConnState {
     /// past the end of a head): the heads parsed from them are checked once parsed, until the
     /// next head is measured as it comes.
     unmeasured: AtomicBool,
+    /// Asked to close, to make room under `max_connections`: it does once it has no request
+    /// in progress.
+    evicted: AtomicBool,
 }
 
 impl ConnState {
@@ -54,9 +58,38 @@ impl ConnState {
         self.started.load(Ordering::Relaxed)
     }
 
-    /// Wakes `waker` when the last request in progress ends.
-    pub(super) fn wake_when_idle(&self, waker: &Waker) {
+    /// Whether no request was ever handed to the service.
+    pub(super) fn never_asked(&self) -> bool {
+        self.started() == 0
+    }
+
+    /// Wakes `waker` when the last request in progress ends, or the connection is asked to
+    /// close.
+    pub(super) fn wake_reader(&self, waker: &Waker) {
         self.reader.register(waker);
+    }
+
+    /// Asks the connection to close, and wakes its reader to see it.
+    pub(super) fn evict(&self) {
+        self.evicted.store(true, Ordering::Relaxed);
+        self.reader.wake();
+    }
+
+    pub(super) fn evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Ends when the connection is asked to close: for the time before its reader runs.
+    pub(super) async fn until_evicted(&self) {
+        std::future::poll_fn(|cx| {
+            self.reader.register(cx.waker());
+            if self.evicted() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
     }
 }
 

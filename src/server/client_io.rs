@@ -140,6 +140,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientIo<S> {
         }
     }
 
+    /// Asked to close to make room for a newer connection (see `cap`): an idle connection ends
+    /// quietly, as at its idle timeout; a half-sent head gets a 503.
+    fn make_room(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.timing.phase() {
+            Phase::Head => {
+                self.answer(cx, &Problem::Overloaded);
+                let error = "closed to make room under max_connections";
+                Err(io::Error::new(io::ErrorKind::ConnectionAborted, error))
+            }
+            Phase::Idle | Phase::Busy => Ok(()), // end of stream: hyper closes the connection
+        }
+    }
+
     /// Writes a problem straight to the stream, and ends it (over TLS, with a close_notify,
     /// so that the client reads the answer as complete); best effort, as the connection ends
     /// anyway.
@@ -304,8 +317,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientIo<S> {
             this.follow_reload();
         }
         let phase = this.timing.phase();
-        if phase == Phase::Busy {
-            this.state.wake_when_idle(cx.waker());
+        this.state.wake_reader(cx.waker());
+        if phase != Phase::Busy && this.state.evicted() {
+            return Poll::Ready(this.make_room(cx));
         }
         if (phase != Phase::Busy || protocol == Protocol::Http2) && this.timed_out(cx) {
             return Poll::Ready(this.expire(cx));

@@ -1,5 +1,5 @@
-//! One client connection: its TLS handshake where the listener has TLS (within
-//! `header_read_timeout`), then hyper over `ClientIo`, counted against `max_connections`.
+//! One client connection: taken in under `max_connections` (see `cap`), its TLS handshake
+//! where the listener has TLS (within `header_read_timeout`), then hyper over `ClientIo`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio_rustls::TlsAcceptor;
 
 use super::activity::{Active, ConnState};
+use super::cap::Cap;
 use super::client_io::{ClientIo, Current};
 use crate::body::{self, Body};
 use crate::pipeline::{ClientCert, Lifecycle, Tls, Unmeasured};
@@ -30,26 +31,45 @@ pub(super) fn accept(
     current: &Current,
     builder: &auto::Builder<TokioExecutor>,
     graceful: &GracefulShutdown,
-    stream: TcpStream,
-    peer: SocketAddr,
+    cap: &Cap,
+    (stream, peer): (TcpStream, SocketAddr),
 ) {
     let _ = stream.set_nodelay(true);
     let proxy = current.load_full();
     let guard = ConnectionGuard::new(&proxy.app.life);
     let server = &proxy.app.config.server;
+    let state = Arc::new(ConnState::default());
+    let admitted = cap.admit(&state, guard.open, server.max_connections);
+    if admitted.evicted > 0 {
+        let evicted = admitted.evicted as u64;
+        proxy.app.life.evicted.fetch_add(evicted, Ordering::Relaxed);
+    }
+    let conn = Conn {
+        state,
+        guard,
+        refused: !admitted.served,
+    };
     let Some(tls) = &server.tls else {
         let peer = Peer {
             addr: peer,
             tls: false,
             cert: None,
         };
-        return serve(current, builder, graceful.watcher(), stream, peer, guard);
+        return serve(current, builder, graceful.watcher(), stream, peer, conn);
     };
     let acceptor = TlsAcceptor::from(tls.config.clone());
     let limit = server.header_read_timeout;
     let (current, builder, watcher) = (current.clone(), builder.clone(), graceful.watcher());
     tokio::spawn(async move {
-        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+        let handshake = tokio::time::timeout(limit, acceptor.accept(stream));
+        let done = tokio::select! {
+            done = handshake => done,
+            () = conn.state.until_evicted() => {
+                tracing::debug!(%peer, "closed in its TLS handshake to make room under max_connections");
+                return;
+            }
+        };
+        match done {
             Ok(Ok(stream)) => {
                 let cert = stream.get_ref().1.peer_certificates();
                 let peer = Peer {
@@ -59,12 +79,20 @@ pub(super) fn accept(
                         .and_then(|c| c.first())
                         .map(|c| Arc::new(ClientCert::of(c))),
                 };
-                serve(&current, &builder, watcher, stream, peer, guard);
+                serve(&current, &builder, watcher, stream, peer, conn);
             }
             Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake not done within header_read_timeout"),
         }
     });
+}
+
+/// A connection's standing: its state, its place under `max_connections`, and whether it is
+/// over the cap with no room made for it.
+struct Conn {
+    state: Arc<ConnState>,
+    guard: ConnectionGuard,
+    refused: bool,
 }
 
 /// Who is at the other end of a connection.
@@ -85,16 +113,19 @@ fn serve<S>(
     graceful: Watcher,
     stream: S,
     peer: Peer,
-    guard: ConnectionGuard,
+    conn: Conn,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let proxy = current.load_full();
-    // A connection over the limit answers 503 and then closes: HTTP/1.1 by the answer's
-    // `Connection: close`, HTTP/2 (which has no such header) by a GOAWAY once it is sent.
-    let refused =
-        (guard.open > proxy.app.config.server.max_connections).then(Arc::<Notify>::default);
-    let state = Arc::new(ConnState::default());
+    let Conn {
+        state,
+        guard,
+        refused,
+    } = conn;
+    // A connection over the limit, with no room made for it, answers 503 and then closes:
+    // HTTP/1.1 by the answer's `Connection: close`, HTTP/2 (which has no such header) by a
+    // GOAWAY once it is sent.
+    let refused = refused.then(Arc::<Notify>::default);
     let io = ClientIo::new(stream, current.clone(), state.clone());
     let current = current.clone();
     let refusing = refused.clone();

@@ -5,6 +5,7 @@
 
 mod activity;
 mod admin;
+mod cap;
 mod certs;
 mod client_io;
 mod conn;
@@ -69,17 +70,29 @@ pub fn start_with(config: Config, options: Options) -> io::Result<Running> {
     });
     let reloader = Arc::new(Reloader::new(options.source, app.clone()));
     let (stop, stopped) = watch::channel(false);
+    let cap = Arc::new(cap::Cap::default());
     let workers = listeners
         .into_iter()
         .enumerate()
-        .map(|(i, l)| worker::spawn(i, reloader.subscribe(), l, stopped.clone()))
+        .map(|(i, l)| worker::spawn(i, reloader.subscribe(), l, cap.clone(), stopped.clone()))
         .collect::<io::Result<_>>()?;
     let control = Some(admin::spawn(reloader.clone(), admin)?);
     let admin = admin_addr.map_or("off".into(), |a| a.to_string());
     let upstreams = app.config.summary_of_upstreams();
     let n = app.config.server.workers;
     let store = app.config.store.describe();
-    tracing::info!(%addr, %admin, workers = n, %upstreams, %store, "sluice listening");
+    let max_connections = app.config.server.max_connections;
+    let open_files = crate::fds::soft_limit();
+    if !crate::fds::fits_with_upstreams(open_files, max_connections, n) {
+        tracing::warn!(
+            max_connections,
+            open_files,
+            "the open file limit has room for max_connections, but not for an upstream \
+             connection for each as well: at full load, upstream connections may fail (502); \
+             raise the limit to twice max_connections"
+        );
+    }
+    tracing::info!(%addr, %admin, workers = n, max_connections, open_files, %upstreams, %store, "sluice listening");
     Ok(Running {
         addr,
         admin_addr,

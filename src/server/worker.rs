@@ -2,6 +2,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::cap::Cap;
 use super::client_io::Current;
 use super::conn;
 use super::reload::Generation;
@@ -23,10 +25,17 @@ use crate::pipeline::{App, Proxy};
 /// enforced (with a problem body) by `ClientIo` rather than by hyper's bare 431.
 const READ_BUF: usize = 400 * 1024;
 
+/// Connections over `max_connections` still taken in: they wait for room made for them, or are
+/// answered 503. Past this, accepting pauses and new connections wait in the listen backlog:
+/// closing the connections evicted for them takes a moment, and their sockets must not run the
+/// process out of file descriptors meanwhile (`fds::reserve` keeps room for these).
+const OVER_CAP: usize = 32;
+
 pub fn spawn(
     i: usize,
     generations: watch::Receiver<Arc<Generation>>,
     listener: std::net::TcpListener,
+    cap: Arc<Cap>,
     stop: watch::Receiver<bool>,
 ) -> io::Result<JoinHandle<()>> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -39,7 +48,7 @@ pub fn spawn(
             let current = Arc::new(ArcSwap::from_pointee(proxy(app, i)));
             rt.block_on(async move {
                 match TcpListener::from_std(listener) {
-                    Ok(listener) => serve(i, current, listener, generations, stop).await,
+                    Ok(listener) => serve(i, current, listener, generations, &cap, stop).await,
                     Err(e) => tracing::error!(error = %e, "worker could not register its listener"),
                 }
             });
@@ -53,14 +62,27 @@ async fn serve(
     current: Current,
     mut listener: TcpListener,
     mut generations: watch::Receiver<Arc<Generation>>,
+    cap: &Cap,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut builder = builder(&current.load().app.config.server);
     let graceful = GracefulShutdown::new();
     loop {
+        let full = {
+            let proxy = current.load();
+            let open = proxy.app.life.connections.load(Ordering::Relaxed);
+            open >= proxy
+                .app
+                .config
+                .server
+                .max_connections
+                .saturating_add(OVER_CAP)
+        };
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => conn::accept(&current, &builder, &graceful, stream, peer),
+            // Evicted connections close on their own tasks, which this lets run.
+            () = tokio::time::sleep(Duration::from_millis(1)), if full => {}
+            accepted = listener.accept(), if !full => match accepted {
+                Ok(accepted) => conn::accept(&current, &builder, &graceful, cap, accepted),
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
                     tracing::warn!(error = %e, "accept failed");

@@ -41,6 +41,7 @@ pub struct Launch {
     config: Option<String>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    open_files: Option<u64>,
 }
 
 impl Launch {
@@ -63,6 +64,24 @@ impl Launch {
         self
     }
 
+    /// Runs the binary with its open file limit (soft and hard) at `n`.
+    pub fn open_files(mut self, n: u64) -> Launch {
+        self.open_files = Some(n);
+        self
+    }
+
+    /// The command that runs the binary: through `sh`, to lower its open file limit first.
+    fn command(&self) -> Command {
+        let Some(n) = self.open_files else {
+            return command();
+        };
+        let mut sh = Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_sluice"));
+        sh
+    }
+
     /// Runs the binary with the proxy and admin listeners on free loopback ports and, unless
     /// the config sets `server.workers`, one worker; returns once the proxy listens. A port
     /// another test took between its release and the bind makes the binary exit at once:
@@ -75,7 +94,7 @@ impl Launch {
         }
         for _ in 0..5 {
             let (port, admin) = (free_port(), free_port());
-            let mut cmd = command();
+            let mut cmd = self.command();
             if let Some(file) = &config {
                 cmd.arg("--config").arg(file);
             }
@@ -142,6 +161,12 @@ impl Process {
             .fold(launch, |l, (name, value)| l.env(name, value))
             .start()
             .await
+    }
+
+    /// The process's open file descriptors now.
+    pub fn open_fds(&self) -> usize {
+        let dir = format!("/proc/{}/fd", self.child.id());
+        std::fs::read_dir(dir).map_or(0, |d| d.count())
     }
 
     /// What the process has logged so far.

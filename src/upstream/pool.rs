@@ -197,8 +197,11 @@ impl Pool {
         now: Instant,
     ) -> Result<Response<Body>, Attempt> {
         let slot = &self.slots[u][t];
+        // The HTTP/2 and connecting paths are boxed: their futures (a TLS handshake's among
+        // them) are kilobytes, and unboxed they would be copied with this future at every
+        // move, on every request, whether or not it takes them.
         if let Some(shared) = slot.shared() {
-            return send_h2(slot, shared, ups.target(u, t), req).await;
+            return Box::pin(send_h2(slot, shared, ups.target(u, t), req)).await;
         }
         while let Some((mut sender, wary)) = slot.take(now) {
             if sender.ready().await.is_err() {
@@ -226,11 +229,11 @@ impl Pool {
             }
         }
         let connecting = connect(ups.target(u, t), ups.tls(u, t), ups.connect_timeout(u));
-        let mut sender = match connecting.await {
+        let mut sender = match Box::pin(connecting).await {
             Ok(Sender::H1(sender)) => sender,
             Ok(Sender::H2(sender)) => {
                 slot.share(&sender);
-                return send_h2(slot, sender, ups.target(u, t), req).await;
+                return Box::pin(send_h2(slot, sender, ups.target(u, t), req)).await;
             }
             Err(Failed::Unreachable(e)) => {
                 tracing::debug!(upstream = %slot.name, error = %e, "upstream target unreachable");

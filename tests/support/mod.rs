@@ -5,12 +5,14 @@
 //! - `client`: requests over HTTP/1.1 and HTTP/2, and checks of the answers
 //! - `raw`: hand-written bytes on raw sockets, for clients and upstreams that misbehave
 //! - `recorder`: an upstream that keeps the bytes it was sent, and reads them strictly
+//! - `faulty`: a raw upstream scripted per connection: closes, resets, hangs, garbage
 //! - `process`: the built binary as a process of its own
 //! - `redis`: real `redis-server`s
 //! - `tls`: certificates made at test time, and an HTTPS upstream
 #![allow(dead_code, unused_imports)] // each test file uses its own subset
 
 pub mod client;
+pub mod faulty;
 pub mod process;
 pub mod proxy;
 pub mod raw;

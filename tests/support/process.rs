@@ -174,6 +174,43 @@ impl Process {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log's lines as JSON values (the process runs with `--log-format json`); a line still
+    /// being written is left out.
+    pub fn json_log(&self) -> Vec<serde_json::Value> {
+        let log = self.log();
+        let complete = &log[..log.rfind('\n').map_or(0, |i| i + 1)];
+        complete
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// What the process's open file descriptors point at (`/proc/PID/fd`): `socket:[…]`,
+    /// `anon_inode:[eventpoll]`, files; to show which kinds a count of [`Process::open_fds`]
+    /// gained or lost.
+    pub fn fds(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/fd", self.child.id());
+        let mut fds: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+            .map(|target| target.to_string_lossy().into_owned())
+            .collect();
+        fds.sort();
+        fds
+    }
+
+    /// Waits (up to `limit`) until the process has exactly `n` open file descriptors: those of
+    /// connections that just ended may take a moment to be closed. What it has then.
+    pub async fn settle_fds(&self, n: usize, limit: Duration) -> Vec<String> {
+        let started = std::time::Instant::now();
+        loop {
+            if self.open_fds() == n || started.elapsed() >= limit {
+                return self.fds();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Replaces the config file (for a reload).
     pub fn rewrite_config(&self, toml: &str) {
         std::fs::write(self.config.as_ref().expect("started with a config"), toml).unwrap();

@@ -177,6 +177,32 @@ async fn wait_logged(p: &Process, message: &str, n: usize) -> Vec<Value> {
     logged(p, message)
 }
 
+/// Heals the upstream, and checks that sluice's next request through it is answered in full:
+/// no fault lingers (a target skipped, a connection kept that should not be).
+async fn next_request_works(p: &Process, up: &faulty::Upstream) {
+    up.heal();
+    let res = within(
+        Duration::from_secs(3),
+        "the next answer",
+        get(p.addr, "/next"),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{:?}", res.body);
+    assert_eq!(&res.body[..], br#"{"ok":true}"#);
+}
+
+/// Waits (up to 2 s) for the access line of the request `id`: it is written once the answer's
+/// body has gone out, which may be just after the client has read it.
+async fn access_line(p: &Process, id: &str) -> Value {
+    for _ in 0..100 {
+        if let Some(line) = access(p).into_iter().find(|l| l["request_id"] == id) {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no access line for {id}: {:?}", access(p));
+}
+
 const FAILED: &str = "upstream failed";
 const BROKEN_OFF: &str =
     "upstream answer broken off: the upstream closed or reset it before its end";
@@ -257,6 +283,7 @@ async fn answered_by_sluice(script: Vec<Step>, fault: Answered) {
     up.wait_all_closed().await;
     assert_fds_back(&p, &baseline).await;
     eprintln!("{N} answered in {:?}", started.elapsed());
+    next_request_works(&p, &up).await;
 }
 
 #[tokio::test]
@@ -444,8 +471,9 @@ fn assert_cut_off(read: &ClientSaw, body: &[u8]) {
 }
 
 /// Checks the counts and log lines of N answers cut off after their 200 head: counted under
-/// `kind`, and each logged as `warning` and in an access line with status 200.
-async fn assert_cut_offs_counted(p: &Process, kind: &str, warning: &str) {
+/// `kind`, and each logged as `warning` and in an access line with status 200, the `sent` body
+/// bytes the client got and `complete: false`.
+async fn assert_cut_offs_counted(p: &Process, kind: &str, warning: &str, sent: usize) {
     let warnings = wait_logged(p, warning, N).await;
     assert_eq!(warnings.len(), N, "{warnings:?}");
     assert!(
@@ -455,13 +483,26 @@ async fn assert_cut_offs_counted(p: &Process, kind: &str, warning: &str) {
     let text = metrics(p.admin).await;
     assert_eq!(upstream_errors(&text), counts([(kind, N)]));
     assert_eq!(statuses(&text), counts([("200", N)]));
-    let lines = access(p);
+    let mut lines = access(p);
+    for _ in 0..100 {
+        if lines.len() >= N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lines = access(p);
+    }
     assert_eq!(lines.len(), N);
-    assert!(
-        lines
-            .iter()
-            .all(|l| l["status"] == 200 && l["upstream_status"] == 200)
-    );
+    for l in &lines {
+        assert_eq!(
+            (&l["status"], &l["upstream_status"]),
+            (&200.into(), &200.into())
+        );
+        assert_eq!(
+            (&l["bytes_out"], &l["complete"]),
+            (&sent.into(), &false.into()),
+            "{l}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -483,9 +524,10 @@ async fn a_reset_mid_body_cuts_the_client_off_after_the_bytes_that_came() {
         let read = get_until_closed(p.addr, &format!("reset-{i}"), PART.len(), || up.go()).await;
         assert_cut_off(&read, PART);
     }
-    assert_cut_offs_counted(&p, "reset", BROKEN_OFF).await;
+    assert_cut_offs_counted(&p, "reset", BROKEN_OFF, PART.len()).await;
     up.wait_all_closed().await;
     assert_fds_back(&p, &baseline).await;
+    next_request_works(&p, &up).await;
 }
 
 #[tokio::test]
@@ -504,9 +546,136 @@ async fn a_short_body_then_a_close_cuts_the_client_off_after_the_bytes_that_came
         let read = get_until_closed(p.addr, &format!("short-{i}"), 0, || ()).await;
         assert_cut_off(&read, PART);
     }
-    assert_cut_offs_counted(&p, "reset", BROKEN_OFF).await;
+    assert_cut_offs_counted(&p, "reset", BROKEN_OFF, PART.len()).await;
     up.wait_all_closed().await;
     assert_fds_back(&p, &baseline).await;
+    next_request_works(&p, &up).await;
+}
+
+#[tokio::test]
+async fn short_body_logs_the_bytes_actually_sent() {
+    // Connection 1 announces 100 bytes and sends 10; connection 2 sends its whole answer.
+    let up = faulty::Upstream::start(|n| match n {
+        1 => vec![
+            Step::Read,
+            Step::Write(HEAD),
+            Step::Write(PART),
+            Step::Close,
+        ],
+        _ => vec![Step::Read, Step::Write(faulty::OK)],
+    })
+    .await;
+    let (p, _) = start(&up.url, NEVER).await;
+    let read = get_until_closed(p.addr, "short-body", 0, || ()).await;
+    assert_cut_off(&read, PART);
+    let line = access_line(&p, "short-body").await;
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(
+        line["bytes_out"],
+        PART.len(),
+        "the body bytes the client got, not the 100 announced: {line}"
+    );
+    assert_eq!(line["complete"], false, "{line}");
+    assert_eq!(wait_logged(&p, BROKEN_OFF, 1).await.len(), 1);
+    let text = metrics(p.admin).await;
+    assert_eq!(upstream_errors(&text), counts([("reset", 1)]));
+
+    let whole = get_with(p.addr, "/whole", &[("x-request-id", "whole-body")]).await;
+    assert_eq!(&whole.body[..], br#"{"ok":true}"#);
+    let line = access_line(&p, "whole-body").await;
+    assert_eq!(line["bytes_out"], 11, "{line}");
+    assert!(
+        line["complete"].is_null(),
+        "said only of an answer cut short: {line}"
+    );
+}
+
+/// A 200 announcing 20 bytes, and each byte of its body 50 ms after the one before: a second
+/// in all.
+fn dripping(steps: &mut Vec<Step>) {
+    steps.push(Step::Write(
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 20\r\n\r\n",
+    ));
+    for _ in 0..20 {
+        steps.push(Step::Pause(Duration::from_millis(50)));
+        steps.push(Step::Write(b"x"));
+    }
+}
+
+#[tokio::test]
+async fn a_slow_drip_passes_whole_within_the_deadline() {
+    let up = faulty::Upstream::start(|_| {
+        let mut steps = vec![Step::Read];
+        dripping(&mut steps);
+        steps.push(Step::Hang);
+        steps
+    })
+    .await;
+    let (p, baseline) = start(&up.url, NEVER).await;
+    let answers = join_all((0..10).map(|i| {
+        let id = format!("drip-{i}");
+        async move { get_with(p.addr, "/drip", &[("x-request-id", &id)]).await }
+    }));
+    for res in within(Duration::from_secs(4), "the answers", answers).await {
+        assert_eq!(res.status, 200);
+        assert_eq!(&res.body[..], &[b'x'; 20][..]);
+    }
+    for i in 0..10 {
+        let line = access_line(&p, &format!("drip-{i}")).await;
+        assert_eq!(line["bytes_out"], 20, "{line}");
+        assert!(line["complete"].is_null(), "{line}");
+        assert!(
+            line["duration_ms"].as_f64().unwrap() >= 1000.0,
+            "to the last byte: {line}"
+        );
+    }
+    let text = metrics(p.admin).await;
+    assert_eq!(upstream_errors(&text), counts([]));
+    assert_eq!(statuses(&text), counts([("200", 10)]));
+    // The connections go back to the pool; the upstream holds them open. Closing them all is
+    // sluice's part once it is stopped, so only the client side is checked here: 10 pooled.
+    let now = p.settle_fds(baseline.len() + 10, SETTLE).await;
+    assert_eq!(now.len(), baseline.len() + 10, "{now:?}");
+}
+
+#[tokio::test]
+async fn a_drip_past_the_deadline_is_cut_off_there_though_bytes_keep_coming() {
+    let up = faulty::Upstream::start(|_| {
+        let mut steps = vec![Step::Read];
+        dripping(&mut steps);
+        steps.push(Step::Hang);
+        steps
+    })
+    .await;
+    let (p, baseline) = start(&up.url, REQUEST_TIMEOUT).await;
+    let started = Instant::now();
+    let reads =
+        join_all((0..10).map(|i| async move {
+            get_until_closed(p.addr, &format!("drip-{i}"), 0, || ()).await
+        }));
+    let reads = reads.await;
+    let waited = started.elapsed();
+    assert!(
+        waited >= REQUEST_TIMEOUT && waited < Duration::from_millis(950),
+        "cut off after {waited:?}, not at the drip's end"
+    );
+    for (i, read) in reads.iter().enumerate() {
+        assert!(read.head.starts_with("HTTP/1.1 200 "), "{}", read.head);
+        assert!(read.body.len() < 20 && read.body.iter().all(|b| *b == b'x'));
+        let line = access_line(&p, &format!("drip-{i}")).await;
+        assert_eq!(
+            line["bytes_out"],
+            read.body.len(),
+            "what the client got: {line}"
+        );
+        assert_eq!(line["complete"], false, "{line}");
+    }
+    assert_eq!(wait_logged(&p, CUT_OFF, 10).await.len(), 10);
+    let text = metrics(p.admin).await;
+    assert_eq!(upstream_errors(&text), counts([("timeout", 10)]));
+    up.wait_all_closed().await;
+    assert_fds_back(&p, &baseline).await;
+    next_request_works(&p, &up).await;
 }
 
 #[tokio::test]
@@ -526,10 +695,11 @@ async fn an_answer_head_then_silence_is_cut_off_at_request_timeout() {
         waited >= REQUEST_TIMEOUT && waited < REQUEST_TIMEOUT * 6,
         "cut off after {waited:?}"
     );
-    assert_cut_offs_counted(&p, "timeout", CUT_OFF).await;
+    assert_cut_offs_counted(&p, "timeout", CUT_OFF, 0).await;
     // sluice closed its side of every upstream connection at the deadline.
     up.wait_all_closed().await;
     assert_fds_back(&p, &baseline).await;
+    next_request_works(&p, &up).await;
 }
 
 /// A small generator of the same choices for the same seed (xorshift64).

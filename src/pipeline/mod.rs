@@ -6,7 +6,8 @@
 //! - [`Proxy`]: one worker's view of it, with the worker's own upstream pool and request ids.
 //! - `router.rs`, `credentials.rs`, `limits.rs`, `client.rs`, `request_id.rs`: what the phases
 //!   look things up with — routes, keys, the limiter and its headers, the client's address.
-//! - `record.rs`: what is counted and logged of each request.
+//! - `record.rs`: what is counted and logged of each request; the log line waits for the end of
+//!   the answer's body ([`AccessLine`]).
 //! - [`Endpoint`]: a path answered whole after the head phase (the batch endpoint), so that
 //!   the pipeline does not name what sits above it.
 
@@ -23,6 +24,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -40,6 +42,7 @@ use crate::body::Body;
 use crate::problem::Problem;
 use crate::upstream::Pool;
 use phase::respond;
+pub use record::AccessLine;
 use record::{Record, Tracked};
 
 /// An answer's future, boxed: what an [`Endpoint`] returns.
@@ -97,17 +100,38 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: a panic inside becomes a 500 for this request only.
-    /// A plain function, so that the future the connection holds is no larger than needed.
+    /// The request's access-log line comes with the answer: the connection writes it once the
+    /// body has gone out, with the bytes it sent. A plain function, so that the future the
+    /// connection holds is no larger than needed.
     pub fn serve(
         &self,
         peer: SocketAddr,
         req: Request<Incoming>,
-    ) -> impl Future<Output = Response<Body>> + '_ {
-        self.serve_request(peer, req.map(Body::Incoming))
+    ) -> impl Future<Output = (Response<Body>, Option<AccessLine>)> + '_ {
+        self.answer(peer, req.map(Body::Incoming))
     }
 
     /// Answers one request whatever its body: a client's, or a batch item's made in memory.
-    pub async fn serve_request(&self, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
+    /// Its access-log line is written at once, with the length the answer announces.
+    /// A plain function, as `serve` is.
+    pub fn serve_request(
+        &self,
+        peer: SocketAddr,
+        req: Request<Body>,
+    ) -> impl Future<Output = Response<Body>> + '_ {
+        self.answer(peer, req).map(|(res, line)| {
+            if let Some(line) = line {
+                line.write(&self.app, record::length(res.headers()), true);
+            }
+            res
+        })
+    }
+
+    async fn answer(
+        &self,
+        peer: SocketAddr,
+        req: Request<Body>,
+    ) -> (Response<Body>, Option<AccessLine>) {
         let head = req.method() == Method::HEAD;
         let shard = self.app.metrics.shard(self.worker);
         let rec = Record::new(&self.app, req.method(), req.headers());
@@ -123,8 +147,8 @@ impl Proxy {
             }
         };
         let mut res = respond::contain_panic(answering, id).await;
-        respond::finish(self, &mut tracked, &mut res, head);
-        res
+        let line = respond::finish(self, &mut tracked, &mut res, head);
+        (res, line)
     }
 
     /// A fresh request id, for answers given before any request was parsed.
@@ -188,6 +212,13 @@ mod tests {
             std::mem::size_of_val(&serving) <= 1024,
             "{}",
             std::mem::size_of_val(&serving)
+        );
+        // What `serve` returns (it takes hyper's body, which only a connection makes).
+        let answering = proxy.answer(peer, Request::new(Body::Empty));
+        assert!(
+            std::mem::size_of_val(&answering) <= 1024,
+            "{}",
+            std::mem::size_of_val(&answering)
         );
     }
 }

@@ -4,11 +4,10 @@
 //! the limiter's decision.
 
 use http::header::CONTENT_LENGTH;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tokio::time::Instant;
 
 use super::{App, Verdict};
-use crate::body::Body;
 use crate::config::Mode;
 use crate::metrics::{Decided, Shard};
 
@@ -48,38 +47,53 @@ impl Record {
         }
     }
 
-    /// Counts the request and writes its access log line; `res` is the answer's head, if the
-    /// request got one.
-    fn finish(&self, app: &App, shard: &Shard, id: &HeaderValue, res: Option<&Response<Body>>) {
-        let status = res.map_or(CLIENT_CLOSED, Response::status);
-        self.close(app, shard, id, status, || {
-            res.and_then(|res| length(res.headers()))
-        });
-    }
-
-    fn close(
-        &self,
+    /// Counts the request; `status` is its answer's, or 499 if it got none. Its access-log line
+    /// (when `access_log` is on) comes back, to be written once the answer's body has gone out.
+    fn finish(
+        &mut self,
         app: &App,
         shard: &Shard,
         id: &HeaderValue,
         status: StatusCode,
-        bytes_out: impl FnOnce() -> Option<u64>,
-    ) {
+    ) -> Option<AccessLine> {
         shard.request(self.route, &self.method, status);
         let decision = self.verdict.as_ref().map(|v| count_decision(app, shard, v));
-        if app.config.server.access_log {
-            self.log(app, id, status, bytes_out(), decision);
-        }
+        app.config.server.access_log.then(|| AccessLine {
+            // A clone shares the id's bytes: no allocation.
+            id: id.clone(),
+            started: self.started,
+            method: std::mem::take(&mut self.method),
+            route: self.route,
+            key: self.key,
+            status,
+            upstream_status: self.upstream_status,
+            bytes_in: self.bytes_in,
+            decision,
+        })
     }
+}
 
-    fn log(
-        &self,
-        app: &App,
-        id: &HeaderValue,
-        status: StatusCode,
-        bytes_out: Option<u64>,
-        decision: Option<Decided>,
-    ) {
+/// A request's access-log line (target `sluice::access`), held until its answer's body has
+/// ended or been dropped: its duration runs to then, and `bytes_out` counts the body bytes the
+/// client was actually sent, as nginx's `$body_bytes_sent` does, not the length announced.
+#[derive(Debug)]
+pub struct AccessLine {
+    id: HeaderValue,
+    started: Instant,
+    method: Method,
+    route: usize,
+    key: Option<usize>,
+    status: StatusCode,
+    upstream_status: Option<StatusCode>,
+    bytes_in: Option<u64>,
+    decision: Option<Decided>,
+}
+
+impl AccessLine {
+    /// Writes the line: `bytes_out` body bytes went out, and the body went out whole or, if
+    /// not `complete`, was cut short (the upstream broke it off, its deadline cut it off, or
+    /// the client went away); only then does the line carry `complete = false`.
+    pub fn write(&self, app: &App, bytes_out: Option<u64>, complete: bool) {
         let route = app
             .config
             .routes
@@ -93,7 +107,7 @@ impl Record {
         let client = self
             .key
             .map_or("-", |k| app.config.auth.keys[k].name.as_str());
-        let limit = match decision {
+        let limit = match self.decision {
             None => "-",
             Some(Decided::Allowed) => "allowed",
             Some(Decided::Refused) => "refused",
@@ -101,15 +115,16 @@ impl Record {
         };
         tracing::info!(
             target: "sluice::access",
-            request_id = id.to_str().unwrap_or_default(),
+            request_id = self.id.to_str().unwrap_or_default(),
             client,
             method = self.method.as_str(),
             route,
-            status = status.as_u16(),
+            status = self.status.as_u16(),
             upstream_status = self.upstream_status.map(|s| s.as_u16()),
             duration_ms = self.started.elapsed().as_secs_f64() * 1e3,
             bytes_in = self.bytes_in,
             bytes_out,
+            complete = (!complete).then_some(false),
             limit,
         );
     }
@@ -127,7 +142,7 @@ pub fn answered_alone(
     bytes_out: u64,
     started: Instant,
 ) {
-    let rec = Record {
+    let mut rec = Record {
         started,
         method: method.cloned().unwrap_or_else(unknown_method),
         bytes_in: None,
@@ -137,7 +152,9 @@ pub fn answered_alone(
         standing: None,
         upstream_status: None,
     };
-    rec.close(app, shard, id, status, || Some(bytes_out));
+    if let Some(line) = rec.finish(app, shard, id, status) {
+        line.write(app, Some(bytes_out), true);
+    }
 }
 
 fn unknown_method() -> Method {
@@ -174,18 +191,24 @@ impl<'a> Tracked<'a> {
         }
     }
 
-    /// The request got `res`; its id comes back, for the answer.
-    pub fn answered(&mut self, res: &Response<Body>) -> HeaderValue {
-        self.rec.finish(self.app, self.shard, &self.id, Some(res));
+    /// The request got an answer with `status`: it is counted. Its id comes back, for the
+    /// answer, with its access-log line to write once the answer's body has gone out.
+    pub fn answered(&mut self, status: StatusCode) -> (HeaderValue, Option<AccessLine>) {
+        let line = self.rec.finish(self.app, self.shard, &self.id, status);
         self.answered = true;
-        std::mem::replace(&mut self.id, HeaderValue::from_static(""))
+        let id = std::mem::replace(&mut self.id, HeaderValue::from_static(""));
+        (id, line)
     }
 }
 
 impl Drop for Tracked<'_> {
     fn drop(&mut self) {
-        if !self.answered {
-            self.rec.finish(self.app, self.shard, &self.id, None);
+        if !self.answered
+            && let Some(line) = self
+                .rec
+                .finish(self.app, self.shard, &self.id, CLIENT_CLOSED)
+        {
+            line.write(self.app, None, false);
         }
         self.shard.in_flight(-1);
     }
@@ -213,6 +236,6 @@ fn count_decision(app: &App, shard: &Shard, v: &Verdict) -> Decided {
     overall
 }
 
-fn length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }

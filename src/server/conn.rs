@@ -23,7 +23,7 @@ use super::activity::{Active, ConnState};
 use super::cap::Cap;
 use super::client_io::{ClientIo, Current};
 use crate::body::{self, Body};
-use crate::pipeline::{ClientCert, Lifecycle, Tls, Unmeasured};
+use crate::pipeline::{AccessLine, ClientCert, Lifecycle, Proxy, Tls, Unmeasured};
 
 /// A new connection: its TLS handshake first, within `header_read_timeout`, where the
 /// listener has TLS; then hyper serves it.
@@ -143,14 +143,19 @@ fn serve<S>(
         }
         let (refusing, addr) = (refusing.clone(), peer.addr);
         async move {
-            let res = match refusing {
+            let (res, line) = match refusing {
                 Some(refused) => {
                     refused.notify_one();
-                    proxy.overloaded(&req)
+                    (proxy.overloaded(&req), None)
                 }
                 None => proxy.serve(addr, req).await,
             };
-            Ok::<_, Infallible>(res.map(|body| Answer { body, active }))
+            let log = line.map(|line| Log {
+                line,
+                proxy,
+                sent: 0,
+            });
+            Ok::<_, Infallible>(res.map(|body| Answer { body, active, log }))
         }
     });
     let conn = builder
@@ -180,11 +185,32 @@ fn serve<S>(
 }
 
 /// A response body that keeps its request marked in progress on the connection until hyper
-/// has written it and dropped it; the idle timeout starts after that.
+/// has written it and dropped it; the idle timeout starts after that. It writes the request's
+/// access-log line when the body ends, breaks off or is dropped, with the bytes it gave hyper.
 struct Answer {
     body: Body,
     /// Also counts the answer's progress, for a connection's timer.
     active: Active,
+    /// The access-log line still to write, if `access_log` is on.
+    log: Option<Log>,
+}
+
+/// An access-log line on its way out with its answer's body.
+struct Log {
+    line: AccessLine,
+    /// The config the request ran under, which names its route and client.
+    proxy: Arc<Proxy>,
+    /// Body bytes handed to hyper so far.
+    sent: u64,
+}
+
+impl Answer {
+    /// Writes the access-log line, once.
+    fn logged(&mut self, complete: bool) {
+        if let Some(log) = self.log.take() {
+            log.line.write(&log.proxy.app, Some(log.sent), complete);
+        }
+    }
 }
 
 impl http_body::Body for Answer {
@@ -197,8 +223,16 @@ impl http_body::Body for Answer {
     ) -> Poll<Option<Result<Frame<Bytes>, body::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(Some(Ok(_))) = polled {
-            this.active.progressed();
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.active.progressed();
+                if let (Some(log), Some(data)) = (&mut this.log, frame.data_ref()) {
+                    log.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => this.logged(true),
+            Poll::Ready(Some(Err(_))) => this.logged(false),
+            Poll::Pending => {}
         }
         polled
     }
@@ -209,6 +243,15 @@ impl http_body::Body for Answer {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for Answer {
+    /// hyper drops a body it has sent the end of without polling it again, and one it stops
+    /// sending (the client went away): the body ended whole only in the first case.
+    fn drop(&mut self) {
+        let complete = http_body::Body::is_end_stream(&self.body);
+        self.logged(complete);
     }
 }
 

@@ -4,7 +4,7 @@
 //! knows which of its connections are still open:
 //! `faulty::Upstream::start(|_conn| vec![Step::Read, Step::Write(b"garbage\r\n\r\n"), Step::Hang])`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,6 +64,16 @@ pub struct Upstream {
     accepted: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
     go: Arc<Semaphore>,
+    healed: Arc<AtomicBool>,
+}
+
+/// A healthy connection's script: up to 100 requests, each answered [`OK`].
+fn healthy() -> Vec<Step> {
+    [Step::Read, Step::Write(OK)]
+        .into_iter()
+        .cycle()
+        .take(200)
+        .collect()
 }
 
 impl Upstream {
@@ -76,13 +86,15 @@ impl Upstream {
             accepted: Arc::default(),
             open: Arc::default(),
             go: Arc::new(Semaphore::new(0)),
+            healed: Arc::default(),
         };
         let script: Script = Arc::new(script);
-        let (hits, accepted, open, go) = (
+        let (hits, accepted, open, go, healed) = (
             up.hits.clone(),
             up.accepted.clone(),
             up.open.clone(),
             up.go.clone(),
+            up.healed.clone(),
         );
         tokio::spawn(async move {
             while let Ok((s, _)) = listener.accept().await {
@@ -93,7 +105,12 @@ impl Upstream {
                     go: go.clone(),
                     _open: Open::new(&open),
                 };
-                tokio::spawn(conn.run(s, script(n)));
+                let steps = if healed.load(Ordering::SeqCst) {
+                    healthy()
+                } else {
+                    script(n)
+                };
+                tokio::spawn(conn.run(s, steps));
             }
         });
         up
@@ -112,6 +129,11 @@ impl Upstream {
     /// Connections accepted and not yet ended.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// From now on, new connections are healthy: each request on them is answered [`OK`].
+    pub fn heal(&self) {
+        self.healed.store(true, Ordering::SeqCst);
     }
 
     /// Lets one connection waiting at [`Step::AwaitGo`] (now or later) go on.

@@ -1,7 +1,7 @@
 //! The respond phase: whatever the outcome, the answer the client gets. A problem becomes its
 //! problem+json; a panic becomes a 500 for this request alone; every answer of a limited route
 //! carries the rate-limit headers, every answer the request id; an answer to `HEAD` loses its
-//! body. Then the request is counted and logged.
+//! body. Then the request is counted; it is logged once its answer's body has gone out.
 
 use std::panic::AssertUnwindSafe;
 
@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, Response};
 use super::{Ctx, Refused};
 use crate::body::Body;
 use crate::pipeline::Proxy;
-use crate::pipeline::record::Tracked;
+use crate::pipeline::record::{AccessLine, Tracked};
 use crate::problem::Problem;
 
 /// A refusal before the limits: the problem, with the client's standing under the policy it
@@ -31,14 +31,14 @@ pub(crate) fn problem(p: Problem, id: &HeaderValue) -> Response<Body> {
     p.into_response(id.to_str().unwrap_or_default())
 }
 
-/// Finishes the answer: rate-limit headers, the request id, no body to `HEAD`; then counts and
-/// logs the request.
+/// Finishes the answer: rate-limit headers, the request id, no body to `HEAD`; then counts the
+/// request. Its access-log line comes back, to write once the body has gone out.
 pub(crate) fn finish(
     proxy: &Proxy,
     tracked: &mut Tracked<'_>,
     res: &mut Response<Body>,
     head: bool,
-) {
+) -> Option<AccessLine> {
     let app = &*proxy.app;
     if let Some(v) = tracked
         .rec
@@ -48,12 +48,13 @@ pub(crate) fn finish(
     {
         app.limits.write_headers(v, res.headers_mut());
     }
-    let id = tracked.answered(res);
+    let (id, line) = tracked.answered(res.status());
     res.headers_mut()
         .insert(app.config.headers.request_id.clone(), id);
     if head {
         without_body(res);
     }
+    line
 }
 
 /// An answer to HEAD carries no body (RFC 9110 §9.3.2), only the length a GET would get.

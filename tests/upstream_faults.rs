@@ -679,6 +679,46 @@ async fn a_drip_past_the_deadline_is_cut_off_there_though_bytes_keep_coming() {
 }
 
 #[tokio::test]
+async fn a_client_gone_mid_body_is_logged_with_what_it_was_sent_and_leaks_nothing() {
+    let up = faulty::Upstream::start(|_| {
+        let mut steps = vec![Step::Read];
+        dripping(&mut steps);
+        steps.push(Step::Hang);
+        steps
+    })
+    .await;
+    let (p, baseline) = start(&up.url, NEVER).await;
+    for i in 0..10 {
+        let req = format!("GET /drip HTTP/1.1\r\nHost: x\r\nx-request-id: gone-{i}\r\n\r\n");
+        let mut s = TcpStream::connect(p.addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        // The head and the first body byte, then the client goes.
+        let mut buf = Vec::new();
+        within(Duration::from_secs(3), "a body byte", async {
+            while raw::find(&buf, b"\r\n\r\n").is_none_or(|h| buf.len() <= h + 4) {
+                let mut chunk = [0u8; 1024];
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed early");
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await;
+        drop(s);
+        let line = access_line(&p, &format!("gone-{i}")).await;
+        assert_eq!(line["status"], 200, "{line}");
+        assert_eq!(line["complete"], false, "{line}");
+        let sent = line["bytes_out"].as_u64().unwrap();
+        assert!((1..20).contains(&sent), "{line}");
+    }
+    // The client's going is not the upstream's fault; its connections, mid-answer, are closed.
+    let text = metrics(p.admin).await;
+    assert_eq!(upstream_errors(&text), counts([]));
+    up.wait_all_closed().await;
+    assert_fds_back(&p, &baseline).await;
+    next_request_works(&p, &up).await;
+}
+
+#[tokio::test]
 async fn an_answer_head_then_silence_is_cut_off_at_request_timeout() {
     let up = faulty::Upstream::start(|_| vec![Step::Read, Step::Write(HEAD), Step::Hang]).await;
     let (p, baseline) = start(&up.url, REQUEST_TIMEOUT).await;

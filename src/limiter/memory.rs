@@ -69,6 +69,9 @@ impl Hasher for Mix {
 
 type Map<V> = DashMap<u64, V, BuildHasherDefault<Mix>>;
 
+/// A table of more slots than this is shrunk by a sweep that leaves it three-quarters empty.
+const SHRINK_ABOVE: usize = 4096;
+
 /// One policy's keys.
 struct Table {
     policy: Policy,
@@ -231,6 +234,13 @@ impl<C: Clock> MemoryStore<C> {
             dropped += usize::from(fresh && hash != OVERFLOW);
             !fresh
         });
+        // A table keeps its capacity when keys go; after a flood of one-off keys it would hold
+        // the flood's memory for good (and removals leave tombstones that make it grow again
+        // sooner). Mostly empty, it is rebuilt to fit what is left.
+        let capacity = table.states.capacity();
+        if capacity > SHRINK_ABOVE && table.states.len() < capacity / 4 {
+            table.states.shrink_to_fit();
+        }
         dropped
     }
 
@@ -437,6 +447,26 @@ mod tests {
         let err = store.check_now(&policy, b"k", NonZeroU32::new(101).unwrap());
         assert!(matches!(err, Err(Error::InsufficientCapacity(_))));
         assert_eq!(store.tracked_keys(), 0);
+    }
+
+    #[test]
+    fn a_sweep_gives_back_the_room_of_a_flood_of_keys() {
+        let store = store(1_000_000);
+        let policy = Policy::published_default();
+        for i in 0..100_000_u32 {
+            assert!(admitted(&store, &policy, &i.to_le_bytes()));
+        }
+        let flooded = store.table(&policy).states.capacity();
+        assert!(flooded >= 100_000, "{flooded}");
+        store.clock().advance(Duration::from_secs(30));
+        assert!(admitted(&store, &policy, b"regular"));
+        store.clock().advance(Duration::from_secs(42));
+        assert_eq!(store.sweep(), 100_000);
+        let swept = store.table(&policy).states.capacity();
+        assert!(swept < flooded / 16, "{flooded} -> {swept}");
+        // The key that stayed keeps its state: its request 42 s ago still counts in the
+        // 60-s window, so 99 more fit.
+        assert_eq!(burst(&store, &policy, b"regular"), 99);
     }
 
     #[test]

@@ -42,8 +42,10 @@ what sluice can do: a soak looks for leaks and drift, not for the peak.
 
 Every 10 s (one wrk slice) the script samples, halfway through the slice: sluice's RSS
 (VmRSS), its open fds (/proc/PID/fd), threads, and from /metrics its open connections and
-limiter keys; with the slice's pass p50, p99 and req/s, and every class's answers by outcome
-(status, `cut`, `closed`, `hung`). All into soak.csv.
+limiter keys (mostly the pass keys made since the last sweep, every 10 s: a saw-tooth as the
+two clocks drift apart); with the slice's pass p50, p99 and req/s, every class's answers by
+outcome (status, `cut`, `closed`, `hung`), sluice's CPU time per answer and the machine's load
+average. All into soak.csv.
 
 Flat within 10 %. The first 10 % of the run, and at least 60 s, is warm-up (pools, the
 allocator's arenas, the limiter's tables reach their working size). Of the samples after it,
@@ -57,6 +59,9 @@ median for p99 because one slice's p99 is the 25th-slowest of ~2500 requests, an
 2-core machine one burst of other work (a compile, a cron job) can double it; a drift that
 lasts moves the median of ten slices, a burst does not. Only growth fails: a soak looks for
 leaks and drift upwards, and a fall (an arena given back) is reported, not failed.
+The median CPU time per answer is compared the same way but not judged: on a shared machine
+a p99 that grew while sluice's CPU per answer did not is the machine's doing (the load column
+says the same). Run the soak that counts on a quiet machine.
 
 The run fails (exit 1) if a metric is not flat, if sluice died or did not exit 0 on SIGTERM
 at the end, if any answer was not what its case expects (a 500, a 200 where a 429 was due, a
@@ -89,6 +94,7 @@ ROOT = run.ROOT
 SAMPLE_EVERY = 10  # seconds: one wrk slice, one row
 PASS_CONNECTIONS = 8
 FLAT = 0.10  # the largest growth allowed, first window to last
+JUDGED = ("rss_kib", "fds", "p99_ms")
 MIN_MINUTES = 3
 OUTCOMES = ["200", "207", "400", "401", "404", "405", "408", "413", "415", "422", "429",
             "502", "503", "cut", "closed", "hung"]
@@ -256,7 +262,7 @@ def pass_slice(port, lua, seconds, index, box, tally):
 
 def sample_loop(sluice, ports, lua, tally, deadline, start):
     """A row every SAMPLE_EVERY s until the deadline, or until sluice dies."""
-    rows = []
+    rows, cpu = [], sum(run.cpu_seconds([sluice.pid]))
     for index in range(int((deadline - start) / SAMPLE_EVERY) + 1):
         seconds = min(SAMPLE_EVERY, int(deadline - time.monotonic()))
         if seconds < 1 or sluice.poll() is not None:
@@ -274,17 +280,28 @@ def sample_loop(sluice, ports, lua, tally, deadline, start):
         wrk.join()
         if row is None or sluice.poll() is not None:
             break
-        counts, bad = tally.take()
-        row.update(pass_rps=round(box.get("rps", 0), 1), p50_ms=box.get("p50", float("nan")),
-                   p99_ms=box.get("p99", float("nan")), unexpected=bad,
-                   reloads=counts.pop("ok", 0) + counts.pop("failed", 0))
-        row.update({f"n_{o}": counts.pop(o, 0) for o in OUTCOMES})
-        row["n_other"] = sum(counts.values())
-        rows.append(row)
+        used = sum(run.cpu_seconds([sluice.pid]))
+        rows.append(finish_row(row, box, *tally.take(), used - cpu))
+        cpu = used
         print(f"{at / 60:5.1f} min  RSS {row['rss_kib'] / 1024:6.1f} MiB  fds {row['fds']:3d}  "
               f"p50 {row['p50_ms']:.2f} ms  p99 {row['p99_ms']:.2f} ms  "
-              f"pass {row['pass_rps']:.0f}/s  unexpected {bad}", flush=True)
+              f"pass {row['pass_rps']:.0f}/s  load {row['load']:.1f}  "
+              f"unexpected {row['unexpected']}", flush=True)
     return rows
+
+
+def finish_row(row, box, counts, bad, cpu):
+    """The slice's latency, answers by outcome, and what tells sluice's drift from the
+    machine's: sluice's CPU time per answer, and the machine's load."""
+    reloads = counts.pop("ok", 0) + counts.pop("failed", 0)  # reloads are not answers
+    answers = sum(counts.values())
+    row.update(pass_rps=round(box.get("rps", 0), 1), p50_ms=box.get("p50", float("nan")),
+               p99_ms=box.get("p99", float("nan")),
+               cpu_us_per_answer=round(cpu * 1e6 / max(answers, 1), 1),
+               load=os.getloadavg()[0], unexpected=bad, reloads=reloads)
+    row.update({f"n_{o}": counts.pop(o, 0) for o in OUTCOMES})
+    row["n_other"] = sum(counts.values())
+    return row
 
 
 # ---------------------------------------------------------------------------- verdict
@@ -298,8 +315,9 @@ def flatness(rows, seconds):
     if len(after) < 2 * size:
         return None
     first, last = after[:size], after[-size:]
+    # The last is not judged: it says whether a p99 that grew is sluice's or the machine's.
     measures = {"rss_kib": statistics.mean, "fds": statistics.median,
-                "p99_ms": statistics.median}
+                "p99_ms": statistics.median, "cpu_us_per_answer": statistics.median}
     out = {"warm_up_s": warm, "window_samples": size,
            "first_window_s": [first[0]["t_s"], first[-1]["t_s"]],
            "last_window_s": [last[0]["t_s"], last[-1]["t_s"]], "metrics": {}}
@@ -310,7 +328,7 @@ def flatness(rows, seconds):
         change = b / a - 1 if a else float("inf")
         out["metrics"][key] = {"measure": measure.__name__, "first": round(a, 3),
                                "last": round(b, 3), "change": round(change, 4),
-                               "flat": change <= FLAT}
+                               "flat": change <= FLAT, "judged": key in JUDGED}
     return out
 
 
@@ -390,8 +408,9 @@ def summary_md(s):
                   "| metric | of the window | first | last | change | flat (≤ +10 %) |",
                   "|---|---|---|---|---|---|"]
         for key, m in j["metrics"].items():
+            flat = ("yes" if m["flat"] else "no") + ("" if m["judged"] else " (not judged)")
             lines.append(f"| {key} | {m['measure']} | {m['first']} | {m['last']} | "
-                         f"{m['change']:+.1%} | {'yes' if m['flat'] else 'no'} |")
+                         f"{m['change']:+.1%} | {flat} |")
     lines += ["", "| class | rate asked | answers/s | outcomes |", "|---|---|---|---|"]
     for cls, c in s["classes"].items():
         outcomes = ", ".join(f"{o} {n}" for o, n in sorted(c["outcomes"].items()))
@@ -444,7 +463,7 @@ def summarize(args, rows, tally, seconds, exit_code, died, log):
         failures.append(f"too short to judge flatness (at least {MIN_MINUTES} minutes)")
     else:
         failures += [f"{k} grew {m['change']:+.1%}" for k, m in judged["metrics"].items()
-                     if not m["flat"]]
+                     if m["judged"] and not m["flat"]]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                             capture_output=True, text=True).stdout.strip()
     return {"minutes": args.minutes, "commit": commit, "date": time.strftime("%Y-%m-%d %H:%M"),

@@ -440,6 +440,7 @@ KEYS_LUA = os.path.join(ROOT, "bench", "keys.lua")
 
 
 def wrk(port, keys, seconds, conns, first=0, scheme="http", script=KEYS_LUA):
+    """The result keeps wrk's whole output as `output`, for what a script prints itself."""
     cmd = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "--timeout", "5s",
            "-s", script, f"{scheme}://127.0.0.1:{port}/v1/candidates",
            "--", str(keys), str(first)]
@@ -470,6 +471,7 @@ def wrk(port, keys, seconds, conns, first=0, scheme="http", script=KEYS_LUA):
         # wrk's own CPU time (user + sys) per request: whether the load generator is the limit.
         "wrk_us": (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
                   * 1e6 / max(1, int(total.group(1))),
+        "output": out,
     }
 
 

@@ -87,7 +87,10 @@ fn check_against_value(body: &[u8], max: usize, value: &Value, read: &Result<Doc
             assert!(most > max, "413, but {most} requests for {max}")
         }
         Err(Problem::BatchInvalid { errors }) => {
-            assert!(errors.len() == 1 && errors[0].field.is_empty(), "{errors:?}")
+            assert!(
+                errors.len() == 1 && errors[0].field.is_empty(),
+                "{errors:?}"
+            )
         }
         Err(e) => panic!("serde_json reads a Value, but the batch is refused: {e:?}"),
     }

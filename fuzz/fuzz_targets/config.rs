@@ -64,7 +64,10 @@ fn check_error(source: &str, e: &ConfigError) {
     for invalid in e.invalid() {
         assert!(!invalid.message.is_empty(), "{invalid:?}");
         if let Some(line) = invalid.line {
-            assert!((1..=lines + 1).contains(&line), "line {line} of {lines}: {invalid:?}");
+            assert!(
+                (1..=lines + 1).contains(&line),
+                "line {line} of {lines}: {invalid:?}"
+            );
         }
     }
     assert!(

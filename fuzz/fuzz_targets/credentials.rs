@@ -31,9 +31,16 @@ struct Sent<'a> {
 enum Way {
     /// `Authorization: <scheme> <key>`, the scheme's letters in any case (bit i: letter i
     /// upper), with spaces around the key.
-    Bearer { case: u8, before: u8, after: u8 },
+    Bearer {
+        case: u8,
+        before: u8,
+        after: u8,
+    },
     /// `Authorization: Basic base64(key:password)`.
-    Basic { case: u8, password: Vec<u8> },
+    Basic {
+        case: u8,
+        password: Vec<u8>,
+    },
     XApiKey,
 }
 
@@ -63,7 +70,11 @@ fn any_headers(map: &HeaderMap) {
 fn sent(key: &[u8], way: &Way, noise: &[headers::Line]) {
     let key = key.trim_ascii();
     let (name, value) = match way {
-        Way::Bearer { case, before, after } => {
+        Way::Bearer {
+            case,
+            before,
+            after,
+        } => {
             let spaces = |n: u8| " ".repeat(usize::from(n % 4));
             let mut value = spelled("bearer", *case);
             value.push(b' ');
@@ -102,7 +113,13 @@ fn spelled(scheme: &str, case: u8) -> Vec<u8> {
     scheme
         .bytes()
         .enumerate()
-        .map(|(i, b)| if case >> i & 1 == 1 { b.to_ascii_uppercase() } else { b })
+        .map(|(i, b)| {
+            if case >> i & 1 == 1 {
+                b.to_ascii_uppercase()
+            } else {
+                b
+            }
+        })
         .collect()
 }
 

@@ -1,16 +1,19 @@
 //! Request heads: the meter that frames and measures a head as it arrives
-//! (`server::head::Meter`), and the sniffing of HTTP/2 by its preface (`Preface`).
+//! (`server::head::Meter`), the strict check of its framing fields (`framing`), and the
+//! sniffing of HTTP/2 by its preface (`Preface`).
 //!
 //! The input: two bytes for the limit, two pairs for where the bytes are cut into reads,
 //! then the bytes a client sends. The meter is fed them in one read, in two, in three, and
 //! one byte at a time; its verdict, in positions of the whole stream, must not depend on the
-//! cuts, and must be what httparse (the parser hyper uses) says of the whole stream.
+//! cuts, and must be what httparse (the parser hyper uses) says of the whole stream. The
+//! framing rules are checked against the fields httparse finds in the head.
 
 #![no_main]
 
 use httparse::Status;
 use libfuzzer_sys::fuzz_target;
-use sluice::server::head::{Meter, Preface, Protocol, Verdict};
+use sluice::problem::Malformed;
+use sluice::server::head::{Meter, Preface, Protocol, Verdict, framing};
 
 /// hyper's limit on fields, which the meter applies too.
 const MAX_FIELDS: usize = 100;
@@ -46,6 +49,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     sniff(stream, max, &cuts);
+    check_framing(stream);
 });
 
 /// What feeding a stream in some reads came to, in positions of the whole stream.
@@ -75,7 +79,11 @@ fn measure(stream: &[u8], max: usize, cuts: &[usize]) -> Outcome {
         {
             return outcome;
         }
-        assert_eq!(meter.seen(), fed, "the meter holds every byte of the head so far");
+        assert_eq!(
+            meter.seen(),
+            fed,
+            "the meter holds every byte of the head so far"
+        );
         assert!(fed <= max, "more than the limit, still measuring");
     }
     Outcome::Pending
@@ -92,11 +100,16 @@ fn outcome(verdict: Verdict, before: usize, len: usize, max: usize) -> Option<Ou
             Some(Outcome::Unmeasured(len))
         }
         Verdict::Complete(n) => {
-            assert!((1..=len).contains(&n), "`Complete({n})` of a read of {len} bytes");
+            assert!(
+                (1..=len).contains(&n),
+                "`Complete({n})` of a read of {len} bytes"
+            );
             Some(Outcome::Ends(before + n))
         }
         // A new verdict that refuses a head goes here, and needs nothing else.
-        v @ (Verdict::TooLarge | Verdict::Invalid) => Some(Outcome::Refused(v)),
+        v @ (Verdict::TooLarge | Verdict::Invalid | Verdict::Refused(_)) => {
+            Some(Outcome::Refused(v))
+        }
     }
 }
 
@@ -131,7 +144,10 @@ fn check(stream: &[u8], max: usize, whole: Parse, outcome: Outcome) {
         // Nothing judged yet: the head has not ended within the limit. One with too many
         // fields, or invalid, may go unjudged until its end may have come.
         Outcome::Pending => assert!(
-            matches!(whole, Parse::Partial | Parse::TooManyFields | Parse::Invalid),
+            matches!(
+                whole,
+                Parse::Partial | Parse::TooManyFields | Parse::Invalid
+            ),
             "no verdict, but httparse says {whole:?}"
         ),
         // Left unparsed: the first read must end a head (or be one hyper refuses).
@@ -141,8 +157,14 @@ fn check(stream: &[u8], max: usize, whole: Parse, outcome: Outcome) {
                 first != Parse::Partial,
                 "`Fits` for {len} bytes that do not end a head"
             );
+            if let Parse::Ends(n) = whole {
+                assert_eq!(fields_say(&stream[..n]), Ok(()), "framing passed, wrongly");
+            }
         }
-        Outcome::Ends(n) => assert_eq!(whole, Parse::Ends(n), "the head ends at {n}"),
+        Outcome::Ends(n) => {
+            assert_eq!(whole, Parse::Ends(n), "the head ends at {n}");
+            assert_eq!(fields_say(&stream[..n]), Ok(()), "framing passed, wrongly");
+        }
         Outcome::Refused(Verdict::TooLarge) => assert!(
             matches!(whole, Parse::TooLarge | Parse::TooManyFields),
             "`TooLarge`, but httparse says {whole:?}"
@@ -150,6 +172,13 @@ fn check(stream: &[u8], max: usize, whole: Parse, outcome: Outcome) {
         Outcome::Refused(Verdict::Invalid) => {
             assert_eq!(whole, Parse::Invalid, "`Invalid`")
         }
+        // Framing is checked once a head has ended: one httparse takes (then the rule is the
+        // one its fields break), or a first read that ends a head hyper would refuse anyway.
+        Outcome::Refused(Verdict::Refused(rule)) => match whole {
+            Parse::Ends(n) => assert_eq!(fields_say(&stream[..n]), Err(rule), "framing"),
+            Parse::Invalid | Parse::TooManyFields => {}
+            _ => panic!("{rule:?} for a head httparse says is {whole:?}"),
+        },
         Outcome::Refused(_) => {}
     }
 }
@@ -160,6 +189,14 @@ fn agree(a: Outcome, b: Outcome, whole: Parse) -> bool {
     match (a, b) {
         // hyper judges what the meter left unparsed.
         (Outcome::Unmeasured(_), _) | (_, Outcome::Unmeasured(_)) => true,
+        // A first read that ends a head is checked for framing before hyper parses it: a head
+        // both invalid (or of too many fields) and badly framed may be refused for either.
+        (Outcome::Refused(Verdict::Refused(_)), Outcome::Refused(_) | Outcome::Pending)
+        | (Outcome::Refused(_) | Outcome::Pending, Outcome::Refused(Verdict::Refused(_)))
+            if matches!(whole, Parse::Invalid | Parse::TooManyFields) =>
+        {
+            true
+        }
         // An invalid head, or one of too many fields, may go unjudged until its end may
         // have come.
         (Outcome::Pending, Outcome::Refused(v)) | (Outcome::Refused(v), Outcome::Pending) => {
@@ -219,4 +256,69 @@ fn sniff(stream: &[u8], max: usize, cuts: &[usize]) {
     let rest = &stream[at..];
     let composed = outcome(meter.feed(rest), at, rest.len(), max).unwrap_or(Outcome::Pending);
     check(stream, max, reference(stream, max), composed);
+}
+
+/// `framing` on any bytes: where httparse takes a head from their start, its verdict is the
+/// one the head's fields, as httparse found them, call for.
+fn check_framing(stream: &[u8]) {
+    let got = framing(stream);
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    if let Ok(Status::Complete(n)) = httparse::Request::new(&mut fields).parse(stream) {
+        assert_eq!(
+            got,
+            fields_say(&stream[..n]),
+            "framing of {:?}",
+            &stream[..n]
+        );
+    }
+}
+
+/// The framing rules, applied to the fields httparse parses from `head` (a whole head): at
+/// most one `Content-Length`, or one `Transfer-Encoding` of exactly `chunked` (spaces around
+/// it, not tabs), never both. The value is read from the line as it came, as httparse trims
+/// tabs too.
+fn fields_say(head: &[u8]) -> Result<(), Malformed> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut fields);
+    let Ok(Status::Complete(_)) = request.parse(head) else {
+        panic!("not a head httparse takes: {head:?}");
+    };
+    let (mut lengths, mut codings, mut chunked) = (0, 0, true);
+    for field in request.headers.iter() {
+        if field.name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+        } else if field.name.eq_ignore_ascii_case("transfer-encoding") {
+            codings += 1;
+            // From the colon, which follows the name, to the end of the line.
+            let from = field.name.as_ptr() as usize - head.as_ptr() as usize + field.name.len() + 1;
+            let line = &head[from..];
+            let line = &line[..line.iter().position(|&b| b == b'\n').unwrap_or(line.len())];
+            let value = line.strip_suffix(b"\r").unwrap_or(line);
+            let value = trim_matches(value, b' ');
+            chunked &= value.eq_ignore_ascii_case(b"chunked");
+        }
+    }
+    if lengths > 0 && codings > 0 {
+        Err(Malformed::LengthAndCoding)
+    } else if lengths > 1 {
+        Err(Malformed::RepeatedLength)
+    } else if codings > 1 || (codings == 1 && !chunked) {
+        Err(Malformed::Coding)
+    } else {
+        Ok(())
+    }
+}
+
+fn trim_matches(mut bytes: &[u8], byte: u8) -> &[u8] {
+    while let [first, rest @ ..] = bytes
+        && *first == byte
+    {
+        bytes = rest;
+    }
+    while let [rest @ .., last] = bytes
+        && *last == byte
+    {
+        bytes = rest;
+    }
+    bytes
 }

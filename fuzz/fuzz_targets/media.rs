@@ -42,13 +42,21 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(accepted(&types, &other), taken, "{lines:?} for {types:?}");
     }
     if taken {
-        assert_eq!(lines.len(), 1, "taken with {} Content-Type lines", lines.len());
+        assert_eq!(
+            lines.len(),
+            1,
+            "taken with {} Content-Type lines",
+            lines.len()
+        );
     }
     let json_only = ["application/json".to_string()];
     if accepted(&json_only, &headers) {
         assert!(json, "taken as JSON, but not JSON: {lines:?}");
         let latin = map(&[with_param(&lines[0], "; charset=latin1")]);
-        assert!(!accepted(&json_only, &latin), "JSON in Latin-1 taken: {lines:?}");
+        assert!(
+            !accepted(&json_only, &latin),
+            "JSON in Latin-1 taken: {lines:?}"
+        );
     }
     // A parameter other than charset changes nothing.
     if lines.len() == 1 {
@@ -66,7 +74,10 @@ fuzz_target!(|data: &[u8]| {
         && !json
     {
         let wildcard = [format!("{}/*", kind.to_ascii_lowercase())];
-        assert!(accepted(&wildcard, &headers), "{line:?} not taken by {wildcard:?}");
+        assert!(
+            accepted(&wildcard, &headers),
+            "{line:?} not taken by {wildcard:?}"
+        );
     }
 });
 
@@ -79,11 +90,17 @@ fn map(lines: &[HeaderValue]) -> HeaderMap {
 }
 
 fn upper(lines: &[HeaderValue]) -> Vec<HeaderValue> {
-    lines.iter().map(|l| respelled(l, u8::to_ascii_uppercase)).collect()
+    lines
+        .iter()
+        .map(|l| respelled(l, u8::to_ascii_uppercase))
+        .collect()
 }
 
 fn lower(lines: &[HeaderValue]) -> Vec<HeaderValue> {
-    lines.iter().map(|l| respelled(l, u8::to_ascii_lowercase)).collect()
+    lines
+        .iter()
+        .map(|l| respelled(l, u8::to_ascii_lowercase))
+        .collect()
 }
 
 fn respelled(line: &HeaderValue, f: fn(&u8) -> u8) -> HeaderValue {

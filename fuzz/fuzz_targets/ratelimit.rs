@@ -78,7 +78,11 @@ fuzz_target!(|data: &[u8]| {
     ][usize::from(input.style % 4)];
     let mut config = base_config().clone();
     config.headers.ratelimit = style;
-    let mode = if input.shadow { Mode::Shadow } else { Mode::Enforce };
+    let mode = if input.shadow {
+        Mode::Shadow
+    } else {
+        Mode::Enforce
+    };
     config.policies = vec![config::Policy {
         name: input.name.clone(),
         rate: None,
@@ -134,7 +138,11 @@ fn policy(input: &Input) -> Option<Policy> {
         .iter()
         .take(2)
         .map(|spec| match *spec {
-            LimitSpec::Rate { count, per_ms, burst } => {
+            LimitSpec::Rate {
+                count,
+                per_ms,
+                burst,
+            } => {
                 let rate = Rate::new(NonZeroU32::new(count)?, Duration::from_millis(per_ms))?;
                 Some(Limit::Rate(Gcra::new(rate, NonZeroU32::new(burst)?)?))
             }
@@ -201,16 +209,23 @@ fn check_429(policy: &Policy, verdict: &Verdict, problem: Problem, request_id: &
     let tree = problem.body(request_id);
     let res = problem.clone().into_response::<Bytes>(request_id);
     assert_eq!(res.status(), 429);
-    assert_eq!(res.headers()["retry-after"], retry_after.to_string().as_str());
+    assert_eq!(
+        res.headers()["retry-after"],
+        retry_after.to_string().as_str()
+    );
     // Written straight for speed, it must be what the JSON tree gives.
     assert_eq!(
         std::str::from_utf8(res.body()).expect("UTF-8"),
         tree.to_string(),
         "the 429's body, written two ways"
     );
-    let names = tree["violated-policies"].as_array().expect("an array of names");
+    let names = tree["violated-policies"]
+        .as_array()
+        .expect("an array of names");
     assert!(!names.is_empty(), "a refusal that names no limit");
-    let refusing: Vec<usize> = (0..policy.limits().len()).filter(|&i| verdict.refused_by(i)).collect();
+    let refusing: Vec<usize> = (0..policy.limits().len())
+        .filter(|&i| verdict.refused_by(i))
+        .collect();
     assert_eq!(names.len(), refusing.len(), "{names:?}");
 }
 
@@ -227,7 +242,10 @@ fn check_headers(policy: &Policy, style: RateLimitHeaders, headers: &HeaderMap) 
         let read = |name: &str| {
             let value = headers[name].as_bytes();
             let items = sf::list(value).unwrap_or_else(|e| {
-                panic!("{name}: {:?} is not a list: {e:?}", String::from_utf8_lossy(value))
+                panic!(
+                    "{name}: {:?} is not a list: {e:?}",
+                    String::from_utf8_lossy(value)
+                )
             });
             assert_eq!(items.len(), n, "{name}: one item per limit");
             items
@@ -244,11 +262,18 @@ fn check_headers(policy: &Policy, style: RateLimitHeaders, headers: &HeaderMap) 
             assert_eq!(keys(c), ["r", "t"]);
             let int = |item: &sf::Item, k| item.int(k).expect("an integer");
             let (q, w, r, t) = (int(d, "q"), int(d, "w"), int(c, "r"), int(c, "t"));
-            assert_eq!(q, i64::from(policy.limits()[i].capacity()), "q of limit {i}");
+            assert_eq!(
+                q,
+                i64::from(policy.limits()[i].capacity()),
+                "q of limit {i}"
+            );
             assert!(w >= 1 && r >= 0 && t >= 0, "q={q} w={w} r={r} t={t}");
             assert!(r <= q, "{r} left of {q}");
             let latest = latest_reset(&policy.limits()[i]);
-            assert!(t <= latest, "back in {t} s, of a window of {w} s (at most {latest} s)");
+            assert!(
+                t <= latest,
+                "back in {t} s, of a window of {w} s (at most {latest} s)"
+            );
             figures.push((q, r));
         }
         if n == 2 {
@@ -260,8 +285,15 @@ fn check_headers(policy: &Policy, style: RateLimitHeaders, headers: &HeaderMap) 
             let v = headers[name].to_str().expect("ASCII");
             v.parse().unwrap_or_else(|_| panic!("{name}: {v:?}"))
         };
-        let (q, r, t) = (int("x-ratelimit-limit"), int("x-ratelimit-remaining"), int("x-ratelimit-reset"));
-        assert!(0 <= r && r <= q && t >= 0, "limit {q}, remaining {r}, reset {t}");
+        let (q, r, t) = (
+            int("x-ratelimit-limit"),
+            int("x-ratelimit-remaining"),
+            int("x-ratelimit-reset"),
+        );
+        assert!(
+            0 <= r && r <= q && t >= 0,
+            "limit {q}, remaining {r}, reset {t}"
+        );
         if !figures.is_empty() {
             // The tightest limit: the one with the least left.
             let least = figures.iter().map(|&(_, r)| r).min();

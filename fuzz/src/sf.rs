@@ -131,13 +131,16 @@ impl Reader<'_> {
         if int_digits == 0 {
             return Err(self.fail());
         }
-        let text = |from: usize, to: usize, s: &[u8]| String::from_utf8_lossy(&s[from..to]).into_owned();
+        let text =
+            |from: usize, to: usize, s: &[u8]| String::from_utf8_lossy(&s[from..to]).into_owned();
         if self.peek() != Some(b'.') {
             // At most 15 digits (§3.3.1).
             if int_digits > 15 {
                 return Err(self.fail());
             }
-            let n: i64 = text(start, self.at, self.s).parse().map_err(|_| self.fail())?;
+            let n: i64 = text(start, self.at, self.s)
+                .parse()
+                .map_err(|_| self.fail())?;
             return Ok(Bare::Integer(if negative { -n } else { n }));
         }
         self.at += 1;
@@ -147,7 +150,9 @@ impl Reader<'_> {
         if int_digits > 12 || self.at == frac || self.at - frac > 3 {
             return Err(self.fail());
         }
-        let d: f64 = text(start, self.at, self.s).parse().map_err(|_| self.fail())?;
+        let d: f64 = text(start, self.at, self.s)
+            .parse()
+            .map_err(|_| self.fail())?;
         Ok(Bare::Decimal(if negative { -d } else { d }))
     }
 

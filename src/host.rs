@@ -43,9 +43,7 @@ fn is_reg_name(host: &[u8]) -> bool {
                 i += 3;
                 continue;
             }
-            b if b.is_ascii_alphanumeric() => {}
-            b'-' | b'.' | b'_' | b'~' => {}
-            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            b if is_unreserved(b) || is_sub_delim(b) => {}
             _ => return false,
         }
         i += 1;
@@ -54,17 +52,37 @@ fn is_reg_name(host: &[u8]) -> bool {
 }
 
 /// The inside of `[...]`: an IPv6 address (hex digits, `:`, and `.` for an embedded IPv4),
-/// or an IPvFuture (`v1.x`).
+/// or an IPvFuture: `v`, a version in hex, `.`, then unreserved characters, sub-delimiters
+/// and `:` (RFC 3986 §3.2.2), so that no `/`, `@` or `?` hides in brackets.
 fn is_ip_literal(literal: &[u8]) -> bool {
     let text = std::str::from_utf8(literal).unwrap_or_default();
     if text.parse::<std::net::Ipv6Addr>().is_ok() {
         return true;
     }
-    let future = matches!(literal, [b'v' | b'V', _, b'.', _, ..]);
-    future
-        && literal
+    let [b'v' | b'V', rest @ ..] = literal else {
+        return false;
+    };
+    let Some(dot) = rest.iter().position(|&b| b == b'.') else {
+        return false;
+    };
+    let (version, address) = (&rest[..dot], &rest[dot + 1..]);
+    !version.is_empty()
+        && version.iter().all(u8::is_ascii_hexdigit)
+        && !address.is_empty()
+        && address
             .iter()
-            .all(|&b| b.is_ascii_graphic() && b != b'[' && b != b']')
+            .all(|&b| is_unreserved(b) || is_sub_delim(b) || b == b':')
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn is_sub_delim(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+    )
 }
 
 #[cfg(test)]
@@ -89,6 +107,26 @@ mod tests {
             "host:",
         ] {
             assert!(is_valid(host.as_bytes()), "{host}");
+        }
+    }
+
+    #[test]
+    fn an_ipvfuture_holds_only_what_rfc_3986_lets_it() {
+        // Found by the `host` fuzz target: any printable byte passed after `[v?.`.
+        for host in ["[v1.x]", "[V1F.a:b]", "[v12.a-b~c!$]:80"] {
+            assert!(is_valid(host.as_bytes()), "{host}");
+        }
+        for host in [
+            "[vv.e11:.fg2x]",
+            "[v1./evil]",
+            "[v1.a@b]",
+            "[v1.a?b]",
+            "[v1.a%41]",
+            "[v1.]",
+            "[v.x]",
+            "[vx]",
+        ] {
+            assert!(!is_valid(host.as_bytes()), "{host:?}");
         }
     }
 

@@ -3,7 +3,7 @@
 //! their own (routes, the batch's credentials, limits at one unit each, body checks), called
 //! in-process; `depends_on` orders them, and a failed dependency answers `424`.
 
-mod document;
+pub mod document;
 mod parse;
 mod run;
 

@@ -366,6 +366,17 @@ fn a_number_too_large_to_read_names_the_key_written_on_its_line() {
 }
 
 #[test]
+fn a_syntax_error_without_a_message_of_its_own_still_says_what_is_wrong() {
+    // Found by the `config` fuzz target: a bare CR or a NUL, which the TOML parser reports
+    // with an empty message, left `sluice check` printing only "line 1: ".
+    for (source, line) in [("\r", 1), ("# a comment\0", 1), ("[server]\n# \0", 2)] {
+        let e = invalid(source);
+        assert_eq!(e[0].message, "invalid TOML", "{source:?}");
+        assert_eq!(e[0].line, Some(line), "{source:?}");
+    }
+}
+
+#[test]
 fn the_window_limit_names_the_real_maximum() {
     let n = crate::limiter::Window::MAX_REQUESTS;
     let src = |n: u32| format!("[policies.default]\nwindow = \"60s\"\nwindow_requests = {n}\n");

@@ -31,11 +31,12 @@ pub(super) fn deserialize(source: &str) -> Result<raw::File, ConfigError> {
             (".", None) => String::new(),
             _ => key,
         };
-        ConfigError::Invalid(Invalid {
-            key,
-            line,
-            message: inner.message().trim().to_string(),
-        })
+        // Some syntax errors come with no message of their own (a bare carriage return).
+        let message = match inner.message().trim() {
+            "" => "invalid TOML".to_string(),
+            message => message.to_string(),
+        };
+        ConfigError::Invalid(Invalid { key, line, message })
     })
 }
 

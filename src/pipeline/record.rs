@@ -66,6 +66,10 @@ impl Record {
         bytes_out: impl FnOnce() -> Option<u64>,
     ) {
         shard.request(self.route, &self.method, status);
+        shard.duration(self.route, self.started.elapsed());
+        if status.is_server_error() && self.upstream_status != Some(status) {
+            shard.own_error(status);
+        }
         let decision = self.verdict.as_ref().map(|v| count_decision(app, shard, v));
         if app.config.server.access_log {
             self.log(app, id, status, bytes_out(), decision);

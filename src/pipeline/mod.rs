@@ -6,7 +6,8 @@
 //! - [`Proxy`]: one worker's view of it, with the worker's own upstream pool and request ids.
 //! - `router.rs`, `credentials.rs`, `limits.rs`, `client.rs`, `request_id.rs`: what the phases
 //!   look things up with — routes, keys, the limiter and its headers, the client's address.
-//! - `record.rs`: what is counted and logged of each request.
+//! - `record.rs`: what is counted and logged of each request; `trace.rs`: its spans, when
+//!   traces are on.
 //! - [`Endpoint`]: a path answered whole after the head phase (the batch endpoint), so that
 //!   the pipeline does not name what sits above it.
 
@@ -18,6 +19,7 @@ mod phase;
 mod record;
 mod request_id;
 mod router;
+mod trace;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -26,6 +28,7 @@ use std::sync::Arc;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 pub use app::{App, Lifecycle};
 pub use client::{client_ip, is_trusted};
@@ -108,6 +111,23 @@ impl Proxy {
 
     /// Answers one request whatever its body: a client's, or a batch item's made in memory.
     pub async fn serve_request(&self, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
+        if crate::telemetry::on() {
+            let span = trace::request(&req);
+            return self
+                .answer(peer, req, Some(&span))
+                .instrument(span.clone())
+                .await;
+        }
+        self.answer(peer, req, None).await
+    }
+
+    /// The request's answer; `span` (when traces are on) is told what became of it.
+    async fn answer(
+        &self,
+        peer: SocketAddr,
+        req: Request<Body>,
+        span: Option<&tracing::Span>,
+    ) -> Response<Body> {
         let head = req.method() == Method::HEAD;
         let shard = self.app.metrics.shard(self.worker);
         let rec = Record::new(&self.app, req.method(), req.headers());
@@ -124,6 +144,9 @@ impl Proxy {
         };
         let mut res = respond::contain_panic(answering, id).await;
         respond::finish(self, &mut tracked, &mut res, head);
+        if let Some(span) = span {
+            trace::answered(span, &self.app, &tracked.rec, res.status());
+        }
         res
     }
 

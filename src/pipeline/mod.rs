@@ -25,6 +25,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::future::Either;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -110,24 +111,22 @@ impl Proxy {
     }
 
     /// Answers one request whatever its body: a client's, or a batch item's made in memory.
-    pub async fn serve_request(&self, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
-        if crate::telemetry::on() {
-            let span = trace::request(&req);
-            return self
-                .answer(peer, req, Some(&span))
-                .instrument(span.clone())
-                .await;
-        }
-        self.answer(peer, req, None).await
-    }
-
-    /// The request's answer; `span` (when traces are on) is told what became of it.
-    async fn answer(
+    /// Not `async`: the future of an untraced request is the answer's own, no larger.
+    pub fn serve_request(
         &self,
         peer: SocketAddr,
         req: Request<Body>,
-        span: Option<&tracing::Span>,
-    ) -> Response<Body> {
+    ) -> impl Future<Output = Response<Body>> + '_ {
+        if crate::telemetry::on() {
+            let span = trace::request(&req);
+            let traced = self.answer(peer, req).instrument(span);
+            return Either::Left(Box::pin(traced));
+        }
+        Either::Right(self.answer(peer, req))
+    }
+
+    /// The request's answer; its span (when traces are on) is told what became of it.
+    async fn answer(&self, peer: SocketAddr, req: Request<Body>) -> Response<Body> {
         let head = req.method() == Method::HEAD;
         let shard = self.app.metrics.shard(self.worker);
         let rec = Record::new(&self.app, req.method(), req.headers());
@@ -144,8 +143,14 @@ impl Proxy {
         };
         let mut res = respond::contain_panic(answering, id).await;
         respond::finish(self, &mut tracked, &mut res, head);
-        if let Some(span) = span {
-            trace::answered(span, &self.app, &tracked.rec, res.status());
+        if crate::telemetry::on() {
+            // Within the request's span: `answer` runs instrumented with it.
+            trace::answered(
+                &tracing::Span::current(),
+                &self.app,
+                &tracked.rec,
+                res.status(),
+            );
         }
         res
     }

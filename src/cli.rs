@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError, Overrides};
+use crate::telemetry;
 
 /// sluice: a rate-limiting reverse proxy for HTTP JSON APIs.
 #[derive(Debug, Parser)]
@@ -113,22 +114,38 @@ impl Args {
     }
 }
 
-/// Sets up logging: `filter` in RUST_LOG syntax, text or JSON lines on stderr.
-pub fn init_tracing(filter: &str, format: LogFormat) {
+/// Sets up logging: `filter` in RUST_LOG syntax, text or JSON lines on stderr; and, given
+/// `traces`, the spans of [`telemetry::TARGET`] to it (never to the log, whatever the filter).
+pub fn init_tracing(filter: &str, format: LogFormat, traces: Option<telemetry::Layer>) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|e| {
         eprintln!("sluice: invalid log filter {filter:?} ({e}); using \"info\"");
         tracing_subscriber::EnvFilter::new("info")
     });
+    let quiet = format!("{}=off", telemetry::TARGET)
+        .parse()
+        .expect("a directive");
+    let filter = filter.add_directive(quiet);
+    let traces = traces.map(|layer| {
+        let only = tracing_subscriber::filter::Targets::new()
+            .with_target(telemetry::TARGET, tracing::Level::INFO);
+        layer.with_filter(only)
+    });
     // Colours only for a person at a terminal, never into container logs.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+    let log = match format {
+        LogFormat::Json => log.json().with_filter(filter).boxed(),
+        LogFormat::Text => log.with_filter(filter).boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(traces)
+        .with(log)
+        .try_init();
 }
 
 /// The SHA-256 hex of a key read from `input`, without the whitespace around it: a header

@@ -21,6 +21,7 @@
 //!   dependencies, answered 207.
 //! - [`server`]: per-core workers, listeners, connection limits, head deadlines, graceful
 //!   drain, reload, and the admin listener (`/healthz`, `/readyz`, `/metrics`).
+//! - [`telemetry`]: OpenTelemetry traces over OTLP, off unless configured.
 //! - [`flat`]: small writes to sockets as one plain write; [`alloc`]: the allocator;
 //!   [`cli`] and [`demo`]: the command line and the built-in demo API.
 //!
@@ -44,5 +45,6 @@ pub mod path;
 pub mod pipeline;
 pub mod problem;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;

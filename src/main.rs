@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use sluice::cli::{self, Args, Command, LogFormat};
 use sluice::config::{Config, Overrides};
-use sluice::{demo, server};
+use sluice::{demo, server, telemetry};
 
 /// mimalloc's per-thread heaps suit a thread-per-core server: about a sixth of a proxied
 /// request's user-space time was in the system allocator (see docs/performance.md).
@@ -14,32 +14,53 @@ static ALLOCATOR: sluice::alloc::Allocator = sluice::alloc::Allocator;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    cli::init_tracing(&args.log, args.log_format);
     // Before the config is checked, as `max_connections` must fit the limit.
-    if let Err(e) = sluice::fds::raise() {
+    let raised = sluice::fds::raise();
+    // The config is read before logging is set up: its `[telemetry]` adds the trace layer.
+    let config = args.command.is_none().then(|| args.load_config());
+    let telemetry = match &config {
+        Some(Ok(config)) => telemetry::start(&config.telemetry),
+        _ => Ok(None),
+    };
+    let (traces, layer) = match telemetry {
+        Ok(Some((traces, layer))) => (Ok(Some(traces)), Some(layer)),
+        Ok(None) => (Ok(None), None),
+        Err(e) => (Err(e), None),
+    };
+    cli::init_tracing(&args.log, args.log_format, layer);
+    if let Err(e) = raised {
         tracing::warn!(error = %e, "could not raise the open file limit to its hard limit");
     }
-    match &args.command {
-        None => match args.load_config() {
-            Ok(config) => serve(config, args.source(), args.log_format),
-            Err(e) => config_error(args.log_format, &e),
+    match (&args.command, config) {
+        (None, Some(Ok(config))) => match traces {
+            Ok(traces) => serve(config, args.source(), args.log_format, traces),
+            Err(e) => fatal(args.log_format, &format!("cannot start traces: {e}")),
         },
-        Some(Command::Check) => match args.load_config() {
+        (None, Some(Err(e))) => config_error(args.log_format, &e),
+        (None, None) => unreachable!("the config is read for the proxy"),
+        (Some(command), _) => run(&args, command),
+    }
+}
+
+/// A subcommand other than the proxy itself.
+fn run(args: &Args, command: &Command) -> ExitCode {
+    match command {
+        Command::Check => match args.load_config() {
             Ok(config) => {
                 say(&format!("{}config OK\n", config.summary()));
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(LogFormat::Text, &e),
         },
-        Some(Command::HashKey) => match cli::hash_key(std::io::stdin()) {
+        Command::HashKey => match cli::hash_key(std::io::stdin()) {
             Ok(hex) => {
                 say(&format!("{hex}\n"));
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e),
         },
-        Some(Command::Demo) => demo(&args),
-        Some(Command::Healthcheck { url }) => {
+        Command::Demo => demo(args),
+        Command::Healthcheck { url } => {
             let url = match (url, args.load_config()) {
                 (Some(url), _) => url.clone(),
                 (None, Ok(Config { server: s, .. })) if s.admin_listen.is_some() => {
@@ -80,11 +101,16 @@ fn demo(args: &Args) -> ExitCode {
         .config
         .clone()
         .map(|path| server::Source { path, overrides });
-    serve(config, source, args.log_format)
+    serve(config, source, args.log_format, None)
 }
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains and exits 0. SIGHUP reloads the config.
-fn serve(config: Config, source: Option<server::Source>, log: LogFormat) -> ExitCode {
+fn serve(
+    config: Config,
+    source: Option<server::Source>,
+    log: LogFormat,
+    traces: Option<telemetry::Traces>,
+) -> ExitCode {
     let options = server::Options {
         source,
         ..server::Options::default()
@@ -117,6 +143,9 @@ fn serve(config: Config, source: Option<server::Source>, log: LogFormat) -> Exit
     });
     running.shutdown();
     running.join();
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

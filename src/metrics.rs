@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use http::{Method, StatusCode};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -32,6 +32,8 @@ const BUCKETS: [f64; 14] = [
 ];
 /// Upstream error kinds, one counter each.
 const ERRORS: usize = UpstreamFault::ALL.len();
+/// Statuses 500 to 599, for the 5xx answers sluice gave itself.
+const OWN_ERRORS: usize = 100;
 
 /// A limiter outcome, for `sluice_limiter_decisions_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +57,7 @@ pub struct Metrics {
     shards: Box<[Shard]>,
     /// Per family, laid out like a shard's: the counts of the generations before this one, so
     /// that a counter carries on across a reload rather than starting again from zero.
-    carried: [Vec<u64>; 4],
+    carried: [Vec<u64>; 6],
     config_hash: u64,
 }
 
@@ -66,6 +68,8 @@ enum Family {
     Decisions,
     Latency,
     Errors,
+    Duration,
+    Own,
 }
 
 /// Counters per route for the latency histogram: the buckets, the sum, the count.
@@ -80,6 +84,10 @@ pub struct Shard {
     /// Per route: the buckets, then the sum in microseconds, then the count.
     latency: Box<[AtomicU64]>,
     errors: Box<[AtomicU64]>,
+    /// Per route label (batch and none included), laid out as `latency`.
+    duration: Box<[AtomicU64]>,
+    /// 5xx answers sluice gave itself, by status.
+    own: Box<[AtomicU64]>,
     in_flight: AtomicI64,
 }
 
@@ -125,12 +133,16 @@ impl Metrics {
             limits.len() * DECISIONS.len(),
             config.routes.len() * LATENCY_WIDTH,
             upstreams.len() * ERRORS,
+            routes.len() * LATENCY_WIDTH,
+            OWN_ERRORS,
         ];
         let shard = || Shard {
             requests: counters(sizes[Family::Requests as usize]),
             decisions: counters(sizes[Family::Decisions as usize]),
             latency: counters(sizes[Family::Latency as usize]),
             errors: counters(sizes[Family::Errors as usize]),
+            duration: counters(sizes[Family::Duration as usize]),
+            own: counters(sizes[Family::Own as usize]),
             in_flight: AtomicI64::new(0),
         };
         let carried = sizes.map(|n| vec![0; n]);
@@ -162,6 +174,7 @@ impl Metrics {
         for (ro, rn) in routes.iter().enumerate() {
             if let Some(rn) = *rn {
                 new.carry(old, Family::Requests, METHODS.len() * STATUSES, ro, rn);
+                new.carry(old, Family::Duration, LATENCY_WIDTH, ro, rn);
             }
         }
         for (ro, upstream) in old.route_upstream.iter().enumerate() {
@@ -189,6 +202,7 @@ impl Metrics {
                 new.carry(old, Family::Errors, ERRORS, uo, un);
             }
         }
+        new.carry(old, Family::Own, OWN_ERRORS, 0, 0);
         new
     }
 
@@ -233,6 +247,8 @@ impl Shard {
             Family::Decisions => &self.decisions,
             Family::Latency => &self.latency,
             Family::Errors => &self.errors,
+            Family::Duration => &self.duration,
+            Family::Own => &self.own,
         }
     }
 
@@ -251,17 +267,26 @@ impl Shard {
     }
 
     pub fn upstream_latency(&self, route: usize, took: Duration) {
-        let secs = took.as_secs_f64();
-        let base = route * LATENCY_WIDTH;
-        let bucket = BUCKETS
-            .iter()
-            .position(|&b| secs <= b)
-            .unwrap_or(BUCKETS.len());
-        if bucket < BUCKETS.len() {
-            self.latency[base + bucket].fetch_add(1, Ordering::Relaxed);
+        observe(
+            &self.latency[route * LATENCY_WIDTH..][..LATENCY_WIDTH],
+            took,
+        );
+    }
+
+    /// A request's time from its head to its answer's head, under its route label.
+    pub fn duration(&self, route: usize, took: Duration) {
+        observe(
+            &self.duration[route * LATENCY_WIDTH..][..LATENCY_WIDTH],
+            took,
+        );
+    }
+
+    /// A 5xx answer sluice gave itself (an upstream's own 5xx is not one).
+    pub fn own_error(&self, status: StatusCode) {
+        let i = usize::from(status.as_u16()).wrapping_sub(500);
+        if let Some(n) = self.own.get(i) {
+            n.fetch_add(1, Ordering::Relaxed);
         }
-        self.latency[base + BUCKETS.len()].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-        self.latency[base + BUCKETS.len() + 1].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn upstream_error(&self, upstream: usize, fault: UpstreamFault) {
@@ -273,11 +298,27 @@ impl Shard {
     }
 }
 
+/// Counts `took` into one histogram's counters: its buckets, the sum in microseconds, the count.
+fn observe(histogram: &[AtomicU64], took: Duration) {
+    let secs = took.as_secs_f64();
+    let bucket = BUCKETS
+        .iter()
+        .position(|&b| secs <= b)
+        .unwrap_or(BUCKETS.len());
+    if bucket < BUCKETS.len() {
+        histogram[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+    histogram[BUCKETS.len()].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    histogram[BUCKETS.len() + 1].fetch_add(1, Ordering::Relaxed);
+}
+
 /// The counters, with the gauges read from elsewhere at scrape time.
 #[derive(Debug)]
 pub struct Live {
     pub metrics: Arc<Metrics>,
     pub connections: u64,
+    /// `server.max_connections`, the cap `connections` is held under.
+    pub max_connections: u64,
     /// Connections asked to close to make room under `max_connections`.
     pub evicted: u64,
     pub tracked_keys: u64,
@@ -305,6 +346,8 @@ impl Collector for Live {
         encode_decisions(m, &mut enc)?;
         encode_latency(m, &mut enc)?;
         encode_errors(m, &mut enc)?;
+        encode_duration(m, &mut enc)?;
+        encode_own_errors(m, &mut enc)?;
         let in_flight: i64 = m
             .shards
             .iter()
@@ -322,6 +365,13 @@ impl Collector for Live {
             "sluice_connections_open",
             "Client connections open now.",
             open,
+        )?;
+        let max = self.max_connections as i64;
+        gauge(
+            &mut enc,
+            "sluice_connections_max",
+            "The cap on open client connections (server.max_connections).",
+            max,
         )?;
         let help = "Connections closed to make room for new ones over max_connections.";
         enc.encode_descriptor(
@@ -424,30 +474,76 @@ fn encode_latency(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
         MetricType::Histogram,
     )?;
     for (r, upstream) in m.route_upstream.iter().enumerate() {
-        let at = |i: usize| m.total(Family::Latency, r * LATENCY_WIDTH + i);
-        let count = at(BUCKETS.len() + 1);
-        if count == 0 {
-            continue;
-        }
-        let sum = at(BUCKETS.len()) as f64 / 1e6;
-        // Per-bucket counts: the encoder makes them cumulative.
-        let mut buckets: Vec<(f64, u64)> = BUCKETS
-            .iter()
-            .enumerate()
-            .map(|(b, &le)| (le, at(b)))
-            .collect();
-        let finite: u64 = buckets.iter().map(|(_, n)| n).sum();
-        // A bucket and the count are separate counters: a read between the two increments of
-        // one request (by a scrape, or by a reload's carry) can see the bucket but not the count.
-        let count = count.max(finite);
-        buckets.push((f64::INFINITY, count - finite));
         let labels = [
             ("route", m.routes[r].as_str()),
             ("upstream", upstream.as_str()),
         ];
-        family
-            .encode_family(&labels)?
-            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+        encode_histogram(m, Family::Latency, r, &labels, &mut family)?;
+    }
+    Ok(())
+}
+
+fn encode_duration(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
+    let help = "Time from a request's head to its answer's head, as sluice saw it.";
+    let unit = prometheus_client::registry::Unit::Seconds;
+    let mut family = enc.encode_descriptor(
+        "sluice_request_duration",
+        help,
+        Some(&unit),
+        MetricType::Histogram,
+    )?;
+    for (r, route) in m.routes.iter().enumerate() {
+        encode_histogram(
+            m,
+            Family::Duration,
+            r,
+            &[("route", route.as_str())],
+            &mut family,
+        )?;
+    }
+    Ok(())
+}
+
+/// Block `r` of the histogram `family`, under `labels`, unless it counted nothing.
+fn encode_histogram(
+    m: &Metrics,
+    family: Family,
+    r: usize,
+    labels: &[(&str, &str)],
+    enc: &mut MetricEncoder,
+) -> Result<(), std::fmt::Error> {
+    let at = |i: usize| m.total(family, r * LATENCY_WIDTH + i);
+    let count = at(BUCKETS.len() + 1);
+    if count == 0 {
+        return Ok(());
+    }
+    let sum = at(BUCKETS.len()) as f64 / 1e6;
+    // Per-bucket counts: the encoder makes them cumulative.
+    let mut buckets: Vec<(f64, u64)> = BUCKETS
+        .iter()
+        .enumerate()
+        .map(|(b, &le)| (le, at(b)))
+        .collect();
+    let finite: u64 = buckets.iter().map(|(_, n)| n).sum();
+    // A bucket and the count are separate counters: a read between the two increments of
+    // one request (by a scrape, or by a reload's carry) can see the bucket but not the count.
+    let count = count.max(finite);
+    buckets.push((f64::INFINITY, count - finite));
+    enc.encode_family(&labels)?
+        .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+fn encode_own_errors(m: &Metrics, enc: &mut Enc) -> Result<(), std::fmt::Error> {
+    let help = "5xx answers sluice gave itself (not an upstream's), by status.";
+    let mut family = enc.encode_descriptor("sluice_own_errors", help, None, MetricType::Counter)?;
+    for i in 0..OWN_ERRORS {
+        let n = m.total(Family::Own, i);
+        if n > 0 {
+            let status = (i + 500).to_string();
+            family
+                .encode_family(&[("status", status.as_str())])?
+                .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
+        }
     }
     Ok(())
 }
@@ -544,6 +640,7 @@ mod tests {
         render(Live {
             metrics: Arc::new(m),
             connections: 0,
+            max_connections: 1,
             evicted: 0,
             tracked_keys: 0,
             store: Health::default(),
@@ -587,6 +684,28 @@ mod tests {
             let count = r#"sluice_upstream_latency_seconds_count{route="/a",upstream="api"} 2"#;
             assert!(text.contains(count), "{text}");
         }
+    }
+
+    #[test]
+    fn own_errors_and_durations_are_counted_and_carried() {
+        let cfg = config("[[routes]]\npath = \"/a\"\n", "");
+        let m = Metrics::new(&cfg);
+        m.shard(0).own_error(StatusCode::BAD_GATEWAY);
+        m.shard(0).own_error(StatusCode::OK);
+        m.shard(0).duration(0, Duration::from_millis(3));
+        m.shard(0)
+            .duration(m.batch_route(), Duration::from_secs(100));
+        let text = rendered(Metrics::after(&cfg, &m));
+        assert!(
+            text.contains("sluice_own_errors_total{status=\"502\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("status=\"200\""), "{text}");
+        let bucket = r#"sluice_request_duration_seconds_bucket{le="0.005",route="/a"} 1"#;
+        assert!(text.contains(bucket), "{text}");
+        let inf = r#"sluice_request_duration_seconds_bucket{le="+Inf",route="batch"} 1"#;
+        assert!(text.contains(inf), "{text}");
+        assert!(text.contains("sluice_connections_max 1"), "{text}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod error;
 mod policy;
 mod raw;
 mod store;
+mod telemetry;
 mod units;
 mod upstream;
 mod validate;
@@ -20,6 +21,7 @@ use ipnet::IpNet;
 pub use error::{ConfigError, Invalid};
 pub use raw::{AuthMode, Mode, OnError, RateLimitHeaders};
 pub use store::Store;
+pub use telemetry::Telemetry;
 pub use units::{Dur, Rate, Size};
 
 /// A complete, valid configuration.
@@ -35,6 +37,7 @@ pub struct Config {
     pub auth: Auth,
     pub headers: Headers,
     pub store: Store,
+    pub telemetry: Telemetry,
 }
 
 #[derive(Debug, Clone)]

@@ -27,6 +27,8 @@ pub struct File {
     pub headers: Headers,
     #[serde(default)]
     pub store: Store,
+    #[serde(default)]
+    pub telemetry: super::telemetry::Raw,
 }
 
 #[derive(Debug, Deserialize)]

@@ -122,6 +122,7 @@ pub(super) fn check(file: raw::File, source: &str) -> Result<Config, ConfigError
     let batch = batch(&file.batch, &mut errs);
     let auth = super::auth::check(&file.auth, &policies, &mut errs);
     let store = super::store::check(&file.store, &mut errs);
+    let telemetry = super::telemetry::check(&file.telemetry, &mut errs);
     super::auth::scopes_need_keys(&file, &mut errs);
     let request_id = header_name("headers.request_id", &file.headers.request_id, &mut errs);
     if let Some(name) = request_id
@@ -145,6 +146,7 @@ pub(super) fn check(file: raw::File, source: &str) -> Result<Config, ConfigError
             request_id: request_id.expect("checked above"),
         },
         store,
+        telemetry,
     })
 }
 

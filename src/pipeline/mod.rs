@@ -7,7 +7,7 @@
 //! - `router.rs`, `credentials.rs`, `limits.rs`, `client.rs`, `request_id.rs`: what the phases
 //!   look things up with — routes, keys, the limiter and its headers, the client's address.
 //! - `record.rs`: what is counted and logged of each request; the log line waits for the end of
-//!   the answer's body ([`AccessLine`]).
+//!   the answer's body ([`AccessLine`]). `trace.rs`: its spans, when traces are on.
 //! - [`Endpoint`]: a path answered whole after the head phase (the batch endpoint), so that
 //!   the pipeline does not name what sits above it.
 
@@ -19,15 +19,18 @@ mod phase;
 mod record;
 mod request_id;
 mod router;
+mod trace;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 pub use app::{App, Lifecycle};
 pub use client::{client_ip, is_trusted};
@@ -108,7 +111,7 @@ impl Proxy {
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> impl Future<Output = (Response<Body>, Option<AccessLine>)> + '_ {
-        self.answer(peer, req.map(Body::Incoming))
+        self.traced(peer, req.map(Body::Incoming), false)
     }
 
     /// Answers one request whatever its body: a client's, or a batch item's made in memory.
@@ -119,18 +122,33 @@ impl Proxy {
         peer: SocketAddr,
         req: Request<Body>,
     ) -> impl Future<Output = Response<Body>> + '_ {
-        self.answer(peer, req).map(|(res, line)| {
-            if let Some(line) = line {
-                line.write(&self.app, record::length(res.headers()), true);
-            }
-            res
-        })
+        self.traced(peer, req, true).map(|(res, _)| res)
     }
 
+    /// The answer, in the request's span when traces are on. Not `async`: the future of an
+    /// untraced request is the answer's own, no larger.
+    fn traced(
+        &self,
+        peer: SocketAddr,
+        req: Request<Body>,
+        log_now: bool,
+    ) -> impl Future<Output = (Response<Body>, Option<AccessLine>)> + '_ {
+        if crate::telemetry::on() {
+            let span = trace::request(&req);
+            let traced = self.answer(peer, req, log_now).instrument(span);
+            return Either::Left(Box::pin(traced));
+        }
+        Either::Right(self.answer(peer, req, log_now))
+    }
+
+    /// The request's answer and its access-log line, unless `log_now` wrote it already (with
+    /// the length the answer announces); its span (when traces are on) is told what became
+    /// of it.
     async fn answer(
         &self,
         peer: SocketAddr,
         req: Request<Body>,
+        log_now: bool,
     ) -> (Response<Body>, Option<AccessLine>) {
         let head = req.method() == Method::HEAD;
         let shard = self.app.metrics.shard(self.worker);
@@ -147,7 +165,19 @@ impl Proxy {
             }
         };
         let mut res = respond::contain_panic(answering, id).await;
-        let line = respond::finish(self, &mut tracked, &mut res, head);
+        let mut line = respond::finish(self, &mut tracked, &mut res, head);
+        if log_now && let Some(line) = line.take() {
+            line.write(&self.app, record::length(res.headers()), true);
+        }
+        if crate::telemetry::on() {
+            // Within the request's span: `answer` runs instrumented with it.
+            trace::answered(
+                &tracing::Span::current(),
+                &self.app,
+                &tracked.rec,
+                res.status(),
+            );
+        }
         (res, line)
     }
 
@@ -214,7 +244,7 @@ mod tests {
             std::mem::size_of_val(&serving)
         );
         // What `serve` returns (it takes hyper's body, which only a connection makes).
-        let answering = proxy.answer(peer, Request::new(Body::Empty));
+        let answering = proxy.traced(peer, Request::new(Body::Empty), false);
         assert!(
             std::mem::size_of_val(&answering) <= 1024,
             "{}",

@@ -57,6 +57,10 @@ impl Record {
         status: StatusCode,
     ) -> Option<AccessLine> {
         shard.request(self.route, &self.method, status);
+        shard.duration(self.route, self.started.elapsed());
+        if status.is_server_error() && self.upstream_status != Some(status) {
+            shard.own_error(status);
+        }
         let decision = self.verdict.as_ref().map(|v| count_decision(app, shard, v));
         app.config.server.access_log.then(|| AccessLine {
             // A clone shares the id's bytes: no allocation.

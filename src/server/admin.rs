@@ -181,6 +181,7 @@ fn metrics(app: &App) -> Response<Body> {
     let live = Live {
         metrics: app.metrics.clone(),
         connections: app.life.connections.load(Ordering::Relaxed) as u64,
+        max_connections: app.config.server.max_connections as u64,
         evicted: app.life.evicted.load(Ordering::Relaxed),
         tracked_keys: app.limits.store().tracked_keys() as u64,
         store: app.limits.store().health(),

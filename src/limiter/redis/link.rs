@@ -19,6 +19,7 @@ use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use tokio::runtime::{Handle, Id};
 use tokio::sync::{Notify, watch};
+use tracing::Instrument;
 
 use super::Servers;
 use crate::limiter::store::{CALL_BUCKETS, Health};
@@ -177,7 +178,12 @@ impl Link {
         }
         let server = self.lane()?;
         let started = Instant::now();
-        let answer = tokio::time::timeout(timeout, server.run(&call)).await;
+        let calling = tokio::time::timeout(timeout, server.run(&call));
+        let answer = if crate::telemetry::on() {
+            calling.instrument(store_span()).await
+        } else {
+            calling.await
+        };
         let (result, values) = match answer {
             Ok(Ok(values)) => (Called::Answered, Some(values)),
             Ok(Err(e)) => {
@@ -333,4 +339,16 @@ async fn tend(link: Arc<Link>, mut stopped: watch::Receiver<bool>) {
             _ = stopped.changed() => return,
         }
     }
+}
+
+/// The span of a call to Redis, under the request's (when traces are on).
+fn store_span() -> tracing::Span {
+    tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "redis",
+        "otel.name" = "EVALSHA",
+        "otel.kind" = "client",
+        "db.system.name" = "redis",
+        "db.operation.name" = "EVALSHA",
+    )
 }

@@ -12,11 +12,12 @@ use http::uri::Uri;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use tokio::time::{Instant, Sleep, sleep_until};
+use tracing::Instrument;
 
 use super::Ctx;
 use crate::body::{self, Body, Counted, Progress, fired};
 use crate::config::Route;
-use crate::pipeline::{Proxy, credentials, is_trusted};
+use crate::pipeline::{Proxy, credentials, is_trusted, trace};
 use crate::problem::{Deadline, Limit, Malformed, Problem, UpstreamFault};
 use crate::upstream::{set_forwarded, strip_hop_by_hop};
 use crate::{json, media};
@@ -31,7 +32,17 @@ pub(crate) async fn forward(
     let (mut parts, body) = req.into_parts();
     prepare(ctx, route, &mut parts)?;
     credentials::identify_upstream(&app.config.auth, &app.keys, ctx.who, &mut parts.headers);
-    let res = send(ctx.proxy, ctx.route, route, parts, body).await?;
+    let upstream = &app.config.upstreams[route.upstream].name;
+    let span = crate::telemetry::on().then(|| trace::upstream(upstream, &mut parts));
+    let sending = send(ctx.proxy, ctx.route, route, parts, body);
+    let res = match &span {
+        None => sending.await?,
+        Some(span) => {
+            let res = sending.instrument(span.clone()).await;
+            trace::upstream_answered(span, &res);
+            res?
+        }
+    };
     ctx.rec.upstream_status = Some(res.status());
     Ok(res)
 }

@@ -165,18 +165,19 @@ impl Proxy {
             }
         };
         let mut res = respond::contain_panic(answering, id).await;
-        let mut line = respond::finish(self, &mut tracked, &mut res, head);
-        if log_now && let Some(line) = line.take() {
-            line.write(&self.app, record::length(res.headers()), true);
-        }
         if crate::telemetry::on() {
-            // Within the request's span: `answer` runs instrumented with it.
+            // Within the request's span: `answer` runs instrumented with it. Before `finish`,
+            // which hands the record's fields on to the access line.
             trace::answered(
                 &tracing::Span::current(),
                 &self.app,
                 &tracked.rec,
                 res.status(),
             );
+        }
+        let mut line = respond::finish(self, &mut tracked, &mut res, head);
+        if log_now && let Some(line) = line.take() {
+            line.write(&self.app, record::length(res.headers()), true);
         }
         (res, line)
     }

@@ -11,6 +11,8 @@
 //!   upstream's answer; with its own fault type.
 //! - [`limiter`]: the rate-limit algorithms (pure, clock passed in), the `Store` trait, the
 //!   in-memory store and the Redis store shared by replicas.
+//! - [`idempotency`]: `Idempotency-Key`: the key, the request's fingerprint, and the stored
+//!   answers, in memory or in the limiter's Redis.
 //! - [`config`]: the TOML file, checked once into typed values.
 //! - [`metrics`]: Prometheus counters, one shard per worker.
 //! - [`upstream`]: target health, connecting, each worker's keep-alive pool, hop-by-hop and
@@ -36,6 +38,7 @@ pub mod demo;
 pub mod fds;
 pub mod flat;
 pub mod host;
+pub mod idempotency;
 pub mod json;
 pub mod limiter;
 pub mod media;

@@ -305,6 +305,41 @@ async fn three_replicas_on_one_redis_replay_each_others_answers() {
     );
 }
 
+#[tokio::test]
+async fn the_lock_of_a_replica_that_died_mid_request_frees_itself() {
+    let (redis, up) = (Redis::start(), creating(Duration::from_secs(5)).await);
+    let store = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"1s\"\nkey_secret = \"shared\"\n",
+        redis.url()
+    );
+    // A 1 s deadline: the lock lasts 2 s (the deadline and a second).
+    let toml = config(&up.url(), "", &store)
+        .replace("path = \"/\"\n", "path = \"/\"\nrequest_timeout = \"1s\"\n");
+    let (doomed, survivor) = (
+        Process::start(&toml, &[]).await,
+        Process::start(&toml, &[]).await,
+    );
+    wait_for_store(doomed.admin).await;
+    wait_for_store(survivor.admin).await;
+    let addr = doomed.addr;
+    let lost =
+        tokio::spawn(async move { send(addr, post("/v1/candidates", Some("\"d\""), ADA)).await });
+    up.wait_for(1).await;
+    let killed_at = std::time::Instant::now();
+    drop(doomed); // SIGKILL: nothing is released
+    lost.abort();
+    let held = send(survivor.addr, post("/v1/candidates", Some("\"d\""), ADA)).await;
+    assert_problem(&held, 409);
+    tokio::time::sleep(Duration::from_millis(2100).saturating_sub(killed_at.elapsed())).await;
+    let retry = tokio::spawn(send(
+        survivor.addr,
+        post("/v1/candidates", Some("\"d\""), ADA),
+    ));
+    up.wait_for(2).await;
+    drop(retry);
+    assert_eq!(up.seen().len(), 2);
+}
+
 /// Waits (up to 10 s) until the replica's `/readyz` says its store is up.
 async fn wait_for_store(admin: std::net::SocketAddr) {
     for _ in 0..500 {

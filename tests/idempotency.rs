@@ -235,6 +235,42 @@ async fn a_replay_counts_against_the_rate_limit() {
 }
 
 #[tokio::test]
+async fn a_retry_refused_with_429_leaves_the_kept_answer_for_the_next_retry() {
+    let up = creating(Duration::ZERO).await;
+    let policy = "[policies.default]\nrate = \"10/s\"\nburst = 1\n";
+    let sluice = Process::start(&config(&up.url(), "", policy), &[]).await;
+    let first = send(sluice.addr, post("/v1/candidates", Some("\"k\""), ADA)).await;
+    assert_eq!(first.status, 201);
+    assert_problem(
+        &send(sluice.addr, post("/v1/candidates", Some("\"k\""), ADA)).await,
+        429,
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let replay = send(sluice.addr, post("/v1/candidates", Some("\"k\""), ADA)).await;
+    assert_eq!(replay.header("idempotent-replayed"), "true");
+    assert_eq!(replay.body, first.body);
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[test]
+fn sluice_check_shows_where_keys_apply() {
+    let toml = config("http://127.0.0.1:1", "required = true\nttl = \"1h\"", "");
+    let file = temp_file("idem.toml", &toml);
+    let out = process::command()
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(
+            "route / -> api, policy default, Idempotency-Key on POST PATCH for 3600s, required"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn batch_items_with_a_key_are_replayed_too() {
     let up = creating(Duration::ZERO).await;
     let sluice = Process::start(&config(&up.url(), "", ""), &[]).await;

@@ -324,7 +324,20 @@ impl Config {
         for r in &self.routes {
             let policy = r.policy.map_or("none", |i| self.policies[i].name.as_str());
             let upstream = &self.upstreams[r.upstream].name;
-            let _ = writeln!(out, "route {} -> {upstream}, policy {policy}", r.path);
+            let idempotency = r.idempotency.as_ref().map_or(String::new(), |i| {
+                let methods: Vec<&str> = i.methods.iter().map(http::Method::as_str).collect();
+                let required = if i.required { ", required" } else { "" };
+                let ttl = i.ttl.as_secs();
+                format!(
+                    ", Idempotency-Key on {} for {ttl}s{required}",
+                    methods.join(" ")
+                )
+            });
+            let _ = writeln!(
+                out,
+                "route {} -> {upstream}, policy {policy}{idempotency}",
+                r.path
+            );
         }
         out
     }

@@ -115,6 +115,16 @@ async fn twenty_duplicates_racing_reach_the_upstream_once_and_the_others_get_409
         (201, "true")
     );
     assert_eq!(up.seen().len(), 1);
+    let text = metrics(sluice.admin).await;
+    let count = |o: &str| {
+        metric_value(
+            &text,
+            &format!("sluice_idempotency_requests_total{{outcome=\"{o}\"}}"),
+        )
+    };
+    assert_eq!((count("stored"), count("not_stored")), (1.0, 0.0));
+    assert_eq!(count("in_flight") + count("replayed"), 20.0);
+    assert_eq!(metric_value(&text, "sluice_idempotency_keys"), 1.0);
 }
 
 #[tokio::test]

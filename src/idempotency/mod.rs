@@ -27,6 +27,41 @@ pub use memory::{Bounds, Memory};
 use crate::limiter::redis::Shared;
 use crate::limiter::{Clock, MonotonicClock, Nanos};
 
+/// What became of a request with a key, as counted in `sluice_idempotency_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The first with its key: forwarded, and its answer kept.
+    Stored,
+    /// The first with its key, forwarded, its answer not kept (5xx, 429, too large, failed).
+    NotStored,
+    /// Answered with the kept answer.
+    Replayed,
+    /// Refused: the first with its key was still in flight (409).
+    InFlight,
+    /// Refused: the key came with another request (422).
+    Mismatch,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Stored,
+        Outcome::NotStored,
+        Outcome::Replayed,
+        Outcome::InFlight,
+        Outcome::Mismatch,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Stored => "stored",
+            Outcome::NotStored => "not_stored",
+            Outcome::Replayed => "replayed",
+            Outcome::InFlight => "in_flight",
+            Outcome::Mismatch => "mismatch",
+        }
+    }
+}
+
 /// What a store found for a key, before the request goes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begun {
@@ -67,6 +102,8 @@ pub struct Store {
     clock: Arc<dyn Clock>,
     seed: u64,
     next: AtomicU64,
+    /// Per [`Outcome`]: only requests with a key count, so one set for all workers.
+    outcomes: [AtomicU64; Outcome::ALL.len()],
 }
 
 impl std::fmt::Debug for Store {
@@ -113,6 +150,7 @@ impl Store {
             // Tokens must differ across replicas: each process starts from a random seed.
             seed: RandomState::new().hash_one(std::process::id()),
             next: AtomicU64::new(0),
+            outcomes: Default::default(),
         }
     }
 
@@ -192,6 +230,15 @@ impl Store {
         } else if let Some(memory) = &self.memory {
             memory.release(lock.scope, lock.token);
         }
+    }
+
+    pub fn count(&self, outcome: Outcome) {
+        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts, in the order of [`Outcome::ALL`].
+    pub fn outcomes(&self) -> [u64; Outcome::ALL.len()] {
+        self.outcomes.each_ref().map(|n| n.load(Ordering::Relaxed))
     }
 
     /// Keys and bytes of answers held in this process's memory.

@@ -17,7 +17,7 @@ use tokio::time::{Instant, timeout_at};
 use super::{Ctx, forward};
 use crate::body::{self, Body, Resumed};
 use crate::config::{Idempotency, OnError};
-use crate::idempotency::{self as keys, Answer, Begun, Fingerprint, Lock, Scope};
+use crate::idempotency::{self as keys, Answer, Begun, Fingerprint, Lock, Outcome, Scope};
 use crate::pipeline::limits::client_key_under;
 use crate::problem::{Deadline, KeyFault, Limit, Problem, UpstreamFault};
 
@@ -81,12 +81,22 @@ pub(super) async fn forward_keyed(
     };
     let req = Request::from_parts(parts, body);
     let lock = route.request_timeout + LOCK_MARGIN;
-    let lock = match app.idempotency.begin(scope, fingerprint, lock).await {
+    let store = &app.idempotency;
+    let lock = match store.begin(scope, fingerprint, lock).await {
         Ok((Begun::Fresh, Some(lock))) => lock,
         Ok((Begun::Fresh, None)) => return Err(Problem::Internal),
-        Ok((Begun::InFlight, _)) => return Err(Problem::IdempotencyKeyInFlight),
-        Ok((Begun::Mismatch(m), _)) => return Err(Problem::IdempotencyKeyReused(m)),
-        Ok((Begun::Replay(answer), _)) => return Ok(replay(answer)),
+        Ok((Begun::InFlight, _)) => {
+            store.count(Outcome::InFlight);
+            return Err(Problem::IdempotencyKeyInFlight);
+        }
+        Ok((Begun::Mismatch(m), _)) => {
+            store.count(Outcome::Mismatch);
+            return Err(Problem::IdempotencyKeyReused(m));
+        }
+        Ok((Begun::Replay(answer), _)) => {
+            store.count(Outcome::Replayed);
+            return Ok(replay(answer));
+        }
         Err(keys::Unavailable) if app.config.store.on_error == OnError::Allow => {
             return forward::forward_by(ctx, req, deadline).await;
         }
@@ -186,8 +196,12 @@ struct Held<'a> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        if let Some(lock) = self.lock.take() {
-            self.store.release(lock);
+        match self.lock.take() {
+            Some(lock) => {
+                self.store.count(Outcome::NotStored);
+                self.store.release(lock);
+            }
+            None => self.store.count(Outcome::Stored),
         }
     }
 }

@@ -18,7 +18,7 @@
 //! - [`upstream`]: target health, connecting, each worker's keep-alive pool, hop-by-hop and
 //!   X-Forwarded-* headers.
 //! - [`pipeline`]: one request, in phases (`pipeline/phase/`): head → route → auth → limit →
-//!   payload → forward → respond.
+//!   payload → idempotency → forward → respond.
 //! - [`batch`]: the batch endpoint: many requests in one, each through the pipeline, with
 //!   dependencies, answered 207.
 //! - [`server`]: per-core workers, listeners, connection limits, head deadlines, graceful

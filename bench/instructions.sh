@@ -6,7 +6,11 @@
 #
 #   BINARY    sluice's (target/release/sluice)
 #   SCENARIO  pass (limits far above the load, 1000 keys) or reject (the published default,
-#             10 keys): the load benchmark's configs (bench/run.py)
+#             10 keys): the load benchmark's configs (bench/run.py); or, sluice alone, pass's
+#             config with Idempotency-Key on the route (for GET, so that the requests are
+#             pass's own): idem-off (no header: its cost on the pass path), idem-unique (a new
+#             key per request, each forwarded and kept), idem-replay (one key per client,
+#             replayed from its second request on)
 #   PROXY     sluice (the default), nginx, haproxy: each counted alone, one after the other,
 #             as a single process: sluice with 1 worker, nginx with `master_process off`,
 #             HAProxy with `nbthread 1`
@@ -19,10 +23,14 @@ binary=${1:-$root/target/release/sluice}
 scenario=${2:-pass}
 shift $(($# > 2 ? 2 : $#))
 proxies=("${@:-sluice}")
+script=$root/bench/keys.lua mode=
 case $scenario in
 pass) keys=1000 ;;
 reject) keys=10 ;;
-*) echo "unknown scenario: $scenario (pass or reject)" >&2; exit 2 ;;
+idem-off) keys=1000 ;;
+idem-unique) keys=1000 script=$root/bench/idempotency.lua mode=unique ;;
+idem-replay) keys=1000 script=$root/bench/idempotency.lua mode=replay ;;
+*) echo "unknown scenario: $scenario (pass, reject, idem-off, idem-unique, idem-replay)" >&2; exit 2 ;;
 esac
 work=$(mktemp -d)
 pids=()
@@ -40,7 +48,12 @@ up=19500 port=19501 admin=19502
 import run
 work, up, port, admin, scenario = '$work', $up, $port, $admin, '$scenario'
 open(f'{work}/upstream.conf', 'w').write(run.upstream_conf(up, work))
-open(f'{work}/sluice.toml', 'w').write(run.sluice_conf(port, admin, up, 1, scenario))
+idem = scenario.startswith('idem-')
+scenario = 'pass' if idem else scenario
+conf = run.sluice_conf(port, admin, up, 1, scenario)
+if idem:
+    conf += '[[routes]]\npath = \"/\"\n[routes.idempotency]\nenabled = true\nmethods = [\"GET\"]\n'
+open(f'{work}/sluice.toml', 'w').write(conf)
 nginx = run.nginx_conf(port, up, 1, work, scenario).replace('daemon off;', 'daemon off;\nmaster_process off;', 1)
 open(f'{work}/nginx.conf', 'w').write(nginx.replace('/nginx.pid', '/proxy.pid'))
 open(f'{work}/haproxy.cfg', 'w').write(run.haproxy_conf(port, up, 1, scenario))
@@ -50,7 +63,7 @@ nginx -p "$work" -e "$work/upstream.err" -c "$work/upstream.conf" &
 pids+=($!)
 
 load() {
-    wrk -t1 -c16 -d"$1"s -s "$root/bench/keys.lua" "http://127.0.0.1:$port/v1/candidates" -- $keys
+    wrk -t1 -c16 -d"$1"s -s "$script" "http://127.0.0.1:$port/v1/candidates" -- $keys $mode
 }
 
 # Counts one proxy: started under callgrind with counting off, warmed up, then counted.

@@ -11,12 +11,14 @@
 //!   upstream's answer; with its own fault type.
 //! - [`limiter`]: the rate-limit algorithms (pure, clock passed in), the `Store` trait, the
 //!   in-memory store and the Redis store shared by replicas.
+//! - [`idempotency`]: `Idempotency-Key`: the key, the request's fingerprint, and the stored
+//!   answers, in memory or in the limiter's Redis.
 //! - [`config`]: the TOML file, checked once into typed values.
 //! - [`metrics`]: Prometheus counters, one shard per worker.
 //! - [`upstream`]: target health, connecting, each worker's keep-alive pool, hop-by-hop and
 //!   X-Forwarded-* headers.
 //! - [`pipeline`]: one request, in phases (`pipeline/phase/`): head → route → auth → limit →
-//!   payload → forward → respond.
+//!   payload → idempotency → forward → respond.
 //! - [`batch`]: the batch endpoint: many requests in one, each through the pipeline, with
 //!   dependencies, answered 207.
 //! - [`server`]: per-core workers, listeners, connection limits, head deadlines, graceful
@@ -37,6 +39,7 @@ pub mod demo;
 pub mod fds;
 pub mod flat;
 pub mod host;
+pub mod idempotency;
 pub mod json;
 pub mod limiter;
 pub mod media;

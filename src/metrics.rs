@@ -15,6 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::config::Config;
+use crate::idempotency::Outcome;
 use crate::limiter::{CALL_BUCKETS, Health, LimitKind};
 use crate::problem::UpstreamFault;
 
@@ -326,6 +327,10 @@ pub struct Live {
     pub store: Health,
     /// Reloads that took effect, and reloads refused.
     pub reloads: [u64; 2],
+    /// Requests with an `Idempotency-Key`, per outcome (in the order of `Outcome::ALL`).
+    pub idempotency: [u64; Outcome::ALL.len()],
+    /// Keys (in flight or complete) held in this process's memory.
+    pub idempotency_keys: u64,
 }
 
 /// The text exposition of everything, for `/metrics`.
@@ -389,6 +394,20 @@ impl Collector for Live {
             keys,
         )?;
         encode_store(&self.store, &mut enc)?;
+        let help = "Requests with an Idempotency-Key, by outcome.";
+        let mut idem = enc.encode_descriptor(
+            "sluice_idempotency_requests",
+            help,
+            None,
+            MetricType::Counter,
+        )?;
+        for (outcome, n) in Outcome::ALL.iter().zip(&self.idempotency) {
+            idem.encode_family(&[("outcome", outcome.label())])?
+                .encode_counter::<NoLabelSet, _, u64>(n, None)?;
+        }
+        let keys = self.idempotency_keys as i64;
+        let help = "Idempotency keys held in this process's memory.";
+        gauge(&mut enc, "sluice_idempotency_keys", help, keys)?;
         let mut reloads = enc.encode_descriptor(
             "sluice_config_reloads",
             "Config reloads by result.",
@@ -645,6 +664,8 @@ mod tests {
             tracked_keys: 0,
             store: Health::default(),
             reloads: [0, 0],
+            idempotency: [0; Outcome::ALL.len()],
+            idempotency_keys: 0,
         })
     }
 

@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 
 pub use counted::{Counted, Progress};
@@ -71,6 +71,36 @@ pub enum Body {
     Counted(Counted),
     /// An upstream's response body, streamed to the client; hands its connection back to the pool.
     Upstream(Answer),
+    /// Bytes already read from a body, then the rest of it (an answer too large to keep for an
+    /// idempotency key, passed on as it comes).
+    Resumed(Box<Resumed>),
+}
+
+/// The part of a body already read, and the body it came from.
+#[derive(Debug)]
+pub struct Resumed {
+    pub head: Option<Bytes>,
+    pub rest: Body,
+}
+
+impl Resumed {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        match self.head.take() {
+            Some(head) => Poll::Ready(Some(Ok(Frame::data(head)))),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + head);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + head);
+        }
+        hint
+    }
 }
 
 impl Body {
@@ -106,6 +136,7 @@ impl http_body::Body for Body {
             Body::Incoming(b) => Pin::new(b).poll_frame(cx).map_err(Error::Broken),
             Body::Counted(b) => Pin::new(b).poll_frame(cx),
             Body::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Body::Resumed(b) => b.poll_frame(cx),
         }
     }
 
@@ -116,6 +147,7 @@ impl http_body::Body for Body {
             Body::Incoming(b) => b.is_end_stream(),
             Body::Counted(b) => b.is_end_stream(),
             Body::Upstream(b) => b.is_end_stream(),
+            Body::Resumed(b) => b.head.is_none() && b.rest.is_end_stream(),
         }
     }
 
@@ -126,6 +158,7 @@ impl http_body::Body for Body {
             Body::Incoming(b) => b.size_hint(),
             Body::Counted(b) => b.size_hint(),
             Body::Upstream(b) => b.size_hint(),
+            Body::Resumed(b) => b.size_hint(),
         }
     }
 }

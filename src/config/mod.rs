@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+mod idempotency;
 mod policy;
 mod raw;
 mod store;
@@ -160,6 +161,28 @@ pub struct Route {
     pub scopes: Vec<String>,
     /// The route's own `request_timeout`, else the server's.
     pub request_timeout: Duration,
+    /// `Idempotency-Key` handling; `None` where it is off.
+    pub idempotency: Option<Idempotency>,
+}
+
+/// `[routes.idempotency]` where `enabled`.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// The methods whose requests a key applies to.
+    pub methods: Vec<Method>,
+    /// A request of those methods without a key is refused (400).
+    pub required: bool,
+    /// How long a completed answer is replayed.
+    pub ttl: Duration,
+    /// The largest answer body stored; a larger answer passes through and is not stored.
+    pub max_stored_body: u64,
+}
+
+impl Idempotency {
+    /// Whether requests of `method` take a key here.
+    pub fn applies_to(&self, method: &Method) -> bool {
+        self.methods.contains(method)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -304,7 +327,20 @@ impl Config {
         for r in &self.routes {
             let policy = r.policy.map_or("none", |i| self.policies[i].name.as_str());
             let upstream = &self.upstreams[r.upstream].name;
-            let _ = writeln!(out, "route {} -> {upstream}, policy {policy}", r.path);
+            let idempotency = r.idempotency.as_ref().map_or(String::new(), |i| {
+                let methods: Vec<&str> = i.methods.iter().map(http::Method::as_str).collect();
+                let required = if i.required { ", required" } else { "" };
+                let ttl = i.ttl.as_secs();
+                format!(
+                    ", Idempotency-Key on {} for {ttl}s{required}",
+                    methods.join(" ")
+                )
+            });
+            let _ = writeln!(
+                out,
+                "route {} -> {upstream}, policy {policy}{idempotency}",
+                r.path
+            );
         }
         out
     }

@@ -179,6 +179,32 @@ pub struct Route {
     #[serde(default)]
     pub scopes: Vec<Spanned<String>>,
     pub request_timeout: Option<Spanned<Dur>>,
+    pub idempotency: Option<Spanned<Idempotency>>,
+}
+
+/// `[routes.idempotency]`: `Idempotency-Key` on a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Idempotency {
+    pub enabled: bool,
+    pub methods: Vec<Spanned<String>>,
+    pub required: Spanned<bool>,
+    pub ttl: Spanned<Dur>,
+    pub max_stored_body: Spanned<Size>,
+}
+
+impl Default for Idempotency {
+    fn default() -> Idempotency {
+        Idempotency {
+            enabled: false,
+            methods: ["POST", "PATCH"]
+                .map(|m| Spanned::new(0..0, m.to_string()))
+                .into(),
+            required: Spanned::new(0..0, false),
+            ttl: Spanned::new(0..0, Dur(std::time::Duration::from_secs(24 * 3600))),
+            max_stored_body: Spanned::new(0..0, Size(256 << 10)),
+        }
+    }
 }
 
 fn default_policy() -> Spanned<String> {

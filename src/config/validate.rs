@@ -260,6 +260,7 @@ fn routes(
             validate_json: true,
             scopes: Vec::new(),
             request_timeout: server.request_timeout,
+            idempotency: None,
         }];
     }
     let mut out: Vec<Route> = Vec::new();
@@ -387,6 +388,10 @@ fn route(
             .map_or(server.request_timeout, |d| {
                 errs.positive(&key("request_timeout"), d)
             }),
+        idempotency: r
+            .idempotency
+            .as_ref()
+            .and_then(|t| super::idempotency::check(&key("idempotency"), t, errs)),
     }
 }
 

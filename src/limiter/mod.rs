@@ -28,6 +28,7 @@ pub mod redis;
 mod store;
 mod window;
 
+pub(crate) use clock::nanos;
 pub use clock::{Clock, ManualClock, MonotonicClock, Nanos};
 pub use decision::{
     Decision, LimitKind, LimitReport, MAX_LIMITS, Refusal, Report, State, ceil_secs,

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use super::{Keys, Limits, Router};
-use crate::config::Config;
+use crate::config::{Config, OnError};
+use crate::idempotency;
 use crate::limiter::redis::RedisStore;
 use crate::limiter::{MemoryStore, Store};
 use crate::metrics::Metrics;
@@ -46,6 +47,8 @@ pub struct App {
     pub upstreams: Upstreams,
     pub keys: Keys,
     pub limits: Limits,
+    /// Where `Idempotency-Key` answers are kept; shared with the limiter's Redis.
+    pub idempotency: Arc<idempotency::Store>,
     pub metrics: Arc<Metrics>,
     pub life: Arc<Lifecycle>,
 }
@@ -53,12 +56,22 @@ pub struct App {
 impl App {
     /// The first generation, with the store `[store]` names.
     pub fn new(config: Config) -> std::io::Result<App> {
-        let store = store_for(&config)?;
-        Ok(App::with_store(config, store))
+        let (store, keys) = store_for(&config)?;
+        Ok(App::with_stores(config, store, keys))
     }
 
-    /// The first generation, with limiter state in `store`.
+    /// The first generation, with limiter state in `store` and idempotency keys in memory.
     pub fn with_store(config: Config, store: Arc<dyn Store>) -> App {
+        let keys = Arc::new(idempotency::Store::memory(idempotency::Bounds::default()));
+        App::with_stores(config, store, keys)
+    }
+
+    /// The first generation, with limiter state in `store` and idempotency keys in `keys`.
+    pub fn with_stores(
+        config: Config,
+        store: Arc<dyn Store>,
+        keys: Arc<idempotency::Store>,
+    ) -> App {
         let life = Lifecycle {
             draining: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
@@ -66,7 +79,7 @@ impl App {
             reloads: Default::default(),
         };
         let metrics = Metrics::new(&config);
-        App::build(config, Arc::new(life), metrics, store)
+        App::build(config, Arc::new(life), metrics, (store, keys))
     }
 
     /// The next generation, from a new config. A policy whose limits did not change keeps its
@@ -74,8 +87,11 @@ impl App {
     /// limits changed gets each client's standing carried over in proportion (the same share
     /// of each limit stays used).
     pub fn reload(mut config: Config, previous: &App) -> std::io::Result<App> {
-        let store = if config.store == previous.config.store {
-            previous.limits.store().clone()
+        let (store, keys) = if config.store == previous.config.store {
+            (
+                previous.limits.store().clone(),
+                previous.idempotency.clone(),
+            )
         } else {
             tracing::info!(
                 store = config.store.describe(),
@@ -100,11 +116,18 @@ impl App {
             }
         }
         let metrics = Metrics::after(&config, &previous.metrics);
-        Ok(App::build(config, previous.life.clone(), metrics, store))
+        Ok(App::build(
+            config,
+            previous.life.clone(),
+            metrics,
+            (store, keys),
+        ))
     }
 
-    fn build(config: Config, life: Arc<Lifecycle>, metrics: Metrics, store: Arc<dyn Store>) -> App {
+    fn build(config: Config, life: Arc<Lifecycle>, metrics: Metrics, stores: Stores) -> App {
+        let (store, idempotency) = stores;
         App {
+            idempotency,
             router: Router::new(&config.routes),
             upstreams: Upstreams::new(&config.upstreams),
             keys: Keys::new(&config.auth),
@@ -125,11 +148,24 @@ impl App {
     }
 }
 
-/// The store `[store]` names: this process's memory, or Redis (connected in the background).
-fn store_for(config: &Config) -> std::io::Result<Arc<dyn Store>> {
+/// The limiter's store and the idempotency keys' store.
+type Stores = (Arc<dyn Store>, Arc<idempotency::Store>);
+
+/// The stores `[store]` names: this process's memory, or Redis (connected in the
+/// background), whose connections the idempotency keys share.
+fn store_for(config: &Config) -> std::io::Result<Stores> {
     let max_keys = config.server.max_keys;
+    let bounds = idempotency::Bounds::default();
     Ok(match &config.store.redis {
-        None => Arc::new(MemoryStore::new(max_keys)),
-        Some(settings) => Arc::new(RedisStore::start(settings, max_keys)?),
+        None => (
+            Arc::new(MemoryStore::new(max_keys)),
+            Arc::new(idempotency::Store::memory(bounds)),
+        ),
+        Some(settings) => {
+            let redis = RedisStore::start(settings, max_keys)?;
+            let fallback = (settings.on_error == OnError::Local).then_some(bounds);
+            let keys = idempotency::Store::redis(redis.shared(), &settings.key_secret, fallback);
+            (Arc::new(redis), Arc::new(keys))
+        }
     })
 }

@@ -354,6 +354,18 @@ pub struct Caller<'a> {
 
 /// The bytes that identify the client under a policy. Addresses are tagged with a NUL byte,
 /// which no header value can start with, so a presented key can never pose as an address.
+/// The client's key under `policy` (by its `key`); with none, the presented credential, else
+/// the address: what scopes an idempotency key to its client.
+pub(crate) fn client_key_under<'a>(
+    config: &Config,
+    policy: Option<usize>,
+    caller: &Caller<'a>,
+    buf: &'a mut [u8; 17],
+) -> Cow<'a, [u8]> {
+    let source = policy.map_or(&KeySource::ApiKey, |i| &config.policies[i].key);
+    client_key(source, caller, buf)
+}
+
 fn client_key<'a>(source: &KeySource, caller: &Caller<'a>, buf: &'a mut [u8; 17]) -> Cow<'a, [u8]> {
     let presented = match source {
         KeySource::ApiKey => presented_key(caller.headers),

@@ -1,6 +1,6 @@
 //! One request's way through sluice. [`Proxy::serve_request`] runs the phases of
-//! `phase` in order (head → route → auth → limit → payload → forward), each able to answer
-//! early, and the respond phase makes every outcome the client's answer.
+//! `phase` in order (head → route → auth → limit → payload → idempotency → forward), each
+//! able to answer early, and the respond phase makes every outcome the client's answer.
 //!
 //! - [`App`] (`app.rs`): the state every worker shares, one generation per config.
 //! - [`Proxy`]: one worker's view of it, with the worker's own upstream pool and request ids.

@@ -212,3 +212,52 @@ impl Malformed {
         }
     }
 }
+
+/// Why an `Idempotency-Key` is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFault {
+    /// `""`.
+    Empty,
+    /// More than 255 characters.
+    TooLong,
+    /// Not a Structured Field String: unquoted, an escape other than `\"` or `\\`, a
+    /// character outside printable ASCII, or anything after the closing quote.
+    NotString,
+    /// The field given more than once.
+    Repeated,
+}
+
+impl KeyFault {
+    pub(super) fn detail(self) -> &'static str {
+        match self {
+            KeyFault::Empty => "The Idempotency-Key is empty.",
+            KeyFault::TooLong => "The Idempotency-Key is longer than 255 characters.",
+            KeyFault::NotString => {
+                "The Idempotency-Key must be a Structured Field String: printable ASCII in double quotes, such as \"8e03978e-40d5-43e8-bc93-6894a57f9324\"."
+            }
+            KeyFault::Repeated => "The Idempotency-Key is given more than once.",
+        }
+    }
+}
+
+/// The parts of a request that differ from the one its `Idempotency-Key` was first used with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mismatch {
+    pub method: bool,
+    /// The path with its query.
+    pub path: bool,
+    pub body: bool,
+}
+
+impl Mismatch {
+    /// The names of the parts that differ: `method`, `path`, `body`.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.method, "method"),
+            (self.path, "path"),
+            (self.body, "body"),
+        ]
+        .into_iter()
+        .filter_map(|(differs, name)| differs.then_some(name))
+    }
+}

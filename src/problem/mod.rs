@@ -14,11 +14,18 @@ use std::borrow::Cow;
 use http::StatusCode;
 use http::header::HeaderValue;
 
-pub use cause::{Deadline, Limit, Malformed, Source, UpstreamFault};
+pub use cause::{Deadline, KeyFault, Limit, Malformed, Mismatch, Source, UpstreamFault};
 pub use render::Violated;
 
 /// The problem type of a 429, registered with IANA.
 pub const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+/// The problem types of the `Idempotency-Key` refusals: sluice's own (the draft registers
+/// none), one per refusal so that a client can tell them apart.
+pub const IDEMPOTENCY_KEY_MISSING: &str = "urn:sluice:problem:idempotency-key-missing";
+pub const IDEMPOTENCY_KEY_MALFORMED: &str = "urn:sluice:problem:idempotency-key-malformed";
+pub const IDEMPOTENCY_KEY_IN_FLIGHT: &str = "urn:sluice:problem:idempotency-key-in-flight";
+pub const IDEMPOTENCY_KEY_REUSED: &str = "urn:sluice:problem:idempotency-key-reused";
 
 /// One invalid field of a batch, for the `errors` member of a 422.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +92,14 @@ pub enum Problem {
     Overloaded,
     /// Shutdown has begun; the client should go elsewhere.
     Draining,
+    /// The route requires an `Idempotency-Key` and the request has none.
+    IdempotencyKeyMissing,
+    /// The `Idempotency-Key` is not one.
+    IdempotencyKeyMalformed(KeyFault),
+    /// A request with the same `Idempotency-Key` is still in flight.
+    IdempotencyKeyInFlight,
+    /// The `Idempotency-Key` was first used with another method, path or body.
+    IdempotencyKeyReused(Mismatch),
     /// The shared limiter store is unreachable and `on_error = "deny"`.
     StoreUnavailable,
     /// A fault inside sluice.
@@ -108,9 +123,13 @@ impl Problem {
             Problem::MissingScope { .. } => StatusCode::FORBIDDEN,
             Problem::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Problem::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Problem::InvalidJson { .. } | Problem::UnreadableBody | Problem::Malformed(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Problem::InvalidJson { .. }
+            | Problem::UnreadableBody
+            | Problem::Malformed(_)
+            | Problem::IdempotencyKeyMissing
+            | Problem::IdempotencyKeyMalformed(_) => StatusCode::BAD_REQUEST,
+            Problem::IdempotencyKeyInFlight => StatusCode::CONFLICT,
+            Problem::IdempotencyKeyReused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Problem::UpstreamRefused
             | Problem::UpstreamReset
             | Problem::UpstreamBadResponse
@@ -141,7 +160,11 @@ impl Problem {
             | Problem::RateLimited { .. }
             | Problem::UnsupportedMediaType { .. }
             | Problem::InvalidJson { .. }
-            | Problem::UnreadableBody => Source::Client,
+            | Problem::UnreadableBody
+            | Problem::IdempotencyKeyMissing
+            | Problem::IdempotencyKeyMalformed(_)
+            | Problem::IdempotencyKeyInFlight
+            | Problem::IdempotencyKeyReused(_) => Source::Client,
             Problem::TimedOut(Deadline::Answer { .. } | Deadline::Batch)
             | Problem::UpstreamRefused
             | Problem::UpstreamReset
@@ -197,6 +220,18 @@ impl Problem {
                 return format!("The body is not valid JSON at {at}: {reason}.").into();
             }
             Problem::UnreadableBody => "The request body could not be read to its end.",
+            Problem::IdempotencyKeyMissing => {
+                "This route requires an Idempotency-Key header, such as Idempotency-Key: \"8e03978e-40d5-43e8-bc93-6894a57f9324\"."
+            }
+            Problem::IdempotencyKeyMalformed(fault) => fault.detail(),
+            Problem::IdempotencyKeyInFlight => {
+                "A request with this Idempotency-Key is still in progress; retry after it has been answered."
+            }
+            Problem::IdempotencyKeyReused(mismatch) => {
+                let parts: Vec<&str> = mismatch.names().collect();
+                let parts = parts.join(" and ");
+                return format!("This Idempotency-Key was first used with another {parts}; a new request needs a new key.").into();
+            }
             Problem::UpstreamRefused => "The upstream refused the connection.",
             Problem::UpstreamReset => {
                 "The upstream closed the connection before answering in full."
@@ -243,6 +278,10 @@ impl Problem {
             | Problem::UnsupportedMediaType { .. }
             | Problem::InvalidJson { .. }
             | Problem::UnreadableBody
+            | Problem::IdempotencyKeyMissing
+            | Problem::IdempotencyKeyMalformed(_)
+            | Problem::IdempotencyKeyInFlight
+            | Problem::IdempotencyKeyReused(_)
             | Problem::UpstreamRefused
             | Problem::UpstreamReset
             | Problem::UpstreamBadResponse

@@ -8,7 +8,10 @@ use http::header::{
 };
 use serde_json::{Map, Value, json};
 
-use super::{Limit, Problem, QUOTA_EXCEEDED};
+use super::{
+    IDEMPOTENCY_KEY_IN_FLIGHT, IDEMPOTENCY_KEY_MALFORMED, IDEMPOTENCY_KEY_MISSING,
+    IDEMPOTENCY_KEY_REUSED, Limit, Problem, QUOTA_EXCEEDED,
+};
 
 impl Problem {
     /// The problem document.
@@ -16,6 +19,10 @@ impl Problem {
         let status = self.status();
         let kind = match self {
             Problem::RateLimited { .. } => QUOTA_EXCEEDED,
+            Problem::IdempotencyKeyMissing => IDEMPOTENCY_KEY_MISSING,
+            Problem::IdempotencyKeyMalformed(_) => IDEMPOTENCY_KEY_MALFORMED,
+            Problem::IdempotencyKeyInFlight => IDEMPOTENCY_KEY_IN_FLIGHT,
+            Problem::IdempotencyKeyReused(_) => IDEMPOTENCY_KEY_REUSED,
             _ => "about:blank",
         };
         let mut doc = json!({
@@ -57,6 +64,9 @@ impl Problem {
             Problem::DependencyFailed { dependency, .. } => Some(("dependency", json!(dependency))),
             Problem::UnsupportedMediaType { accepted } => Some(("accepted", json!(accepted))),
             Problem::TooLarge(Limit::Body { max }) => Some(("max_body", json!(max))),
+            Problem::IdempotencyKeyReused(m) => {
+                Some(("mismatch", json!(m.names().collect::<Vec<_>>())))
+            }
             Problem::InvalidJson { line, column, .. } => {
                 let mut at = Map::new();
                 at.insert("line".into(), json!(line));
@@ -95,7 +105,8 @@ impl Problem {
             Problem::RateLimited { retry_after, .. } => {
                 headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
             }
-            Problem::StoreUnavailable => {
+            // The first request is likely answered within a second.
+            Problem::IdempotencyKeyInFlight | Problem::StoreUnavailable => {
                 // The store is probed twice a second: worth trying again after one.
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }

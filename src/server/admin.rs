@@ -185,6 +185,8 @@ fn metrics(app: &App) -> Response<Body> {
         evicted: app.life.evicted.load(Ordering::Relaxed),
         tracked_keys: app.limits.store().tracked_keys() as u64,
         store: app.limits.store().health(),
+        idempotency: app.idempotency.outcomes(),
+        idempotency_keys: app.idempotency.usage().0 as u64,
         reloads: app
             .life
             .reloads

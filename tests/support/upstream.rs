@@ -150,6 +150,12 @@ impl Reply {
         self
     }
 
+    /// The same answer with status `code`.
+    pub fn status_code(mut self, code: u16) -> Reply {
+        self.status = StatusCode::from_u16(code).unwrap();
+        self
+    }
+
     /// The same answer, `delay` after the request has been read.
     pub fn after(mut self, delay: Duration) -> Reply {
         self.delay = delay;

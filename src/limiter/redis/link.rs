@@ -41,8 +41,11 @@ enum Server {
 }
 
 impl Server {
-    /// Runs the limits script (loading it first where Redis answers `NOSCRIPT`).
-    async fn run(&self, call: &redis::ScriptInvocation<'_>) -> redis::RedisResult<Vec<i64>> {
+    /// Runs a script (loading it first where Redis answers `NOSCRIPT`).
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        call: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
         match self {
             Server::One(c) => call.invoke_async(&mut c.clone()).await,
             Server::Cluster(c) => call.invoke_async(&mut c.clone()).await,
@@ -168,11 +171,11 @@ impl Link {
 
     /// Runs `call` on this runtime's connection; `None` if the breaker is open, or the call
     /// fails or takes longer than `timeout` (counted, and moving the breaker).
-    pub async fn run(
+    pub async fn run<T: redis::FromRedisValue>(
         &self,
         call: redis::ScriptInvocation<'static>,
         timeout: Duration,
-    ) -> Option<Vec<i64>> {
+    ) -> Option<T> {
         if !self.is_up() {
             return None;
         }

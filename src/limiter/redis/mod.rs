@@ -179,6 +179,14 @@ impl<C: Clock> RedisStore<C> {
         false
     }
 
+    /// A handle on this store's connections, for other state that replicas share.
+    pub fn shared(&self) -> Shared {
+        Shared {
+            link: self.link.clone(),
+            timeout: self.timeout,
+        }
+    }
+
     /// The Redis key of `key` under `policy`: `sluice:{HMAC}:FINGERPRINT`, the HMAC as a hash
     /// tag so that everything of one client shares a cluster slot.
     fn redis_key(&self, policy: &Policy, key: &[u8]) -> String {
@@ -200,7 +208,7 @@ impl<C: Clock> RedisStore<C> {
         let name = self.redis_key(policy, key);
         let now = self.injected_time.then(|| self.clock.now());
         let call = script::invocation(&name, policy, take, now);
-        let values = self.link.run(call, self.timeout).await?;
+        let values: Vec<i64> = self.link.run(call, self.timeout).await?;
         let reply = script::reply(policy, &values);
         if reply.is_none() {
             tracing::warn!(
@@ -248,6 +256,38 @@ impl<C: Clock> RedisStore<C> {
     /// Where `key` stands in Redis, taking nothing.
     async fn read(&self, policy: &Policy, key: &[u8]) -> Option<Reply> {
         self.call(policy, key, Take::READ).await
+    }
+}
+
+/// The limiter store's connections to Redis, its breaker and its counters, lent to other
+/// state the replicas share (idempotency keys): one set of connections per process.
+#[derive(Clone)]
+pub struct Shared {
+    link: Arc<Link>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Whether calls go to Redis: its breaker is closed.
+    pub fn is_up(&self) -> bool {
+        self.link.is_up()
+    }
+
+    /// Runs a script within `[store] timeout`; `None` if Redis is unreachable, fails or is
+    /// too slow (which counts towards the breaker, as the limiter's calls do).
+    pub async fn run(&self, call: redis::ScriptInvocation<'static>) -> Option<redis::Value> {
+        self.link.run(call, self.timeout).await
+    }
+
+    /// A call decided without Redis.
+    pub fn fell_back(&self) {
+        self.link.fell_back();
     }
 }
 

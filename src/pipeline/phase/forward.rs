@@ -27,6 +27,16 @@ pub(crate) async fn forward(
     ctx: &mut Ctx<'_>,
     req: Request<Body>,
 ) -> Result<Response<Body>, Problem> {
+    let timeout = ctx.proxy.app.config.routes[ctx.route].request_timeout;
+    forward_by(ctx, req, Instant::now() + timeout).await
+}
+
+/// [`forward`], within a deadline that began earlier (with a body already read).
+pub(crate) async fn forward_by(
+    ctx: &mut Ctx<'_>,
+    req: Request<Body>,
+    deadline: Instant,
+) -> Result<Response<Body>, Problem> {
     let app = &*ctx.proxy.app;
     let route = &app.config.routes[ctx.route];
     let (mut parts, body) = req.into_parts();
@@ -34,7 +44,7 @@ pub(crate) async fn forward(
     credentials::identify_upstream(&app.config.auth, &app.keys, ctx.who, &mut parts.headers);
     let upstream = &app.config.upstreams[route.upstream].name;
     let span = crate::telemetry::on().then(|| trace::upstream(upstream, &mut parts));
-    let sending = send(ctx.proxy, ctx.route, route, parts, body);
+    let sending = send(ctx.proxy, ctx.route, route, parts, body, deadline);
     let res = match &span {
         None => sending.await?,
         Some(span) => {
@@ -120,9 +130,10 @@ async fn send(
     route: &Route,
     mut parts: Parts,
     body: Body,
+    deadline: Instant,
 ) -> Result<Response<Body>, Problem> {
     // One timer for the whole request: the body read, the answer's head, the answer's body.
-    let mut deadline = Box::pin(sleep_until(Instant::now() + route.request_timeout));
+    let mut deadline = Box::pin(sleep_until(deadline));
     let validate = route.validate_json && media::is_json(&parts.headers);
     let (body, progress) = match body {
         Body::Incoming(body) if validate => {

@@ -9,12 +9,14 @@
 //! | [`auth`] | 429 (too many failed credentials), 401, 403 |
 //! | [`limit`] | 429 |
 //! | [`payload`] | 413 (declared length), 415 |
+//! | [`idempotency`] | 400 (`Idempotency-Key` missing or malformed), 413 / 408 (the body, read to fingerprint it), 409, 422, a stored answer |
 //! | [`forward`] | 400 (transfer coding), 408 / 413 / 400 (the body), 502, 503, 408 or 504 |
 //! | [`respond`] | every answer: problem, rate-limit headers, request id, `HEAD` |
 
 pub(crate) mod auth;
 pub(crate) mod forward;
 pub(crate) mod head;
+mod idempotency;
 mod limit;
 mod payload;
 pub(crate) mod respond;
@@ -116,5 +118,8 @@ pub(crate) async fn run(
     limit::check(ctx, req.headers()).await?;
     payload::check(ctx, &req)?;
     // Boxed, so that requests answered before this point (a 429) move a small future.
-    Box::pin(forward::forward(ctx, req)).await
+    match idempotency::check(ctx, &req)? {
+        None => Box::pin(forward::forward(ctx, req)).await,
+        Some(scope) => Box::pin(idempotency::forward_keyed(ctx, req, scope)).await,
+    }
 }

@@ -22,8 +22,6 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::config::Telemetry;
-
 /// The target of every span made for traces: only the trace layer listens to it.
 pub const TARGET: &str = "sluice::otel";
 
@@ -59,6 +57,17 @@ impl Traces {
             rt.shutdown_timeout(Duration::from_secs(1));
         }
     }
+}
+
+/// Traces, as `[telemetry]` asks for them (checked by `config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// Where spans are posted (OTLP over HTTP, protobuf): the endpoint with `/v1/traces`
+    /// appended. `None`: no traces, and no span is made.
+    pub traces_url: Option<http::Uri>,
+    /// The share of traces started here that are kept; a client's sampling decision stands.
+    pub sample_ratio: f64,
+    pub service_name: String,
 }
 
 /// Starts the exporter `config` asks for, if any; the layer to add to the subscriber, after

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::error::Errors;
+pub use crate::telemetry::Telemetry;
 
 /// `[telemetry]` as written.
 #[derive(Debug, Deserialize)]
@@ -24,17 +25,6 @@ impl Default for Raw {
             service_name: Spanned::new(0..0, "sluice".into()),
         }
     }
-}
-
-/// Traces, checked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Telemetry {
-    /// Where spans are posted (OTLP over HTTP, protobuf): the endpoint with `/v1/traces`
-    /// appended. `None`: no traces, and no span is made.
-    pub traces_url: Option<Uri>,
-    /// The share of traces started here that are kept; a client's sampling decision stands.
-    pub sample_ratio: f64,
-    pub service_name: String,
 }
 
 pub(super) fn check(t: &Raw, errs: &mut Errors) -> Telemetry {

@@ -94,11 +94,7 @@ where
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| Failed::Unreachable(std::io::Error::other(e)))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended");
-        }
-    });
+    drive(conn);
     Ok(Sender::H1(sender))
 }
 
@@ -112,12 +108,20 @@ where
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| Failed::Unreachable(std::io::Error::other(e)))?;
+    drive(conn);
+    Ok(Sender::H2(sender))
+}
+
+/// Runs a client connection's task beside the requests that use it.
+fn drive<F>(conn: F)
+where
+    F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended");
         }
     });
-    Ok(Sender::H2(sender))
 }
 
 /// A TCP connection to `target`.

@@ -7,6 +7,8 @@
 //! - [`json`], [`media`], [`path`], [`host`]: pure checks — a body's JSON, its media type, a
 //!   path's normal form, a `Host` header. [`tls`]: rustls configurations from PEM files.
 //!   [`fds`]: the open file limit, which bounds connections.
+//! - [`h1`]: HTTP/1.1 to an upstream on the wire: a request's head written, an answer's head
+//!   parsed, its body taken by its framing; driven by the request's own task.
 //! - [`body`]: the body type that flows through, both ways: counted, read whole, or an
 //!   upstream's answer; with its own fault type.
 //! - [`limiter`]: the rate-limit algorithms (pure, clock passed in), the `Store` trait, the
@@ -38,6 +40,7 @@ pub mod config;
 pub mod demo;
 pub mod fds;
 pub mod flat;
+pub mod h1;
 pub mod host;
 pub mod idempotency;
 pub mod json;

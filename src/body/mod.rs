@@ -56,6 +56,9 @@ pub enum Error {
     /// The stream broke: its sender closed or reset the connection, or sent a malformed chunk.
     #[error(transparent)]
     Broken(#[from] hyper::Error),
+    /// An upstream's HTTP/1.1 answer broke off: the same, read by sluice itself.
+    #[error("the upstream's answer broke off: {0}")]
+    BrokenOff(std::io::Error),
 }
 
 /// A request or response body.

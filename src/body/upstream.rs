@@ -8,10 +8,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use tokio::time::Sleep;
 
-use super::{Body, Error};
+use super::Error;
+use crate::h1::{Conn, Reader};
 
 /// Whether `deadline` has passed; if not, the task is woken when it does. Polled outside
 /// tokio's cooperative budget (as `tokio::time::timeout` does), so that work which used up the
@@ -25,7 +25,7 @@ pub fn fired(deadline: &mut Pin<Box<Sleep>>, cx: &mut Context<'_>) -> bool {
 /// went wrong with it is counted: the pool's slot it was taken from.
 pub trait Recycle: Send + Sync + std::fmt::Debug {
     /// Keeps an HTTP/1.1 connection for the next request.
-    fn put(&self, sender: SendRequest<Body>);
+    fn put(&self, conn: Box<Conn>);
     /// Counts and logs an answer cut off at its request's deadline.
     fn cut_off(&self);
     /// Counts and logs an answer the upstream broke off mid-body.
@@ -36,32 +36,42 @@ pub trait Recycle: Send + Sync + std::fmt::Debug {
 /// the body is read to the end (and is closed otherwise); an HTTP/2 one is shared anyway.
 #[derive(Debug)]
 pub struct Answer {
-    inner: Incoming,
+    inner: Inner,
     slot: Arc<dyn Recycle>,
-    /// The HTTP/1.1 connection it came on, to give back.
-    sender: Option<SendRequest<Body>>,
     /// Not yet ended, cut off or broken off.
     open: bool,
     /// The request's deadline, which the body must end by too.
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
+#[derive(Debug)]
+enum Inner {
+    /// Read off its HTTP/1.1 connection, which it holds.
+    H1(Reader),
+    /// From hyper's HTTP/2 connection.
+    H2(Incoming),
+}
+
 impl Answer {
-    /// The body of an answer from `slot`'s target; `sender` is its HTTP/1.1 connection, which
-    /// goes back to `slot` once the body has ended.
-    pub fn new(
-        inner: Incoming,
-        sender: Option<SendRequest<Body>>,
-        slot: Arc<dyn Recycle>,
-    ) -> Answer {
+    /// The body of an HTTP/1.1 answer from `slot`'s target, whose connection goes back to
+    /// `slot` once the body has ended.
+    pub fn h1(reader: Reader, slot: Arc<dyn Recycle>) -> Answer {
+        Answer::new(Inner::H1(reader), slot)
+    }
+
+    /// The body of an HTTP/2 answer from `slot`'s target.
+    pub fn h2(body: Incoming, slot: Arc<dyn Recycle>) -> Answer {
+        Answer::new(Inner::H2(body), slot)
+    }
+
+    fn new(inner: Inner, slot: Arc<dyn Recycle>) -> Answer {
         let mut answer = Answer {
             inner,
             slot,
-            sender,
             open: true,
             deadline: None,
         };
-        if answer.inner.is_end_stream() {
+        if answer.is_end_stream() {
             answer.ended();
         }
         answer
@@ -75,12 +85,14 @@ impl Answer {
         }
     }
 
-    /// The body ended whole: its connection goes back.
+    /// The body ended whole: its connection goes back, if it may carry another request.
     fn ended(&mut self) {
         self.open = false;
         self.deadline = None;
-        if let Some(sender) = self.sender.take() {
-            self.slot.put(sender);
+        if let Inner::H1(reader) = &mut self.inner
+            && let Some(conn) = reader.take_conn()
+        {
+            self.slot.put(conn);
         }
     }
 
@@ -88,7 +100,29 @@ impl Answer {
     fn broken(&mut self) {
         self.open = false;
         self.deadline = None;
-        self.sender = None;
+        if let Inner::H1(reader) = &mut self.inner {
+            drop(reader.take_conn());
+        }
+    }
+
+    fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        match &mut self.inner {
+            Inner::H1(reader) => reader
+                .poll_data(cx)
+                .map(|data| data.map(|data| data.map(Frame::data).map_err(Error::BrokenOff))),
+            Inner::H2(body) => {
+                let mut polled = Pin::new(&mut *body).poll_frame(cx);
+                // Trailers stay behind, as nginx leaves them: HTTP/1.1 clients rarely ask for
+                // them, and HTTP/2 refuses the connection fields an upstream may put there.
+                while let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if !frame.is_trailers() {
+                        break;
+                    }
+                    polled = Pin::new(&mut *body).poll_frame(cx);
+                }
+                polled.map_err(Error::Broken)
+            }
+        }
     }
 }
 
@@ -101,18 +135,10 @@ impl http_body::Body for Answer {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = &mut *self;
-        let mut polled = Pin::new(&mut this.inner).poll_frame(cx);
-        // Trailers stay behind, as nginx leaves them: HTTP/1.1 clients rarely ask for them, and
-        // HTTP/2 refuses the connection fields an upstream may put there.
-        while let Poll::Ready(Some(Ok(frame))) = &polled {
-            if !frame.is_trailers() {
-                break;
-            }
-            polled = Pin::new(&mut this.inner).poll_frame(cx);
-        }
+        let polled = this.poll_inner(cx);
         match &polled {
             Poll::Ready(None) => this.ended(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.ended(),
+            Poll::Ready(Some(Ok(_))) if this.is_end_stream() => this.ended(),
             Poll::Ready(Some(Err(_))) if this.open => {
                 this.slot.broke_off();
                 this.broken();
@@ -124,14 +150,20 @@ impl http_body::Body for Answer {
             }
             _ => {}
         }
-        polled.map_err(Error::Broken)
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Inner::H1(reader) => reader.is_end_stream(),
+            Inner::H2(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Inner::H1(reader) => reader.size_hint(),
+            Inner::H2(body) => body.size_hint(),
+        }
     }
 }

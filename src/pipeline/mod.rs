@@ -90,6 +90,11 @@ impl Proxy {
         }
     }
 
+    /// Closes idle upstream connections that their upstream has closed (see [`Pool::tidy`]).
+    pub fn tidy(&self) {
+        self.pool.tidy();
+    }
+
     /// This proxy, handing requests to `endpoint`'s path to it.
     pub fn with_endpoint(mut self, endpoint: Arc<dyn Endpoint>) -> Proxy {
         self.endpoint = Some(endpoint);

@@ -31,6 +31,9 @@ const READ_BUF: usize = 400 * 1024;
 /// process out of file descriptors meanwhile (`fds::reserve` keeps room for these).
 const OVER_CAP: usize = 32;
 
+/// How often idle upstream connections are looked at for a close by their upstream.
+const TIDY_EVERY: Duration = Duration::from_secs(1);
+
 pub fn spawn(
     i: usize,
     generations: watch::Receiver<Arc<Generation>>,
@@ -67,6 +70,8 @@ async fn serve(
 ) {
     let mut builder = builder(&current.load().app.config.server);
     let graceful = GracefulShutdown::new();
+    let mut tidy = tokio::time::interval(TIDY_EVERY);
+    tidy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let full = {
             let proxy = current.load();
@@ -100,6 +105,7 @@ async fn serve(
                     }
                 }
             }
+            _ = tidy.tick() => current.load().tidy(),
             _ = stop.changed() => break,
         }
     }

@@ -1,11 +1,11 @@
 //! Connections to a target: the one place that makes the transport (TCP, and TLS over it for
-//! an `https://` target) and the client connection over that: HTTP/2 where the upstream
-//! offers it by ALPN, HTTP/1.1 otherwise.
+//! an `https://` target) and the client connection over that: HTTP/2 (hyper's) where the
+//! upstream offers it by ALPN, HTTP/1.1 (`crate::h1`, driven by each request) otherwise.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -13,7 +13,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::body::Body;
 use crate::config::Target;
-use crate::flat::FlatWrites;
+use crate::h1::{Conn, Io};
 
 /// TLS to one `https://` target: the upstream's configuration, and the name its certificate
 /// is checked against (also sent as SNI, unless it is an IP address).
@@ -50,13 +50,13 @@ pub(super) enum Failed {
 /// A connection's sending half.
 pub(super) enum Sender {
     /// One request at a time; kept in the pool between requests.
-    H1(http1::SendRequest<Body>),
+    H1(Box<Conn>),
     /// Many requests at once; shared by every request to the target.
     H2(http2::SendRequest<Body>),
 }
 
-/// A new connection to `target`, TLS included, within `timeout`; its connection task runs
-/// beside.
+/// A new connection to `target`, TLS included, within `timeout`; an HTTP/2 one's connection
+/// task runs beside.
 pub(super) async fn connect(
     target: &Target,
     tls: Option<&Tls>,
@@ -66,7 +66,7 @@ pub(super) async fn connect(
         let stream = open(target).await.map_err(Failed::Unreachable)?;
         stream.set_nodelay(true).map_err(Failed::Unreachable)?;
         let Some(tls) = tls else {
-            return http1(FlatWrites(stream)).await;
+            return Ok(Sender::H1(Box::new(Conn::new(Io::Tcp(stream)))));
         };
         let name = tls.name.clone();
         let stream = tls
@@ -77,25 +77,12 @@ pub(super) async fn connect(
         if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
             http2(stream).await
         } else {
-            http1(stream).await
+            Ok(Sender::H1(Box::new(Conn::new(Io::Tls(Box::new(stream))))))
         }
     };
     tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| Failed::Unreachable(std::io::ErrorKind::TimedOut.into()))?
-}
-
-/// The HTTP/1.1 client connection over `io`.
-async fn http1<IO>(io: IO) -> Result<Sender, Failed>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| Failed::Unreachable(std::io::Error::other(e)))?;
-    drive(conn);
-    Ok(Sender::H1(sender))
 }
 
 /// The HTTP/2 client connection over `io`.
@@ -112,7 +99,7 @@ where
     Ok(Sender::H2(sender))
 }
 
-/// Runs a client connection's task beside the requests that use it.
+/// Runs an HTTP/2 connection's task beside the requests that share it.
 fn drive<F>(conn: F)
 where
     F: std::future::Future<Output = hyper::Result<()>> + Send + 'static,

@@ -1,6 +1,7 @@
 //! A worker's keep-alive connections to upstream targets. Each worker has its own pool, so a
-//! request never waits on another core. An HTTP/1.1 connection goes back to its slot when the
-//! response body has been read to the end, and is dropped (closed) otherwise; an HTTP/2 one
+//! request never waits on another core. An HTTP/1.1 connection is used by one request at a
+//! time, in the request's own task (`exchange.rs`); it goes back to its slot when the answer's
+//! body has been read to the end, and is dropped (closed) otherwise; an HTTP/2 one
 //! (an `https://` upstream that offers it) is shared by every request to its target.
 
 use std::sync::{Arc, Mutex};
@@ -8,13 +9,14 @@ use std::time::Instant;
 
 use http::uri::{Authority, Scheme, Uri};
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1::SendRequest, http2};
+use hyper::client::conn::http2;
 
 use super::connect::{Failed, Sender, connect};
+use super::exchange::{Lost, exchange};
 use super::{Upstreams, retry};
 use crate::body::{Answer, Body, Recycle};
 use crate::config::Target;
+use crate::h1::{Conn, Reader};
 use crate::metrics::Metrics;
 use crate::problem::UpstreamFault;
 
@@ -41,7 +43,7 @@ struct Slot {
 struct Idle {
     /// Connections, each with the time it will have rested long enough to be suspect
     /// (`retry::rested`); the last one put back is taken first.
-    stack: Vec<(SendRequest<Body>, Instant)>,
+    stack: Vec<(Box<Conn>, Instant)>,
     /// What this worker has seen of the target closing kept-alive connections.
     trust: retry::Trust,
     /// The target's HTTP/2 connection, shared, while it is open.
@@ -75,10 +77,10 @@ impl Slot {
 
     /// An idle connection for a request sent at `now`, and whether the request is worth a copy
     /// to send again (`retry::Trust::wary`).
-    fn take(&self, now: Instant) -> Option<(SendRequest<Body>, bool)> {
+    fn take(&self, now: Instant) -> Option<(Box<Conn>, bool)> {
         let mut idle = self.idle();
-        let (sender, rested) = idle.stack.pop()?;
-        Some((sender, idle.trust.wary(now, rested)))
+        let (conn, rested) = idle.stack.pop()?;
+        Some((conn, idle.trust.wary(now, rested)))
     }
 
     /// The target's shared HTTP/2 connection, if it has one open.
@@ -95,34 +97,25 @@ impl Slot {
         self.idle().shared = Some(sender.clone());
     }
 
-    fn put(&self, sender: SendRequest<Body>) {
-        if sender.is_closed() {
-            // hyper has closed it already, as the answer asked (`Connection: close`): not a
-            // connection the upstream closed unannounced (`closed`).
-            return;
-        }
+    fn put(&self, conn: Box<Conn>) {
         let rested = retry::rested(Instant::now());
         let mut idle = self.idle();
         if idle.stack.len() < MAX_IDLE {
-            idle.stack.push((sender, rested));
+            idle.stack.push((conn, rested));
         }
     }
 
-    /// What follows a request lost on a connection taken from here: its `copy`, to send on a
-    /// new connection, if the upstream had closed the connection unanswered; else the failure.
+    /// What follows a request lost on a connection taken from here, which the upstream closed
+    /// before its answer: the request's `copy`, to send on a new connection, if it has one.
     fn retry(
         &self,
-        e: hyper::Error,
         copy: Option<Request<Body>>,
         now: Instant,
     ) -> Result<Request<Body>, UpstreamFault> {
-        if !retry::closed_unanswered(&e) {
-            return Err(classify(&e));
-        }
         self.closed(now);
         let copy = copy.ok_or(UpstreamFault::Reset)?;
         let upstream = &self.name;
-        tracing::debug!(%upstream, error = %e, "reused connection found closed; sending again");
+        tracing::debug!(%upstream, "reused connection found closed; sending again");
         Ok(copy)
     }
 
@@ -188,6 +181,20 @@ impl Pool {
         Err(fault)
     }
 
+    /// Closes the idle connections whose upstream has closed them meanwhile, rather than hold
+    /// their sockets until they are next taken. Called every second: a look at a connection
+    /// that has seen nothing costs no system call.
+    pub fn tidy(&self) {
+        for slot in self.slots.iter().flatten() {
+            let mut idle = slot.idle();
+            let before = idle.stack.len();
+            idle.stack.retain_mut(|(conn, _)| !conn.closed_while_idle());
+            if idle.stack.len() < before {
+                idle.trust.closed(Instant::now());
+            }
+        }
+    }
+
     async fn send_to(
         &self,
         ups: &Upstreams,
@@ -203,34 +210,30 @@ impl Pool {
         if let Some(shared) = slot.shared() {
             return Box::pin(send_h2(slot, shared, ups.target(u, t), req)).await;
         }
-        while let Some((mut sender, wary)) = slot.take(now) {
-            if sender.ready().await.is_err() {
-                slot.closed(now); // while idle
+        while let Some((mut conn, wary)) = slot.take(now) {
+            if conn.closed_while_idle() {
+                slot.closed(now);
                 continue;
             }
             let copy = if wary { retry::replayable(&req) } else { None };
-            match sender.try_send_request(req).await {
+            match send_h1(slot, conn, req).await {
                 Ok(res) => {
                     if wary {
                         slot.idle().trust.kept_alive(); // only then: no second lock per request
                     }
-                    return Ok(wrap(res, sender, slot));
+                    return Ok(res);
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(back) => req = back, // never written: safe to try another connection
-                    None => {
-                        // Written and lost: only a copy can go again, on a new connection.
-                        req = slot
-                            .retry(e.into_error(), copy, now)
-                            .map_err(Attempt::Failed)?;
-                        break;
-                    }
-                },
+                // Written and lost: only a copy can go again, on a new connection.
+                Err(Lost::Closed) => {
+                    req = slot.retry(copy, now).map_err(Attempt::Failed)?;
+                    break;
+                }
+                Err(Lost::Fault(fault)) => return Err(Attempt::Failed(fault)),
             }
         }
         let connecting = connect(ups.target(u, t), ups.tls(u, t), ups.connect_timeout(u));
-        let mut sender = match Box::pin(connecting).await {
-            Ok(Sender::H1(sender)) => sender,
+        let conn = match Box::pin(connecting).await {
+            Ok(Sender::H1(conn)) => conn,
             Ok(Sender::H2(sender)) => {
                 slot.share(&sender);
                 return Box::pin(send_h2(slot, sender, ups.target(u, t), req)).await;
@@ -245,11 +248,27 @@ impl Pool {
                 return Err(Attempt::Unreachable(req, Some(UpstreamFault::Tls)));
             }
         };
-        match sender.try_send_request(req).await {
-            Ok(res) => Ok(wrap(res, sender, slot)),
-            Err(e) => Err(Attempt::Failed(classify(e.error()))),
-        }
+        send_h1(slot, conn, req).await.map_err(|lost| match lost {
+            Lost::Closed => Attempt::Failed(UpstreamFault::Reset),
+            Lost::Fault(fault) => Attempt::Failed(fault),
+        })
     }
+}
+
+/// Sends `req` on `conn`, an HTTP/1.1 connection from or for `slot`; the answer's body, read
+/// as the client takes it, gives the connection back to `slot` once it has ended.
+async fn send_h1(
+    slot: &Arc<Slot>,
+    mut conn: Box<Conn>,
+    req: Request<Body>,
+) -> Result<Response<Body>, Lost> {
+    let answer = exchange(&mut conn, req).await?;
+    let reader = Reader::new(conn, answer.framing, answer.keep_alive);
+    let mut res = Response::new(Body::Upstream(Answer::h1(reader, slot.clone())));
+    *res.status_mut() = answer.status;
+    *res.version_mut() = answer.version;
+    *res.headers_mut() = answer.headers;
+    Ok(res)
 }
 
 /// Sends `req` on `slot`'s shared HTTP/2 connection: its target in the URI, as HTTP/2 asks
@@ -272,7 +291,7 @@ async fn send_h2(
         Uri::from_parts(parts).map_err(|_| Attempt::Failed(UpstreamFault::BadResponse))?;
     *req.version_mut() = http::Version::HTTP_2;
     match sender.send_request(req).await {
-        Ok(res) => Ok(res.map(|inner| Body::Upstream(Answer::new(inner, None, slot.clone())))),
+        Ok(res) => Ok(res.map(|inner| Body::Upstream(Answer::h2(inner, slot.clone())))),
         Err(e) => Err(Attempt::Failed(classify(&e))),
     }
 }
@@ -285,13 +304,9 @@ fn classify(e: &hyper::Error) -> UpstreamFault {
     }
 }
 
-fn wrap(res: Response<Incoming>, sender: SendRequest<Body>, slot: &Arc<Slot>) -> Response<Body> {
-    res.map(|inner| Body::Upstream(Answer::new(inner, Some(sender), slot.clone())))
-}
-
 impl Recycle for Slot {
-    fn put(&self, sender: SendRequest<Body>) {
-        Slot::put(self, sender);
+    fn put(&self, conn: Box<Conn>) {
+        Slot::put(self, conn);
     }
 
     fn cut_off(&self) {

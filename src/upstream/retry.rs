@@ -5,7 +5,7 @@
 //! be repeated (RFC 9110 §9.2.2) with a body held in memory are sent again, once, on a new
 //! connection, as nginx's `proxy_next_upstream error` and Go's `http.Transport` do.
 //!
-//! hyper consumes a request as it sends it, so sending it again needs a copy taken before,
+//! A request is consumed as it is sent, so sending it again needs a copy taken before,
 //! and copying the head costs about 4 % of a proxied request's instructions. So the copy is
 //! only taken when a lost request is likely: see [`Trust::wary`].
 
@@ -78,18 +78,6 @@ pub(super) fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
     *copy.version_mut() = req.version();
     *copy.headers_mut() = req.headers().clone();
     Some(copy)
-}
-
-/// Whether a request written on a reused connection failed because the upstream had closed or
-/// reset the connection before an answer's head. hyper reports the end of the connection the
-/// same way whether or not part of a head had come; only requests that may be repeated are
-/// sent again, so that is safe either way.
-pub(super) fn closed_unanswered(e: &hyper::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    e.is_incomplete_message()
-        || std::error::Error::source(e)
-            .and_then(|cause| cause.downcast_ref::<std::io::Error>())
-            .is_some_and(|io| matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe))
 }
 
 #[cfg(test)]

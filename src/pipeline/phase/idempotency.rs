@@ -162,7 +162,9 @@ async fn keep(
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| match e {
             body::Error::Cut => UpstreamFault::TimedOut.problem(timeout_status),
-            body::Error::TooLarge | body::Error::Broken(_) => Problem::UpstreamReset,
+            body::Error::TooLarge | body::Error::Broken(_) | body::Error::BrokenOff(_) => {
+                Problem::UpstreamReset
+            }
         })?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers are not passed on

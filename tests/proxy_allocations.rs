@@ -1,0 +1,138 @@
+//! Allocations per proxied request, counted over a real exchange: a client and an upstream on
+//! loopback sockets, both written to allocate nothing per request, so that every allocation
+//! counted is sluice's. The count is pinned: a change that adds one fails here.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sluice::config::{Config, Overrides};
+use sluice::server;
+
+/// Allocations a proxied GET may make in sluice, all threads counted: the pipeline's boxed
+/// phases, the request and answer header maps, the deadline's timer, the answer's framing.
+const MOST_PER_REQUEST: usize = 18;
+
+/// Counts every thread's allocations: sluice's worker is not the test's thread.
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const ANSWER: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}";
+
+/// An upstream that answers every request on a connection with [`ANSWER`], from a fixed
+/// buffer; it takes requests without bodies only.
+fn upstream() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                let mut have = 0;
+                loop {
+                    match conn.read(&mut buf[have..]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => have += n,
+                    }
+                    while let Some(end) = find(&buf[..have], b"\r\n\r\n") {
+                        if conn.write_all(ANSWER).is_err() {
+                            return;
+                        }
+                        buf.copy_within(end + 4..have, 0);
+                        have -= end + 4;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Sends one GET on `conn` and reads its whole answer into `buf`; its status.
+fn get(conn: &mut TcpStream, buf: &mut [u8]) -> u16 {
+    conn.write_all(b"GET /v1/items?page=2 HTTP/1.1\r\nHost: api.test\r\nX-Api-Key: client-7\r\nAccept: application/json\r\n\r\n")
+        .unwrap();
+    let mut have = 0;
+    let head = loop {
+        let n = conn.read(&mut buf[have..]).unwrap();
+        assert!(n > 0, "sluice closed the connection");
+        have += n;
+        if let Some(end) = find(&buf[..have], b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let text = std::str::from_utf8(&buf[..head]).unwrap();
+    let status = text[9..12].parse().unwrap();
+    // Read without allocating: this thread's allocations count too.
+    let field = "content-length:";
+    let length: usize = text
+        .lines()
+        .find(|l| l.len() > field.len() && l[..field.len()].eq_ignore_ascii_case(field))
+        .map(|l| l[field.len()..].trim().parse().unwrap())
+        .expect("a content-length");
+    while have < head + length {
+        have += conn.read(&mut buf[have..]).unwrap();
+    }
+    assert_eq!(&buf[head..have], b"{\"ok\":true}");
+    status
+}
+
+#[test]
+fn a_proxied_request_allocates_no_more_than_pinned() {
+    let up = upstream();
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\naccess_log = false\n\
+         [upstreams.api]\ntargets = [\"http://{up}\"]\n\
+         [policies.default]\nrate = \"100000/s\"\nburst = 100000\nkey = \"api_key\"\n"
+    );
+    let config = Config::parse(&toml, &Overrides::default()).unwrap();
+    let running = server::start(config).unwrap();
+    let mut conn = TcpStream::connect(running.local_addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    // Warm up: connections made, tables and buffers grown, the key known.
+    for _ in 0..100 {
+        assert_eq!(get(&mut conn, &mut buf), 200);
+    }
+    const COUNTED: usize = 500;
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..COUNTED {
+        get(&mut conn, &mut buf);
+    }
+    let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / COUNTED as f64;
+    running.shutdown();
+    println!("allocations per proxied request: {per_request:.2}");
+    assert!(
+        per_request <= MOST_PER_REQUEST as f64,
+        "{per_request:.2} allocations per proxied request, more than the {MOST_PER_REQUEST} pinned"
+    );
+}

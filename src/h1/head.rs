@@ -3,7 +3,8 @@
 use std::mem::MaybeUninit;
 
 use bytes::BytesMut;
-use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, SERVER, TRANSFER_ENCODING};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{StatusCode, Version};
 
@@ -148,7 +149,10 @@ pub fn take_answer(buf: &mut BytesMut, head: bool) -> Result<Option<Answer>, Bad
         for &(name, name_len, value, value_len) in &places[..count] {
             let (name, value) = (usize::from(name), usize::from(value));
             let name = &bytes[name..name + usize::from(name_len)];
-            let name = HeaderName::from_bytes(name).map_err(|_| Bad)?;
+            if seen.spent(name) {
+                continue;
+            }
+            let name = field_name(name)?;
             let value = bytes.slice(value..value + usize::from(value_len));
             let value = HeaderValue::from_maybe_shared(value).map_err(|_| Bad)?;
             headers.append(name, value);
@@ -173,6 +177,8 @@ struct Seen {
     length: Result<Option<u64>, Bad>,
     close: bool,
     keep_alive: bool,
+    /// `Connection` names other fields, which the hop's rules remove (`strip_hop_by_hop`).
+    names_fields: bool,
 }
 
 impl Default for Seen {
@@ -182,6 +188,7 @@ impl Default for Seen {
             length: Ok(None),
             close: false,
             keep_alive: false,
+            names_fields: false,
         }
     }
 }
@@ -203,8 +210,11 @@ impl Seen {
             self.coded = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
         } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                self.close |= token.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                self.names_fields |= !(close || keep_alive || token.is_empty());
             }
         }
     }
@@ -224,10 +234,36 @@ impl Seen {
         }
     }
 
+    /// Whether the field `name` has said all it had to once read here: `Connection` (unless it
+    /// names other fields) and `Keep-Alive` describe this hop only, and would be removed from
+    /// the client's answer at once.
+    fn spent(&self, name: &[u8]) -> bool {
+        name.eq_ignore_ascii_case(b"keep-alive")
+            || (!self.names_fields && name.eq_ignore_ascii_case(b"connection"))
+    }
+
     /// Whether the connection stays open after an answer of `version`.
     fn keeps_alive(&self, version: Version) -> bool {
         !self.close && (version == Version::HTTP_11 || self.keep_alive)
     }
+}
+
+/// The fields nearly every answer has, matched by their bytes before the general lookup
+/// (which lowercases a name and searches every standard one).
+const COMMON: [(&[u8], HeaderName); 4] = [
+    (b"content-type", CONTENT_TYPE),
+    (b"content-length", CONTENT_LENGTH),
+    (b"date", DATE),
+    (b"server", SERVER),
+];
+
+fn field_name(name: &[u8]) -> Result<HeaderName, Bad> {
+    for (bytes, common) in &COMMON {
+        if name.eq_ignore_ascii_case(bytes) {
+            return Ok(common.clone());
+        }
+    }
+    HeaderName::from_bytes(name).map_err(|_| Bad)
 }
 
 /// Digits only, as `Content-Length` takes them: no sign, no space, no overflow.
@@ -370,6 +406,19 @@ mod tests {
             !kept("HTTP/1.1 200 OK\r\n\r\n"),
             "a body to the close ends the connection"
         );
+    }
+
+    #[test]
+    fn fields_of_this_hop_alone_are_left_out_but_a_connection_that_names_others() {
+        let text = "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                    Content-Type: application/json\r\nx-A: 1\r\nContent-Length: 0\r\n\r\n";
+        let answer = take(text, false).unwrap().unwrap();
+        let names: Vec<&str> = answer.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-a", "content-length"]);
+        let text = "HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\n\r\n";
+        let answer = take(text, false).unwrap().unwrap();
+        assert_eq!(answer.headers["connection"], "close, X-Secret");
+        assert!(!answer.keep_alive);
     }
 
     #[test]

@@ -323,3 +323,70 @@ async fn connections_to_the_upstream_are_reused() {
     let peers: std::collections::HashSet<_> = up.seen().iter().map(|s| s.peer).collect();
     assert_eq!(peers.len(), 1, "{peers:?}");
 }
+
+/// An upstream that answers once it has the head, before the body it refuses, and then drains
+/// what still comes: the client gets that answer, not a 502, while its body is still on its way.
+#[tokio::test]
+async fn an_answer_before_the_end_of_a_streamed_body_reaches_the_client() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const EARLY: &[u8] = b"HTTP/1.1 413 Content Too Large\r\ncontent-type: application/json\r\n\
+                           content-length: 14\r\nconnection: close\r\n\r\n{\"early\":true}";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut chunk = [0u8; 64 * 1024];
+        while raw::find(&head, b"\r\n\r\n").is_none() {
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the head's end");
+            head.extend_from_slice(&chunk[..n]);
+        }
+        conn.write_all(EARLY).await.unwrap();
+        // Drain until sluice lets the connection go, as a server that answered early does.
+        while matches!(conn.read(&mut chunk).await, Ok(n) if n > 0) {}
+        String::from_utf8_lossy(&head).into_owned()
+    });
+    let sluice = Sluice::builder()
+        .target(&format!("http://{up}"))
+        .route("/", "validate_json = false\nmax_body = \"64MiB\"")
+        .start();
+    let length = 32 << 20;
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {length}\r\n\r\n"
+    );
+    let client = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    let (mut read, mut write) = client.into_split();
+    write.write_all(head.as_bytes()).await.unwrap();
+    // The body goes on in the background, up to its length or until sluice stops taking it.
+    let body = tokio::spawn(async move {
+        let chunk = vec![b' '; 64 * 1024];
+        let mut sent = 0;
+        while sent < length && write.write_all(&chunk).await.is_ok() {
+            sent += chunk.len();
+        }
+        sent
+    });
+    let answer = within(
+        Duration::from_secs(5),
+        "the early answer",
+        raw::read_answer(&mut read),
+    )
+    .await;
+    assert_eq!(answer.status, 413);
+    assert_eq!(&answer.body[..], b"{\"early\":true}");
+    let seen = within(Duration::from_secs(5), "the upstream's end", upstream)
+        .await
+        .unwrap();
+    assert!(seen.starts_with("POST /upload HTTP/1.1\r\n"), "{seen}");
+    let sent = within(Duration::from_secs(5), "the client's body", body)
+        .await
+        .unwrap();
+    assert!(
+        sent < length,
+        "the whole body went through before the answer: {sent}"
+    );
+}

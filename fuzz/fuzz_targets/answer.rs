@@ -11,6 +11,7 @@
 #![no_main]
 
 use bytes::BytesMut;
+use http::HeaderMap;
 use libfuzzer_sys::fuzz_target;
 use sluice::h1::{Framing, Step, take_answer};
 
@@ -58,7 +59,7 @@ fn receive(stream: &[u8], head: bool, cuts: &[usize]) -> Received {
         buf.extend_from_slice(&stream[fed..end]);
         fed = end;
         if framing.is_none() {
-            match take_answer(&mut buf, head) {
+            match take_answer(&mut buf, head, &mut HeaderMap::new()) {
                 Ok(None) => continue,
                 Err(_) => {
                     got.head = Some(Err(()));

@@ -93,8 +93,14 @@ pub struct Bad;
 
 /// Takes an answer's head off the front of `buf`, passing over informational (1xx) answers
 /// other than 101; `None` while it is not whole yet. `head`: whether the request was `HEAD`,
-/// whose answer has no body whatever its head says.
-pub fn take_answer(buf: &mut BytesMut, head: bool) -> Result<Option<Answer>, Bad> {
+/// whose answer has no body whatever its head says. The answer's fields go into `map`,
+/// emptied first and then taken: the request's own map, whose room then serves the answer and
+/// the headers sluice adds to it, rather than a new map grown twice.
+pub fn take_answer(
+    buf: &mut BytesMut,
+    head: bool,
+    map: &mut HeaderMap,
+) -> Result<Option<Answer>, Bad> {
     loop {
         let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut []);
@@ -145,7 +151,9 @@ pub fn take_answer(buf: &mut BytesMut, head: bool) -> Result<Option<Answer>, Bad
         // After a 101 the connection speaks another protocol, if any.
         let keep_alive = framing != Framing::Close && code != 101 && seen.keeps_alive(version);
         let bytes = buf.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(count);
+        let mut headers = std::mem::take(map);
+        headers.clear();
+        headers.reserve(count);
         for &(name, name_len, value, value_len) in &places[..count] {
             let (name, value) = (usize::from(name), usize::from(value));
             let name = &bytes[name..name + usize::from(name_len)];
@@ -331,15 +339,16 @@ mod tests {
     }
 
     fn take(text: &str, head: bool) -> Result<Option<Answer>, Bad> {
-        take_answer(&mut BytesMut::from(text), head)
+        take_answer(&mut BytesMut::from(text), head, &mut HeaderMap::new())
     }
 
     #[test]
     fn an_answer_head_is_parsed_once_its_end_has_come() {
         let mut buf = BytesMut::from("HTTP/1.1 201 Created\r\nContent-Length: 2\r\nX-A: b\r\n");
-        assert!(take_answer(&mut buf, false).unwrap().is_none());
+        let mut fields = HeaderMap::new();
+        assert!(take_answer(&mut buf, false, &mut fields).unwrap().is_none());
         buf.extend_from_slice(b"\r\n{}");
-        let answer = take_answer(&mut buf, false).unwrap().unwrap();
+        let answer = take_answer(&mut buf, false, &mut fields).unwrap().unwrap();
         assert_eq!(answer.status, 201);
         assert_eq!(answer.headers["x-a"], "b");
         assert_eq!(answer.framing, Framing::length(2));

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{Method, Request};
+use http::{HeaderMap, Method, Request};
 use http_body::Body as _;
 
 use crate::body::Body;
@@ -60,7 +60,8 @@ pub(super) async fn exchange(conn: &mut Conn, req: Request<Body>) -> Result<h1::
         _ => None,
     };
     let out = h1::write_request(&mut conn.write, &parts, known);
-    drop(parts);
+    // Written out: the request's map is emptied to take the answer's fields.
+    let mut fields = parts.headers;
     let mut sending = match body {
         Body::Empty | Body::Full(None) => Sending::Held,
         Body::Full(Some(bytes)) if bytes.len() <= COPY_BODY => {
@@ -84,7 +85,7 @@ pub(super) async fn exchange(conn: &mut Conn, req: Request<Body>) -> Result<h1::
                 Poll::Pending => {}
             }
         }
-        let mut answer = ready!(poll_answer(conn, head, cx))?;
+        let mut answer = ready!(poll_answer(conn, head, &mut fields, cx))?;
         // An answer before the request's end leaves the connection mid-request.
         answer.keep_alive &= whole && matches!(sending, Sending::Done);
         Poll::Ready(Ok(answer))
@@ -152,15 +153,17 @@ fn hex(mut n: usize, buf: &mut [u8; 16]) -> &[u8] {
     }
 }
 
-/// Reads until an answer's head has come whole.
+/// Reads until an answer's head has come whole; its fields go into `fields`.
 fn poll_answer(
     conn: &mut Conn,
     head: bool,
+    fields: &mut HeaderMap,
     cx: &mut Context<'_>,
 ) -> Poll<Result<h1::Answer, Lost>> {
     loop {
         // Nothing to parse until something has come.
-        match (!conn.read.is_empty()).then(|| h1::take_answer(&mut conn.read, head)) {
+        let read = &mut conn.read;
+        match (!read.is_empty()).then(|| h1::take_answer(read, head, fields)) {
             Some(Ok(Some(answer))) => return Poll::Ready(Ok(answer)),
             None | Some(Ok(None)) => {}
             Some(Err(h1::Bad)) => {

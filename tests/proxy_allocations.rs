@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice::config::{Config, Overrides};
 use sluice::server;
@@ -14,7 +14,7 @@ use sluice::server;
 /// Allocations a proxied GET makes in sluice, all threads counted (among them the request's
 /// and the answer's header maps, the boxed phases, the deadline's timer and the header values
 /// sluice writes), as measured when the upstream exchange moved into the request's own task.
-const MOST_PER_REQUEST: usize = 10;
+const MOST_PER_REQUEST: usize = 8;
 
 /// Counts every thread's allocations: sluice's worker is not the test's thread.
 struct Counting;
@@ -125,15 +125,22 @@ fn a_proxied_request_allocates_no_more_than_pinned() {
         assert_eq!(get(&mut conn, &mut buf), 200);
     }
     const COUNTED: usize = 500;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let (before, started) = (ALLOCATIONS.load(Ordering::Relaxed), Instant::now());
     for _ in 0..COUNTED {
         get(&mut conn, &mut buf);
     }
-    let per_request = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / COUNTED as f64;
+    let counted = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    // Work done once a second (hyper's cached `Date`, the pool's look at idle connections) may
+    // allocate during the count: a few per second it took are no request's.
+    let aside = 4 * (started.elapsed().as_secs() as usize + 1);
     running.shutdown();
-    println!("allocations per proxied request: {per_request:.2}");
+    println!(
+        "allocations per proxied request: {:.3} ({counted} in {COUNTED} requests)",
+        counted as f64 / COUNTED as f64
+    );
     assert!(
-        per_request <= MOST_PER_REQUEST as f64,
-        "{per_request:.2} allocations per proxied request, more than the {MOST_PER_REQUEST} pinned"
+        counted <= MOST_PER_REQUEST * COUNTED + aside,
+        "{counted} allocations in {COUNTED} proxied requests, more than the {MOST_PER_REQUEST} \
+         per request pinned"
     );
 }

@@ -1,7 +1,9 @@
 //! Header rules for one proxied hop: hop-by-hop headers stay behind, X-Forwarded-* are set.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use http::header::{self, FORWARDED, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -182,31 +184,27 @@ pub fn set_forwarded(
         headers.remove(FORWARDED);
         headers.remove(&TRUE_CLIENT_IP);
     }
-    let mut buf = [0u8; 64];
-    let ip = format_ip(client, &mut buf);
-    if let Ok(real) = HeaderValue::try_from(ip) {
-        headers.insert(X_REAL_IP.clone(), real);
-    }
-    let mut peer_buf = [0u8; 64];
-    let ip = if peer == client {
-        ip // the usual case: no trusted proxy in between
+    let real = address(client);
+    headers.insert(X_REAL_IP.clone(), real.clone());
+    let peer_value = if peer == client {
+        real // the usual case: no trusted proxy in between
     } else {
-        format_ip(peer, &mut peer_buf)
+        address(peer)
     };
     // Every line counts: a proxy in front may add its own line rather than append to one.
     let mut prior = String::new();
     for line in headers.get_all(&X_FORWARDED_FOR) {
         let line = line.to_str().map_or("", str::trim);
         if !line.is_empty() {
-            prior.reserve(line.len() + 2 + ip.len()); // once, for the usual single line
+            prior.reserve(line.len() + 2 + peer_value.len()); // once, for the usual single line
             prior.push_str(line);
             prior.push_str(", ");
         }
     }
     let xff = if prior.is_empty() {
-        HeaderValue::try_from(ip)
+        Ok(peer_value)
     } else {
-        prior.push_str(ip);
+        prior.push_str(peer_value.to_str().unwrap_or_default());
         HeaderValue::try_from(prior)
     };
     if let Ok(xff) = xff {
@@ -221,6 +219,29 @@ pub fn set_forwarded(
     {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
+}
+
+thread_local! {
+    /// The address a worker last wrote as a header value. A worker's requests come from few
+    /// addresses (a sidecar's from one), and a value cloned from this one shares its bytes:
+    /// no formatting and no allocation per request.
+    static LAST_ADDRESS: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
+}
+
+/// `ip` as a header value.
+fn address(ip: IpAddr) -> HeaderValue {
+    LAST_ADDRESS.with_borrow_mut(|last| {
+        if let Some((seen, value)) = last.as_ref()
+            && *seen == ip
+        {
+            return value.clone();
+        }
+        let mut buf = [0u8; 64];
+        let text = Bytes::copy_from_slice(format_ip(ip, &mut buf).as_bytes());
+        let value = HeaderValue::from_maybe_shared(text).expect("an address is a header value");
+        *last = Some((ip, value.clone()));
+        value
+    })
 }
 
 /// Writes an IP address into a stack buffer, avoiding a heap String per request; IPv4 by

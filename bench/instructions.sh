@@ -36,7 +36,7 @@ count() {
     local out requests total
     out=$(load 5)
     callgrind_control -d $vg >/dev/null 2>&1
-    requests=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
+    requests=$(served "$out")
     # The dump just asked for: the highest-numbered file (HAProxy's threads may add more).
     local dump
     dump=$(ls -t "$work"/callgrind.out.* | head -1)
@@ -45,11 +45,7 @@ count() {
         "$proxy" "$scenario" "$requests" "$total" "$((total / requests))"
     # To read the profile with callgrind_annotate: PROFILE=FILE keeps sluice's.
     if [[ $proxy == sluice && -n ${PROFILE:-} ]]; then cp "$dump" "$PROFILE"; fi
-    kill $vg 2>/dev/null || true
-    wait $vg 2>/dev/null || true
-    wait_down
+    stop $vg
 }
 
-for proxy in "${proxies[@]}"; do
-    count "$proxy"
-done
+each_proxy

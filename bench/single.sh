@@ -76,3 +76,22 @@ wait_down() {
         sleep 0.1
     done
 }
+
+# The requests wrk says it made, from its output in $1.
+served() {
+    echo "$1" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p'
+}
+
+# Stops process $1 and waits until the port is free.
+stop() {
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    wait_down
+}
+
+# Counts each proxy named on the command line, one after the other, with `count`.
+each_proxy() {
+    for proxy in "${proxies[@]}"; do
+        count "$proxy"
+    done
+}

@@ -37,16 +37,12 @@ count() {
     out=$(load 5)
     kill -INT $tracer 2>/dev/null || true
     wait $tracer 2>/dev/null || true
-    requests=$(echo "$out" | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
+    requests=$(served "$out")
     echo "$proxy $scenario: $requests requests; system calls per request:"
     awk -v n="$requests" '$NF ~ /^[a-z_0-9]+$/ && $4 ~ /^[0-9]+$/ && $NF != "total" {
         printf "  %-16s %6.2f\n", $NF, $4 / n }' "$work/strace.txt" | sort -k2 -rn | head -12
     awk -v n="$requests" '$NF == "total" { printf "  %-16s %6.2f\n", "all", $4 / n }' "$work/strace.txt"
-    kill $pid 2>/dev/null || true
-    wait $pid 2>/dev/null || true
-    wait_down
+    stop $pid
 }
 
-for proxy in "${proxies[@]}"; do
-    count "$proxy"
-done
+each_proxy

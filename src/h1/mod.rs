@@ -15,4 +15,4 @@ mod head;
 
 pub use conn::{Conn, Io, Reader};
 pub use framing::{Framing, Step};
-pub use head::{Answer, Bad, MAX_HEAD, Out, take_answer, write_request};
+pub use head::{Answer, Bad, Out, take_answer, write_request};

@@ -56,7 +56,7 @@ impl Endpoint for Batch {
 pub async fn handle(
     proxy: &Proxy,
     peer: SocketAddr,
-    req: Request<Body>,
+    mut req: Request<Body>,
 ) -> Result<Response<Body>, Problem> {
     let app = &*proxy.app;
     let batch = &app.config.batch;
@@ -77,9 +77,9 @@ pub async fn handle(
         });
     }
     let deadline = Instant::now() + app.config.server.request_timeout;
-    let (mut parts, body) = req.into_parts();
     // The items take the batch's Host, so it must be the one the batch named.
-    crate::pipeline::host_from_authority(&mut parts);
+    crate::pipeline::host_from_authority(&mut req);
+    let (parts, body) = req.into_parts();
     let bytes = match body {
         Body::Incoming(body) => timeout_at(deadline, read_whole(body, batch.max_body))
             .await

@@ -5,8 +5,7 @@ use std::mem::MaybeUninit;
 use bytes::BytesMut;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, SERVER, TRANSFER_ENCODING};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::request::Parts;
-use http::{StatusCode, Version};
+use http::{Request, StatusCode, Version};
 
 use super::Framing;
 
@@ -28,17 +27,23 @@ pub enum Out {
     Chunked,
 }
 
-/// Writes the head of a request for an upstream into `out`: request line, then the fields of
-/// `parts` (already prepared for the hop), then the framing for its body. `known`: the body's
-/// length if it is all at hand (`Some(0)` for none), or `None` for one that streams.
-pub fn write_request(out: &mut Vec<u8>, parts: &Parts, known: Option<usize>) -> Out {
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+/// Writes the head of a request for an upstream into `out`: request line, the fields of
+/// `req` (already prepared for the hop), those `added` writes, then the framing for its body.
+/// `known`: the body's length if it is all at hand (`Some(0)` for none), or `None` for one
+/// that streams.
+pub fn write_request<B>(
+    out: &mut Vec<u8>,
+    req: &Request<B>,
+    added: impl FnOnce(&mut Vec<u8>),
+    known: Option<usize>,
+) -> Out {
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let (mut length, mut chunked) = (false, false);
-    for (name, value) in &parts.headers {
+    for (name, value) in req.headers() {
         if *name == CONTENT_LENGTH {
             length = true;
             if known.is_some() {
@@ -55,6 +60,7 @@ pub fn write_request(out: &mut Vec<u8>, parts: &Parts, known: Option<usize>) -> 
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    added(out);
     let framing = match known {
         // A bodiless request says nothing of a body, unless its client did.
         Some(0) if !length => Out::Whole,
@@ -285,19 +291,18 @@ fn decimal(s: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::Request;
 
-    fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Parts {
+    fn parts(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
         let mut req = Request::builder().method(method).uri(uri);
         for (name, value) in headers {
             req = req.header(*name, *value);
         }
-        req.body(()).unwrap().into_parts().0
+        req.body(()).unwrap()
     }
 
-    fn written(parts: &Parts, known: Option<usize>) -> (String, Out) {
+    fn written(parts: &Request<()>, known: Option<usize>) -> (String, Out) {
         let mut out = Vec::new();
-        let framing = write_request(&mut out, parts, known);
+        let framing = write_request(&mut out, parts, |_| {}, known);
         (String::from_utf8(out).unwrap(), framing)
     }
 

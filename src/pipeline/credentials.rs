@@ -14,7 +14,6 @@ use crate::config::{ApiKey, Auth, AuthMode};
 use crate::problem::Problem;
 
 pub static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-pub static X_SLUICE_CLIENT: HeaderName = HeaderName::from_static("x-sluice-client");
 
 /// The certificate a client presented over TLS (verified against `server.tls.client_ca`): who
 /// it names, and its SHA-256, which `[[auth.keys]] cert_sha256` may name.
@@ -145,13 +144,9 @@ fn check_scopes(i: usize, key: &ApiKey, scopes: &[String]) -> Result<(), Problem
     }
 }
 
-/// Sets what the upstream learns of the client: its key's name (never a client-sent one), and
-/// the credential headers only when `forward_credentials`.
-pub fn identify_upstream(auth: &Auth, keys: &Keys, who: Option<usize>, headers: &mut HeaderMap) {
-    headers.remove(&X_SLUICE_CLIENT);
-    if let Some(i) = who {
-        headers.insert(X_SLUICE_CLIENT.clone(), keys.name(i).clone());
-    }
+/// Keeps the client's credentials from the upstream unless `forward_credentials`. (The upstream
+/// learns the key's name from X-Sluice-Client, which the forward phase sets.)
+pub fn strip_credentials(auth: &Auth, headers: &mut HeaderMap) {
     if !auth.forward_credentials {
         headers.remove(AUTHORIZATION);
         headers.remove(&X_API_KEY);

@@ -2,7 +2,6 @@
 //! a child of its batch's), made as it starts and given its route, client, verdict and status
 //! once answered; and one for the call upstream, whose context the upstream gets.
 
-use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use opentelemetry::trace::TraceContextExt as _;
 use tracing::Span;
@@ -77,8 +76,8 @@ pub(super) fn answered(span: &Span, app: &App, rec: &Record, status: StatusCode)
 }
 
 /// The span of the call to `upstream`, under the request's; `parts` gets its `traceparent`.
-pub(super) fn upstream(upstream: &str, parts: &mut Parts) -> Span {
-    let method = parts.method.as_str();
+pub(super) fn upstream<B>(upstream: &str, req: &mut Request<B>) -> Span {
+    let method = req.method().as_str();
     let span = tracing::info_span!(
         target: telemetry::TARGET,
         "upstream",
@@ -90,7 +89,7 @@ pub(super) fn upstream(upstream: &str, parts: &mut Parts) -> Span {
         "http.response.status_code" = Empty,
         "error.type" = Empty,
     );
-    telemetry::send_trace(&span, &mut parts.headers);
+    telemetry::send_trace(&span, req.headers_mut());
     span
 }
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request};
 use http_body::Body as _;
 
+use super::headers::Added;
 use crate::body::Body;
 use crate::h1::{self, Conn, Out};
 use crate::problem::UpstreamFault;
@@ -49,19 +50,23 @@ enum Unsent {
     Body,
 }
 
-/// Sends `req` on `conn` and waits for its answer's head; the answer's body is left in the
-/// connection, to be read as the client takes it.
-pub(super) async fn exchange(conn: &mut Conn, req: Request<Body>) -> Result<h1::Answer, Lost> {
-    let (parts, body) = req.into_parts();
-    let head = parts.method == Method::HEAD;
+/// Sends `req`, with the fields sluice `added`, on `conn` and waits for its answer's head; the
+/// answer's body is left in the connection, to be read as the client takes it. The request's
+/// body is taken, and its map too once written out: it takes the answer's fields.
+pub(super) async fn exchange(
+    conn: &mut Conn,
+    req: &mut Request<Body>,
+    added: &Added<'_>,
+) -> Result<h1::Answer, Lost> {
+    let body = std::mem::replace(req.body_mut(), Body::Empty);
+    let head = req.method() == Method::HEAD;
     let known = match &body {
         Body::Empty | Body::Full(None) => Some(0),
         Body::Full(Some(bytes)) => Some(bytes.len()),
         _ => None,
     };
-    let out = h1::write_request(&mut conn.write, &parts, known);
-    // Written out: the request's map is emptied to take the answer's fields.
-    let mut fields = parts.headers;
+    let out = h1::write_request(&mut conn.write, req, |out| added.write(out), known);
+    let mut fields = std::mem::take(req.headers_mut());
     let mut sending = match body {
         Body::Empty | Body::Full(None) => Sending::Held,
         Body::Full(Some(bytes)) if bytes.len() <= COPY_BODY => {

@@ -1,15 +1,15 @@
 //! Header rules for one proxied hop: hop-by-hop headers stay behind, X-Forwarded-* are set.
 
-use std::cell::RefCell;
 use std::net::IpAddr;
 
-use bytes::Bytes;
 use http::header::{self, FORWARDED, HeaderMap, HeaderName, HeaderValue};
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// The `[[auth.keys]]` entry a client presented, by name; never one the client sent.
+static X_SLUICE_CLIENT: HeaderName = HeaderName::from_static("x-sluice-client");
 static TRUE_CLIENT_IP: HeaderName = HeaderName::from_static("true-client-ip");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus `Proxy-*`;
@@ -159,89 +159,172 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     HOP_BY_HOP.iter().position(|&h| h == name)
 }
 
-/// Sets X-Forwarded-For (appending the peer), -Proto and -Host, and X-Real-IP (the client as
-/// sluice determined it). A trusted peer's own -Proto and -Host are kept: it saw the original.
-/// An untrusted peer's `Forwarded` and `True-Client-IP` go: an upstream that believes them
-/// would take the client for whoever it claims to be.
-pub fn set_forwarded(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    peer_trusted: bool,
-    client: IpAddr,
-    tls: bool,
-) {
-    // One look at the names finds both kinds; nearly every request has neither.
-    let (mut posing, mut claiming) = (false, false);
-    for name in headers.keys() {
+/// Who a request came from and what it is answered under: what its upstream is told.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    /// The connection's peer, and whether it is a trusted proxy.
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+    /// The client, as sluice determined it.
+    pub client: IpAddr,
+    /// Whether the request came over TLS.
+    pub tls: bool,
+    /// The name of the `[[auth.keys]]` entry the client presented, under `api_keys`.
+    pub key_name: Option<&'a HeaderValue>,
+    /// The request id, under its configured name.
+    pub id: (&'a HeaderName, &'a HeaderValue),
+}
+
+/// The fields sluice adds to a request for its upstream, after the client's own: X-Real-IP,
+/// X-Forwarded-For, -Proto and -Host, X-Sluice-Client and the request id. An HTTP/1.1 head
+/// takes them as written text ([`Added::write`]), sparing a map insert (a hash, maybe a
+/// growth) per field on every request; HTTP/2 takes them into the map ([`Added::insert_into`]).
+#[derive(Debug)]
+pub struct Added<'a> {
+    hop: Hop<'a>,
+    /// The X-Forwarded-For lines the request came with, each followed by `, `.
+    prior: String,
+    /// Whether X-Forwarded-Proto is sluice's to set: not when a trusted peer set its own.
+    proto: bool,
+    /// X-Forwarded-Host, unless a trusted peer set its own.
+    host: Option<HeaderValue>,
+}
+
+/// The names [`Added`] writes, each a bit in [`set_forwarded`]'s look at the request's names;
+/// the request id's name, configured, is the sixth.
+const ADDED: [&str; 5] = [
+    "x-real-ip",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-sluice-client",
+];
+const FOR: u8 = 1 << 1;
+const PROTO: u8 = 1 << 2;
+const HOST: u8 = 1 << 3;
+const ID: u8 = 1 << 5;
+
+/// Takes out of `headers` what the client sent of the fields sluice sets, and returns those
+/// fields for the hop: X-Forwarded-For with the peer appended, -Proto and -Host, X-Real-IP
+/// (the client as sluice determined it), the key's name and the request id. A trusted peer's
+/// own -Proto and -Host are kept: it saw the original. An untrusted peer's `Forwarded` and
+/// `True-Client-IP` go: an upstream that believes them would take the client for whoever it
+/// claims to be.
+pub fn set_forwarded<'a>(headers: &mut HeaderMap, hop: Hop<'a>) -> Added<'a> {
+    // One look at the names finds every kind; nearly every request has none of them.
+    let (mut posing, mut claiming, mut found) = (false, false, 0u8);
+    let mut host = None;
+    for (name, value) in headers.iter() {
+        if *name == header::HOST {
+            host = host.or(Some(value));
+            continue;
+        }
+        if name == hop.id.0 {
+            found |= ID;
+        }
         let name = name.as_str();
         posing |= name.contains('_');
         claiming |= name == FORWARDED.as_str() || name == TRUE_CLIENT_IP.as_str();
+        if let Some(i) = ADDED.iter().position(|&added| added == name) {
+            found |= 1 << i;
+        }
     }
+    let host = host.cloned();
     if posing {
         remove_posing(headers);
     }
-    if claiming && !peer_trusted {
+    if claiming && !hop.peer_trusted {
         headers.remove(FORWARDED);
         headers.remove(&TRUE_CLIENT_IP);
     }
-    let real = address(client);
-    headers.insert(X_REAL_IP.clone(), real.clone());
-    let peer_value = if peer == client {
-        real // the usual case: no trusted proxy in between
-    } else {
-        address(peer)
-    };
     // Every line counts: a proxy in front may add its own line rather than append to one.
     let mut prior = String::new();
-    for line in headers.get_all(&X_FORWARDED_FOR) {
-        let line = line.to_str().map_or("", str::trim);
-        if !line.is_empty() {
-            prior.reserve(line.len() + 2 + peer_value.len()); // once, for the usual single line
-            prior.push_str(line);
-            prior.push_str(", ");
+    if found & FOR != 0 {
+        for line in headers.get_all(&X_FORWARDED_FOR) {
+            let line = line.to_str().map_or("", str::trim);
+            if !line.is_empty() {
+                prior.push_str(line);
+                prior.push_str(", ");
+            }
         }
     }
-    let xff = if prior.is_empty() {
-        Ok(peer_value)
+    // A trusted peer's own -Proto and -Host stay; whatever else was found goes.
+    let kept = if hop.peer_trusted {
+        found & (PROTO | HOST)
     } else {
-        prior.push_str(peer_value.to_str().unwrap_or_default());
-        HeaderValue::try_from(prior)
+        0
     };
-    if let Ok(xff) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
-    }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        let proto = HeaderValue::from_static(if tls { "https" } else { "http" });
-        headers.insert(X_FORWARDED_PROTO.clone(), proto);
-    }
-    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST))
-        && let Some(host) = headers.get(header::HOST).cloned()
-    {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    }
-}
-
-thread_local! {
-    /// The address a worker last wrote as a header value. A worker's requests come from few
-    /// addresses (a sidecar's from one), and a value cloned from this one shares its bytes:
-    /// no formatting and no allocation per request.
-    static LAST_ADDRESS: RefCell<Option<(IpAddr, HeaderValue)>> = const { RefCell::new(None) };
-}
-
-/// `ip` as a header value.
-fn address(ip: IpAddr) -> HeaderValue {
-    LAST_ADDRESS.with_borrow_mut(|last| {
-        if let Some((seen, value)) = last.as_ref()
-            && *seen == ip
-        {
-            return value.clone();
+    let (proto, host) = (kept & PROTO == 0, host.filter(|_| kept & HOST == 0));
+    let names: [&HeaderName; 6] = [
+        &X_REAL_IP,
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_SLUICE_CLIENT,
+        hop.id.0,
+    ];
+    for (i, name) in names.into_iter().enumerate() {
+        if (found & !kept) & (1 << i) != 0 {
+            headers.remove(name);
         }
-        let mut buf = [0u8; 64];
-        let text = Bytes::copy_from_slice(format_ip(ip, &mut buf).as_bytes());
-        let value = HeaderValue::from_maybe_shared(text).expect("an address is a header value");
-        *last = Some((ip, value.clone()));
-        value
-    })
+    }
+    Added {
+        hop,
+        prior,
+        proto,
+        host,
+    }
+}
+
+impl Added<'_> {
+    /// Writes the fields into an HTTP/1.1 head, each line ending in CRLF.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        self.each(|name, value| {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            for part in value {
+                out.extend_from_slice(part);
+            }
+            out.extend_from_slice(b"\r\n");
+        });
+    }
+
+    /// Inserts the fields into `headers`, for an HTTP/2 upstream.
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        self.each(|name, value| {
+            let name = HeaderName::from_bytes(name).expect("a name sluice sets");
+            if let Ok(value) = HeaderValue::from_bytes(&value.concat()) {
+                headers.insert(name, value);
+            }
+        });
+    }
+
+    /// Each field: its name, and its value in parts.
+    fn each(&self, mut field: impl FnMut(&[u8], &[&[u8]])) {
+        let Hop {
+            peer, client, id, ..
+        } = self.hop;
+        let (mut client_buf, mut peer_buf) = ([0u8; 64], [0u8; 64]);
+        let client_text = format_ip(client, &mut client_buf).as_bytes();
+        let peer_text = if peer == client {
+            client_text // the usual case: no trusted proxy in between
+        } else {
+            format_ip(peer, &mut peer_buf).as_bytes()
+        };
+        field(b"x-real-ip", &[client_text]);
+        field(b"x-forwarded-for", &[self.prior.as_bytes(), peer_text]);
+        if self.proto {
+            let proto: &[u8] = if self.hop.tls { b"https" } else { b"http" };
+            field(b"x-forwarded-proto", &[proto]);
+        }
+        if let Some(host) = &self.host {
+            field(b"x-forwarded-host", &[host.as_bytes()]);
+        }
+        if let Some(name) = self.hop.key_name {
+            field(b"x-sluice-client", &[name.as_bytes()]);
+        }
+        field(id.0.as_str().as_bytes(), &[id.1.as_bytes()]);
+    }
 }
 
 /// Writes an IP address into a stack buffer, avoiding a heap String per request; IPv4 by
@@ -387,6 +470,81 @@ mod tests {
         assert_eq!(h.len(), 1);
     }
 
+    static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+    fn hop(peer: IpAddr, peer_trusted: bool, client: IpAddr, tls: bool) -> Hop<'static> {
+        static ID: HeaderValue = HeaderValue::from_static("r-1");
+        Hop {
+            peer,
+            peer_trusted,
+            client,
+            tls,
+            key_name: None,
+            id: (&X_REQUEST_ID, &ID),
+        }
+    }
+
+    /// What an HTTP/2 upstream gets: the fields sluice adds, in the map.
+    fn forward(h: &mut HeaderMap, peer: IpAddr, trusted: bool, client: IpAddr, tls: bool) {
+        set_forwarded(h, hop(peer, trusted, client, tls)).insert_into(h);
+    }
+
+    #[test]
+    fn an_http1_head_gets_the_fields_an_http2_map_gets() {
+        let name = HeaderValue::from_static("billing");
+        let pairs = [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("host", "api.example"),
+            ("x-forwarded-proto", "https"),
+        ];
+        for trusted in [false, true] {
+            let mut h = map(&pairs);
+            let mut hop = hop("::1".parse().unwrap(), trusted, [192, 0, 2, 1].into(), true);
+            hop.key_name = Some(&name);
+            let added = set_forwarded(&mut h, hop);
+            let mut written = Vec::new();
+            added.write(&mut written);
+            let mut inserted = h.clone();
+            added.insert_into(&mut inserted);
+            let mut from_text = h.clone();
+            for line in String::from_utf8(written).unwrap().split_terminator("\r\n") {
+                let (name, value) = line.split_once(": ").unwrap();
+                from_text.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            assert_eq!(from_text, inserted, "trusted: {trusted}");
+            assert_eq!(inserted["x-forwarded-for"], "203.0.113.9, ::1");
+            assert_eq!(inserted["x-real-ip"], "192.0.2.1");
+            assert_eq!(inserted["x-sluice-client"], "billing");
+            assert_eq!(inserted["x-request-id"], "r-1");
+            assert_eq!(inserted["x-forwarded-host"], "api.example");
+        }
+    }
+
+    #[test]
+    fn what_the_client_sent_of_the_fields_sluice_sets_goes() {
+        let mut h = map(&[
+            ("x-real-ip", "6.6.6.6"),
+            ("x-sluice-client", "admin"),
+            ("x-request-id", "mine"),
+            ("x-forwarded-host", "evil"),
+            ("x-kept", "1"),
+        ]);
+        let peer = "10.1.2.3".parse().unwrap();
+        let added = set_forwarded(&mut h, hop(peer, false, peer, false));
+        assert_eq!(h, map(&[("x-kept", "1")]), "left in the request's map");
+        let mut written = Vec::new();
+        added.write(&mut written);
+        assert_eq!(
+            String::from_utf8(written).unwrap(),
+            "x-real-ip: 10.1.2.3\r\nx-forwarded-for: 10.1.2.3\r\n\
+             x-forwarded-proto: http\r\nx-request-id: r-1\r\n",
+            "no Host, so no X-Forwarded-Host; no key, so no X-Sluice-Client"
+        );
+    }
+
     #[test]
     fn forwarded_for_appends_the_peer() {
         let mut h = map(&[
@@ -395,7 +553,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
         ]);
         let peer = "10.1.2.3".parse().unwrap();
-        set_forwarded(&mut h, peer, false, peer, false);
+        forward(&mut h, peer, false, peer, false);
         assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(
             h["x-forwarded-proto"], "http",
@@ -412,7 +570,7 @@ mod tests {
             ("x-forwarded-for", "203.0.113.9, 192.0.2.7"),
         ]);
         let peer = "10.1.2.3".parse().unwrap();
-        set_forwarded(&mut h, peer, false, peer, false);
+        forward(&mut h, peer, false, peer, false);
         let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
         assert_eq!(all, ["198.51.100.1, 203.0.113.9, 192.0.2.7, 10.1.2.3"]);
     }
@@ -427,7 +585,7 @@ mod tests {
             ("x-sluice_clients", "kept"),
         ]);
         let peer = "10.1.2.3".parse().unwrap();
-        set_forwarded(&mut h, peer, false, peer, false);
+        forward(&mut h, peer, false, peer, false);
         assert!(h.get("x_sluice_client").is_none());
         assert!(h.get("x_real_ip").is_none());
         assert!(h.get("x_forwarded_for").is_none());
@@ -443,7 +601,7 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "outer"),
         ]);
-        set_forwarded(
+        forward(
             &mut h,
             "::1".parse().unwrap(),
             true,
@@ -465,12 +623,12 @@ mod tests {
         ];
         let peer = "10.1.2.3".parse().unwrap();
         let mut h = map(&claims);
-        set_forwarded(&mut h, peer, false, peer, false);
+        forward(&mut h, peer, false, peer, false);
         assert!(h.get("forwarded").is_none());
         assert!(h.get("true-client-ip").is_none());
         assert_eq!(h["x-kept"], "1");
         let mut h = map(&claims);
-        set_forwarded(&mut h, peer, true, "192.0.2.1".parse().unwrap(), false);
+        forward(&mut h, peer, true, "192.0.2.1".parse().unwrap(), false);
         assert_eq!(h["forwarded"], "for=6.6.6.6;proto=https");
         assert_eq!(h["true-client-ip"], "6.6.6.6");
     }

@@ -16,7 +16,8 @@ mod pool;
 mod retry;
 
 pub use headers::{
-    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, set_forwarded, strip_hop_by_hop,
+    Added, Hop, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, set_forwarded,
+    strip_hop_by_hop,
 };
 pub use health::Upstreams;
 pub use pool::Pool;

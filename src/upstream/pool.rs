@@ -13,6 +13,7 @@ use hyper::client::conn::http2;
 
 use super::connect::{Failed, Sender, connect};
 use super::exchange::{Lost, exchange};
+use super::headers::Added;
 use super::{Upstreams, retry};
 use crate::body::{Answer, Body, Recycle};
 use crate::config::Target;
@@ -125,13 +126,11 @@ impl Slot {
     }
 }
 
-/// The outcome of trying one target. The request moves back by value: it lives on the stack
-/// either way, and boxing it would allocate.
-#[allow(clippy::large_enum_variant)]
+/// The outcome of trying one target.
 enum Attempt {
-    /// No connection could be made; the request was not sent and comes back, with the fault
-    /// to answer if no target takes it, when it is not a refusal (a failed TLS handshake).
-    Unreachable(Request<Body>, Option<UpstreamFault>),
+    /// No connection could be made; the request was not sent. The fault to answer if no
+    /// target takes it, when it is not a refusal (a failed TLS handshake).
+    Unreachable(Option<UpstreamFault>),
     Failed(UpstreamFault),
 }
 
@@ -154,23 +153,24 @@ impl Pool {
         Pool { slots }
     }
 
-    /// Sends `req` to upstream `u` at `now`: round robin over its targets, moving on to the
-    /// next target while connections fail. The request must already be in origin form.
+    /// Sends `req`, with the fields sluice `added`, to upstream `u` at `now`: round robin over
+    /// its targets, moving on to the next target while connections fail. The request must
+    /// already be in origin form; its body is taken when it is sent.
     pub async fn send(
         &self,
         ups: &Upstreams,
         u: usize,
-        mut req: Request<Body>,
+        req: &mut Request<Body>,
+        added: &Added<'_>,
         now: Instant,
     ) -> Result<Response<Body>, UpstreamFault> {
         let mut fault = UpstreamFault::NoHealthyTarget;
         for t in ups.plan(u) {
-            match self.send_to(ups, u, t, req, now).await {
+            match self.send_to(ups, u, t, req, added, now).await {
                 Ok(res) => return Ok(res),
                 Err(Attempt::Failed(e)) => return Err(e),
-                Err(Attempt::Unreachable(back, why)) => {
+                Err(Attempt::Unreachable(why)) => {
                     ups.mark_down(u, t);
-                    req = back;
                     // A failed handshake says more than a refusal of another target.
                     if fault != UpstreamFault::Tls {
                         fault = why.unwrap_or(UpstreamFault::Refused);
@@ -200,7 +200,8 @@ impl Pool {
         ups: &Upstreams,
         u: usize,
         t: usize,
-        mut req: Request<Body>,
+        req: &mut Request<Body>,
+        added: &Added<'_>,
         now: Instant,
     ) -> Result<Response<Body>, Attempt> {
         let slot = &self.slots[u][t];
@@ -208,15 +209,15 @@ impl Pool {
         // them) are kilobytes, and unboxed they would be copied with this future at every
         // move, on every request, whether or not it takes them.
         if let Some(shared) = slot.shared() {
-            return Box::pin(send_h2(slot, shared, ups.target(u, t), req)).await;
+            return Box::pin(send_h2(slot, shared, ups.target(u, t), req, added)).await;
         }
         while let Some((mut conn, wary)) = slot.take(now) {
             if conn.closed_while_idle() {
                 slot.closed(now);
                 continue;
             }
-            let copy = if wary { retry::replayable(&req) } else { None };
-            match send_h1(slot, conn, req).await {
+            let copy = if wary { retry::replayable(req) } else { None };
+            match send_h1(slot, conn, req, added).await {
                 Ok(res) => {
                     if wary {
                         slot.idle().trust.kept_alive(); // only then: no second lock per request
@@ -225,7 +226,7 @@ impl Pool {
                 }
                 // Written and lost: only a copy can go again, on a new connection.
                 Err(Lost::Closed) => {
-                    req = slot.retry(copy, now).map_err(Attempt::Failed)?;
+                    *req = slot.retry(copy, now).map_err(Attempt::Failed)?;
                     break;
                 }
                 Err(Lost::Fault(fault)) => return Err(Attempt::Failed(fault)),
@@ -236,33 +237,36 @@ impl Pool {
             Ok(Sender::H1(conn)) => conn,
             Ok(Sender::H2(sender)) => {
                 slot.share(&sender);
-                return Box::pin(send_h2(slot, sender, ups.target(u, t), req)).await;
+                return Box::pin(send_h2(slot, sender, ups.target(u, t), req, added)).await;
             }
             Err(Failed::Unreachable(e)) => {
                 tracing::debug!(upstream = %slot.name, error = %e, "upstream target unreachable");
-                return Err(Attempt::Unreachable(req, None));
+                return Err(Attempt::Unreachable(None));
             }
             Err(Failed::Tls(e)) => {
                 let upstream = &slot.name;
                 tracing::warn!(%upstream, error = %e, "upstream TLS handshake failed");
-                return Err(Attempt::Unreachable(req, Some(UpstreamFault::Tls)));
+                return Err(Attempt::Unreachable(Some(UpstreamFault::Tls)));
             }
         };
-        send_h1(slot, conn, req).await.map_err(|lost| match lost {
-            Lost::Closed => Attempt::Failed(UpstreamFault::Reset),
-            Lost::Fault(fault) => Attempt::Failed(fault),
-        })
+        send_h1(slot, conn, req, added)
+            .await
+            .map_err(|lost| match lost {
+                Lost::Closed => Attempt::Failed(UpstreamFault::Reset),
+                Lost::Fault(fault) => Attempt::Failed(fault),
+            })
     }
 }
 
-/// Sends `req` on `conn`, an HTTP/1.1 connection from or for `slot`; the answer's body, read
+/// Sends `req`, with the fields sluice `added`, on `conn`, an HTTP/1.1 connection from or for `slot`; the answer's body, read
 /// as the client takes it, gives the connection back to `slot` once it has ended.
 async fn send_h1(
     slot: &Arc<Slot>,
     mut conn: Box<Conn>,
-    req: Request<Body>,
+    req: &mut Request<Body>,
+    added: &Added<'_>,
 ) -> Result<Response<Body>, Lost> {
-    let answer = exchange(&mut conn, req).await?;
+    let answer = exchange(&mut conn, req, added).await?;
     let reader = Reader::new(conn, answer.framing, answer.keep_alive);
     let mut res = Response::new(Body::Upstream(Answer::h1(reader, slot.clone())));
     *res.status_mut() = answer.status;
@@ -271,14 +275,17 @@ async fn send_h1(
     Ok(res)
 }
 
-/// Sends `req` on `slot`'s shared HTTP/2 connection: its target in the URI, as HTTP/2 asks
+/// Sends `req`, with the fields sluice `added`, on `slot`'s shared HTTP/2 connection: its target in the URI, as HTTP/2 asks
 /// (`:scheme` and `:authority`), the `Host` it named becoming the authority.
 async fn send_h2(
     slot: &Arc<Slot>,
     mut sender: http2::SendRequest<Body>,
     target: &Target,
-    mut req: Request<Body>,
+    req: &mut Request<Body>,
+    added: &Added<'_>,
 ) -> Result<Response<Body>, Attempt> {
+    let mut req = std::mem::replace(req, Request::new(Body::Empty));
+    added.insert_into(req.headers_mut());
     let authority = req
         .headers_mut()
         .remove(http::header::HOST)

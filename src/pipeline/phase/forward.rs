@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use http::header::{CONTENT_LENGTH, COOKIE, EXPECT, HOST, HeaderMap, TRANSFER_ENCODING};
-use http::request::Parts;
 use http::uri::Uri;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use http_body::Body as _;
@@ -19,33 +18,34 @@ use crate::body::{self, Body, Counted, Progress, fired};
 use crate::config::Route;
 use crate::pipeline::{Proxy, credentials, is_trusted, trace};
 use crate::problem::{Deadline, Limit, Malformed, Problem, UpstreamFault};
-use crate::upstream::{set_forwarded, strip_hop_by_hop};
+use crate::upstream::{Added, Hop, set_forwarded, strip_hop_by_hop};
 use crate::{json, media};
 
 /// Sends the request upstream as the route says; the answer, or why there is none.
 /// A plain function: its future is `forward_by`'s, not one more level that would copy it.
 pub(crate) fn forward<'a>(
     ctx: &'a mut Ctx<'_>,
-    req: Request<Body>,
+    req: &'a mut Request<Body>,
 ) -> impl Future<Output = Result<Response<Body>, Problem>> + 'a {
     let timeout = ctx.proxy.app.config.routes[ctx.route].request_timeout;
     forward_by(ctx, req, Instant::now() + timeout)
 }
 
-/// [`forward`], within a deadline that began earlier (with a body already read).
+/// [`forward`], within a deadline that began earlier (with a body already read). The request
+/// is rewritten where it lies and its body taken; it goes down by reference, as a request
+/// moved into each level's future would be copied at every level (it is 300 bytes).
 pub(crate) async fn forward_by(
     ctx: &mut Ctx<'_>,
-    req: Request<Body>,
+    req: &mut Request<Body>,
     deadline: Instant,
 ) -> Result<Response<Body>, Problem> {
     let app = &*ctx.proxy.app;
     let route = &app.config.routes[ctx.route];
-    let (mut parts, body) = req.into_parts();
-    prepare(ctx, route, &mut parts)?;
-    credentials::identify_upstream(&app.config.auth, &app.keys, ctx.who, &mut parts.headers);
+    let added = prepare(ctx, route, req)?;
+    credentials::strip_credentials(&app.config.auth, req.headers_mut());
     let upstream = &app.config.upstreams[route.upstream].name;
-    let span = crate::telemetry::on().then(|| trace::upstream(upstream, &mut parts));
-    let sending = send(ctx.proxy, ctx.route, route, parts, body, deadline);
+    let span = crate::telemetry::on().then(|| trace::upstream(upstream, req));
+    let sending = send(ctx.proxy, ctx.route, route, req, &added, deadline);
     let res = match &span {
         None => sending.await?,
         Some(span) => {
@@ -59,32 +59,39 @@ pub(crate) async fn forward_by(
 }
 
 /// Makes the request head ready for an HTTP/1.1 upstream: origin-form URI, `Host` kept as the
-/// client named it (`has_host`: whether it has one), hop-by-hop headers dropped,
-/// X-Forwarded-* and the request id set.
-fn prepare(ctx: &Ctx<'_>, route: &Route, parts: &mut Parts) -> Result<(), Problem> {
+/// client named it (`has_host`: whether it has one), hop-by-hop headers dropped; and the
+/// fields sluice adds (X-Forwarded-*, the key's name, the request id), which the head gets
+/// as it is written.
+fn prepare<'a>(
+    ctx: &Ctx<'a>,
+    route: &Route,
+    req: &mut Request<Body>,
+) -> Result<Added<'a>, Problem> {
     let (app, peer, client, tls) = (&*ctx.proxy.app, ctx.peer, ctx.client, ctx.tls);
-    if host_from_authority(parts) {
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+    if host_from_authority(req) {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
     } else if !ctx.has_host {
         let host = app.config.upstreams[route.upstream].host.clone();
-        parts.headers.insert(HOST, host);
+        req.headers_mut().insert(HOST, host);
     }
-    if parts.version == Version::HTTP_2 {
-        join_cookies(&mut parts.headers);
+    if req.version() == Version::HTTP_2 {
+        join_cookies(req.headers_mut());
     }
-    parts.version = Version::HTTP_11;
-    // Room for the headers added below at once, rather than a rehash of the map midway.
-    parts.headers.reserve(5);
-    strip_hop_by_hop(&mut parts.headers).map_err(|_| Problem::Malformed(Malformed::Coding))?;
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers).map_err(|_| Problem::Malformed(Malformed::Coding))?;
     // sluice already answered any `Expect: 100-continue` when it read the body.
-    parts.headers.remove(EXPECT);
-    let trusted = is_trusted(peer.ip(), &app.config.server.trusted_proxies);
-    set_forwarded(&mut parts.headers, peer.ip(), trusted, client, tls);
-    parts
-        .headers
-        .insert(app.config.headers.request_id.clone(), ctx.id.clone());
-    Ok(())
+    headers.remove(EXPECT);
+    let hop = Hop {
+        peer: peer.ip(),
+        peer_trusted: is_trusted(peer.ip(), &app.config.server.trusted_proxies),
+        client,
+        tls,
+        key_name: ctx.who.map(|i| app.keys.name(i)),
+        id: (&app.config.headers.request_id, ctx.id),
+    };
+    Ok(set_forwarded(headers, hop))
 }
 
 /// Joins the `Cookie` fields an HTTP/2 client may send one per cookie into the one line that
@@ -107,8 +114,8 @@ fn join_cookies(headers: &mut HeaderMap) {
 /// Sets `Host` from the URI's authority, if it has one: HTTP/2 and absolute-form requests
 /// carry the host there, and it wins over a Host header (RFC 9112 §3.2.2); any user info stays
 /// out. Whether there was one.
-pub fn host_from_authority(parts: &mut Parts) -> bool {
-    let Some(authority) = parts.uri.authority() else {
+pub fn host_from_authority<B>(req: &mut Request<B>) -> bool {
+    let Some(authority) = req.uri().authority() else {
         return false;
     };
     let host = match authority.port() {
@@ -116,7 +123,7 @@ pub fn host_from_authority(parts: &mut Parts) -> bool {
         None => authority.host().to_string(),
     };
     if let Ok(host) = HeaderValue::try_from(host) {
-        parts.headers.insert(HOST, host);
+        req.headers_mut().insert(HOST, host);
     }
     true
 }
@@ -129,14 +136,14 @@ async fn send(
     proxy: &Proxy,
     r: usize,
     route: &Route,
-    mut parts: Parts,
-    body: Body,
+    req: &mut Request<Body>,
+    added: &Added<'_>,
     deadline: Instant,
 ) -> Result<Response<Body>, Problem> {
     // One timer for the whole request: the body read, the answer's head, the answer's body.
     let mut deadline = Box::pin(sleep_until(deadline));
-    let validate = route.validate_json && media::is_json(&parts.headers);
-    let (body, progress) = match body {
+    let validate = route.validate_json && media::is_json(req.headers());
+    let (body, progress) = match std::mem::replace(req.body_mut(), Body::Empty) {
         Body::Incoming(body) if validate => {
             let reading = pin!(body::read_whole(body, route.max_body));
             let bytes = before(&mut deadline, reading)
@@ -150,9 +157,9 @@ async fn send(
         Body::Incoming(body) => {
             // A length not given (HTTP/2, or chunked) is chunked upstream, said outright: for
             // a GET or HEAD, hyper would otherwise send no body at all.
-            if !parts.headers.contains_key(CONTENT_LENGTH) {
+            if !req.headers().contains_key(CONTENT_LENGTH) {
                 let chunked = HeaderValue::from_static("chunked");
-                parts.headers.insert(TRANSFER_ENCODING, chunked);
+                req.headers_mut().insert(TRANSFER_ENCODING, chunked);
             }
             let progress = Arc::new(Progress::default());
             let counted = Counted::new(body, route.max_body, progress.clone());
@@ -180,12 +187,14 @@ async fn send(
     };
     let shard = app.metrics.shard(proxy.worker);
     let sending = Instant::now();
-    let req = Request::from_parts(parts, body);
-    let forwarding = pin!(
-        proxy
-            .pool
-            .send(&app.upstreams, route.upstream, req, sending.into_std())
-    );
+    *req.body_mut() = body;
+    let forwarding = pin!(proxy.pool.send(
+        &app.upstreams,
+        route.upstream,
+        req,
+        added,
+        sending.into_std()
+    ));
     let outcome = before(&mut deadline, forwarding)
         .await
         .map(|answer| answer.and_then(for_client));

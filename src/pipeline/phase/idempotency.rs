@@ -60,7 +60,7 @@ pub(super) fn check(ctx: &Ctx<'_>, req: &Request<Body>) -> Result<Option<Scope>,
 /// Forwards a request that carries a key (`scope`), or answers it from what the key holds.
 pub(super) async fn forward_keyed(
     ctx: &mut Ctx<'_>,
-    req: Request<Body>,
+    req: &mut Request<Body>,
     scope: Scope,
 ) -> Result<Response<Body>, Problem> {
     let app = ctx.proxy.app.clone();
@@ -69,17 +69,15 @@ pub(super) async fn forward_keyed(
         return forward::forward(ctx, req).await;
     };
     let deadline = Instant::now() + route.request_timeout;
-    let (parts, body) = req.into_parts();
+    let body = std::mem::replace(req.body_mut(), Body::Empty);
     let bytes = timeout_at(deadline, whole(body, route.max_body))
         .await
         .map_err(|_| Problem::TimedOut(Deadline::Body))??;
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let fingerprint = Fingerprint::new(&parts.method, target, &bytes);
-    let body = match bytes.is_empty() {
-        true => Body::Empty,
-        false => Body::full(bytes),
-    };
-    let req = Request::from_parts(parts, body);
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let fingerprint = Fingerprint::new(req.method(), target, &bytes);
+    if !bytes.is_empty() {
+        *req.body_mut() = Body::full(bytes);
+    }
     let lock = route.request_timeout + LOCK_MARGIN;
     let store = &app.idempotency;
     let lock = match store.begin(scope, fingerprint, lock).await {

@@ -119,7 +119,7 @@ pub(crate) async fn run(
     payload::check(ctx, &req)?;
     // Boxed, so that requests answered before this point (a 429) move a small future.
     match idempotency::check(ctx, &req)? {
-        None => Box::pin(forward::forward(ctx, req)).await,
-        Some(scope) => Box::pin(idempotency::forward_keyed(ctx, req, scope)).await,
+        None => Box::pin(forward::forward(ctx, &mut req)).await,
+        Some(scope) => Box::pin(idempotency::forward_keyed(ctx, &mut req, scope)).await,
     }
 }

@@ -12,7 +12,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use super::credentials::{ClientCert, presented_key};
 use crate::config::{Config, KeySource, Mode, OnError, Policy, RateLimitHeaders};
-use crate::limiter::{Decision, Error, PolicyName, Refusal, Store};
+use crate::limiter::{Decision, Error, MAX_LIMITS, PolicyName, Refusal, Report, Store};
 use crate::problem::{Limit, Problem, Violated};
 
 /// Policies with up to this many limits have the 429's list of violated limits rendered for
@@ -265,18 +265,7 @@ impl Limits {
         }
         if matches!(self.style, RateLimitHeaders::Ietf | RateLimitHeaders::Both) {
             headers.insert(RATELIMIT_POLICY.clone(), named.policy_header.clone());
-            // Written on the stack, then copied once into the header value.
-            let mut value = Line::default();
-            for (i, (limit, prefix)) in limits.iter().zip(&named.prefixes).enumerate() {
-                if i > 0 {
-                    value.push(b", ");
-                }
-                value.push(prefix);
-                value.push(itoa::Buffer::new().format(limit.remaining).as_bytes());
-                value.push(b";t=");
-                value.push(itoa::Buffer::new().format(limit.reset_secs()).as_bytes());
-            }
-            if let Ok(value) = value.into_header_value() {
+            if let Ok(value) = ratelimit_value(&limits, &named.prefixes) {
                 headers.insert(RATELIMIT.clone(), value);
             }
         }
@@ -292,44 +281,34 @@ impl Limits {
     }
 }
 
-/// A header value being written: on the stack while it fits (it always does for policies
-/// with short names), on the heap beyond.
-struct Line {
-    len: usize,
-    stack: [u8; 192],
-    heap: Vec<u8>,
-}
-
-impl Default for Line {
-    fn default() -> Line {
-        Line {
-            len: 0,
-            stack: [0; 192],
-            heap: Vec::new(),
-        }
+/// The `RateLimit` field of `limits`: per limit its prefix (policy name and quota), remaining
+/// and reset. The numbers are formatted first, so that the value is written once into an
+/// allocation of just its size, which becomes the value's bytes as it is.
+fn ratelimit_value(
+    limits: &Report,
+    prefixes: &[Vec<u8>],
+) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let mut numbers = [[itoa::Buffer::new(), itoa::Buffer::new()]; MAX_LIMITS];
+    let mut parts: [[&[u8]; 3]; MAX_LIMITS] = [[&[]; 3]; MAX_LIMITS];
+    let mut len = 2 * limits.len().saturating_sub(1); // the ", " between limits
+    let each = limits.iter().zip(prefixes).zip(&mut numbers);
+    for (((limit, prefix), [remaining, reset]), part) in each.zip(&mut parts) {
+        let remaining = remaining.format(limit.remaining).as_bytes();
+        let reset = reset.format(limit.reset_secs()).as_bytes();
+        len += prefix.len() + remaining.len() + b";t=".len() + reset.len();
+        *part = [prefix, remaining, reset];
     }
-}
-
-impl Line {
-    fn push(&mut self, bytes: &[u8]) {
-        if self.heap.is_empty() && self.len + bytes.len() <= self.stack.len() {
-            self.stack[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-            self.len += bytes.len();
-        } else {
-            if self.heap.is_empty() {
-                self.heap.extend_from_slice(&self.stack[..self.len]);
-            }
-            self.heap.extend_from_slice(bytes);
+    let mut value = Vec::with_capacity(len);
+    for (i, [prefix, remaining, reset]) in parts[..limits.len()].iter().enumerate() {
+        if i > 0 {
+            value.extend_from_slice(b", ");
         }
+        value.extend_from_slice(prefix);
+        value.extend_from_slice(remaining);
+        value.extend_from_slice(b";t=");
+        value.extend_from_slice(reset);
     }
-
-    fn into_header_value(self) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
-        if self.heap.is_empty() {
-            HeaderValue::from_bytes(&self.stack[..self.len])
-        } else {
-            HeaderValue::from_maybe_shared(Bytes::from(self.heap))
-        }
-    }
+    HeaderValue::from_maybe_shared(Bytes::from(value))
 }
 
 fn violated_names(names: &[PolicyName], refused: impl Fn(usize) -> bool) -> Violated {
@@ -395,19 +374,33 @@ fn client_key<'a>(source: &KeySource, caller: &Caller<'a>, buf: &'a mut [u8; 17]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limiter::{LimitKind, LimitReport};
+
+    fn limit(remaining: u32, reset_secs: u64) -> LimitReport {
+        LimitReport {
+            kind: LimitKind::Rate,
+            quota: 100,
+            remaining,
+            refused: false,
+            window: 60_000_000_000,
+            reset: reset_secs * 1_000_000_000,
+        }
+    }
 
     #[test]
-    fn a_header_line_longer_than_the_stack_buffer_is_kept_whole() {
-        let mut line = Line::default();
-        let item = b"\"a-policy-with-a-long-name\";r=100;t=60, ";
-        for _ in 0..10 {
-            line.push(item);
-        }
-        let value = line.into_header_value().unwrap();
-        assert_eq!(value.as_bytes(), item.repeat(10).as_slice());
-        let mut short = Line::default();
-        short.push(b"\"default\";r=");
-        short.push(b"7");
-        assert_eq!(short.into_header_value().unwrap(), "\"default\";r=7");
+    fn the_ratelimit_value_lists_each_limit_in_order() {
+        let prefixes = [
+            b"\"default\";r=".to_vec(),
+            b"\"default.window\";r=".to_vec(),
+        ];
+        let mut report = Report::new();
+        report.push(limit(0, 1));
+        let value = ratelimit_value(&report, &prefixes).unwrap();
+        assert_eq!(value, "\"default\";r=0;t=1");
+        report.push(limit(4_294_967_295, 86_400));
+        let value = ratelimit_value(&report, &prefixes).unwrap();
+        let expected = "\"default\";r=0;t=1, \"default.window\";r=4294967295;t=86400";
+        assert_eq!(value, expected);
+        assert_eq!(ratelimit_value(&Report::new(), &prefixes).unwrap(), "");
     }
 }

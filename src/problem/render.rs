@@ -103,7 +103,9 @@ impl Problem {
                 headers.insert(ALLOW, allow);
             }
             Problem::RateLimited { retry_after, .. } => {
-                headers.insert(RETRY_AFTER, HeaderValue::from(retry_after));
+                // Not `HeaderValue::from(u64)`, which allocates twice.
+                let secs = itoa::Buffer::new().format(retry_after).parse();
+                headers.insert(RETRY_AFTER, secs.expect("digits are a header value"));
             }
             // The first request is likely answered within a second.
             Problem::IdempotencyKeyInFlight | Problem::StoreUnavailable => {
@@ -149,28 +151,39 @@ impl Violated {
 }
 
 /// The 429 body, byte for byte what `Problem::body` serializes (members in insertion order:
-/// type, title, status, detail, request_id, then the extensions), written into one string.
+/// type, title, status, detail, request_id, then the extensions), written into one string of
+/// just the room it takes: one with room to spare would take a second allocation to become
+/// `Bytes`.
 fn rate_limited_body(retry_after: u64, violated: &Violated, request_id: &str) -> String {
     let mut secs = itoa::Buffer::new();
     let secs = secs.format(retry_after);
-    let mut s = String::with_capacity(240 + request_id.len() + violated.0.len());
-    s.push_str("{\"type\":\"");
-    s.push_str(QUOTA_EXCEEDED);
-    s.push_str("\",\"title\":\"Too Many Requests\",\"status\":429,");
-    s.push_str("\"detail\":\"Rate limit exceeded; retry after ");
-    s.push_str(secs);
-    s.push_str(if retry_after == 1 {
+    let unit = if retry_after == 1 {
         " second"
     } else {
         " seconds"
-    });
-    s.push_str(".\",\"request_id\":");
+    };
+    let head = [
+        "{\"type\":\"",
+        QUOTA_EXCEEDED,
+        "\",\"title\":\"Too Many Requests\",\"status\":429,",
+        "\"detail\":\"Rate limit exceeded; retry after ",
+        secs,
+        unit,
+        ".\",\"request_id\":",
+    ];
+    let tail = [
+        ",\"retry_after\":",
+        secs,
+        ",\"violated-policies\":",
+        &violated.0,
+        "}",
+    ];
+    let quoted_id = request_id.len() + 2;
+    let room = head.iter().chain(&tail).map(|p| p.len()).sum::<usize>() + quoted_id;
+    let mut s = String::with_capacity(room);
+    head.iter().for_each(|p| s.push_str(p));
     push_json_str(&mut s, request_id);
-    s.push_str(",\"retry_after\":");
-    s.push_str(secs);
-    s.push_str(",\"violated-policies\":");
-    s.push_str(&violated.0);
-    s.push('}');
+    tail.iter().for_each(|p| s.push_str(p));
     s
 }
 
@@ -243,11 +256,21 @@ mod tests {
                 "id with \"quotes\" and \\ and \ttab",
             ),
         ] {
+            let violated = Violated::new(names);
+            let written = rate_limited_body(retry_after, &violated, id);
+            if !id.contains('"') {
+                assert_eq!(
+                    written.capacity(),
+                    written.len(),
+                    "the room it takes, no more"
+                );
+            }
             let p = Problem::RateLimited {
                 retry_after,
-                violated: Violated::new(names),
+                violated,
             };
             let expected = p.body(id).to_string();
+            assert_eq!(written, expected);
             let res = p.into_response::<Bytes>(id);
             assert_eq!(std::str::from_utf8(res.body()).unwrap(), expected);
         }

@@ -277,59 +277,74 @@ pub fn set_forwarded<'a>(headers: &mut HeaderMap, hop: Hop<'a>) -> Added<'a> {
 }
 
 impl Added<'_> {
-    /// Writes the fields into an HTTP/1.1 head, each line ending in CRLF.
+    /// Writes the fields into an HTTP/1.1 head, each line ending in CRLF. By hand, in few
+    /// pieces: it runs for every request.
     pub fn write(&self, out: &mut Vec<u8>) {
-        self.each(|name, value| {
+        let Hop {
+            peer,
+            client,
+            tls,
+            key_name,
+            id,
+            ..
+        } = self.hop;
+        let mut buf = [0u8; 64];
+        let client_text = format_ip(client, &mut buf);
+        out.extend_from_slice(b"x-real-ip: ");
+        out.extend_from_slice(client_text);
+        out.extend_from_slice(b"\r\nx-forwarded-for: ");
+        out.extend_from_slice(self.prior.as_bytes());
+        if peer == client {
+            out.extend_from_slice(client_text); // the usual case: no trusted proxy in between
+        } else {
+            out.extend_from_slice(format_ip(peer, &mut [0; 64]));
+        }
+        out.extend_from_slice(b"\r\n");
+        if self.proto {
+            out.extend_from_slice(match tls {
+                true => b"x-forwarded-proto: https\r\n",
+                false => b"x-forwarded-proto: http\r\n",
+            });
+        }
+        let mut field = |name: &[u8], value: &[u8]| {
             out.extend_from_slice(name);
             out.extend_from_slice(b": ");
-            for part in value {
-                out.extend_from_slice(part);
-            }
+            out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
-        });
+        };
+        if let Some(host) = &self.host {
+            field(b"x-forwarded-host", host.as_bytes());
+        }
+        if let Some(name) = key_name {
+            field(b"x-sluice-client", name.as_bytes());
+        }
+        field(id.0.as_str().as_bytes(), id.1.as_bytes());
     }
 
-    /// Inserts the fields into `headers`, for an HTTP/2 upstream.
+    /// Inserts the fields into `headers`, for an HTTP/2 upstream: read back from what
+    /// [`Added::write`] writes, so that one place says what they are.
     pub fn insert_into(&self, headers: &mut HeaderMap) {
-        self.each(|name, value| {
-            let name = HeaderName::from_bytes(name).expect("a name sluice sets");
-            if let Ok(value) = HeaderValue::from_bytes(&value.concat()) {
+        let mut text = Vec::new();
+        self.write(&mut text);
+        // Names have no colon and values no CR or LF: each line splits one way.
+        for line in text.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii_start());
+            if let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+            {
                 headers.insert(name, value);
             }
-        });
-    }
-
-    /// Each field: its name, and its value in parts.
-    fn each(&self, mut field: impl FnMut(&[u8], &[&[u8]])) {
-        let Hop {
-            peer, client, id, ..
-        } = self.hop;
-        let (mut client_buf, mut peer_buf) = ([0u8; 64], [0u8; 64]);
-        let client_text = format_ip(client, &mut client_buf).as_bytes();
-        let peer_text = if peer == client {
-            client_text // the usual case: no trusted proxy in between
-        } else {
-            format_ip(peer, &mut peer_buf).as_bytes()
-        };
-        field(b"x-real-ip", &[client_text]);
-        field(b"x-forwarded-for", &[self.prior.as_bytes(), peer_text]);
-        if self.proto {
-            let proto: &[u8] = if self.hop.tls { b"https" } else { b"http" };
-            field(b"x-forwarded-proto", &[proto]);
         }
-        if let Some(host) = &self.host {
-            field(b"x-forwarded-host", &[host.as_bytes()]);
-        }
-        if let Some(name) = self.hop.key_name {
-            field(b"x-sluice-client", &[name.as_bytes()]);
-        }
-        field(id.0.as_str().as_bytes(), &[id.1.as_bytes()]);
     }
 }
 
 /// Writes an IP address into a stack buffer, avoiding a heap String per request; IPv4 by
 /// hand, as `fmt` costs more than the rest of the header rewrite.
-fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
+fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
     use std::io::Write;
     if let IpAddr::V4(v4) = ip {
         let mut len = 0;
@@ -349,12 +364,12 @@ fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &str {
             buf[len] = b'0' + octet % 10;
             len += 1;
         }
-        return std::str::from_utf8(&buf[..len]).unwrap_or_default();
+        return &buf[..len];
     }
     let mut cursor = std::io::Cursor::new(&mut buf[..]);
     let _ = write!(cursor, "{ip}");
     let len = cursor.position() as usize;
-    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+    &buf[..len]
 }
 
 #[cfg(test)]
@@ -455,7 +470,7 @@ mod tests {
             "2001:db8::7",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(format_ip(ip, &mut [0; 64]), ip.to_string());
+            assert_eq!(format_ip(ip, &mut [0; 64]), ip.to_string().as_bytes());
         }
     }
 

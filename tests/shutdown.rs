@@ -65,6 +65,34 @@ async fn a_batch_accepted_before_shutdown_runs_all_its_items() {
 }
 
 #[tokio::test]
+async fn an_idle_kept_alive_connection_closes_as_the_drain_begins() {
+    let up = spawn_upstream().await;
+    let sluice = Sluice::builder()
+        .upstream(&up)
+        .server("drain_timeout = \"20s\"\nidle_timeout = \"20s\"")
+        .start();
+    let mut idle = tokio::net::TcpStream::connect(sluice.addr).await.unwrap();
+    assert_eq!(raw::get_on(&mut idle, "/x").await.status, 200);
+    // Waiting for its next request, the connection is woken by the drain and closes.
+    let started = Instant::now();
+    within(Duration::from_secs(5), "the drain", sluice.shutdown())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let rest = within(
+        Duration::from_secs(2),
+        "the close",
+        raw::read_to_eof(&mut idle),
+    )
+    .await;
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+}
+
+#[tokio::test]
 async fn drain_timeout_bounds_the_wait() {
     let up = spawn_upstream().await;
     let sluice = Sluice::builder()

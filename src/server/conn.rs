@@ -13,7 +13,6 @@ use http_body::{Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -22,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 use super::activity::{Active, ConnState};
 use super::cap::Cap;
 use super::client_io::{ClientIo, Current};
+use super::drain::{Drain, Watch};
 use crate::body::{self, Body};
 use crate::pipeline::{AccessLine, ClientCert, Lifecycle, Proxy, Tls, Unmeasured};
 
@@ -30,7 +30,7 @@ use crate::pipeline::{AccessLine, ClientCert, Lifecycle, Proxy, Tls, Unmeasured}
 pub(super) fn accept(
     current: &Current,
     builder: &auto::Builder<TokioExecutor>,
-    graceful: &GracefulShutdown,
+    drain: &Drain,
     cap: &Cap,
     (stream, peer): (TcpStream, SocketAddr),
 ) {
@@ -55,11 +55,11 @@ pub(super) fn accept(
             tls: false,
             cert: None,
         };
-        return serve(current, builder, graceful.watcher(), stream, peer, conn);
+        return serve(current, builder, drain.watch(), stream, peer, conn);
     };
     let acceptor = TlsAcceptor::from(tls.config.clone());
     let limit = server.header_read_timeout;
-    let (current, builder, watcher) = (current.clone(), builder.clone(), graceful.watcher());
+    let (current, builder, watch) = (current.clone(), builder.clone(), drain.watch());
     tokio::spawn(async move {
         let handshake = tokio::time::timeout(limit, acceptor.accept(stream));
         let done = tokio::select! {
@@ -79,7 +79,7 @@ pub(super) fn accept(
                         .and_then(|c| c.first())
                         .map(|c| Arc::new(ClientCert::of(c))),
                 };
-                serve(&current, &builder, watcher, stream, peer, conn);
+                serve(&current, &builder, watch, stream, peer, conn);
             }
             Ok(Err(e)) => tracing::debug!(error = %e, %peer, "TLS handshake failed"),
             Err(_) => tracing::debug!(%peer, "TLS handshake not done within header_read_timeout"),
@@ -110,7 +110,7 @@ struct Peer {
 fn serve<S>(
     current: &Current,
     builder: &auto::Builder<TokioExecutor>,
-    graceful: Watcher,
+    drain: Watch,
     stream: S,
     peer: Peer,
     conn: Conn,
@@ -162,9 +162,8 @@ fn serve<S>(
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
     let Some(refused) = refused else {
-        let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = drain.run(conn).await {
                 tracing::debug!(error = %e, peer = %addr, "client connection ended with an error");
             }
             drop(guard);

@@ -9,6 +9,7 @@ mod cap;
 mod certs;
 mod client_io;
 mod conn;
+mod drain;
 pub mod head;
 mod listener;
 mod reload;

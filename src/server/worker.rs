@@ -9,13 +9,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::cap::Cap;
 use super::client_io::Current;
 use super::conn;
+use super::drain::Drain;
 use super::reload::Generation;
 use crate::batch::Batch;
 use crate::config;
@@ -69,7 +69,7 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut builder = builder(&current.load().app.config.server);
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     let mut tidy = tokio::time::interval(TIDY_EVERY);
     tidy.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -87,7 +87,7 @@ async fn serve(
             // Evicted connections close on their own tasks, which this lets run.
             () = tokio::time::sleep(Duration::from_millis(1)), if full => {}
             accepted = listener.accept(), if !full => match accepted {
-                Ok(accepted) => conn::accept(&current, &builder, &graceful, cap, accepted),
+                Ok(accepted) => conn::accept(&current, &builder, &drain, cap, accepted),
                 Err(e) => {
                     // Out of file descriptors and the like: wait instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -110,8 +110,8 @@ async fn serve(
         }
     }
     drop(listener);
-    let drain = current.load().app.config.server.drain_timeout;
-    if tokio::time::timeout(drain, graceful.shutdown())
+    let timeout = current.load().app.config.server.drain_timeout;
+    if tokio::time::timeout(timeout, drain.shutdown())
         .await
         .is_err()
     {

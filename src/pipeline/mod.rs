@@ -130,8 +130,9 @@ impl Proxy {
         self.traced(peer, req, true).map(|(res, _)| res)
     }
 
-    /// The answer, in the request's span when traces are on. Not `async`: the future of an
-    /// untraced request is the answer's own, no larger.
+    /// The answer, in the request's span when traces are on. Boxed: hyper moves the future it
+    /// is given twice (into its service call's state, then into the connection's), and the
+    /// answer's is a kilobyte.
     fn traced(
         &self,
         peer: SocketAddr,
@@ -143,7 +144,7 @@ impl Proxy {
             let traced = self.answer(peer, req, log_now).instrument(span);
             return Either::Left(Box::pin(traced));
         }
-        Either::Right(self.answer(peer, req, log_now))
+        Either::Right(Box::pin(self.answer(peer, req, log_now)))
     }
 
     /// The request's answer and its access-log line, unless `log_now` wrote it already (with

@@ -258,8 +258,9 @@ impl Pool {
     }
 }
 
-/// Sends `req`, with the fields sluice `added`, on `conn`, an HTTP/1.1 connection from or for `slot`; the answer's body, read
-/// as the client takes it, gives the connection back to `slot` once it has ended.
+/// Sends `req`, with the fields sluice `added`, on `conn`, an HTTP/1.1 connection from or for
+/// `slot`; the answer's body, read as the client takes it, gives the connection back to `slot`
+/// once it has ended.
 async fn send_h1(
     slot: &Arc<Slot>,
     mut conn: Box<Conn>,
@@ -275,8 +276,9 @@ async fn send_h1(
     Ok(res)
 }
 
-/// Sends `req`, with the fields sluice `added`, on `slot`'s shared HTTP/2 connection: its target in the URI, as HTTP/2 asks
-/// (`:scheme` and `:authority`), the `Host` it named becoming the authority.
+/// Sends `req`, with the fields sluice `added`, on `slot`'s shared HTTP/2 connection: its
+/// target in the URI, as HTTP/2 asks (`:scheme` and `:authority`), the `Host` it named
+/// becoming the authority.
 async fn send_h2(
     slot: &Arc<Slot>,
     mut sender: http2::SendRequest<Body>,

@@ -149,43 +149,50 @@ impl Proxy {
 
     /// The request's answer and its access-log line, unless `log_now` wrote it already (with
     /// the length the answer announces); its span (when traces are on) is told what became
-    /// of it.
-    async fn answer(
+    /// of it. An `async` block, not an `async fn`: that would keep its arguments twice, as
+    /// given and as the body's own locals, and copy the 300-byte request from one to the other.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn holds its arguments twice"
+    )]
+    fn answer(
         &self,
         peer: SocketAddr,
         req: Request<Body>,
         log_now: bool,
-    ) -> (Response<Body>, Option<AccessLine>) {
-        let head = req.method() == Method::HEAD;
-        let shard = self.app.metrics.shard(self.worker);
-        let rec = Record::new(&self.app, req.method(), req.headers());
-        let mut tracked = Tracked::new(&self.app, shard, self.request_id(&req), rec);
-        let id = &tracked.id;
-        // Boxed: a future is moved (copied) once into each future that awaits it, and this
-        // one is kilobytes; inline, every level above it would copy it again per request.
-        let handling = Box::pin(phase::run(self, peer, id, &mut tracked.rec, req));
-        let answering = async {
-            match handling.await {
-                Ok(res) => res,
-                Err(p) => respond::problem(p, id),
+    ) -> impl Future<Output = (Response<Body>, Option<AccessLine>)> + '_ {
+        async move {
+            let head = req.method() == Method::HEAD;
+            let shard = self.app.metrics.shard(self.worker);
+            let rec = Record::new(&self.app, req.method(), req.headers());
+            let mut tracked = Tracked::new(&self.app, shard, self.request_id(&req), rec);
+            let id = &tracked.id;
+            // Boxed: a future is moved (copied) once into each future that awaits it, and this
+            // one is kilobytes; inline, every level above it would copy it again per request.
+            let handling = Box::pin(phase::run(self, peer, id, &mut tracked.rec, req));
+            let answering = async {
+                match handling.await {
+                    Ok(res) => res,
+                    Err(p) => respond::problem(p, id),
+                }
+            };
+            let mut res = respond::contain_panic(answering, id).await;
+            if crate::telemetry::on() {
+                // Within the request's span: `answer` runs instrumented with it. Before `finish`,
+                // which hands the record's fields on to the access line.
+                trace::answered(
+                    &tracing::Span::current(),
+                    &self.app,
+                    &tracked.rec,
+                    res.status(),
+                );
             }
-        };
-        let mut res = respond::contain_panic(answering, id).await;
-        if crate::telemetry::on() {
-            // Within the request's span: `answer` runs instrumented with it. Before `finish`,
-            // which hands the record's fields on to the access line.
-            trace::answered(
-                &tracing::Span::current(),
-                &self.app,
-                &tracked.rec,
-                res.status(),
-            );
+            let mut line = respond::finish(self, &mut tracked, &mut res, head);
+            if log_now && let Some(line) = line.take() {
+                line.write(&self.app, record::length(res.headers()), true);
+            }
+            (res, line)
         }
-        let mut line = respond::finish(self, &mut tracked, &mut res, head);
-        if log_now && let Some(line) = line.take() {
-            line.write(&self.app, record::length(res.headers()), true);
-        }
-        (res, line)
     }
 
     /// A fresh request id, for answers given before any request was parsed.

@@ -83,43 +83,50 @@ fn shown(app: &App, policy: Option<usize>) -> Option<usize> {
     })
 }
 
-/// The phases, in order, for a request from `peer` answered under `id`.
-pub(crate) async fn run(
-    proxy: &Proxy,
+/// The phases, in order, for a request from `peer` answered under `id`. An `async` block, not
+/// an `async fn`, for the reason `Proxy::answer` gives.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn holds its arguments twice"
+)]
+pub(crate) fn run<'a>(
+    proxy: &'a Proxy,
     peer: SocketAddr,
-    id: &HeaderValue,
-    rec: &mut Record,
+    id: &'a HeaderValue,
+    rec: &'a mut Record,
     mut req: Request<Body>,
-) -> Result<Response<Body>, Problem> {
-    let ctx = &mut Ctx {
-        proxy,
-        peer,
-        id,
-        rec,
-        client: peer.ip(),
-        has_host: false,
-        route: 0,
-        who: None,
-        tls: false,
-        cert: None,
-    };
-    head::check(ctx, &mut req)?;
-    if let Some(endpoint) = ctx.proxy.endpoint_for(req.uri().path()) {
-        ctx.rec.route = ctx.proxy.app.metrics.batch_route();
-        return endpoint.answer(ctx.proxy, ctx.peer, req).await;
-    }
-    let admitted = match route::find(ctx, &req) {
-        Ok(()) => auth::check(ctx, req.headers()).await,
-        Err(refused) => Err(refused),
-    };
-    if let Err(refused) = admitted {
-        return Err(respond::refused(ctx, refused, req.headers()).await);
-    }
-    limit::check(ctx, req.headers()).await?;
-    payload::check(ctx, &req)?;
-    // Boxed, so that requests answered before this point (a 429) move a small future.
-    match idempotency::check(ctx, &req)? {
-        None => Box::pin(forward::forward(ctx, &mut req)).await,
-        Some(scope) => Box::pin(idempotency::forward_keyed(ctx, &mut req, scope)).await,
+) -> impl Future<Output = Result<Response<Body>, Problem>> + 'a {
+    async move {
+        let ctx = &mut Ctx {
+            proxy,
+            peer,
+            id,
+            rec,
+            client: peer.ip(),
+            has_host: false,
+            route: 0,
+            who: None,
+            tls: false,
+            cert: None,
+        };
+        head::check(ctx, &mut req)?;
+        if let Some(endpoint) = ctx.proxy.endpoint_for(req.uri().path()) {
+            ctx.rec.route = ctx.proxy.app.metrics.batch_route();
+            return endpoint.answer(ctx.proxy, ctx.peer, req).await;
+        }
+        let admitted = match route::find(ctx, &req) {
+            Ok(()) => auth::check(ctx, req.headers()).await,
+            Err(refused) => Err(refused),
+        };
+        if let Err(refused) = admitted {
+            return Err(respond::refused(ctx, refused, req.headers()).await);
+        }
+        limit::check(ctx, req.headers()).await?;
+        payload::check(ctx, &req)?;
+        // Boxed, so that requests answered before this point (a 429) move a small future.
+        match idempotency::check(ctx, &req)? {
+            None => Box::pin(forward::forward(ctx, &mut req)).await,
+            Some(scope) => Box::pin(idempotency::forward_keyed(ctx, &mut req, scope)).await,
+        }
     }
 }

@@ -195,9 +195,13 @@ async fn send(
         added,
         sending.into_std()
     ));
-    let outcome = before(&mut deadline, forwarding)
-        .await
-        .map(|answer| answer.and_then(for_client));
+    let mut outcome = before(&mut deadline, forwarding).await;
+    // In place: the answer (200 bytes) is copied at every move.
+    if let Some(Ok(res)) = &mut outcome
+        && let Err(fault) = for_client(res)
+    {
+        outcome = Some(Err(fault));
+    }
     match outcome {
         Some(Ok(_)) => shard.upstream_latency(r, sending.elapsed()),
         Some(Err(e)) if client_fault().is_none() => {
@@ -238,7 +242,7 @@ fn before<'a, F: Future>(
 
 /// The upstream's answer for the client: untouched but for hop-by-hop headers and the framing
 /// sluice gives it. One that cannot be passed on as it was meant is a bad response.
-fn for_client(mut res: Response<Body>) -> Result<Response<Body>, UpstreamFault> {
+fn for_client(res: &mut Response<Body>) -> Result<(), UpstreamFault> {
     // sluice never sends `Upgrade` upstream, so a 101 answers nothing it asked.
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         return Err(UpstreamFault::BadResponse);
@@ -253,7 +257,7 @@ fn for_client(mut res: Response<Body>) -> Result<Response<Body>, UpstreamFault> 
     }
     // sluice speaks its own HTTP version to the client, whatever the upstream's.
     *res.version_mut() = Version::HTTP_11;
-    Ok(res)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -170,13 +170,7 @@ impl Proxy {
             // Boxed: a future is moved (copied) once into each future that awaits it, and this
             // one is kilobytes; inline, every level above it would copy it again per request.
             let handling = Box::pin(phase::run(self, peer, id, &mut tracked.rec, req));
-            let answering = async {
-                match handling.await {
-                    Ok(res) => res,
-                    Err(p) => respond::problem(p, id),
-                }
-            };
-            let mut res = respond::contain_panic(answering, id).await;
+            let mut res = respond::contain_panic(handling, id).await;
             if crate::telemetry::on() {
                 // Within the request's span: `answer` runs instrumented with it. Before `finish`,
                 // which hands the record's fields on to the access line.

@@ -3,9 +3,11 @@
 //! carries the rate-limit headers, every answer the request id; an answer to `HEAD` loses its
 //! body. Then the request is counted; it is logged once its answer's body has gone out.
 
-use std::panic::AssertUnwindSafe;
+use std::future::poll_fn;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::task::Poll;
 
-use futures_util::FutureExt;
 use http::header::CONTENT_LENGTH;
 use http::{HeaderMap, HeaderValue, Response};
 
@@ -68,21 +70,28 @@ pub(crate) fn without_body(res: &mut Response<Body>) {
     }
 }
 
-/// Runs a request's future; a panic in it becomes a 500 for this request alone. A plain
-/// function, not an `async fn`: that would hold `handling` twice, as its argument and inside
-/// `CatchUnwind`.
-pub(crate) fn contain_panic<'a>(
-    handling: impl Future<Output = Response<Body>> + 'a,
+/// Runs a request's phases to its answer: a problem becomes its problem+json, and a panic a
+/// 500 for this request alone. One `poll_fn` over the boxed phases, where `catch_unwind`, a
+/// `map` and a `match` would each move the 200-byte answer once more.
+pub(crate) fn contain_panic<'a, F>(
+    mut handling: Pin<Box<F>>,
     id: &'a HeaderValue,
-) -> impl Future<Output = Response<Body>> + 'a {
-    AssertUnwindSafe(handling)
-        .catch_unwind()
-        .map(move |caught| {
-            caught.unwrap_or_else(|_| {
+) -> impl Future<Output = Response<Body>> + 'a
+where
+    F: Future<Output = Result<Response<Body>, Problem>> + ?Sized + 'a,
+{
+    poll_fn(move |cx| {
+        let polled = panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx)));
+        Poll::Ready(match polled {
+            Ok(Poll::Pending) => return Poll::Pending,
+            Ok(Poll::Ready(Ok(res))) => res,
+            Ok(Poll::Ready(Err(p))) => problem(p, id),
+            Err(_) => {
                 tracing::error!(request_id = ?id, "request handler panicked");
                 problem(Problem::Internal, id)
-            })
+            }
         })
+    })
 }
 
 #[cfg(test)]
@@ -92,7 +101,8 @@ mod tests {
     #[tokio::test]
     async fn a_panic_while_handling_becomes_a_500_problem() {
         let id = HeaderValue::from_static("req-1");
-        let res = contain_panic(async { panic!("bug") }, &id).await;
+        let panicking = poll_fn(|_| -> Poll<Result<Response<Body>, Problem>> { panic!("bug") });
+        let res = contain_panic(Box::pin(panicking), &id).await;
         assert_eq!(res.status(), 500);
         assert_eq!(
             res.headers()[http::header::CONTENT_TYPE],

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 use sluice::limiter::redis::{OnError, RedisStore, Servers, Settings, Sharing};
 use sluice::limiter::{
     Clock, Decision, Error, Gcra, Limit, ManualClock, MemoryStore, Policy, Rate, Store, Window,
@@ -91,12 +92,17 @@ fn policy() -> impl Strategy<Value = Policy> {
         })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
-
-    #[test]
-    fn redis_decides_exactly_as_memory_does(policy in policy(), steps in prop::collection::vec(step(), 1..60)) {
-        let redis = shared_redis();
+/// Run by hand rather than by `proptest!`, so that the one server its cases share (each with
+/// keys of its own) is stopped when the test ends: a static one would outlive the process.
+#[test]
+fn redis_decides_exactly_as_memory_does() {
+    let redis = &Redis::start();
+    let config = ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    };
+    let cases = (policy(), prop::collection::vec(step(), 1..60));
+    let outcome = TestRunner::new(config).run(&cases, |(policy, steps)| {
         let clock = Arc::new(ManualClock::new(EPOCH));
         let memory = MemoryStore::with_clock(clock.clone(), 10_000);
         let shared = store(&settings(redis, Sharing::Exact, OnError::Deny), &clock);
@@ -108,21 +114,27 @@ proptest! {
                 let key = format!("{run}-{}", s.key);
                 let cost = nz(s.cost);
                 let (a, b) = match s.op {
-                    0 => (memory.peek(&policy, key.as_bytes(), cost).await, shared.peek(&policy, key.as_bytes(), cost).await),
-                    1 => (memory.standing(&policy, key.as_bytes()).await, shared.standing(&policy, key.as_bytes()).await),
-                    _ => (memory.check(&policy, key.as_bytes(), cost).await, shared.check(&policy, key.as_bytes(), cost).await),
+                    0 => (
+                        memory.peek(&policy, key.as_bytes(), cost).await,
+                        shared.peek(&policy, key.as_bytes(), cost).await,
+                    ),
+                    1 => (
+                        memory.standing(&policy, key.as_bytes()).await,
+                        shared.standing(&policy, key.as_bytes()).await,
+                    ),
+                    _ => (
+                        memory.check(&policy, key.as_bytes(), cost).await,
+                        shared.check(&policy, key.as_bytes(), cost).await,
+                    ),
                 };
                 prop_assert_eq!(a, b, "step {}: {:?}", i, s);
             }
             Ok(())
-        })?;
+        })
+    });
+    if let Err(e) = outcome {
+        panic!("{e}");
     }
-}
-
-/// One server for the property test's cases (each uses keys of its own).
-fn shared_redis() -> &'static Redis {
-    static REDIS: std::sync::OnceLock<Redis> = std::sync::OnceLock::new();
-    REDIS.get_or_init(Redis::start)
 }
 
 #[test]

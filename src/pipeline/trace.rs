@@ -75,7 +75,7 @@ pub(super) fn answered(span: &Span, app: &App, rec: &Record, status: StatusCode)
     }
 }
 
-/// The span of the call to `upstream`, under the request's; `parts` gets its `traceparent`.
+/// The span of the call to `upstream`, under the request's; `req` gets its `traceparent`.
 pub(super) fn upstream<B>(upstream: &str, req: &mut Request<B>) -> Span {
     let method = req.method().as_str();
     let span = tracing::info_span!(

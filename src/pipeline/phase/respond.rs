@@ -78,7 +78,7 @@ pub(crate) fn contain_panic<'a, F>(
     id: &'a HeaderValue,
 ) -> impl Future<Output = Response<Body>> + 'a
 where
-    F: Future<Output = Result<Response<Body>, Problem>> + ?Sized + 'a,
+    F: Future<Output = Result<Response<Body>, Problem>> + 'a,
 {
     poll_fn(move |cx| {
         let polled = panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(cx)));
